@@ -1,0 +1,32 @@
+# dynrec: `make demo` runs the main job, `make test` runs every check. Both build .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DYNREC_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: venv demo test lint typecheck clean
+
+$(BIN)/dynrec: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(BIN)/dynrec
+
+venv: $(BIN)/dynrec
+
+demo: venv
+	$(BIN)/python -m dynrec.demo --dataset ml-100k
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: venv lint typecheck
+	$(BIN)/pytest -x
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

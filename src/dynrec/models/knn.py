@@ -1,0 +1,151 @@
+"""Neighbourhood collaborative filtering: item-based and user-based KNN (cosine with shrinkage).
+
+Both score from the query's history, so a user's new event changes their next recommendation at
+once. History items can be recency-weighted (`recency_half_life`, counted in events back from the
+newest), which is how the KNN models follow short-term interest in real time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from dynrec.data.dataset import InteractionData
+from dynrec.errors import NotFittedError
+from dynrec.models.base import ModelConfig, QueryBatch, Recommender
+
+
+@dataclass(frozen=True)
+class KNNConfig(ModelConfig):
+    k: int = 100
+    """Neighbours kept per item (ItemKNN) or per query (UserKNN)."""
+    shrink: float = 10.0
+    """Shrinkage added to the cosine denominator (damps similarities from few co-occurrences)."""
+    recency_half_life: float = 0.0
+    """Weight of a history item halves every this many events back from the newest; 0 = equal."""
+
+
+def history_matrix(batch: QueryBatch, n_items: int, half_life: float = 0.0) -> sp.csr_matrix:
+    """[B, n_items] sparse matrix of the histories (repeats summed, optional recency weights)."""
+    rows = batch.row_ids()
+    if half_life > 0 and rows.size:
+        back = np.repeat(batch.indptr[1:], batch.lengths) - 1 - np.arange(rows.size)  # 0 = newest
+        data = np.power(0.5, back / half_life).astype(np.float32)
+    else:
+        data = np.ones(rows.size, dtype=np.float32)
+    h = sp.csr_matrix((data, (rows, batch.items)), shape=(len(batch), n_items), dtype=np.float32)
+    h.sum_duplicates()
+    return h
+
+
+def _topk_sparse(dense: torch.Tensor, k: int, row_offset: int, n_rows: int) -> sp.coo_matrix:
+    k = min(k, dense.shape[1])
+    vals, idx = torch.topk(dense, k, dim=1)
+    keep = vals > 0
+    r = torch.arange(dense.shape[0])[:, None].expand_as(idx)[keep].numpy() + row_offset
+    return sp.coo_matrix((vals[keep].numpy(), (r, idx[keep].numpy())), shape=(n_rows, dense.shape[1]))
+
+
+class ItemKNN(Recommender):
+    name = "itemknn"
+    config_class = KNNConfig
+    config: KNNConfig
+
+    def __init__(self, config: KNNConfig | None = None) -> None:
+        super().__init__(config)
+        self.sim: sp.csr_matrix | None = None  # [n_items, n_items], row i = neighbours of i
+
+    def _fit(self, data: InteractionData, valid: object) -> None:
+        x = data.csr(binary=True).tocsc()  # users x items
+        n = data.n_items
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel()).astype(np.float32)
+        xt = x.T.tocsr()
+        parts = []
+        chunk = max(1, (1 << 24) // max(1, n))
+        norms_t = torch.from_numpy(norms)
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            co = torch.from_numpy((xt[a:b] @ x).toarray())  # [c, n] co-occurrence counts
+            denom = norms_t[a:b, None] * norms_t[None, :] + self.config.shrink
+            s = co / torch.clamp(denom, min=1e-12)
+            s[torch.arange(b - a), torch.arange(a, b)] = 0.0  # no self-similarity
+            parts.append(_topk_sparse(s, self.config.k, a, n))
+        self.sim = sp.vstack(parts).tocsr() if parts else sp.csr_matrix((n, n), dtype=np.float32)
+
+    def score(self, batch: QueryBatch) -> torch.Tensor:
+        if self.sim is None:
+            raise NotFittedError("itemknn is not fitted")
+        h = history_matrix(batch, self.n_items, self.config.recency_half_life)
+        out = torch.from_numpy(np.asarray((h @ self.sim).toarray(), dtype=np.float32))
+        out[:, 0] = -torch.inf
+        return out
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        assert self.sim is not None
+        return _csr_tensors(self.sim, "sim")
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.sim = _csr_from(tensors, "sim")
+
+
+class UserKNN(Recommender):
+    name = "userknn"
+    config_class = KNNConfig
+    config: KNNConfig
+
+    def __init__(self, config: KNNConfig | None = None) -> None:
+        super().__init__(config)
+        self.x: sp.csr_matrix | None = None  # training users x items (binary)
+        self.norms: np.ndarray | None = None
+
+    def _fit(self, data: InteractionData, valid: object) -> None:
+        self.x = data.csr(binary=True)
+        self.norms = np.sqrt(np.asarray(self.x.sum(axis=1)).ravel()).astype(np.float32)
+
+    def score(self, batch: QueryBatch) -> torch.Tensor:
+        if self.x is None or self.norms is None:
+            raise NotFittedError("userknn is not fitted")
+        h = history_matrix(batch, self.n_items, self.config.recency_half_life)
+        hb = h.copy()
+        hb.data[:] = 1.0
+        qn = np.sqrt(np.asarray(hb.multiply(hb).sum(axis=1)).ravel()).astype(np.float32)
+        co = torch.from_numpy(np.asarray((h @ self.x.T).toarray(), dtype=np.float32))  # [B, U]
+        sim = co / (
+            torch.from_numpy(qn)[:, None] * torch.from_numpy(self.norms)[None, :] + self.config.shrink
+        )
+        if batch.users.size:  # a known user is not their own neighbour
+            own = torch.from_numpy(batch.users)
+            valid = (own > 0) & (own < sim.shape[1])
+            sim[torch.arange(len(batch))[valid], own[valid]] = 0.0
+        nb = _topk_sparse(sim, self.config.k, 0, len(batch)).tocsr()
+        out = torch.from_numpy(np.asarray((nb @ self.x).toarray(), dtype=np.float32))
+        out[:, 0] = -torch.inf
+        return out
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        assert self.x is not None
+        return _csr_tensors(self.x, "x")
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.x = _csr_from(tensors, "x")
+        self.norms = np.sqrt(np.asarray(self.x.sum(axis=1)).ravel()).astype(np.float32)
+
+
+def _csr_tensors(m: sp.csr_matrix, prefix: str) -> dict[str, torch.Tensor]:
+    return {
+        f"{prefix}.data": torch.from_numpy(np.asarray(m.data, dtype=np.float32)),
+        f"{prefix}.indices": torch.from_numpy(np.asarray(m.indices, dtype=np.int64)),
+        f"{prefix}.indptr": torch.from_numpy(np.asarray(m.indptr, dtype=np.int64)),
+        f"{prefix}.shape": torch.tensor(m.shape, dtype=torch.int64),
+    }
+
+
+def _csr_from(t: dict[str, torch.Tensor], prefix: str) -> sp.csr_matrix:
+    shape = tuple(int(v) for v in t[f"{prefix}.shape"].tolist())
+    return sp.csr_matrix(
+        (t[f"{prefix}.data"].numpy(), t[f"{prefix}.indices"].numpy(), t[f"{prefix}.indptr"].numpy()),
+        shape=shape,
+    )

@@ -1,0 +1,336 @@
+"""Trainer for the neural models: optimiser, warm-up + schedule, clipping, early stopping on the
+*validation* NDCG@10, best-checkpoint restore, resumable checkpoints, progress bar.
+
+A model plugs in through `TorchRecommender`: it builds its `nn.Module`, yields pre-tensorised
+batches (slices of tensors built once per run — no per-sample Python in the epoch loop) and computes
+its loss. The Trainer owns the device, optimiser and selection; the test set never reaches it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from abc import abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from dynrec.data.dataset import InteractionData
+from dynrec.errors import NotFittedError
+from dynrec.models.base import ModelConfig, QueryBatch, Recommender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NeuralConfig(ModelConfig):
+    """Training options shared by every neural model (one vocabulary project-wide)."""
+
+    embedding_dim: int = 64
+    epochs: int = 50
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"  # adam | adamw | sgd
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine | linear
+    grad_clip: float = 1.0
+    patience: int = 5
+    """Stop after this many validations without a better validation NDCG@10."""
+    eval_every: int = 1
+    valid_max_queries: int = 0
+    """Validate on at most this many queries (0 = all); the subset is fixed by the seed."""
+    device: str = "auto"  # auto | cpu | cuda
+    num_threads: int = 0
+    """torch intra-op threads; 0 = all cores (or OMP_NUM_THREADS)."""
+    progress: bool = True
+    checkpoint_dir: str = ""
+    """If set, save a resumable checkpoint there after every epoch and resume from it if present."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+class TorchRecommender(Recommender):
+    """Base for models whose weights live in an `nn.Module` trained by `Trainer`."""
+
+    config: NeuralConfig
+
+    def __init__(self, config: NeuralConfig | None = None) -> None:
+        super().__init__(config)
+        self.net: nn.Module | None = None
+        self.device = torch.device("cpu")
+
+    # -- to implement ----------------------------------------------------------------------
+    @abstractmethod
+    def build_net(self, data: InteractionData) -> nn.Module:
+        """Create the module for this data's vocabulary sizes (store sizes in `self.meta`)."""
+
+    @abstractmethod
+    def train_batches(self, data: InteractionData, gen: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        """Yield one epoch of CPU tensor batches (shuffled with `gen`)."""
+
+    @abstractmethod
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    @abstractmethod
+    def score_net(self, batch: QueryBatch) -> torch.Tensor:
+        """[B, n_items] scores from `self.net` (called under no_grad, eval mode)."""
+
+    def prepare(self, data: InteractionData) -> None:  # noqa: B027 - optional hook
+        """Pre-tensorise training data once per run (optional)."""
+
+    # -- shared machinery ------------------------------------------------------------------
+    def _fit(self, data: InteractionData, valid: Any) -> None:
+        set_threads(self.config.num_threads)
+        self.device = resolve_device(self.config.device)
+        torch.manual_seed(self.config.seed)
+        self.meta["n_items"] = data.n_items
+        self.meta["n_users"] = data.n_users
+        self.net = self.build_net(data).to(self.device)
+        self.prepare(data)
+        Trainer(self.config).fit(self, data, valid)
+
+    def score(self, batch: QueryBatch) -> torch.Tensor:
+        if self.net is None:
+            raise NotFittedError(f"{self.name} is not fitted")
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                out = self.score_net(batch).float()
+        finally:
+            self.net.train(was_training)
+        out = out.cpu() if out.device.type != "cpu" else out
+        out[:, 0] = -torch.inf
+        return out
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        if self.net is None:
+            raise NotFittedError(f"{self.name} is not fitted")
+        return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.device = resolve_device(self.config.device)
+        self.net = self.build_net_from_meta().to(self.device)
+        self.net.load_state_dict(tensors)
+        self.net.eval()
+
+    @abstractmethod
+    def build_net_from_meta(self) -> nn.Module:
+        """Rebuild the module from `self.meta` sizes (for `load`)."""
+
+
+def _make_optimizer(cfg: NeuralConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    opt = cfg.optimizer.lower()
+    if opt == "adam":
+        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    if opt == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    if opt == "sgd":
+        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd)")
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    raise ValueError(f"unknown schedule {schedule!r} (constant, cosine, linear)")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    seconds: float
+    valid_ndcg: float | None
+    tokens: int
+
+
+class Trainer:
+    def __init__(self, config: NeuralConfig) -> None:
+        self.config = config
+
+    def fit(self, model: TorchRecommender, data: InteractionData, valid: Any = None) -> list[EpochRecord]:
+        from dynrec.evaluation.offline import evaluate  # local: evaluation imports models
+
+        cfg = self.config
+        net = model.net
+        assert net is not None
+        gen = torch.Generator().manual_seed(cfg.seed)
+        opt = _make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
+        steps_per_epoch = max(1, sum(1 for _ in model.train_batches(data, torch.Generator().manual_seed(0))))
+        total = steps_per_epoch * cfg.epochs
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, total, cfg.warmup_steps, cfg.schedule)
+        )
+        vset = valid
+        if valid is not None and cfg.valid_max_queries and len(valid) > cfg.valid_max_queries:
+            rng = np.random.default_rng(cfg.seed)
+            vset = valid.subset(np.sort(rng.choice(len(valid), cfg.valid_max_queries, replace=False)))
+        history: list[EpochRecord] = []
+        best, best_state, bad, start_epoch = -1.0, None, 0, 0
+        ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+        if ckpt is not None and (ckpt / "trainer.json").exists():
+            start_epoch, best, bad, history, best_state = _load_checkpoint(ckpt, net, opt, sched, gen)
+            log.info("resumed from %s at epoch %d (best valid NDCG@10 %.4f)", ckpt, start_epoch, best)
+        t_start = time.perf_counter()
+        bar = tqdm(
+            range(start_epoch, cfg.epochs), desc=f"train {model.name}", disable=not cfg.progress, unit="ep"
+        )
+        for epoch in bar:
+            net.train()
+            t0 = time.perf_counter()
+            total_loss, n_batches, tokens = 0.0, 0, 0
+            for batch in model.train_batches(data, gen):
+                batch = {k: v.to(model.device, non_blocking=True) for k, v in batch.items()}
+                loss = model.loss(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                total_loss += float(loss.detach())
+                n_batches += 1
+                tokens += int(batch["n_tokens"].sum()) if "n_tokens" in batch else 0
+            rec = EpochRecord(
+                epoch + 1, total_loss / max(1, n_batches), time.perf_counter() - t0, None, tokens
+            )
+            if (
+                vset is not None
+                and len(vset)
+                and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
+            ):
+                rec.valid_ndcg = evaluate(model, vset, ks=(10,), extra=False).metrics["NDCG@10"]
+                if rec.valid_ndcg > best:
+                    best, bad = rec.valid_ndcg, 0
+                    best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                    model.meta["best_epoch"] = epoch + 1
+                    model.meta["seconds_to_best"] = time.perf_counter() - t_start
+                else:
+                    bad += 1
+            history.append(rec)
+            bar.set_postfix(
+                loss=f"{rec.loss:.4f}",
+                val_ndcg10=f"{rec.valid_ndcg:.4f}" if rec.valid_ndcg is not None else "-",
+            )
+            log.info(
+                "epoch %d loss %.4f valid NDCG@10 %s (%.1fs)",
+                rec.epoch,
+                rec.loss,
+                rec.valid_ndcg,
+                rec.seconds,
+            )
+            if ckpt is not None:
+                _save_checkpoint(ckpt, net, opt, sched, gen, epoch + 1, best, bad, history, best_state)
+            if vset is not None and bad >= cfg.patience:
+                break
+        bar.close()
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        model.meta["valid_ndcg@10"] = best if best >= 0 else None
+        model.meta["epochs_run"] = len(history)
+        model.meta["train_seconds"] = time.perf_counter() - t_start
+        model.meta["train_log"] = [vars(h) for h in history]
+        net.eval()
+        return history
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"scalars": scalars, "param_groups": sd["param_groups"]}
+
+
+def _save_checkpoint(
+    d: Path,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gen: torch.Generator,
+    epoch: int,
+    best: float,
+    bad: int,
+    history: list[EpochRecord],
+    best_state: dict[str, torch.Tensor] | None,
+) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(d / "last.safetensors")
+    )
+    if best_state is not None:
+        save_file(best_state, str(d / "best.safetensors"))
+    ot, ometa = _flatten_optimizer(opt)
+    save_file(ot, str(d / "optimizer.safetensors"))
+    save_file({"rng": gen.get_state()}, str(d / "rng.safetensors"))
+    state = {
+        "epoch": epoch,
+        "best": best,
+        "bad": bad,
+        "history": [vars(h) for h in history],
+        "optimizer": ometa,
+        "scheduler": sched.state_dict() | {"lr_lambdas": None},
+    }
+    tmp = d / "trainer.json.tmp"
+    tmp.write_text(json.dumps(state))
+    tmp.replace(d / "trainer.json")
+
+
+def _load_checkpoint(
+    d: Path, net: nn.Module, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator
+) -> tuple[int, float, int, list[EpochRecord], dict[str, torch.Tensor] | None]:
+    state = json.loads((d / "trainer.json").read_text())
+    net.load_state_dict(load_file(str(d / "last.safetensors")))
+    ot = load_file(str(d / "optimizer.safetensors"))
+    ometa = state["optimizer"]
+    opt_state: dict[int, dict[str, Any]] = {}
+    for key, v in ot.items():
+        pid, name = key.split(".", 1)
+        opt_state.setdefault(int(pid), {})[name] = v
+    for key, v in ometa["scalars"].items():
+        pid, name = key.split(".", 1)
+        opt_state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": ometa["param_groups"]})
+    sch = dict(state["scheduler"])
+    sch.pop("lr_lambdas", None)
+    sched.last_epoch = sch.get("last_epoch", sched.last_epoch)
+    sched._step_count = sch.get("_step_count", 1)  # noqa: SLF001
+    gen.set_state(load_file(str(d / "rng.safetensors"))["rng"])
+    best_state = load_file(str(d / "best.safetensors")) if (d / "best.safetensors").exists() else None
+    history = [EpochRecord(**h) for h in state["history"]]
+    return int(state["epoch"]), float(state["best"]), int(state["bad"]), history, best_state
