@@ -56,7 +56,7 @@ class ItemKNN(Recommender):
 
     def __init__(self, config: KNNConfig | None = None) -> None:
         super().__init__(config)
-        self.sim: sp.csr_matrix | None = None  # [n_items, n_items], row i = neighbours of i
+        self.sim: sp.csr_matrix | None = None  # [n_items, n_items]; score = history @ sim
 
     def _fit(self, data: InteractionData, valid: object) -> None:
         x = data.csr(binary=True).tocsc()  # users x items
@@ -73,7 +73,9 @@ class ItemKNN(Recommender):
             s = co / torch.clamp(denom, min=1e-12)
             s[torch.arange(b - a), torch.arange(a, b)] = 0.0  # no self-similarity
             parts.append(_topk_sparse(s, self.config.k, a, n))
-        self.sim = sp.vstack(parts).tocsr() if parts else sp.csr_matrix((n, n), dtype=np.float32)
+        # parts row j = target j's k most similar items; transposed, row i = item i's contribution to
+        # every target (each target keeps its own k neighbours, as in Sarwar et al. / RecBole).
+        self.sim = sp.vstack(parts).T.tocsr() if parts else sp.csr_matrix((n, n), dtype=np.float32)
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         if self.sim is None:

@@ -1,0 +1,1 @@
+"""Sequence models: GRU4Rec, Caser, SASRec, BERT4Rec."""
