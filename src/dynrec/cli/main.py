@@ -6,7 +6,9 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+import functools
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -18,6 +20,22 @@ app.add_typer(data_app, name="data")
 
 SplitOpt = Annotated[str, typer.Option("--split", help="loo (temporal leave-one-out) or time (global cut)")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="folder with datasets (else DYNREC_DATA_DIR)")]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handled(fn: F) -> F:
+    """User mistakes (DynrecError, missing files) become a one-line error and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (DynrecError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            _fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _fail(msg: str) -> None:
@@ -51,6 +69,7 @@ def _table(metrics: dict[str, float]) -> str:
 
 
 @data_app.command("stats")
+@handled
 def data_stats(
     dataset: Annotated[str, typer.Argument(help="registered name (ml-100k, ml-1m, ...) or a file path")],
     data_dir: DataDirOpt = None,
@@ -74,6 +93,7 @@ def data_stats(
 
 
 @app.command()
+@handled
 def train(
     model: Annotated[str, typer.Argument(help="model name: pop, itemknn, userknn, als, ease, sasrec, ...")],
     dataset: Annotated[str, typer.Option("--dataset", help="registered name or event file path")],
@@ -105,6 +125,7 @@ def train(
 
 
 @app.command()
+@handled
 def evaluate(
     target: Annotated[str, typer.Argument(help="a saved model directory, or a model name (trained now)")],
     dataset: Annotated[str | None, typer.Option("--dataset")] = None,
@@ -138,6 +159,7 @@ def evaluate(
 
 
 @app.command()
+@handled
 def recommend(
     model_dir: Annotated[Path, typer.Argument(help="saved model directory")],
     user: Annotated[str | None, typer.Option("--user", help="user id (history from the model's dataset)")] = None,
