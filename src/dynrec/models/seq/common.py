@@ -144,12 +144,12 @@ class SequenceBatches:
         n = int(self.seqs.shape[0])
         perm = torch.randperm(n, generator=gen)
         if not self.bucket:
-            return list(perm.split(self.batch_size))
+            return list(torch.split(perm, self.batch_size))
         group = self.batch_size * self.bucket_batches
         batches: list[torch.Tensor] = []
-        for g in perm.split(group):
+        for g in torch.split(perm, group):
             order = torch.argsort(self.lengths[g], descending=True, stable=True)
-            batches.extend(g[order].split(self.batch_size))
+            batches.extend(torch.split(g[order], self.batch_size))
         shuffle = torch.randperm(len(batches), generator=gen).tolist()
         return [batches[i] for i in shuffle]
 
@@ -201,14 +201,15 @@ class _FusedLinearCE(torch.autograd.Function):
         w = weight.detach().to(mm_dtype)
         h_all = hidden.detach()
         grad_h = torch.empty_like(h_all) if need else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        acc = torch.promote_types(weight.dtype, torch.float32)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need else None
+        total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
         inv_n = 1.0 / max(1, n)
         for a in range(0, n, chunk):
             b = min(n, a + chunk)
             h = h_all[a:b].to(mm_dtype)
             t = targets[a:b]
-            logits = (h @ w.T).float()  # [c, n_items]
+            logits = (h @ w.T).to(total.dtype)  # [c, n_items]
             logits[:, 0] = -torch.inf  # padding is never a target
             lse = torch.logsumexp(logits, dim=1)
             total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
@@ -219,7 +220,7 @@ class _FusedLinearCE(torch.autograd.Function):
                 p.mul_(inv_n)
                 pm = p.to(mm_dtype)
                 grad_h[a:b] = (pm @ w).to(grad_h.dtype)
-                grad_w += (pm.T @ h).float()
+                grad_w += (pm.T @ h).to(acc)
         if need:
             ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if grad_w is not None else None)
         return total * inv_n
@@ -241,7 +242,7 @@ def full_ce_loss(
     """
     if hidden.shape[0] == 0:
         return (hidden.sum() + weight.sum()) * 0.0
-    out = _FusedLinearCE.apply(hidden, weight, targets, _chunk_rows(int(weight.shape[0]), chunk), bf16)
+    out = _FusedLinearCE.apply(hidden, weight, targets, _chunk_rows(int(weight.shape[0]), chunk), bf16)  # type: ignore[no-untyped-call]
     assert isinstance(out, torch.Tensor)
     return out
 
@@ -297,7 +298,9 @@ def catalogue_loss(
             raise ValueError("sampled softmax needs a generator")
         p = probs if cfg.negative_sampling == "popularity" else None
         with torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
-            return sampled_softmax_loss(hidden, weight, targets, n_negatives=cfg.n_negatives, gen=gen, probs=p)
+            return sampled_softmax_loss(
+                hidden, weight, targets, n_negatives=cfg.n_negatives, gen=gen, probs=p
+            )
     raise ValueError(f"unknown loss {cfg.loss!r} (ce, sampled)")
 
 
