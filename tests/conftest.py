@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DYNREC_DATA_DIR", str((REPO.parent / "shared" / "data").resolve()))
 
 
-def clustered_data(n_users: int = 60, n_items: int = 40, n_groups: int = 4, per_user: int = 12, seed: int = 0) -> InteractionData:
+def clustered_data(
+    n_users: int = 60, n_items: int = 40, n_groups: int = 4, per_user: int = 12, seed: int = 0
+) -> InteractionData:
     """Users in `n_groups` taste groups; each consumes a random walk over its group's items
     (with occasional off-group noise), so both CF and sequence models have something to learn."""
     rng = np.random.default_rng(seed)

@@ -37,8 +37,10 @@ def _row(name: str, metrics: dict[str, float], seconds: float) -> str:
 def run(dataset: str, models: tuple[str, ...], out: Path, sets: dict[str, dict[str, str]]) -> dict[str, Any]:
     t0 = time.perf_counter()
     prepared = pipeline.prepare(dataset, split="loo")
-    print(f"{dataset}: {len(prepared.data.user_vocab)} users, {len(prepared.data.item_vocab)} items, "
-          f"{prepared.data.n_events} events; temporal leave-one-out; prepared in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"{dataset}: {len(prepared.data.user_vocab)} users, {len(prepared.data.item_vocab)} items, "
+        f"{prepared.data.n_events} events; temporal leave-one-out; prepared in {time.perf_counter() - t0:.1f}s"
+    )
     have = set(available_models())
     results: dict[str, Any] = {}
     header = "| model      | HR@10  | NDCG@10 | MRR@10 | Cov@10 | fit s   |\n|------------|--------|---------|--------|--------|---------|"

@@ -30,8 +30,14 @@ class Prepared:
     split: Split
 
 
-def prepare(dataset: str, *, split: SplitKind = "loo", data_dir: str | Path | None = None, strict: bool = False,
-            quantile: float = 0.8) -> Prepared:
+def prepare(
+    dataset: str,
+    *,
+    split: SplitKind = "loo",
+    data_dir: str | Path | None = None,
+    strict: bool = False,
+    quantile: float = 0.8,
+) -> Prepared:
     events = registry.load(dataset, data_dir, strict=strict)
     data = InteractionData.from_events(events)
     kwargs: dict[str, Any] = {"quantile": quantile} if split == "time" else {}
@@ -75,20 +81,40 @@ def train(
     return model
 
 
-def evaluate_model(model: Recommender, prepared: Prepared, *, ks: tuple[int, ...] = (10,),
-                   exclude_seen: bool = True, on: str = "test", progress: bool = False) -> EvalResult:
+def evaluate_model(
+    model: Recommender,
+    prepared: Prepared,
+    *,
+    ks: tuple[int, ...] = (10,),
+    exclude_seen: bool = True,
+    on: str = "test",
+    progress: bool = False,
+) -> EvalResult:
     if model.item_vocab is not None and model.item_vocab != prepared.data.item_vocab:
         raise DynrecError(
             "the model's item vocabulary differs from this dataset's: evaluate it on the dataset it was trained on"
         )
     es = prepared.split.test if on == "test" else prepared.split.valid
-    return evaluate(model, es, ks=ks, exclude_seen=exclude_seen,
-                    item_popularity=user_popularity(prepared.split.train), progress=progress)
+    return evaluate(
+        model,
+        es,
+        ks=ks,
+        exclude_seen=exclude_seen,
+        item_popularity=user_popularity(prepared.split.train),
+        progress=progress,
+    )
 
 
-def evaluate_saved(path: str | Path, *, dataset: str | None = None, split: SplitKind | None = None,
-                   data_dir: str | Path | None = None, ks: tuple[int, ...] = (10,), exclude_seen: bool = True,
-                   progress: bool = False) -> tuple[Recommender, EvalResult]:
+def evaluate_saved(
+    path: str | Path,
+    *,
+    dataset: str | None = None,
+    split: SplitKind | None = None,
+    data_dir: str | Path | None = None,
+    ks: tuple[int, ...] = (10,),
+    exclude_seen: bool = True,
+    progress: bool = False,
+) -> tuple[Recommender, EvalResult]:
     model = Recommender.load(path)
     ds = dataset or model.meta.get("dataset")
     if ds is None:

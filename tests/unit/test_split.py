@@ -17,8 +17,11 @@ def _data() -> InteractionData:
     items = [5, 1, 2, 3, 4, 3, 4, 6, 2]
     ts = [50, 10, 20, 30, 40, 15, 15, 60, 5]
     return InteractionData.from_arrays(
-        users, items, timestamps=ts,
-        user_vocab=Vocabulary(["a", "b", "c"]), item_vocab=Vocabulary(str(i) for i in range(1, 7)),
+        users,
+        items,
+        timestamps=ts,
+        user_vocab=Vocabulary(["a", "b", "c"]),
+        item_vocab=Vocabulary(str(i) for i in range(1, 7)),
     )
 
 
@@ -67,6 +70,8 @@ def test_temporal_split() -> None:
 
 def test_temporal_split_needs_time() -> None:
     d = _data()
-    od = InteractionData(d.user_vocab, d.item_vocab, d.users, d.items, d.timestamps, d.weights, d.values, d.indptr, False)
+    od = InteractionData(
+        d.user_vocab, d.item_vocab, d.users, d.items, d.timestamps, d.weights, d.values, d.indptr, False
+    )
     with pytest.raises(ValueError, match="no timestamps"):
         temporal_split(od)

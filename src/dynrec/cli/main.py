@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
-from pathlib import Path
-import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -19,7 +19,9 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: statistics, synthet
 app.add_typer(data_app, name="data")
 
 SplitOpt = Annotated[str, typer.Option("--split", help="loo (temporal leave-one-out) or time (global cut)")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="folder with datasets (else DYNREC_DATA_DIR)")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="folder with datasets (else DYNREC_DATA_DIR)")
+]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -98,7 +100,9 @@ def train(
     model: Annotated[str, typer.Argument(help="model name: pop, itemknn, userknn, als, ease, sasrec, ...")],
     dataset: Annotated[str, typer.Option("--dataset", help="registered name or event file path")],
     out: Annotated[Path, typer.Option("--out", help="directory to save the model")],
-    sets: Annotated[list[str] | None, typer.Option("--set", help="config override key=value (repeatable)")] = None,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="config override key=value (repeatable)")
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML config file")] = None,
     split: SplitOpt = "loo",
     data_dir: DataDirOpt = None,
@@ -142,8 +146,13 @@ def evaluate(
     ks = tuple(k or [10])
     if Path(target).is_dir():
         _, res = pipeline.evaluate_saved(
-            target, dataset=dataset, split=_split(split) if split else None, data_dir=data_dir, ks=ks,
-            exclude_seen=not keep_seen, progress=not as_json,
+            target,
+            dataset=dataset,
+            split=_split(split) if split else None,
+            data_dir=data_dir,
+            ks=ks,
+            exclude_seen=not keep_seen,
+            progress=not as_json,
         )
     else:
         if dataset is None:
@@ -162,8 +171,12 @@ def evaluate(
 @handled
 def recommend(
     model_dir: Annotated[Path, typer.Argument(help="saved model directory")],
-    user: Annotated[str | None, typer.Option("--user", help="user id (history from the model's dataset)")] = None,
-    history: Annotated[str | None, typer.Option("--history", help="comma-separated item ids, oldest first")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="user id (history from the model's dataset)")
+    ] = None,
+    history: Annotated[
+        str | None, typer.Option("--history", help="comma-separated item ids, oldest first")
+    ] = None,
     k: Annotated[int, typer.Option("--k")] = 10,
     data_dir: DataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
