@@ -1,9 +1,13 @@
 """EventLog: the validated table of behaviour events every other layer starts from.
 
 Columns (Polars): ``user_id`` (str), ``item_id`` (str), ``timestamp`` (int64, seconds UTC or, for
-order-only data, the position in the source), ``event_type`` (str), ``value`` (float64, e.g. a
-rating; 1.0 when the source has none), ``row`` (int64, global source order, used as the stable
-tie-break for equal timestamps) and ``line`` (int64, 1-based line in the source file, for messages).
+order-only data, the position in the user's sequence), ``event_type`` (str), ``value`` (float64,
+e.g. a rating; 1.0 when the source has none), ``row`` (int64, global source order, used as the
+stable tie-break for equal timestamps) and ``line`` (int64, 1-based line in the source file, or
+1-based row of a DataFrame, for messages).
+
+Ordering rule used everywhere: events are ordered by ``(timestamp, row)``, i.e. a *stable* sort by
+time — events with equal timestamps keep their file order.
 """
 
 from __future__ import annotations
@@ -28,6 +32,16 @@ SCHEMA: dict[str, pl.DataType] = {
     "line": pl.Int64(),
 }
 DEFAULT_EVENT_TYPE = "interaction"
+ROW_FIELD = "<row>"  # InvalidRow.field for whole-row problems (wrong column count, bad JSON, ...)
+
+# Reasons, shared with the readers so reports read the same whatever the source format.
+MISSING_USER = "missing user id"
+MISSING_ITEM = "missing item id"
+BAD_TIMESTAMP = "timestamp is missing or not a number"
+NONFINITE_TIMESTAMP = "timestamp is not finite or out of range"
+NEGATIVE_TIMESTAMP = "negative timestamp"
+BAD_VALUE = "value is missing, NaN or not a number"
+NONFINITE_VALUE = "value is infinite"
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,10 @@ class InvalidRow:
 
 @dataclass(frozen=True)
 class ValidationReport:
-    """Every rejected row with its source, line, field and reason; `n_valid` rows were kept."""
+    """Every rejected row with its source, line, field and reason; `n_valid` rows were kept.
+
+    `n_duplicates` counts events later removed by `dynrec.preprocessing.filters.dedup`.
+    """
 
     n_valid: int = 0
     invalid: tuple[InvalidRow, ...] = ()
@@ -52,6 +69,13 @@ class ValidationReport:
     @property
     def n_invalid(self) -> int:
         return len(self.invalid)
+
+    def by_reason(self) -> dict[str, int]:
+        """Count of invalid rows per reason (for summaries and tests)."""
+        out: dict[str, int] = {}
+        for r in self.invalid:
+            out[r.reason] = out.get(r.reason, 0) + 1
+        return out
 
     def merge(self, other: ValidationReport) -> ValidationReport:
         return ValidationReport(
@@ -77,12 +101,18 @@ class ValidationReport:
 
 @dataclass(frozen=True)
 class EventLog:
-    """A validated event table plus the report of what was rejected while reading it."""
+    """A validated event table plus the report of what was rejected while reading it.
+
+    `event_weights` (event type -> implicit-feedback weight, e.g. ``{"view": 1, "click": 2,
+    "purchase": 5}``) is what the reader validated event types against; pass it on with
+    ``InteractionData.from_events(log, event_weights=log.event_weights)``.
+    """
 
     frame: pl.DataFrame
     has_time: bool = True
     source: str = "<memory>"
     report: ValidationReport = field(default_factory=ValidationReport)
+    event_weights: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         missing = [c for c in SCHEMA if c not in self.frame.columns]
@@ -100,12 +130,28 @@ class EventLog:
     def n_items(self) -> int:
         return int(self.frame["item_id"].n_unique())
 
-    def with_frame(self, frame: pl.DataFrame) -> EventLog:
-        return EventLog(frame.select(list(SCHEMA)), self.has_time, self.source, self.report)
+    def with_frame(self, frame: pl.DataFrame, *, report: ValidationReport | None = None) -> EventLog:
+        return EventLog(
+            frame.select(list(SCHEMA)),
+            self.has_time,
+            self.source,
+            self.report if report is None else report,
+            self.event_weights,
+        )
 
     def sorted(self) -> EventLog:
         """Events ordered by (timestamp, source row): equal timestamps keep source order (stable)."""
         return self.with_frame(self.frame.sort(["timestamp", "row"]))
+
+    def weights(self, default: float = 1.0) -> pl.Series:
+        """Per-event weight from `event_weights` (`default` where no mapping or type is unknown)."""
+        if not self.event_weights:
+            return pl.repeat(default, self.frame.height, dtype=pl.Float64, eager=True).alias("weight")
+        return (
+            self.frame["event_type"]
+            .replace_strict(dict(self.event_weights), default=default, return_dtype=pl.Float64)
+            .alias("weight")
+        )
 
     @staticmethod
     def concat(logs: list[EventLog]) -> EventLog:
@@ -115,13 +161,16 @@ class EventLog:
             frames.append(lg.frame.with_columns(pl.col("row") + offset))
             offset += lg.frame.height
         report = ValidationReport()
+        weights: dict[str, float] = {}
         for lg in logs:
             report = report.merge(lg.report)
+            weights.update(lg.event_weights or {})
         return EventLog(
             pl.concat(frames) if frames else empty_frame(),
             all(lg.has_time for lg in logs),
             "+".join(lg.source for lg in logs),
             report,
+            weights or None,
         )
 
 
@@ -129,3 +178,127 @@ def empty_frame() -> pl.DataFrame:
     return pl.DataFrame(schema=SCHEMA)
 
 
+def _as_string(col: str, dtype: pl.DataType) -> pl.Expr:
+    """An id column as stripped strings; integral floats (pandas ints with NaN) lose their ``.0``."""
+    e = pl.col(col)
+    if dtype.is_float():
+        e = pl.when(e.is_finite() & (e == e.round(0))).then(e.cast(pl.Int64, strict=False).cast(pl.String))
+        e = e.otherwise(pl.col(col).cast(pl.String))
+    return e.cast(pl.String).str.strip_chars()
+
+
+def _as_float(col: str, dtype: pl.DataType) -> pl.Expr:
+    if dtype.is_numeric() or dtype == pl.Boolean:
+        return pl.col(col).cast(pl.Float64)
+    return pl.col(col).cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+
+
+_INT64_LIMIT = 9.2e18
+
+
+def _timestamp_exprs(dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
+    """(seconds as Int64 or null, finite-check) for a timestamp column of any dtype.
+
+    Integers are used as they are; floats are truncated towards zero; strings are parsed as an
+    integer first (exact for 64-bit values) and as a float otherwise ("1.5", "1e9").
+    """
+    c = pl.col("timestamp")
+    if dtype.is_integer():
+        return c.cast(pl.Int64), pl.lit(True)
+    if dtype.is_float():
+        f = c.cast(pl.Float64)
+    else:
+        s = c.cast(pl.String).str.strip_chars()
+        f = s.cast(pl.Float64, strict=False)
+        as_int = s.cast(pl.Int64, strict=False)
+    finite = f.is_finite() & (f.abs() < _INT64_LIMIT)
+    from_float = pl.when(finite).then(f.cast(pl.Int64, strict=False))
+    if dtype.is_float():
+        return from_float, finite | f.is_null()
+    return pl.coalesce(as_int, from_float), finite | f.is_null() | as_int.is_not_null()
+
+
+def validate_frame(
+    raw: pl.DataFrame,
+    *,
+    source: str,
+    event_types: Mapping[str, float] | None = None,
+    extra_invalid: pl.DataFrame | None = None,
+    field_names: Mapping[str, str] | None = None,
+) -> tuple[pl.DataFrame, ValidationReport]:
+    """Split `raw` (columns named as SCHEMA, any dtype, plus ``line``) into valid rows and a report.
+
+    Checks, vectorised, first failing check wins: missing/empty user or item id; timestamp missing,
+    not a number, not finite or negative (fractional seconds are truncated); value missing, NaN,
+    not a number or infinite; event type not in `event_types` (when given). `extra_invalid` carries
+    rows the reader already rejected (columns ``line``, ``field``, ``reason``), e.g. wrong column
+    counts. `field_names` maps SCHEMA names to the source's column names for the report.
+    Row order is preserved; ``row`` (if absent) is the position in `raw`.
+    """
+    n = raw.height
+    df = raw
+    if "row" not in df.columns:
+        df = df.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    if "event_type" not in df.columns:
+        df = df.with_columns(pl.lit(DEFAULT_EVENT_TYPE).alias("event_type"))
+    if "value" not in df.columns:
+        df = df.with_columns(pl.lit(1.0).alias("value"))
+    schema = df.schema
+    ts_expr, ts_finite = _timestamp_exprs(schema["timestamp"])
+    df = df.with_columns(
+        _as_string("user_id", schema["user_id"]).alias("user_id"),
+        _as_string("item_id", schema["item_id"]).alias("item_id"),
+        _as_string("event_type", schema["event_type"]).alias("event_type"),
+        ts_expr.alias("_ts"),
+        ts_finite.alias("_ts_finite"),
+        _as_float("value", schema["value"]).alias("_val"),
+    )
+    checks: list[tuple[str, str, pl.Expr]] = [
+        ("user_id", MISSING_USER, pl.col("user_id").is_null() | (pl.col("user_id") == "")),
+        ("item_id", MISSING_ITEM, pl.col("item_id").is_null() | (pl.col("item_id") == "")),
+        ("timestamp", NONFINITE_TIMESTAMP, ~pl.col("_ts_finite")),
+        ("timestamp", BAD_TIMESTAMP, pl.col("_ts").is_null()),
+        ("timestamp", NEGATIVE_TIMESTAMP, pl.col("_ts") < 0),
+        ("value", BAD_VALUE, pl.col("_val").is_null() | pl.col("_val").is_nan()),
+        ("value", NONFINITE_VALUE, pl.col("_val").is_infinite()),
+    ]
+    if event_types is not None:
+        allowed = list(event_types)
+        checks.append(
+            (
+                "event_type",
+                f"unknown event type (allowed: {', '.join(sorted(allowed))})",
+                ~pl.col("event_type").is_in(allowed) | pl.col("event_type").is_null(),
+            )
+        )
+    names = dict(field_names or {})
+    reason_expr: pl.Expr = pl.lit(None, dtype=pl.String)
+    field_expr: pl.Expr = pl.lit(None, dtype=pl.String)
+    for fld, reason, cond in reversed(checks):  # first failing check wins
+        hit = cond.fill_null(True)
+        reason_expr = pl.when(hit).then(pl.lit(reason)).otherwise(reason_expr)
+        field_expr = pl.when(hit).then(pl.lit(names.get(fld, fld))).otherwise(field_expr)
+    df = df.with_columns(reason_expr.alias("_reason"), field_expr.alias("_field"))
+    bad = df.filter(pl.col("_reason").is_not_null()).select("line", "_field", "_reason")
+    good = df.filter(pl.col("_reason").is_null()).select(
+        "user_id",
+        "item_id",
+        pl.col("_ts").alias("timestamp"),
+        "event_type",
+        pl.col("_val").alias("value"),
+        pl.col("row").cast(pl.Int64),
+        pl.col("line").cast(pl.Int64),
+    )
+    rows = [
+        InvalidRow(source, int(line), str(fld), str(reason))
+        for line, fld, reason in bad.iter_rows()  # only the rejected rows, never the hot path
+    ]
+    if extra_invalid is not None and extra_invalid.height:
+        rows += [InvalidRow(source, int(a), str(b), str(c)) for a, b, c in extra_invalid.iter_rows()]
+        rows.sort(key=lambda r: r.line)
+    report = ValidationReport(n_valid=good.height, invalid=tuple(rows))
+    if rows:
+        log.warning("%s: %s", source, report.summary())
+    if good.height + bad.height != n:  # pragma: no cover - internal invariant
+        raise AssertionError("validation lost rows")
+    return good, report

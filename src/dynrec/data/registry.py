@@ -1,14 +1,78 @@
-"""Datasets by name, resolved from an explicit path, ``DYNREC_DATA_DIR`` or the user cache dir."""
+"""Datasets by name, resolved from an explicit path, ``DYNREC_DATA_DIR`` or the user cache dir.
+
+Resolution order for ``load("ml-100k", data_dir)``: `data_dir` (``--data-dir``), then
+``$DYNREC_DATA_DIR``, then the cache dir (``$DYNREC_CACHE_DIR``, else
+``$XDG_CACHE_HOME/dynrec/data``, else ``~/.cache/dynrec/data``). In each directory a dataset's
+files are looked for in ``<dir>/<folder>/`` and then directly in ``<dir>/``.
+
+Downloads: only where the publisher serves the data — GroupLens for MovieLens (``ml-100k`` from
+``ml-100k.zip``, ``ml-1m-full`` from ``ml-1m.zip``). The archive is streamed to a temporary file
+in the cache dir, its checksum checked, extracted into a staging folder next to the target and
+moved into place file by file with `os.replace` (the data file last), so an interrupted download
+never leaves a half-written dataset. ``DYNREC_OFFLINE=1`` (or ``download=False``) never touches
+the network.
+
+Note on ml-1m: the name ``ml-1m`` means the SASRec-preprocessed version (3,416 items, order only)
+that most sequential-recommendation papers use. GroupLens does not serve it: its ``ml-1m.zip``
+holds ``ratings.dat``, which is ``ml-1m-full`` here. So ``ml-1m`` is offline-only.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from dynrec.data.events import EventLog
-from dynrec.data.io import Format, read_events
-from dynrec.errors import DatasetNotFoundError
+from dynrec.data.io import Format, read_events, read_items
+from dynrec.data.items import ItemMetadata
+from dynrec.errors import DataError, DatasetNotFoundError
+
+log = logging.getLogger(__name__)
+
+GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
+# MD5 digests published by GroupLens next to each archive (ml-100k.zip.md5, ml-1m.zip.md5); the
+# same values are hard-coded by independent loaders (e.g. sisinflab/DataRec). No SHA-256 is
+# published and none could be computed here (machines are offline), so MD5 is what is checked;
+# set `Download.sha256` once a digest has been computed from the official archive.
+ML_100K_MD5 = "0e33842e24a9c977be4e0107933c0723"
+ML_1M_MD5 = "c4d9eecfca2ab87c1945afe126590906"
+OFFLINE_HINT = (
+    "If this machine is offline, copy the files from a machine that has them and point dynrec at "
+    "them: set DYNREC_DATA_DIR=/path/to/data (a folder holding {where}), pass --data-dir "
+    "/path/to/data, or give the file path instead of the dataset name."
+)
+
+
+class ChecksumError(DataError):
+    """A downloaded archive does not match its published checksum (nothing was extracted)."""
+
+
+class DownloadError(DatasetNotFoundError):
+    """A dataset could not be downloaded (offline, HTTP error, bad archive)."""
+
+
+@dataclass(frozen=True)
+class Download:
+    """Where the publisher serves a dataset, and the digest(s) the archive must match."""
+
+    url: str
+    archive_root: str  # the top folder inside the zip, stripped on extraction
+    md5: str | None = None
+    sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.md5 or self.sha256):
+            raise ValueError(f"download {self.url} needs a checksum (md5 or sha256)")
 
 
 @dataclass(frozen=True)
@@ -18,7 +82,13 @@ class DatasetSpec:
     files: tuple[str, ...]  # candidates inside the folder, first found wins
     format: Format
     description: str
+    item_files: tuple[str, ...] = ()  # item metadata candidates (titles, genres)
+    item_id_map: str | None = None  # "<dataset item id> <metadata item id>" lines, if ids differ
+    download: Download | None = None
+    howto: str = ""  # how to obtain the data when there is no download
 
+
+_S3REC = "RUCAIBox/CIKM2020-S3Rec (data/{file}); see shared/data/{folder}/SOURCE.md"
 
 DATASETS: dict[str, DatasetSpec] = {
     s.name: s
@@ -29,6 +99,8 @@ DATASETS: dict[str, DatasetSpec] = {
             ("u.data", "ml-100k.inter"),
             "ml-100k",
             "MovieLens 100K ratings with timestamps (943 users, 1,682 items)",
+            item_files=("u.item", "ml-100k.item"),
+            download=Download(GROUPLENS + "ml-100k.zip", "ml-100k", md5=ML_100K_MD5),
         ),
         DatasetSpec(
             "ml-1m",
@@ -36,6 +108,14 @@ DATASETS: dict[str, DatasetSpec] = {
             ("ml-1m.txt.gz", "ml-1m.txt"),
             "pair-lines",
             "MovieLens 1M, SASRec version (6,040 users, 3,416 items, order only)",
+            item_files=("movies.dat",),
+            item_id_map="sas_to_original_items.txt",
+            howto=(
+                "ml-1m is the SASRec-preprocessed MovieLens-1M, which GroupLens does not publish, so it "
+                "cannot be downloaded: get data/ml-1m.txt from github.com/kang205/SASRec and save it as "
+                "ml-1m/ml-1m.txt (or gzipped, ml-1m.txt.gz). The full GroupLens data (ratings.dat, "
+                "downloadable) is the dataset 'ml-1m-full'."
+            ),
         ),
         DatasetSpec(
             "ml-1m-full",
@@ -43,6 +123,8 @@ DATASETS: dict[str, DatasetSpec] = {
             ("ratings.dat", "ml-1m-full.txt.gz"),
             "ml-dat",
             "MovieLens 1M, all ratings (6,040 users, 3,706 items)",
+            item_files=("movies.dat",),
+            download=Download(GROUPLENS + "ml-1m.zip", "ml-1m", md5=ML_1M_MD5),
         ),
         DatasetSpec(
             "amazon-beauty",
@@ -50,6 +132,7 @@ DATASETS: dict[str, DatasetSpec] = {
             ("Beauty.txt",),
             "user-lines",
             "Amazon Beauty 2014 5-core (S3-Rec), order only",
+            howto=_S3REC.format(file="Beauty.txt", folder="amazon-beauty"),
         ),
         DatasetSpec(
             "amazon-sports",
@@ -57,6 +140,7 @@ DATASETS: dict[str, DatasetSpec] = {
             ("Sports_and_Outdoors.txt",),
             "user-lines",
             "Amazon Sports and Outdoors 2014 5-core (S3-Rec), order only",
+            howto=_S3REC.format(file="Sports_and_Outdoors.txt", folder="amazon-sports"),
         ),
         DatasetSpec(
             "amazon-toys",
@@ -64,14 +148,34 @@ DATASETS: dict[str, DatasetSpec] = {
             ("Toys_and_Games.txt",),
             "user-lines",
             "Amazon Toys and Games 2014 5-core (S3-Rec), order only",
+            howto=_S3REC.format(file="Toys_and_Games.txt", folder="amazon-toys"),
         ),
-        DatasetSpec("yelp", "yelp", ("Yelp.txt",), "user-lines", "Yelp 2019 5-core (S3-Rec), order only"),
-        DatasetSpec("lastfm", "lastfm", ("LastFM.txt",), "user-lines", "LastFM (S3-Rec), order only"),
+        DatasetSpec(
+            "yelp",
+            "yelp",
+            ("Yelp.txt",),
+            "user-lines",
+            "Yelp 2019 5-core (S3-Rec), order only",
+            howto=_S3REC.format(file="Yelp.txt", folder="yelp"),
+        ),
+        DatasetSpec(
+            "lastfm",
+            "lastfm",
+            ("LastFM.txt",),
+            "user-lines",
+            "LastFM (S3-Rec), order only",
+            howto=_S3REC.format(file="LastFM.txt", folder="lastfm"),
+        ),
     )
 }
 
 
 def cache_dir() -> Path:
+    """Where downloads go: ``$DYNREC_CACHE_DIR``, else ``$XDG_CACHE_HOME/dynrec/data``, else
+    ``~/.cache/dynrec/data``."""
+    explicit = os.environ.get("DYNREC_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "dynrec" / "data"
 
@@ -87,34 +191,244 @@ def search_dirs(data_dir: str | Path | None = None) -> list[Path]:
     return dirs
 
 
-def resolve(name: str, data_dir: str | Path | None = None) -> tuple[DatasetSpec, Path]:
-    """The spec and file of dataset `name` (first found in `search_dirs`)."""
-    spec = DATASETS.get(name)
-    if spec is None:
+def offline() -> bool:
+    return os.environ.get("DYNREC_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def spec(name: str) -> DatasetSpec:
+    found = DATASETS.get(name)
+    if found is None:
         raise DatasetNotFoundError(
             f"unknown dataset {name!r}; known: {', '.join(DATASETS)} (or give a file path)"
         )
+    return found
+
+
+def _find(spec_: DatasetSpec, files: tuple[str, ...], data_dir: str | Path | None) -> Path | None:
     for d in search_dirs(data_dir):
-        for f in spec.files:
-            for cand in (d / spec.folder / f, d / f):
-                if cand.exists():
-                    return spec, cand
-    tried = ", ".join(str(d / spec.folder) for d in search_dirs(data_dir))
-    raise DatasetNotFoundError(
-        f"dataset {name!r} not found (looked in {tried}). Point DYNREC_DATA_DIR (or --data-dir) at a "
-        f"folder holding {spec.folder}/{spec.files[0]}."
-    )
+        for f in files:
+            for cand in (d / spec_.folder / f, d / f):
+                if cand.is_file():
+                    return cand
+    return None
 
 
-def load(name_or_path: str | Path, data_dir: str | Path | None = None, *, strict: bool = False) -> EventLog:
-    """Load a registered dataset by name, or any event file by path."""
+def _not_found(spec_: DatasetSpec, data_dir: str | Path | None, why: str = "") -> DatasetNotFoundError:
+    tried = ", ".join(str(d / spec_.folder) for d in search_dirs(data_dir))
+    where = f"{spec_.folder}/{spec_.files[0]}"
+    parts = [f"dataset {spec_.name!r} not found (looked for {' or '.join(spec_.files)} in {tried})."]
+    if why:
+        parts.append(why)
+    if spec_.howto:
+        parts.append(spec_.howto)
+    parts.append(OFFLINE_HINT.format(where=where))
+    return DatasetNotFoundError(" ".join(parts))
+
+
+def resolve(
+    name: str, data_dir: str | Path | None = None, *, download: bool | None = None
+) -> tuple[DatasetSpec, Path]:
+    """The spec and event file of dataset `name`: the first found in `search_dirs`, else (when the
+    publisher serves it, `download` is not False and ``DYNREC_OFFLINE`` is unset) downloaded into
+    the cache dir. Raises `DatasetNotFoundError` saying how to point at a local copy."""
+    s = spec(name)
+    path = _find(s, s.files, data_dir)
+    if path is not None:
+        return s, path
+    allowed = (not offline()) if download is None else download
+    if s.download is None:
+        raise _not_found(s, data_dir)
+    if not allowed:
+        raise _not_found(
+            s, data_dir, "Not downloading (offline mode: DYNREC_OFFLINE is set or download=False)."
+        )
+    try:
+        fetch(name)
+    except DownloadError as exc:
+        raise _not_found(s, data_dir, f"Downloading it failed: {exc}.") from exc
+    path = _find(s, s.files, data_dir)
+    if path is None:  # pragma: no cover - the archive lacked the file; fetch checks this
+        raise _not_found(s, data_dir, "The downloaded archive did not contain it.")
+    return s, path
+
+
+def _format_for(s: DatasetSpec, path: Path) -> Format:
+    name = path.name.lower()
+    if name.endswith(".inter"):
+        return "recbole"
+    if name.endswith((".txt", ".txt.gz")):
+        return "pair-lines" if s.format in ("pair-lines", "ml-dat") else s.format
+    return s.format
+
+
+def load(
+    name_or_path: str | Path,
+    data_dir: str | Path | None = None,
+    *,
+    strict: bool = False,
+    download: bool | None = None,
+) -> EventLog:
+    """Load a registered dataset by name, or any event file by path (format from its name)."""
+    p = Path(name_or_path)
+    if str(name_or_path) not in DATASETS:
+        if p.exists():
+            return read_events(p, strict=strict)
+        if p.suffix or os.sep in str(name_or_path):
+            raise DataError("no such file (and not a dataset name)", source=str(p))
+    s, path = resolve(str(name_or_path), data_dir, download=download)
+    return read_events(path, format=_format_for(s, path), strict=strict)
+
+
+def load_items(
+    name_or_path: str | Path, data_dir: str | Path | None = None, *, strict: bool = False
+) -> ItemMetadata:
+    """Item metadata (titles, genres) of a registered dataset, keyed by the dataset's item ids
+    (for ``ml-1m`` the SASRec ids, through ``sas_to_original_items.txt``), or of an item file."""
     p = Path(name_or_path)
     if str(name_or_path) not in DATASETS and p.exists():
-        return read_events(p, strict=strict)
-    spec, path = resolve(str(name_or_path), data_dir)
-    fmt: Format | None = spec.format
-    if path.name.endswith(".inter"):
-        fmt = "recbole"
-    elif path.name.endswith(".txt.gz") or path.name.endswith(".txt"):
-        fmt = "pair-lines" if spec.format in ("pair-lines", "ml-dat") else spec.format
-    return read_events(path, format=fmt, strict=strict)
+        return read_items(p, strict=strict)
+    s = spec(str(name_or_path))
+    if not s.item_files:
+        raise DatasetNotFoundError(f"dataset {s.name!r} has no item metadata (titles/genres) in dynrec")
+    path = _find(s, s.item_files, data_dir)
+    if path is None:
+        raise DatasetNotFoundError(
+            f"item metadata of {s.name!r} not found (looked for {' or '.join(s.item_files)} in "
+            f"{', '.join(str(d / s.folder) for d in search_dirs(data_dir))})."
+        )
+    items = read_items(path, strict=strict)
+    if s.item_id_map is None:
+        return items
+    map_path = _find(s, (s.item_id_map,), data_dir)
+    if map_path is None:
+        raise DatasetNotFoundError(
+            f"{s.name!r} item ids differ from {path.name}'s; the map {s.item_id_map} was not found next to it"
+        )
+    pairs = read_events(map_path, format="pair-lines", strict=True).frame
+    return items.rekey(dict(zip(pairs["user_id"].to_list(), pairs["item_id"].to_list(), strict=True)))
+
+
+# --------------------------------------------------------------------------------------------
+# download
+
+
+def _stream(url: str, dest: Path, timeout: float) -> tuple[str, str, int]:
+    """Stream `url` into `dest`; return (md5, sha256, size)."""
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    size = 0
+    req = urllib.request.Request(url, headers={"User-Agent": "dynrec"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp, dest.open("wb") as fh:
+            total = int(resp.headers.get("Content-Length") or 0)
+            bar = _progress(total, url)
+            while chunk := resp.read(1 << 20):
+                fh.write(chunk)
+                md5.update(chunk)
+                sha.update(chunk)
+                size += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+            if bar is not None:
+                bar.close()
+    except urllib.error.HTTPError as exc:
+        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+    except urllib.error.URLError as exc:
+        raise DownloadError(f"{url}: {exc.reason}") from exc
+    except (TimeoutError, OSError) as exc:
+        raise DownloadError(f"{url}: {exc}") from exc
+    if total and size != total:
+        raise DownloadError(f"{url}: connection closed after {size} of {total} bytes")
+    return md5.hexdigest(), sha.hexdigest(), size
+
+
+def _progress(total: int, url: str) -> Any:
+    if total < (8 << 20) or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1])
+
+
+def _safe_parts(name: str, root: str) -> tuple[str, ...] | None:
+    """Path parts of a zip member below `root` (None for directories); rejects unsafe names."""
+    if name.endswith("/"):
+        return None
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or (pure.parts and ":" in pure.parts[0]):
+        raise DownloadError(f"unsafe path in archive: {name!r}")
+    parts = pure.parts
+    if parts and parts[0] == root:
+        parts = parts[1:]
+    return parts or None
+
+
+def _extract(archive: Path, root: str, target: Path, last: tuple[str, ...]) -> list[Path]:
+    """Unzip `archive` (its `root` folder stripped) into `target`: staged next to it, then moved
+    in with `os.replace`, the files named in `last` at the very end."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-extract-"))
+    try:
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    parts = _safe_parts(info.filename, root)
+                    if parts is None:
+                        continue
+                    out = staging.joinpath(*parts)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, out.open("wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+            raise DownloadError(f"bad zip archive {archive.name}: {exc}") from exc
+        files = sorted((f for f in staging.rglob("*") if f.is_file()), key=lambda f: (f.name in last, str(f)))
+        moved = []
+        for f in files:
+            dest = target / f.relative_to(staging)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, dest)
+            moved.append(dest)
+        return moved
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def fetch(
+    name: str,
+    *,
+    dest: str | Path | None = None,
+    url: str | None = None,
+    timeout: float = 60.0,
+) -> Path:
+    """Download dataset `name` from its publisher into ``dest/<folder>`` (default: `cache_dir`).
+
+    The archive must match the spec's checksum(s) — else `ChecksumError` and nothing is
+    extracted. `url` overrides the publisher URL (mirrors, tests). Returns the dataset folder.
+    """
+    s = spec(name)
+    if s.download is None:
+        raise DownloadError(f"{name!r} has no download. {s.howto}".strip())
+    dl = s.download
+    src = url or dl.url
+    root = Path(dest) if dest is not None else cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{s.folder}-", suffix=".zip.part")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        log.info("downloading %s from %s", name, src)
+        md5, sha, size = _stream(src, tmp, timeout)
+        for algo, want, got in (("md5", dl.md5, md5), ("sha256", dl.sha256, sha)):
+            if want is not None and want.lower() != got:
+                raise ChecksumError(
+                    f"{algo} checksum mismatch: expected {want}, got {got} ({size} bytes); the download "
+                    "is corrupt or the file changed upstream. Nothing was extracted.",
+                    source=src,
+                )
+        target = root / s.folder
+        moved = _extract(tmp, dl.archive_root, target, last=s.files)
+        if not any(f.name in s.files for f in moved):
+            raise DownloadError(f"{src}: archive has none of {', '.join(s.files)}")
+        log.info("%s: %d files in %s (md5 %s, sha256 %s)", name, len(moved), target, md5, sha)
+        return target
+    finally:
+        tmp.unlink(missing_ok=True)
