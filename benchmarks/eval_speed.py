@@ -30,8 +30,16 @@ def main() -> None:
             m = create_model(name).fit(p.split.train)
             med, times = median_time(lambda m=m, p=p: evaluate(m, p.split.test, extra=False), args.repeats)
             n = len(p.split.test)
-            rows.append({"dataset": ds, "model": name, "users": n, "median_s": med, "users_per_s": n / med,
-                         "all_s": [round(t, 3) for t in times]})
+            rows.append(
+                {
+                    "dataset": ds,
+                    "model": name,
+                    "users": n,
+                    "median_s": med,
+                    "users_per_s": n / med,
+                    "all_s": [round(t, 3) for t in times],
+                }
+            )
             print(rows[-1])
     write_json("eval_speed", {"rows": rows})
     table = markdown_table(rows, ["dataset", "model", "users", "median_s", "users_per_s"])

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dynrec import pipeline
+from dynrec.data import registry
 from dynrec.errors import DynrecError
 from dynrec.models.base import QueryBatch, available_models
 
@@ -70,6 +71,15 @@ def run(dataset: str, models: tuple[str, ...], out: Path, sets: dict[str, dict[s
 def _show_real_time(model: Any, prepared: pipeline.Prepared) -> None:
     """Recommendations follow new events at once: no retraining, just a longer history."""
     vocab = prepared.data.item_vocab
+    try:
+        meta = registry.load_items(prepared.name)
+    except DynrecError:
+        meta = None
+
+    def names(idx: Any) -> list[str]:
+        ids = vocab.to_ids(idx)
+        return [(meta.title(i) or i) if meta is not None else i for i in ids]
+
     q = prepared.split.test.queries.slice(0, 1)
     hist = q.items.tolist()
     user = prepared.data.user_vocab.to_ids(q.users)[0]
@@ -82,9 +92,9 @@ def _show_real_time(model: Any, prepared: pipeline.Prepared) -> None:
     burst = [pick] + [int(i) for i in r1[0].tolist()[:2]]
     after, _ = model.recommend(QueryBatch.from_histories([hist + burst], users=q.users.tolist()), k=5)
     print(f"\nReal-time interest update with {model.name} for user {user} ({len(hist)} past events):")
-    print(f"  before : {vocab.to_ids(before[0])}")
-    print(f"  events : {vocab.to_ids(burst)}  (just arrived)")
-    print(f"  after  : {vocab.to_ids(after[0])}")
+    print(f"  before : {names(before[0])}")
+    print(f"  events : {names(burst)}  (just arrived)")
+    print(f"  after  : {names(after[0])}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,8 +128,11 @@ class InteractionData:
         item_vocab: Vocabulary | None = None,
     ) -> InteractionData:
         """Map ids through vocabularies (built from the log, in first-appearance order, if not given;
-        given ones are grown with new ids) and order each user's events stably by time."""
+        given ones are grown with new ids) and order each user's events stably by time. Event-type
+        weights default to the log's own (`EventLog.event_weights`)."""
         frame = log.frame.sort("row")
+        if event_weights is None:
+            event_weights = log.event_weights
         uv = _grow(user_vocab, frame["user_id"])
         iv = _grow(item_vocab, frame["item_id"])
         u = _map(uv, frame["user_id"])
