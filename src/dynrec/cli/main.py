@@ -97,9 +97,13 @@ def data_stats(
 @app.command()
 @handled
 def train(
-    model: Annotated[str, typer.Argument(help="model name: pop, itemknn, userknn, als, ease, sasrec, ...")],
-    dataset: Annotated[str, typer.Option("--dataset", help="registered name or event file path")],
-    out: Annotated[Path, typer.Option("--out", help="directory to save the model")],
+    model: Annotated[
+        str | None, typer.Argument(help="model name: pop, itemknn, userknn, als, ease, sasrec, ...")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="registered name or event file path")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="directory to save the model")] = None,
     sets: Annotated[
         list[str] | None, typer.Option("--set", help="config override key=value (repeatable)")
     ] = None,
@@ -108,10 +112,28 @@ def train(
     data_dir: DataDirOpt = None,
     strict: Annotated[bool, typer.Option("--strict")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print validation metrics as JSON")] = False,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="warm-start this saved model on --events (transfer)")
+    ] = None,
+    events: Annotated[Path | None, typer.Option("--events", help="new events file for --resume")] = None,
+    update_epochs: Annotated[int, typer.Option("--update-epochs", help="epochs over the new events")] = 1,
+    replay_ratio: Annotated[
+        float, typer.Option("--replay-ratio", help="old users replayed per user with new events")
+    ] = 1.0,
 ) -> None:
-    """Train MODEL on the training part of DATASET's split (validation used for model selection)."""
+    """Train MODEL on the training part of DATASET's split (validation used for model selection).
+
+    With --resume DIR --events NEW.csv: continue training the saved model from its current weights
+    on the new events mixed with a replay sample of older ones (new users/items are added); saved to
+    --out (default: DIR, in place)."""
     from dynrec import pipeline
 
+    if resume is not None or events is not None:
+        _train_resume(resume, events, out, data_dir, update_epochs, replay_ratio, as_json)
+        return
+    if model is None or dataset is None or out is None:
+        _fail("give MODEL, --dataset and --out (or --resume DIR --events FILE)")
+    assert model is not None and dataset is not None and out is not None
     cfg: dict[str, Any] = {}
     if config is not None:
         file_model, cfg = pipeline.load_config_file(config)
@@ -193,6 +215,186 @@ def recommend(
     else:
         for rank, (item, score) in enumerate(zip(recs["items"], recs["scores"], strict=True), 1):
             typer.echo(f"{rank:>3}  {item:<12} {score:.4f}")
+
+
+def _train_resume(
+    resume: Path | None,
+    events: Path | None,
+    out: Path | None,
+    data_dir: Path | None,
+    update_epochs: int,
+    replay_ratio: float,
+    as_json: bool,
+) -> None:
+    from dynrec.online.updater import UpdateConfig, resume_training
+
+    if resume is None or events is None:
+        _fail("--resume and --events go together")
+    assert resume is not None and events is not None
+    if not resume.is_dir():
+        _fail(f"{resume} is not a saved model directory")
+    cfg = UpdateConfig(epochs=update_epochs, replay_ratio=replay_ratio)
+    _, report = resume_training(resume, events, out=out, data_dir=data_dir, config=cfg)
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        typer.echo(
+            f"updated {resume} with {report['n_events']} events ({report['new_items']} new items, "
+            f"{report['new_users']} new users, {report['method']}, {report['seconds']:.1f}s); saved to {report['out']}"
+        )
+
+
+@data_app.command("synth")
+@handled
+def data_synth(
+    out: Annotated[
+        Path, typer.Option("--out", help="folder for events.csv, items.csv, oracle.csv, synth.json")
+    ],
+    users: Annotated[int, typer.Option("--users")] = 2000,
+    items: Annotated[int, typer.Option("--items")] = 1000,
+    groups: Annotated[int, typer.Option("--groups", help="item groups (interest categories)")] = 20,
+    events_per_user: Annotated[int, typer.Option("--events-per-user", help="mean events per user")] = 60,
+    switch_prob: Annotated[
+        float, typer.Option("--switch-prob", help="per-event probability of an interest switch (drift)")
+    ] = 0.05,
+    noise: Annotated[float, typer.Option("--noise", help="share of uniformly random events")] = 0.05,
+    zipf: Annotated[float, typer.Option("--zipf", help="within-group popularity exponent")] = 1.0,
+    new_items: Annotated[float, typer.Option("--new-items", help="share of items released over time")] = 0.1,
+    days: Annotated[float, typer.Option("--days", help="time span")] = 100.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Synthetic events with planted interest drift and a known ideal next-item distribution."""
+    from dynrec.data.synthetic import SynthConfig, write_synthetic
+
+    cfg = SynthConfig(
+        n_users=users,
+        n_items=items,
+        n_groups=groups,
+        events_per_user=events_per_user,
+        switch_prob=switch_prob,
+        noise=noise,
+        zipf=zipf,
+        new_item_fraction=new_items,
+        duration_days=days,
+        seed=seed,
+    )
+    summary = write_synthetic(out, cfg)
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"wrote {summary['n_events']} events to {out}/events.csv (oracle HR@10 {summary['oracle_HR@10']:.4f})"
+        )
+
+
+@app.command()
+@handled
+def replay(
+    target: Annotated[
+        str, typer.Argument(help="a model name (trained now on the pre-cut events) or a saved model dir")
+    ],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="registered name, event file, or a `dynrec data synth` folder")
+    ],
+    mode: Annotated[
+        list[str] | None, typer.Option("--mode", help="static | state | incremental | retrain (repeatable)")
+    ] = None,
+    last_n: Annotated[
+        int | None,
+        typer.Option("--last-n", help="replay each user's last N events (default for order-only data: 10)"),
+    ] = None,
+    quantile: Annotated[
+        float | None,
+        typer.Option("--quantile", help="time cut at this quantile of event times (default 0.8)"),
+    ] = None,
+    update_every: Annotated[
+        int, typer.Option("--update-every", help="update after N events (0: --n-updates segments)")
+    ] = 0,
+    update_every_time: Annotated[
+        int, typer.Option("--update-every-time", help="update after this much event time (seconds)")
+    ] = 0,
+    n_updates: Annotated[int, typer.Option("--n-updates", help="segments when no --update-every*")] = 4,
+    delay: Annotated[int, typer.Option("--delay", help="feedback delay (event-time units)")] = 0,
+    update_epochs: Annotated[int, typer.Option("--update-epochs")] = 1,
+    replay_ratio: Annotated[float, typer.Option("--replay-ratio")] = 1.0,
+    k: Annotated[int, typer.Option("--k")] = 10,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="config override key=value")] = None,
+    save_model: Annotated[
+        Path | None, typer.Option("--save-model", help="save the model trained for this replay here")
+    ] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="PNG of NDCG@k over the stream")] = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Streaming (prequential) replay: predict each event from the current state, then reveal it."""
+    import tempfile
+
+    from dynrec.evaluation import streaming as S
+    from dynrec.models.base import Recommender
+    from dynrec.online.updater import UpdateConfig
+
+    modes = mode or ["state"]
+    for m in modes:
+        if m not in S.MODES:
+            _fail(f"--mode must be one of {', '.join(S.MODES)}, got {m!r}")
+    ds_path = Path(dataset)
+    oracle = None
+    if ds_path.is_dir() and (ds_path / "events.csv").exists():
+        from dynrec.data.synthetic import load_oracle
+
+        if (ds_path / "oracle.csv").exists():
+            oracle = load_oracle(ds_path)
+        dataset = str(ds_path / "events.csv")
+    rd = S.load_replay_data(
+        dataset, data_dir=str(data_dir) if data_dir else None, quantile=quantile, last_n=last_n
+    )
+    with tempfile.TemporaryDirectory(prefix="dynrec-replay-") as tmp:
+        if Path(target).is_dir():
+            src = Path(target)
+            S.check_replay_model(Recommender.load(src), rd)
+        else:
+            trained = S.fit_for_replay(target, rd, overrides=_parse_sets(sets))
+            src = save_model if save_model is not None else Path(tmp) / "model"
+            trained.save(src)
+        results = []
+        for m in modes:
+            model = Recommender.load(src)  # every mode starts from the same weights
+            cfg = S.ReplayConfig(
+                mode=m,  # type: ignore[arg-type]
+                k=k,
+                update_every=update_every,
+                update_every_time=update_every_time,
+                n_updates=n_updates,
+                delay=delay,
+                update=UpdateConfig(epochs=update_epochs, replay_ratio=replay_ratio),
+            )
+            res = S.replay(model, rd, cfg)
+            row = res.to_json()
+            if oracle is not None:
+                from dynrec.data.synthetic import oracle_ranks_for
+
+                d = rd.data
+                users = d.user_vocab.to_ids(d.users[rd.stream])
+                ranks = oracle_ranks_for(oracle, users, d.timestamps[rd.stream])
+                o_hr = float((ranks < k).mean()) if len(ranks) else 0.0
+                row[f"oracle_HR@{k}"] = o_hr
+                row[f"HR@{k}_vs_oracle"] = row[f"HR@{k}"] / o_hr if o_hr else 0.0
+            results.append(row)
+    if plot is not None:
+        from dynrec.evaluation.report import plot_windows
+
+        plot_windows(results, plot, metric=f"NDCG@{k}", title=f"{target} on {Path(dataset).name}: NDCG@{k}")
+    if as_json:
+        payload = results[0] if len(results) == 1 else {"results": results}
+        typer.echo(json.dumps(payload))
+    else:
+        for row in results:
+            extra = f"  ({row[f'HR@{k}_vs_oracle']:.1%} of oracle)" if f"HR@{k}_vs_oracle" in row else ""
+            typer.echo(
+                f"{row['mode']:<12} HR@{k} {row[f'HR@{k}']:.4f}  NDCG@{k} {row[f'NDCG@{k}']:.4f}  "
+                f"{int(row['n_events'])} events, {row['events_per_s']:.0f} events/s{extra}"
+            )
 
 
 def main() -> None:

@@ -1,0 +1,231 @@
+"""Synthetic event logs with planted interest drift and a known ideal next-item distribution.
+
+Generative story (all seeded from `SynthConfig.seed`):
+
+* ``n_items`` items in ``n_groups`` groups (categories); within a group, item popularity follows
+  a Zipf law (``zipf`` exponent) over a random order. A share ``new_item_fraction`` of the items is
+  *released* during the time span (unavailable before), so the catalogue grows over time.
+* each user has a latent current group. Before each event the user switches to another group
+  (uniformly) with probability ``switch_prob`` — interest drift; otherwise stays.
+* the next item is drawn among the *available, not yet consumed* items: with probability
+  ``1 - noise`` from the current group's popularity, else uniformly.
+* event times: each user starts at a random time in the first half of the span; their events are
+  spread uniformly (sorted) until the end, strictly increasing per user.
+
+The **oracle** knows the user's group *before* the event (not whether they switch now), so its ideal
+next-item distribution is ``(1-s)·q_z + s·mean_{g≠z} q_g`` with ``q_g`` the draw distribution for
+group g. `oracle.csv` gives, for every event, the 0-based rank of the consumed item under that
+distribution (seen and unreleased items excluded, ties by lower item index) — the best any model can
+do. Files written by `write_synthetic`: ``events.csv`` (user_id, item_id, timestamp, event_type),
+``items.csv`` (item_id, title, genres = the group), ``oracle.csv`` (user_id, timestamp,
+oracle_rank) and ``synth.json`` (config + summary, e.g. the oracle's HR@10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from dynrec.errors import DynrecError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SynthConfig", "SynthData", "generate", "load_oracle", "oracle_ranks_for", "write_synthetic"]
+
+BASE_TIME = 1_600_000_000  # seconds UTC of the span's start
+DAY = 86_400
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    n_users: int = 2000
+    n_items: int = 1000
+    n_groups: int = 20
+    events_per_user: int = 60
+    """Mean events per user (each user draws uniformly in [0.5, 1.5] x this)."""
+    switch_prob: float = 0.05
+    """Probability, before each event, that the user's interest moves to another group."""
+    noise: float = 0.05
+    """Share of events drawn uniformly from all available unseen items."""
+    zipf: float = 1.0
+    """Exponent of the within-group popularity law."""
+    new_item_fraction: float = 0.1
+    """Items released during the span (uniformly between 20% and 100% of it)."""
+    duration_days: float = 100.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_groups < 2 or self.n_items < self.n_groups:
+            raise DynrecError("need at least 2 groups and as many items as groups")
+        if not 0.0 <= self.switch_prob <= 1.0 or not 0.0 <= self.noise <= 1.0:
+            raise DynrecError("switch_prob and noise must be probabilities")
+        if self.events_per_user < 2 or self.n_users < 1:
+            raise DynrecError("need >= 1 user and >= 2 events per user")
+
+
+@dataclass(frozen=True)
+class SynthData:
+    events: pl.DataFrame  # user_id, item_id, timestamp, event_type (global time order)
+    items: pl.DataFrame  # item_id, title, genres (list[str])
+    oracle: pl.DataFrame  # user_id, timestamp, oracle_rank
+    config: SynthConfig
+
+    def summary(self, k: int = 10) -> dict[str, Any]:
+        r = self.oracle["oracle_rank"].to_numpy().astype(np.float64)
+        return {
+            "n_events": int(self.events.height),
+            "n_users": int(self.events["user_id"].n_unique()),
+            "n_items": int(self.events["item_id"].n_unique()),
+            f"oracle_HR@{k}": float(np.mean(r < k)),
+            f"oracle_NDCG@{k}": float(np.mean(np.where(r < k, 1.0 / np.log2(np.minimum(r, k) + 2.0), 0.0))),
+        }
+
+
+def generate(config: SynthConfig | None = None) -> SynthData:
+    """Simulate the log (vectorised over users; one step per event index)."""
+    cfg = config or SynthConfig()
+    rng = np.random.default_rng(cfg.seed)
+    n_u, n_i, n_g = cfg.n_users, cfg.n_items, cfg.n_groups
+    group = rng.permutation(np.arange(n_i) % n_g)  # item -> group
+    pop = np.zeros(n_i)
+    for g in range(n_g):
+        members = rng.permutation(np.flatnonzero(group == g))
+        pop[members] = 1.0 / np.power(np.arange(1, len(members) + 1), cfg.zipf)
+        pop[members] /= pop[members].sum()
+    span = cfg.duration_days * DAY
+    release = np.zeros(n_i)
+    n_new = int(round(cfg.new_item_fraction * n_i))
+    if n_new:
+        release[rng.choice(n_i, n_new, replace=False)] = rng.uniform(0.2 * span, span, n_new)
+    lens = rng.integers(max(2, cfg.events_per_user // 2), int(cfg.events_per_user * 1.5) + 1, n_u)
+    start = rng.uniform(0.0, 0.5 * span, n_u)
+    t_max = int(lens.max())
+    # per-user sorted event times, strictly increasing (whole seconds)
+    frac = np.sort(rng.uniform(0.0, 1.0, (n_u, t_max)), axis=1)
+    times = np.floor(frac * (span - start)[:, None] + start[:, None]).astype(np.int64)
+    times += np.arange(t_max, dtype=np.int64)[None, :]  # strictly increasing per user
+    onehot = np.zeros((n_i, n_g))
+    onehot[np.arange(n_i), group] = 1.0
+    pop_by_group = onehot * pop[:, None]  # [I, G]
+    z = rng.integers(0, n_g, n_u)
+    seen = np.zeros((n_u, n_i), dtype=bool)
+    out_u: list[npt.NDArray[np.int64]] = []
+    out_i: list[npt.NDArray[np.int64]] = []
+    out_t: list[npt.NDArray[np.int64]] = []
+    out_r: list[npt.NDArray[np.int64]] = []
+    s, eps = cfg.switch_prob, cfg.noise
+    for t in range(t_max):
+        act = np.flatnonzero(lens > t)
+        if act.size == 0:
+            break
+        now = times[act, t].astype(np.float64)
+        avail = (release[None, :] <= now[:, None]) & ~seen[act]  # [A, I]
+        n_avail = avail.sum(1)
+        ok = n_avail > 0
+        act, now, avail, n_avail = act[ok], now[ok], avail[ok], n_avail[ok]
+        a = act.size
+        z_prev = z[act]
+        # group normalisers over available unseen items: Z[a, g]
+        zg = avail.astype(np.float64) @ pop_by_group  # [A, G]
+        unif = avail / n_avail[:, None]  # [A, I]
+        p_item = np.where(avail, pop[None, :], 0.0)
+        # draw distribution of group g for row a:  (1-eps) * pop_i/Z[a,g] * [grp(i)=g] + eps * unif
+        inv_z = np.where(zg > 0, 1.0 / np.maximum(zg, 1e-300), 0.0)  # [A, G]
+        own = p_item * inv_z[np.arange(a)[:, None], group[None, :]]  # [A, I] pop_i / Z[a, grp(i)]
+        # oracle: (1-s) q_{z_prev} + s * mean_{g != z_prev} q_g   (renormalised where groups are empty)
+        in_z = group[None, :] == z_prev[:, None]
+        ideal = (1 - s) * ((1 - eps) * own * in_z + eps * unif) + s * (
+            (1 - eps) * own * ~in_z / (n_g - 1) + eps * unif
+        )
+        ideal = np.where(avail, ideal, -np.inf)
+        # the event: switch, then draw from q_{z_new}
+        switch = rng.random(a) < s
+        shift = rng.integers(1, n_g, a)
+        z_new = np.where(switch, (z_prev + shift) % n_g, z_prev)
+        z[act] = z_new
+        q = (1 - eps) * own * (group[None, :] == z_new[:, None]) + eps * unif
+        q = np.where(avail, q, 0.0)
+        empty = q.sum(1) <= 0
+        q[empty] = unif[empty]
+        q /= q.sum(1, keepdims=True)
+        cdf = np.cumsum(q, axis=1)
+        u = rng.random(a)[:, None] * cdf[:, -1:]
+        item = np.minimum((cdf < u).sum(1), n_i - 1)
+        item = np.where(avail[np.arange(a), item], item, np.argmax(avail, axis=1))
+        seen[act, item] = True
+        # oracle rank of the consumed item (ties by lower index)
+        p_t = ideal[np.arange(a), item][:, None]
+        idx = np.arange(n_i)[None, :]
+        rank = (ideal > p_t).sum(1) + ((ideal == p_t) & (idx < item[:, None])).sum(1)
+        out_u.append(act.astype(np.int64))
+        out_i.append(item.astype(np.int64))
+        out_t.append(times[act, t])
+        out_r.append(rank.astype(np.int64))
+    users = np.concatenate(out_u)
+    items = np.concatenate(out_i)
+    ts = np.concatenate(out_t) + BASE_TIME
+    ranks = np.concatenate(out_r)
+    order = np.lexsort((users, ts))
+    uid = np.char.add("u", (users[order] + 1).astype(str))
+    iid = np.char.add("i", (items[order] + 1).astype(str))
+    events = pl.DataFrame(
+        {
+            "user_id": uid.tolist(),
+            "item_id": iid.tolist(),
+            "timestamp": ts[order],
+            "event_type": ["click"] * len(order),
+        }
+    )
+    oracle = pl.DataFrame({"user_id": uid.tolist(), "timestamp": ts[order], "oracle_rank": ranks[order]})
+    item_df = pl.DataFrame(
+        {
+            "item_id": [f"i{i + 1}" for i in range(n_i)],
+            "title": [f"item {i + 1} (group {group[i]})" for i in range(n_i)],
+            "genres": [[f"group-{group[i]}"] for i in range(n_i)],
+            "release_time": (release.astype(np.int64) + BASE_TIME).tolist(),
+        }
+    )
+    return SynthData(events, item_df, oracle, cfg)
+
+
+def write_synthetic(out: str | Path, config: SynthConfig | None = None) -> dict[str, Any]:
+    """Generate and write ``events.csv``, ``items.csv``, ``oracle.csv``, ``synth.json`` under `out`."""
+    d = generate(config)
+    p = Path(out)
+    p.mkdir(parents=True, exist_ok=True)
+    d.events.write_csv(p / "events.csv")
+    d.items.with_columns(pl.col("genres").list.join("|")).write_csv(p / "items.csv")
+    d.oracle.write_csv(p / "oracle.csv")
+    summary = {"config": dataclasses.asdict(d.config), **d.summary()}
+    (p / "synth.json").write_text(json.dumps(summary, indent=2))
+    log.info("synthetic data in %s: %s", p, summary)
+    return summary
+
+
+def load_oracle(path: str | Path) -> pl.DataFrame:
+    """``oracle.csv`` (or a folder holding it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "oracle.csv"
+    if not p.exists():
+        raise DynrecError(f"no oracle file at {p}")
+    return pl.read_csv(
+        p, schema_overrides={"user_id": pl.String, "timestamp": pl.Int64, "oracle_rank": pl.Int64}
+    )
+
+
+def oracle_ranks_for(
+    oracle: pl.DataFrame, user_ids: list[str], timestamps: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float64]:
+    """Oracle rank of each (user, timestamp) event (inf where the oracle has no entry)."""
+    q = pl.DataFrame({"user_id": user_ids, "timestamp": np.asarray(timestamps, dtype=np.int64)})
+    j = q.join(oracle, on=["user_id", "timestamp"], how="left", maintain_order="left")
+    return j["oracle_rank"].cast(pl.Float64).fill_null(float("inf")).to_numpy()

@@ -1,0 +1,264 @@
+"""Per-user state: stores, incremental adapters == recomputation from the full history, sessions."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from dynrec.data.dataset import InteractionData
+from dynrec.models.base import QueryBatch, Recommender, create_model, get_model_class
+from dynrec.online.adapters import RecomputeAdapter, adapter_for
+from dynrec.online.session import OnlineRecommender
+from dynrec.online.state import (
+    CachedState,
+    Event,
+    InMemoryStore,
+    SQLiteStore,
+    StateStore,
+    decode_state,
+    encode_state,
+)
+from tests.conftest import clustered_data
+
+TINY: dict[str, Any] = {
+    "epochs": 1,
+    "embedding_dim": 8,
+    "hidden_dim": 8,
+    "max_len": 6,
+    "num_layers": 2,
+    "progress": False,
+    "batch_size": 32,
+    "k": 20,
+    "num_threads": 1,  # tiny models: one thread is fastest (and kind to a shared machine)
+}
+MODELS = ["pop", "itemknn", "userknn", "als", "ease", "gru4rec", "sasrec"]
+
+
+def _available(name: str) -> bool:
+    try:
+        get_model_class(name)
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+def tiny_model(name: str, data: InteractionData, **extra: Any) -> Recommender:
+    cls = get_model_class(name)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    cfg = {k: v for k, v in {**TINY, **extra}.items() if k in fields}
+    return create_model(name, config=cfg).fit(data, None)
+
+
+@pytest.fixture(scope="module")
+def data() -> InteractionData:
+    return clustered_data(n_users=30, n_items=24, n_groups=3, per_user=10, seed=1)
+
+
+_FITTED: dict[str, Recommender] = {}
+
+
+def fitted(name: str, data: InteractionData) -> Recommender:
+    if not _available(name):
+        pytest.skip(f"{name} not available")
+    if name not in _FITTED:
+        extra = {"recency_half_life": 2.0} if name == "itemknn" else {}
+        _FITTED[name] = tiny_model(name, data, **extra)
+    return _FITTED[name]
+
+
+# ---- stores -------------------------------------------------------------------------------------
+
+
+def _stores(tmp_path: Path) -> list[StateStore]:
+    return [InMemoryStore(), SQLiteStore(tmp_path / "state.db")]
+
+
+def test_store_history_state_delete(tmp_path: Path) -> None:
+    for store in _stores(tmp_path):
+        assert isinstance(store, StateStore)
+        store.append([Event("u1", "a", 1), Event("u2", "x", 2, "click"), Event("u1", "b", 3)])
+        store.append([Event("u1", "c", 2)])  # arrival order is kept
+        h = store.history("u1")
+        assert h.items == ("a", "b", "c") and h.timestamps.tolist() == [1, 3, 2]
+        assert store.history("u1", max_len=2).items == ("b", "c")
+        assert store.history("u2").event_types == ("click",)
+        assert len(store.history("nobody")) == 0
+        st = CachedState({"h": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, "v1", 3)
+        store.put_state("u1", st)
+        got = store.get_state("u1")
+        assert got is not None and got.version == "v1" and got.n_events == 3
+        assert torch.equal(got.tensors["h"], st.tensors["h"])
+        assert store.delete_user("u1") is True
+        assert len(store.history("u1")) == 0 and store.get_state("u1") is None
+        assert store.delete_user("u1") is False
+        assert store.history("u2").items == ("x",)
+
+
+def test_sqlite_is_one_wal_file_and_persists(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with SQLiteStore(path) as store:
+        store.append([Event("u", "i1", 5)])
+        store.put_state("u", CachedState({"x": torch.ones(2)}, "v", 1))
+    with SQLiteStore(path) as again:
+        assert again.history("u").items == ("i1",)
+        assert again.get_state("u") is not None
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    cols = [r[1] for r in con.execute("PRAGMA table_info(events)")]
+    assert {"user_id", "item_id", "event_type", "ts"} <= set(cols)
+    con.close()
+
+
+def test_state_serialisation_round_trip() -> None:
+    st = CachedState({"a": torch.randn(3, 4), "n": torch.tensor([7])}, "abc", 9)
+    back = decode_state(encode_state(st))
+    assert back.version == "abc" and back.n_events == 9
+    assert all(torch.equal(back.tensors[k], st.tensors[k]) for k in st.tensors)
+
+
+def test_in_memory_max_history() -> None:
+    store = InMemoryStore(max_history=3)
+    store.append(Event("u", f"i{j}", j) for j in range(10))
+    assert store.history("u").items == ("i7", "i8", "i9")
+
+
+# ---- incremental state == full recomputation, for every model --------------------------------------
+
+
+def _split_histories(data: InteractionData, n_pre: int) -> tuple[QueryBatch, QueryBatch, list[np.ndarray]]:
+    users = np.arange(1, data.n_users)
+    full = [data.sequence(u) for u in users]
+    ts = [data.timestamps[data.indptr[u] : data.indptr[u + 1]] for u in users]
+    pre = QueryBatch.from_histories(
+        [h[:n_pre].tolist() for h in full], users, [t[:n_pre].tolist() for t in ts]
+    )
+    whole = QueryBatch.from_histories([h.tolist() for h in full], users, [t.tolist() for t in ts])
+    return pre, whole, full
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_incremental_state_equals_recomputation(name: str, data: InteractionData) -> None:
+    model = fitted(name, data)
+    adapter = adapter_for(model)
+    if name in ("gru4rec", "sasrec", "itemknn", "als", "ease"):
+        assert not isinstance(adapter, RecomputeAdapter)  # a real O(1)-per-event state
+    pre, whole, full = _split_histories(data, 2)
+    state = adapter.init(pre)
+    lens = np.array([len(h) for h in full])
+    for r in range(2, int(lens.max())):
+        mask = lens > r
+        items = np.array([h[r] if len(h) > r else 1 for h in full])
+        ts = np.where(mask, whole.timestamps[np.minimum(whole.indptr[:-1] + r, len(whole.items) - 1)], 0)
+        state = adapter.step_where(state, items, ts, mask)
+    got, want = adapter.score(state), model.score(whole)
+    fin = torch.isfinite(want)
+    assert torch.equal(fin, torch.isfinite(got))
+    torch.testing.assert_close(got[fin], want[fin], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("name", MODELS)
+def test_online_recommender_follows_each_event(
+    name: str, store_kind: str, data: InteractionData, tmp_path: Path
+) -> None:
+    model = fitted(name, data)
+    store: StateStore = InMemoryStore() if store_kind == "memory" else SQLiteStore(tmp_path / "o.db")
+    online = OnlineRecommender(model, store)
+    assert model.item_vocab is not None and model.user_vocab is not None
+    user = model.user_vocab.ids[0]
+    seq = model.item_vocab.to_ids(data.sequence(1))
+    online.observe([Event(user, i, t) for t, i in enumerate(seq[:3])])
+    before = online.recommend(user, 5)
+    for t, item in enumerate(seq[3:], start=3):
+        online.observe(Event(user, item, t))
+        cached = online.scores(user, exclude_seen=False)
+        torch.testing.assert_close(cached, online.recompute_scores(user), rtol=1e-4, atol=1e-4)
+    after = online.recommend(user, 5)
+    assert not set(after.items) & set(seq)  # seen items excluded
+    assert len(after.items) == 5
+    if name != "pop":
+        assert before.items != after.items or before.scores != after.scores
+    # the state was cached and is reused (not rebuilt) on the next read
+    c = store.get_state(user)
+    assert c is not None and c.version == online.version and c.n_events == len(seq)
+
+
+def test_unknown_items_are_kept_but_skipped(data: InteractionData) -> None:
+    model = fitted("itemknn", data)
+    online = OnlineRecommender(model)
+    assert model.item_vocab is not None
+    known = model.item_vocab.ids[:2]
+    online.observe(
+        [Event("new-user", known[0], 1), Event("new-user", "never-seen", 2), Event("new-user", known[1], 3)]
+    )
+    assert online.store.history("new-user").items == (known[0], "never-seen", known[1])
+    torch.testing.assert_close(
+        online.scores("new-user", exclude_seen=False), online.recompute_scores("new-user")
+    )
+
+
+def test_stale_state_is_rebuilt_after_model_change(data: InteractionData) -> None:
+    model = tiny_model("pop", data)  # a private copy: mutated below
+    assert model.item_vocab is not None
+    online = OnlineRecommender(model)
+    online.observe(Event("u1", model.item_vocab.ids[0], 1))
+    v0 = online.version
+    model.popularity = model.popularity * 2  # type: ignore[attr-defined]
+    online.refresh()
+    assert online.version != v0
+    online.recommend("u1")  # rebuilds the state from the history under the new version
+    c = online.store.get_state("u1")
+    assert c is not None and c.version == online.version
+
+
+def test_delete_user_forgets_everything(tmp_path: Path, data: InteractionData) -> None:
+    model = fitted("itemknn", data)
+    online = OnlineRecommender(model, SQLiteStore(tmp_path / "p.db"))
+    assert model.item_vocab is not None
+    online.observe([Event("alice", model.item_vocab.ids[0], 1), Event("bob", model.item_vocab.ids[1], 1)])
+    online.recommend("alice")
+    assert online.delete_user("alice")
+    assert len(online.store.history("alice")) == 0 and online.store.get_state("alice") is None
+    assert online.store.history("bob").items == (model.item_vocab.ids[1],)
+
+
+# ---- interests ------------------------------------------------------------------------------------
+
+
+def test_interests_short_vs_long_with_categories(data: InteractionData) -> None:
+    model = fitted("itemknn", data)
+    assert model.item_vocab is not None
+    n = model.n_items
+    # 3 groups of 8 items (clustered_data: item index i belongs to group (i-1) // 8)
+    rows = np.arange(1, n)
+    cats = sp.csr_matrix((np.ones(n - 1), (rows, (rows - 1) // 8)), shape=(n, 3))
+    online = OnlineRecommender(model, item_categories=(cats, ["g0", "g1", "g2"]))
+    ids = model.item_vocab.to_ids(np.arange(1, n))
+    # long history in group 0, then the last 4 events in group 2
+    online.observe(
+        [Event("u", ids[j], j) for j in range(6)] + [Event("u", ids[16 + j], 10 + j) for j in range(4)]
+    )
+    it = online.interests("u", short_window=4)
+    assert it.basis == "categories"
+    assert it.short_term.categories[0][0] == "g2" and it.short_term.categories[0][1] == pytest.approx(1.0)
+    assert it.long_term.categories[0][0] == "g0" and it.long_term.categories[0][1] == pytest.approx(0.6)
+    assert it.short_term.n_events == 4 and it.long_term.n_events == 10
+    assert len(it.short_term.items) > 0
+
+
+def test_interests_without_metadata_use_clusters(data: InteractionData) -> None:
+    model = fitted("als", data)
+    online = OnlineRecommender(model)
+    assert model.item_vocab is not None
+    online.observe([Event("u", i, t) for t, i in enumerate(model.item_vocab.ids[:5])])
+    it = online.interests("u", short_window=2)
+    assert it.basis == "clusters"
+    shares = [x for _, x in it.long_term.categories]
+    assert 0 < len(shares) <= 5 and shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-6
