@@ -62,7 +62,7 @@ class SequenceConfig(NeuralConfig):
     negative_sampling: str = "uniform"
     """uniform | popularity (sampled softmax; log-Q corrected either way)."""
     ce_chunk: int = 0
-    """Rows per chunk of the full cross-entropy; 0 = sized so a chunk's logits stay ~16 MB."""
+    """Rows per chunk of the full cross-entropy; 0 = sized so a chunk's logits stay ~64 MB."""
     bucket: bool = True
     """Batch rows of similar length together (less padding) instead of a plain shuffle."""
     amp: str = "none"
@@ -180,7 +180,7 @@ def log_popularity(data: InteractionData) -> torch.Tensor:
 
 
 def _chunk_rows(n_items: int, chunk: int) -> int:
-    return chunk if chunk > 0 else max(64, (1 << 22) // max(1, n_items))
+    return chunk if chunk > 0 else max(64, (1 << 24) // max(1, n_items))
 
 
 class _FusedLinearCE(torch.autograd.Function):
@@ -211,13 +211,16 @@ class _FusedLinearCE(torch.autograd.Function):
             t = targets[a:b]
             logits = (h @ w.T).to(total.dtype)  # [c, n_items]
             logits[:, 0] = -torch.inf  # padding is never a target
-            lse = torch.logsumexp(logits, dim=1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            # one pass of exp: p = exp(z - max) / sum, lse = max + log(sum)
+            zmax = logits.amax(dim=1, keepdim=True)
+            z_t = logits.gather(1, t[:, None])
+            p = logits.sub_(zmax).exp_()
+            ssum = p.sum(dim=1, keepdim=True)
+            total += (zmax + ssum.log() - z_t).sum()
             if need:
                 assert grad_h is not None and grad_w is not None
-                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-                p[torch.arange(b - a, device=p.device), t] -= 1.0
-                p.mul_(inv_n)
+                p.mul_(ssum.reciprocal_().mul_(inv_n))  # softmax / N, in place
+                p[torch.arange(b - a, device=p.device), t] -= inv_n
                 pm = p.to(mm_dtype)
                 grad_h[a:b] = (pm @ w).to(grad_h.dtype)
                 grad_w += (pm.T @ h).to(acc)

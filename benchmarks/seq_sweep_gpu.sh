@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Hyper-parameter sweep for SASRec/BERT4Rec defaults, run once on a lent GPU machine (all configs in
+# parallel, one process each, each with a wall-clock budget), results merged into $OUT/sweep.json.
+#
+#   needs: .gpu/data/{ml-1m/ml-1m.txt.gz,ml-100k/u.data} and .whl/ (polars) carried with the tree.
+#   BUDGET=seconds per run (default 270)
+set -u
+BUDGET=${BUDGET:-270}
+OUT=${OUT:-/tmp/sweep_out}
+mkdir -p "$OUT" /tmp/sweep
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src DYNREC_DATA_DIR=$PWD/.gpu/data PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+G="ce_chunk=16384 score_batch=2048 num_threads=1 epochs=400 patience=20"
+run() {  # tag model dataset overrides...
+  local tag=$1 model=$2 ds=$3; shift 3
+  local sets=()
+  for kv in $G "$@"; do sets+=(--set "$kv"); done
+  python3 benchmarks/seq_transformers.py --model "$model" --dataset "$ds" --tag "$tag" --no-peak \
+    --budget-s "$BUDGET" --out "/tmp/sweep/$tag.json" "${sets[@]}" >"/tmp/sweep/$tag.log" 2>&1 &
+}
+ROUND=${ROUND:-2}
+if [ "$ROUND" = 1 ]; then  # round 1 (before attn_dropout was split out; attention dropout = dropout)
+run base          sasrec ml-1m
+run drop05        sasrec ml-1m dropout=0.5
+run ffn256h2      sasrec ml-1m ffn_dim=256 num_heads=2
+run absolute      sasrec ml-1m positional=absolute
+run gate          sasrec ml-1m long_term=gate
+run stride        sasrec ml-1m window_stride=200
+run lr2e3         sasrec ml-1m learning_rate=0.002
+run lr2e3_stride  sasrec ml-1m learning_rate=0.002 window_stride=200 dropout=0.3
+run bf16          sasrec ml-1m amp=bf16
+run lr3e3         sasrec ml-1m learning_rate=0.003
+run bert_ml1m     bert4rec ml-1m
+run sas_ml100k    sasrec ml-100k
+run bert_ml100k   bert4rec ml-100k
+else  # round 2: candidates for the default (ffn 256, 2 heads, no attention dropout, bf16) + ablations
+C="ffn_dim=256 num_heads=2 attn_dropout=0 amp=bf16"
+run A_lr1e3       sasrec ml-1m $C
+run B_lr2e3       sasrec ml-1m $C learning_rate=0.002
+run C_lr2e3_strd  sasrec ml-1m $C learning_rate=0.002 window_stride=200
+run D_cos50       sasrec ml-1m $C learning_rate=0.002 schedule=cosine epochs=50 warmup_steps=100
+run D2_cos40_strd sasrec ml-1m $C learning_rate=0.003 schedule=cosine epochs=40 warmup_steps=100 window_stride=200
+run E_drop01      sasrec ml-1m $C dropout=0.1
+run F_drop03      sasrec ml-1m $C dropout=0.3
+run G_absolute    sasrec ml-1m $C positional=absolute
+run H_gate        sasrec ml-1m $C long_term=gate
+run M_len100      sasrec ml-1m $C max_len=100
+run bert_ml1m     bert4rec ml-1m amp=bf16 learning_rate=0.002
+run sas_ml100k    sasrec ml-100k $C
+run bert_ml100k   bert4rec ml-100k amp=bf16
+fi
+wait
+python3 - "$OUT" <<'EOF'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+runs = {}
+for p in sorted(pathlib.Path("/tmp/sweep").glob("*.json")):
+    runs[p.stem] = json.loads(p.read_text())
+(out / "sweep.json").write_text(json.dumps(runs, indent=1))
+for k, r in runs.items():
+    print(k, r["test"], "best", r["best_epoch"], "/", r["epochs_run"], "t_best", round(r["seconds_to_best"] or -1), "s/ep", round(r["s_per_epoch_train"], 2), "budget_hit", r["budget_hit"])
+EOF
+tar czf "$OUT/logs.tgz" -C /tmp/sweep .

@@ -1,0 +1,587 @@
+"""SASRec: a causal Transformer over the user's item sequence, full-catalogue cross-entropy.
+
+Architecture (Kang & McAuley 2018, with the loss of Klenitskiy & Vasilev 2023 "SASRec+CE"):
+item embeddings (tied with the output layer) → ``num_layers`` pre-LayerNorm Transformer blocks
+(`F.scaled_dot_product_attention`, causal) → final LayerNorm → scores ``h @ Eᵀ``. Trained on one
+row per user with a next-item target at every position (`dynrec.models.seq.common`).
+
+Positions (``positional``):
+
+* ``"rope"`` (default): rotary embeddings on queries and keys, so attention depends only on the
+  *distance* between two events. Attention is limited to a sliding window of ``max_len`` events
+  (each position sees itself and the ``max_len - 1`` previous events). The model is then a fixed
+  function of the history that a per-user key/value cache reproduces exactly: `init_state` builds
+  the cache, `step` appends one event in O(max_len) (independent of the history length — a ring
+  buffer of ``max_len`` keys per layer; the rotation baked into a cached key stays valid as the
+  window slides), `score_state` ranks the catalogue. `score` recomputes the same function from the
+  last ``num_layers * (max_len - 1) + 1`` events (the receptive field of the stacked windows).
+* ``"absolute"``: learned position embeddings (the original SASRec) over the last ``max_len``
+  events; no incremental state (positions shift when the window slides). Kept for the ablation.
+
+Long- and short-term interest (``long_term``):
+
+* ``"none"``: the short-term state is the last position's hidden vector.
+* ``"gate"``: a long-term representation — the mean embedding of the user's *whole* history
+  (not just the window; a running sum in the incremental state) — is projected and fused with the
+  short-term state by a learned gate ``g = σ(W[h; l])``, ``u = g ⊙ h + (1 − g) ⊙ l``. In training the
+  mean runs over the events up to each position (causal prefix mean inside the training row).
+
+Users with no history are scored by training popularity (``log(1 + count)``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynrec.data.dataset import InteractionData
+from dynrec.errors import DynrecError, NotFittedError
+from dynrec.models.base import QueryBatch
+from dynrec.models.seq.common import (
+    SequenceBatches,
+    SequenceConfig,
+    catalogue_loss,
+    histories_right_padded,
+    log_popularity,
+    next_item_pairs,
+    sampling_probs,
+    training_sequences,
+)
+from dynrec.training.trainer import TorchRecommender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SASRecConfig(SequenceConfig):
+    """SASRec options; defaults reach the published SASRec+CE quality on ml-1m (see benchmarks)."""
+
+    embedding_dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    ffn_dim: int = 256
+    """Hidden size of the feed-forward sub-layer; 0 = ``embedding_dim`` (original SASRec)."""
+    dropout: float = 0.2
+    """Dropout on the embeddings, inside the feed-forward sub-layer and on each residual branch."""
+    attn_dropout: float = 0.2
+    """Dropout on attention weights (>0 forces the slower non-fused attention kernel on CPU)."""
+    positional: str = "rope"
+    """rope (relative; enables the incremental KV-cache state) | absolute (learned) | none."""
+    rope_base: float = 10000.0
+    long_term: str = "none"
+    """none | gate: fuse the mean embedding of the whole history with the sequence state."""
+    optimizer: str = "adam"
+    epochs: int = 200
+    patience: int = 20
+    score_batch: int = 256
+    """Histories per forward pass when scoring (bounds memory)."""
+
+
+# ---- building blocks ------------------------------------------------------------------------
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables ``[..., head_dim // 2]`` for integer `positions` (angles in float64, so large
+    absolute positions in a long-lived state keep their precision)."""
+    half = head_dim // 2
+    inv = base ** (-torch.arange(half, dtype=torch.float64, device=positions.device) / half)
+    ang = positions.to(torch.float64)[..., None] * inv
+    return torch.cos(ang).float(), torch.sin(ang).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate feature pairs ``(x_i, x_{i+hd/2})`` of ``x [B, H, L, hd]`` by the angles in cos/sin
+    (broadcast to ``[B or 1, 1, L, hd/2]``)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block: x + Attn(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, attn_dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise DynrecError(f"embedding_dim {dim} is not divisible by num_heads {heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff1 = nn.Linear(dim, ffn_dim)
+        self.ff2 = nn.Linear(ffn_dim, dim)
+        self.drop = nn.Dropout(dropout)
+        self.attn_dropout = attn_dropout
+
+    def project(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys, values ``[B, H, L, hd]`` for ``x [B, L, d]`` (rotated when `rope`)."""
+        b, n, d = x.shape
+        qkv = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Residual output projection of ``attn [B, H, L, hd]`` and the feed-forward sub-layer."""
+        b, _, n, _ = attn.shape
+        x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, n, -1)))
+        out: torch.Tensor = x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(self.ln2(x))))))
+        return out
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        causal: bool,
+    ) -> torch.Tensor:
+        q, k, v = self.project(x, rope)
+        p = self.attn_dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        return self.finish(x, a)
+
+
+class SeqTransformer(nn.Module):
+    """Item embeddings + Transformer blocks + final LayerNorm (shared by SASRec and BERT4Rec).
+
+    `n_tokens` rows of the embedding table: items ``0..n_items-1`` (0 = padding) plus any extra
+    tokens (BERT4Rec's [MASK]). Scores use the first `n_items` rows (tied output layer).
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        n_tokens: int,
+        *,
+        dim: int,
+        layers: int,
+        heads: int,
+        ffn_dim: int,
+        dropout: float,
+        max_len: int,
+        positional: str,
+        rope_base: float,
+        long_term: str = "none",
+        attn_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if positional not in ("rope", "absolute", "none"):
+            raise DynrecError(f"positional must be rope, absolute or none, not {positional!r}")
+        if long_term not in ("none", "gate"):
+            raise DynrecError(f"long_term must be none or gate, not {long_term!r}")
+        self.n_items = n_items
+        self.dim = dim
+        self.max_len = max_len
+        self.positional = positional
+        self.rope_base = rope_base
+        self.long_term = long_term
+        self.item_emb = nn.Embedding(n_tokens, dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len + 1, dim) if positional == "absolute" else None
+        self.emb_drop = nn.Dropout(dropout)
+        self.heads = heads
+        self.blocks = nn.ModuleList(
+            Block(dim, heads, ffn_dim or dim, dropout, attn_dropout) for _ in range(layers)
+        )
+        self.ln_f = nn.LayerNorm(dim)
+        if long_term == "gate":
+            self.lt_proj: nn.Linear | None = nn.Linear(dim, dim)
+            self.lt_gate: nn.Linear | None = nn.Linear(2 * dim, dim)
+        else:
+            self.lt_proj = self.lt_gate = None
+        self.log_pop: torch.Tensor
+        self.register_buffer("log_pop", torch.zeros(n_items))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    def block_list(self) -> list[Block]:
+        return [b for b in self.blocks if isinstance(b, Block)]
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def item_weight(self) -> torch.Tensor:
+        """Output item vectors ``[n_items, d]`` (tied with the input embeddings)."""
+        return self.item_emb.weight[: self.n_items]
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Rotary tables for positions ``[L]`` or ``[B, L]``, shaped to broadcast over heads."""
+        if self.positional != "rope":
+            return None
+        cos, sin = rope_tables(positions, self.head_dim, self.rope_base)
+        if cos.dim() == 2:  # [L, h] -> [1, 1, L, h]
+            return cos[None, None], sin[None, None]
+        return cos[:, None], sin[:, None]  # [B, L, h] -> [B, 1, L, h]
+
+    def embed(self, items: torch.Tensor) -> torch.Tensor:
+        """Input vectors ``[B, L, d]`` for right-padded ``items [B, L]`` (positions from column 0)."""
+        x: torch.Tensor = self.item_emb(items)
+        if self.pos_emb is not None:
+            n = items.shape[1]
+            x = x + self.pos_emb(torch.arange(n, device=items.device).clamp(max=self.max_len))[None]
+        out: torch.Tensor = self.emb_drop(x)
+        return out
+
+    def encode(self, items: torch.Tensor, *, causal: bool = True, window: int | None = None) -> torch.Tensor:
+        """Hidden states ``[B, L, d]`` for right-padded ``items [B, L]``.
+
+        causal: each position attends to itself and earlier ones, within `window` positions when
+        given (a band mask); bidirectional: every real position attends to every real position.
+        """
+        b, n = items.shape
+        x = self.embed(items)
+        rope = self.rope(torch.arange(n, device=items.device))
+        mask: torch.Tensor | None = None
+        is_causal = False
+        if causal:
+            if window is None or n <= window:
+                is_causal = True  # right padding: real queries never see padding keys
+            else:
+                i = torch.arange(n, device=items.device)
+                d = i[:, None] - i[None, :]
+                mask = (d >= 0) & (d < window)
+        else:
+            mask = (items > 0)[:, None, None, :] | torch.eye(n, dtype=torch.bool, device=items.device)
+        for blk in self.block_list():
+            x = blk(x, rope, mask, is_causal)
+        return self.ln_f(x)  # type: ignore[no-any-return]
+
+    def fuse(self, h: torch.Tensor, lt_mean: torch.Tensor | None) -> torch.Tensor:
+        """Short-term state `h` fused with the long-term mean embedding (``long_term="gate"``)."""
+        if self.lt_proj is None or self.lt_gate is None or lt_mean is None:
+            return h
+        lt = self.lt_proj(lt_mean)
+        g = torch.sigmoid(self.lt_gate(torch.cat([h, lt], dim=-1)))
+        out: torch.Tensor = g * h + (1.0 - g) * lt
+        return out
+
+    def prefix_mean(self, items: torch.Tensor) -> torch.Tensor:
+        """Causal mean of the raw item embeddings up to each position of ``items [B, L]``."""
+        e: torch.Tensor = self.item_emb(items)
+        cnt = (items > 0).cumsum(1).clamp(min=1).unsqueeze(-1).to(e.dtype)
+        return e.cumsum(1) / cnt
+
+
+# ---- incremental state ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SASRecState:
+    """Per-user incremental state for B users (all tensors on the model's device).
+
+    keys/values: ring buffers ``[num_layers, B, heads, max_len, head_dim]`` — the rotated keys and
+    the values of each user's last ``max_len`` events at every layer, event ``p`` in slot
+    ``p % max_len``; length: events consumed ``[B]``; hidden: final hidden state after the last
+    event ``[B, d]``; lt_sum: sum of the raw embeddings of the whole history ``[B, d]``.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    length: torch.Tensor
+    hidden: torch.Tensor
+    lt_sum: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.length.shape[0])
+
+    def select(self, idx: torch.Tensor) -> SASRecState:
+        """The states of users `idx` (a new state)."""
+        return SASRecState(
+            self.keys[:, idx], self.values[:, idx], self.length[idx], self.hidden[idx], self.lt_sum[idx]
+        )
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in ("keys", "values", "length", "hidden", "lt_sum")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, torch.Tensor]) -> SASRecState:
+        return cls(d["keys"], d["values"], d["length"], d["hidden"], d["lt_sum"])
+
+
+class SASRecNet(SeqTransformer):
+    """The SASRec module: causal `SeqTransformer` + last-position readout + incremental state."""
+
+    def train_hidden(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Fused user states at every position of right-padded ``inputs [B, L]`` → ``[B, L, d]``."""
+        h = self.encode(inputs, causal=True, window=self.max_len)
+        if self.long_term == "gate":
+            h = self.fuse(h, self.prefix_mean(inputs))
+        return h
+
+    def context_len(self) -> int:
+        """Events of history that determine the last position's state."""
+        if self.positional == "rope":
+            return len(self.blocks) * (self.max_len - 1) + 1
+        return self.max_len
+
+    def history_mean(self, indptr: torch.Tensor, items: torch.Tensor, n: int) -> torch.Tensor:
+        """Mean raw embedding of each whole ragged history ``[n, d]`` (0 for empty ones)."""
+        lens = indptr[1:] - indptr[:-1]
+        rows = torch.repeat_interleave(torch.arange(n, device=items.device), lens)
+        s = torch.zeros(n, self.dim, device=items.device, dtype=self.item_emb.weight.dtype)
+        s.index_add_(0, rows, self.item_emb(items))
+        return s / lens.clamp(min=1)[:, None].to(s.dtype)
+
+    def user_states(self, hist: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        """Last-position hidden state ``[B, d]`` of right-padded context ``hist [B, C]``."""
+        h = self.encode(hist, causal=True, window=self.max_len)
+        last = (lens - 1).clamp(min=0)
+        return h[torch.arange(h.shape[0], device=h.device), last]
+
+    def scores_from(
+        self, hidden: torch.Tensor, lt_mean: torch.Tensor | None, lens: torch.Tensor
+    ) -> torch.Tensor:
+        u = self.fuse(hidden, lt_mean)
+        s = u @ self.item_weight.T
+        empty = lens == 0
+        if bool(empty.any()):
+            s[empty] = self.log_pop.to(s.dtype)
+        return s
+
+    # -- incremental API (rope only) ------------------------------------------------------------
+    def _check_incremental(self) -> None:
+        if self.positional != "rope":
+            raise DynrecError(
+                f"incremental state needs positional='rope' (this model uses {self.positional!r}); "
+                "use score() on the history instead"
+            )
+
+    def prefill(self, hist: torch.Tensor, clen: torch.Tensor, length: torch.Tensor) -> SASRecState:
+        """State after right-padded context ``hist [B, C]`` (`clen` real events per row) that ends a
+        history of `length` events; `lt_sum` is left 0 (the caller adds the whole-history sum)."""
+        self._check_incremental()
+        b, c = hist.shape
+        w, dev = self.max_len, hist.device
+        offset = length - clen  # absolute position of column 0
+        cols = torch.arange(c, device=dev)
+        pos = offset[:, None] + cols[None, :]  # [B, C]
+        rope = self.rope(pos)
+        x = self.embed(hist)
+        mask = None
+        is_causal = c <= w
+        if not is_causal:
+            d = cols[:, None] - cols[None, :]
+            mask = (d >= 0) & (d < w)
+        n_keep = clen.clamp(max=w)
+        keep = (cols[None, :] >= (clen - n_keep)[:, None]) & (cols[None, :] < clen[:, None])  # [B, C]
+        bi, ci = keep.nonzero(as_tuple=True)
+        slots = pos[bi, ci] % w
+        layers = len(self.blocks)
+        keys = torch.zeros(layers, b, self.heads, w, self.head_dim, device=dev, dtype=x.dtype)
+        values = torch.zeros_like(keys)
+        for li, blk in enumerate(self.block_list()):
+            q, k, v = blk.project(x, rope)
+            keys[li, bi, :, slots] = k[bi, :, ci]
+            values[li, bi, :, slots] = v[bi, :, ci]
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+            x = blk.finish(x, a)
+        h = self.ln_f(x)
+        hidden = h[torch.arange(b, device=dev), (clen - 1).clamp(min=0)]
+        hidden = torch.where((length > 0)[:, None], hidden, torch.zeros_like(hidden))
+        return SASRecState(keys, values, length.clone(), hidden, torch.zeros_like(hidden))
+
+    def step(self, state: SASRecState, items: torch.Tensor) -> SASRecState:
+        """The state after each user consumes one more event ``items [B]`` (a new state)."""
+        self._check_incremental()
+        b, w, dev = items.shape[0], self.max_len, items.device
+        p = state.length
+        rope = self.rope(p[:, None])  # [B, 1, 1, h]
+        slot = p % w
+        valid = torch.arange(w, device=dev)[None, :] < (p + 1).clamp(max=w)[:, None]  # [B, W]
+        mask = valid[:, None, None, :]
+        rows = torch.arange(b, device=dev)
+        keys, values = state.keys.clone(), state.values.clone()
+        e = self.item_emb(items)
+        x = self.embed(items[:, None])
+        for li, blk in enumerate(self.block_list()):
+            q, k, v = blk.project(x, rope)
+            keys[li, rows, :, slot] = k[:, :, 0]
+            values[li, rows, :, slot] = v[:, :, 0]
+            a = F.scaled_dot_product_attention(q, keys[li], values[li], attn_mask=mask)
+            x = blk.finish(x, a)
+        hidden = self.ln_f(x)[:, 0]
+        return SASRecState(keys, values, p + 1, hidden, state.lt_sum + e)
+
+    def score_state(self, state: SASRecState) -> torch.Tensor:
+        lt = state.lt_sum / state.length.clamp(min=1)[:, None].to(state.lt_sum.dtype)
+        return self.scores_from(state.hidden, lt if self.long_term == "gate" else None, state.length)
+
+
+# ---- the recommender --------------------------------------------------------------------------
+
+
+class SASRec(TorchRecommender):
+    """Self-attentive sequential recommendation (see the module docstring)."""
+
+    name = "sasrec"
+    config_class = SASRecConfig
+    config: SASRecConfig
+
+    def __init__(self, config: SASRecConfig | None = None) -> None:
+        super().__init__(config)
+        self._batches: SequenceBatches | None = None
+        self._loss_gen: torch.Generator | None = None
+        self._probs: torch.Tensor | None = None
+
+    # -- module ----------------------------------------------------------------------------
+    def _make_net(self, n_items: int) -> SASRecNet:
+        c = self.config
+        return SASRecNet(
+            n_items,
+            n_items,
+            dim=c.embedding_dim,
+            layers=c.num_layers,
+            heads=c.num_heads,
+            ffn_dim=c.ffn_dim,
+            dropout=c.dropout,
+            max_len=c.max_len,
+            positional=c.positional,
+            rope_base=c.rope_base,
+            long_term=c.long_term,
+            attn_dropout=c.attn_dropout,
+        )
+
+    def build_net(self, data: InteractionData) -> nn.Module:
+        net = self._make_net(data.n_items)
+        net.log_pop.copy_(log_popularity(data))
+        return net
+
+    def build_net_from_meta(self) -> nn.Module:
+        return self._make_net(int(self.meta["n_items"]))
+
+    def _net(self) -> SASRecNet:
+        if not isinstance(self.net, SASRecNet):
+            raise NotFittedError(f"{self.name} is not fitted")
+        return self.net
+
+    # -- training --------------------------------------------------------------------------
+    def prepare(self, data: InteractionData) -> None:
+        c = self.config
+        seqs, lens = training_sequences(data, c.max_len, stride=c.window_stride)
+        self._batches = SequenceBatches(seqs, lens, c.batch_size, bucket=c.bucket)
+        self._loss_gen = torch.Generator().manual_seed(c.seed + 1)
+        self._probs = sampling_probs(data)
+        log.info("sasrec: %d training rows, %d target events", len(lens), int((lens - 1).sum()))
+
+    def train_batches(self, data: InteractionData, gen: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        if self._batches is None:
+            self.prepare(data)
+        assert self._batches is not None
+        yield from self._batches(gen)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        net = self._net()
+        inputs, targets, mask = next_item_pairs(batch["seq"])
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp == "bf16"):
+            h = net.train_hidden(inputs)[mask]
+        return catalogue_loss(
+            self.config, h.float(), net.item_weight, targets[mask], gen=self._loss_gen, probs=self._probs
+        )
+
+    # -- scoring ---------------------------------------------------------------------------
+    def score_net(self, batch: QueryBatch) -> torch.Tensor:
+        net = self._net()
+        n = len(batch)
+        out = torch.empty(n, net.n_items, dtype=torch.float32, device=self.device)
+        # longest histories first, so each sub-batch is trimmed to similar lengths
+        order = np.argsort(-batch.lengths, kind="stable")
+        step = max(1, self.config.score_batch)
+        for a in range(0, n, step):
+            idx = order[a : a + step]
+            sub = batch.take(idx)
+            h, lt, lens = self._states(net, sub)
+            out[torch.from_numpy(idx).to(self.device)] = net.scores_from(h, lt, lens).float()
+        return out
+
+    def _states(
+        self, net: SASRecNet, q: QueryBatch
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        ctx = net.context_len()
+        hist, clen = histories_right_padded(q.indptr, q.items, ctx)
+        width = max(1, int(clen.max()) if len(clen) else 1)
+        hist, clen = hist[:, :width].to(self.device), clen.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp == "bf16"):
+            h = net.user_states(hist, clen).float()
+        lens = torch.from_numpy(q.lengths).to(self.device)
+        lt = None
+        if net.long_term == "gate":
+            lt = net.history_mean(
+                torch.from_numpy(q.indptr).to(self.device), torch.from_numpy(q.items).to(self.device), len(q)
+            )
+        return h, lt, lens
+
+    # -- incremental state (issue 4: O(1) per event in the history length) -----------------
+    def init_state(self, batch: QueryBatch) -> SASRecState:
+        """The incremental state of each history in `batch` (equal to replaying it with `step`)."""
+        net = self._net()
+        with torch.no_grad():
+            was = net.training
+            net.eval()
+            try:
+                hist, clen = histories_right_padded(batch.indptr, batch.items, net.context_len())
+                width = max(1, int(clen.max()) if len(clen) else 1)
+                length = torch.from_numpy(batch.lengths).to(self.device)
+                st = net.prefill(hist[:, :width].to(self.device), clen.to(self.device), length)
+                ids = torch.from_numpy(batch.indptr).to(self.device)
+                mean = net.history_mean(ids, torch.from_numpy(batch.items).to(self.device), len(batch))
+                lt_sum = mean * length.clamp(min=1)[:, None].to(mean.dtype)
+                return SASRecState(st.keys, st.values, st.length, st.hidden, lt_sum)
+            finally:
+                net.train(was)
+
+    def step(self, state: SASRecState, items: torch.Tensor | np.ndarray | list[int]) -> SASRecState:
+        """The state after each user appends one event (item indices ``[B]``); `state` is unchanged."""
+        net = self._net()
+        it = torch.as_tensor(np.asarray(items, dtype=np.int64)).to(self.device)
+        with torch.no_grad():
+            was = net.training
+            net.eval()
+            try:
+                return net.step(state, it)
+            finally:
+                net.train(was)
+
+    def score_state(self, state: SASRecState) -> torch.Tensor:
+        """[B, n_items] float32 scores from incremental states (column 0 = -inf), like `score`."""
+        net = self._net()
+        with torch.no_grad():
+            s = net.score_state(state).float()
+        s = s.cpu() if s.device.type != "cpu" else s.clone()
+        s[:, 0] = -torch.inf
+        return s
+
+
+def flops_per_token(cfg: SASRecConfig, n_items: int, avg_len: float) -> float:
+    """Approximate training FLOPs per target token (forward + backward = 3x forward matmuls)."""
+    d = cfg.embedding_dim
+    ffn = cfg.ffn_dim or d
+    per_layer = 2 * (4 * d * d + 2 * d * ffn) + 2 * 2 * avg_len * d  # projections + attention
+    head = 2 * d * n_items if cfg.loss == "ce" else 2 * d * (cfg.n_negatives + 1)
+    return 3.0 * (cfg.num_layers * per_layer + head)
+
+
+__all__ = ["SASRec", "SASRecConfig", "SASRecNet", "SASRecState", "SeqTransformer", "flops_per_token"]
