@@ -17,7 +17,18 @@ Datasets (sources under ``shared/data``; ``--data-dir`` or ``$DYNREC_DATA_DIR``)
   ``user item1 item2 ...`` in chronological order.
 
 ml-100k needs no conversion: ``shared/data/ml-100k/ml-100k.inter`` is already
-a RecBole atomic file (with rating and Unix timestamp).
+a RecBole atomic file (with rating and Unix timestamp).  But RecBole sorts it
+by a min-max-normalised *float32* timestamp (``ml-100k.yaml`` sets
+``normalize_all: True``; float32 resolution there is ~1.1 s), so a few
+near-equal timestamps collapse into ties that keep file order.  The optional
+dataset
+
+* ``ml-100k-pos``: ``ml-100k/ml-100k.inter`` re-ordered by (user, exact
+  integer timestamp, file row) -- equal timestamps keep file order, as in
+  dynrec's loader -- with the within-user position as the timestamp.
+
+lets RecBole reproduce that exact-timestamp split (the rating column is
+dropped: every interaction is an implicit positive in these runs anyway).
 
 The output goes to a scratch directory (default
 ``~/.cache/dynrec-peers/data``).  Dataset terms forbid redistribution: never
@@ -93,9 +104,24 @@ def read_s3rec(path: Path) -> Iterator[tuple[str, list[str]]]:
             yield user, items
 
 
+def read_recbole_inter(path: Path) -> Iterator[tuple[str, list[str]]]:
+    """Yield (user, items ordered by exact timestamp, ties by file row) from a RecBole .inter."""
+    rows: dict[str, list[tuple[int, int, str]]] = {}
+    with open(path, encoding="ascii") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        names = [h.split(":")[0] for h in header]
+        iu, ii, it = names.index("user_id"), names.index("item_id"), names.index("timestamp")
+        for row, line in enumerate(f):
+            parts = line.rstrip("\n").split("\t")
+            rows.setdefault(parts[iu], []).append((int(float(parts[it])), row, parts[ii]))
+    for user in sorted(rows, key=int):
+        yield user, [item for _, _, item in sorted(rows[user])]
+
+
 DATASETS = {
     "ml-1m": (Path("ml-1m") / "ml-1m.txt.gz", read_ml1m),
     "amazon-beauty": (Path("amazon-beauty") / "Beauty.txt", read_s3rec),
+    "ml-100k-pos": (Path("ml-100k") / "ml-100k.inter", read_recbole_inter),
 }
 
 

@@ -36,7 +36,7 @@ for job in "$@"; do
     echo "== $(date -Is) $ds $model ${budget:+budget $budget s}"
     if [ "$model" = implicit ]; then
         # same leave-one-out split as RecBole; verified pair-for-pair against a RecBole split dump
-        # when one exists (written by the BPR job below with --dump-split)
+        # when one exists (written by the first RecBole job on the dataset, with --dump-split)
         check=()
         [ -f "$runs/split.npz" ] && check=(--check-split "$runs/split.npz")
         (cd "$runs" && /usr/bin/time -v -o implicit.time nice -n "$NICE" "$PEERS_DIR/venv/bin/python" \
@@ -47,7 +47,8 @@ for job in "$@"; do
     else
         extra=()
         [ -n "${budget:-}" ] && extra+=(--time-budget "$budget")
-        [ "$model" = BPR ] && extra+=(--dump-split "$runs/split.npz")
+        # the first RecBole job on a dataset dumps its split, to verify implicit's split against it
+        [ -f "$runs/split.npz" ] || extra+=(--dump-split "$runs/split.npz")
         RUNS=$runs nice -n "$NICE" "$SHARED_PEERS/run_recbole_one.sh" "$model" \
             --dataset "$ds" --data-path "$dp" "${extra[@]}"
         cp "$runs/$model.json" "$runs/$model.time" "$res/"
