@@ -1,15 +1,18 @@
 """Streaming replay benchmark: static / state / incremental / retrain for each model on a dataset.
 
 ml-100k: global temporal cut at 80% of event time; ml-1m (order only): each user's last 10 events,
-interleaved across users. Each model is trained once on the pre-cut events (each user's last
-pre-cut event validates) and cached; every mode starts from a fresh copy. Results accumulate in
-results/replay.json (keyed dataset/model/mode); the table goes to results_replay.md and one PNG of
-NDCG@10 over the stream per dataset/model to results/replay_<dataset>_<model>.png.
+interleaved across users; a `dynrec data synth` folder: temporal cut, and every mode is also
+reported as a fraction of the oracle's HR@10 on the same events. Each model is trained once on the
+pre-cut events (each user's last pre-cut event validates) and cached; every mode starts from a
+fresh copy of it. Results accumulate in a JSON store (default results/replay.json, keyed
+dataset/model/mode); the table goes to results_replay.md and one PNG of NDCG@10 over the stream per
+dataset/model to results/replay_<dataset>_<model>.png.
 
-Also measured for the incremental mode: *forgetting* — NDCG@10 on the pre-cut validation targets
-(each user's last pre-cut event) before the replay and after its last update.
+Also measured for the incremental and retrain modes: *forgetting* — NDCG@10 on the pre-cut
+validation targets (each user's last pre-cut event) before the replay and after its last update.
 
     nice -n 5 python benchmarks/replay.py --dataset ml-100k --models itemknn,als,gru4rec,sasrec
+    python benchmarks/replay.py --merge /path/to/other_store.json   # fold in runs from elsewhere
     python benchmarks/replay.py --table-only
 """
 
@@ -29,6 +32,7 @@ from dynrec.evaluation.report import markdown_table, plot_windows
 from dynrec.evaluation.streaming import (
     MODES,
     ReplayConfig,
+    ReplayData,
     fit_for_replay,
     holdout_last,
     load_replay_data,
@@ -38,124 +42,180 @@ from dynrec.models.base import Recommender
 from dynrec.online.updater import UpdateConfig
 
 STORE = RESULTS / "replay.json"
-CACHE = Path("/tmp/dynrec-replay-models")
 COLUMNS = [
     ("dataset", "dataset"),
     ("model", "model"),
     ("mode", "mode"),
     ("HR@10", "HR@10"),
     ("NDCG@10", "NDCG@10"),
-    ("vs_retrain", "NDCG vs retrain"),
+    ("vs_retrain", "NDCG / retrain"),
+    ("HR@10_vs_oracle", "HR / oracle"),
     ("n_events", "events"),
     ("events_per_s", "events/s"),
-    ("seconds", "replay s"),
     ("update_seconds", "update s"),
-    ("compute_vs_retrain", "compute vs retrain"),
-    ("old_ndcg_before", "old-data NDCG before"),
+    ("state_init_seconds", "state init s"),
+    ("compute_vs_retrain", "seconds / retrain"),
+    ("work_vs_retrain", "work / retrain"),
+    ("old_ndcg_before", "old NDCG before"),
     ("old_ndcg_after", "after"),
+    ("device", "device"),
 ]
 
 
-def load_store() -> dict[str, dict[str, Any]]:
-    return dict(json.loads(STORE.read_text())["runs"]) if STORE.exists() else {}
+def load_store(path: Path) -> dict[str, dict[str, Any]]:
+    return dict(json.loads(path.read_text())["runs"]) if path.exists() else {}
 
 
-def save_store(runs: dict[str, dict[str, Any]]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    STORE.write_text(json.dumps({"environment": environment(), "runs": runs}, indent=1, sort_keys=True))
+def save_store(path: Path, runs: dict[str, dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"environment": environment(), "runs": runs}, indent=1, sort_keys=True))
 
 
-def write_table(runs: dict[str, dict[str, Any]]) -> str:
+def table_rows(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for r in runs.values():
-        row = {k: v for k, v in r.items() if k != "windows"}
+        row = {k: v for k, v in r.items() if k not in ("windows", "updates")}
         ref = runs.get(f"{r['dataset']}/{r['model']}/retrain")
         if ref is not None:
             row["vs_retrain"] = r["NDCG@10"] / ref["NDCG@10"] if ref["NDCG@10"] else float("nan")
-            # compute beyond serving: model changes (updates/retrains) + state re-initialisation
+            # compute beyond serving: model changes (updates / retrains) + state re-initialisation
             own = r["update_seconds"] + r.get("state_init_seconds", 0.0)
             other = ref["update_seconds"] + ref.get("state_init_seconds", 0.0)
             row["compute_vs_retrain"] = own / other if other else float("nan")
+            w_ref = float(ref.get("work_events") or 0.0)
+            row["work_vs_retrain"] = float(r.get("work_events") or 0.0) / w_ref if w_ref else float("nan")
         rows.append(row)
     order = {m: i for i, m in enumerate(MODES)}
     rows.sort(key=lambda r: (str(r["dataset"]), str(r["model"]), order.get(str(r["mode"]), 9)))
-    table = markdown_table(rows, COLUMNS)
+    return rows
+
+
+def write_table(runs: dict[str, dict[str, Any]]) -> str:
+    table = markdown_table(table_rows(runs), COLUMNS)
     (HERE / "results_replay.md").write_text(
         "# Streaming replay (prequential): static / state / incremental / retrain\n\n"
-        "Generated by `benchmarks/replay.py` (see its docstring for the protocol). "
-        "`compute vs retrain` = (update + state re-initialisation seconds) of the mode / the same for "
-        "periodic full retrain. Shared 2-core machine, noisy.\n\n" + table + "\n"
+        "Generated by `benchmarks/replay.py` (protocol in its docstring). `seconds / retrain` = "
+        "(update + state re-initialisation seconds) of the mode over the same for periodic full retrain; "
+        "`work / retrain` = training events x passes of all updates over those of all retrains "
+        "(device-independent); "
+        "`old NDCG` = NDCG@10 on the pre-cut validation targets before the replay and after the last "
+        "update (forgetting). Timings are wall-clock on the device named in the row (shared machines, "
+        "noisy).\n\n" + table + "\n"
     )
     return table
 
 
+def _device(model: Recommender) -> str:
+    import torch
+
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device) and dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu x{torch.get_num_threads()}"
+
+
+def _oracle(rd: ReplayData, folder: Path | None) -> Any:
+    if folder is None or not (folder / "oracle.csv").exists():
+        return None
+    from dynrec.data.synthetic import load_oracle, oracle_ranks_for
+
+    d = rd.data
+    return oracle_ranks_for(
+        load_oracle(folder), d.user_vocab.to_ids(d.users[rd.stream]), d.timestamps[rd.stream]
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", default="ml-100k")
+    ap.add_argument("--dataset", default="ml-100k", help="registered name, event file or synth folder")
+    ap.add_argument("--name", default=None, help="dataset label in the results (default: --dataset)")
     ap.add_argument("--models", default="itemknn,als,gru4rec,sasrec")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--last-n", type=int, default=None)
     ap.add_argument("--quantile", type=float, default=None)
     ap.add_argument("--n-updates", type=int, default=4, help="segments (updates = segments - 1)")
     ap.add_argument("--update-epochs", type=int, default=1)
+    ap.add_argument("--update-lr", type=float, default=0.0, help="update learning rate (0: the model's)")
     ap.add_argument("--replay-ratio", type=float, default=1.0)
     ap.add_argument("--set", action="append", default=[], help="MODEL.key=value config override")
+    ap.add_argument("--store", type=Path, default=STORE)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/dynrec-replay-models"))
+    ap.add_argument("--plot-dir", type=Path, default=RESULTS)
     ap.add_argument("--refit", action="store_true", help="ignore cached trained models")
+    ap.add_argument("--merge", type=Path, action="append", default=[], help="store(s) to fold into --store")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    runs = load_store()
-    if args.table_only:
-        print(write_table(runs))
+    runs = load_store(args.store)
+    for other in args.merge:
+        runs.update(load_store(other))
+    if args.merge:
+        save_store(args.store, runs)
+    if args.table_only or args.merge:
+        print(write_table(runs) if args.store == STORE else markdown_table(table_rows(runs), COLUMNS))
         return
-    rd = load_replay_data(args.dataset, quantile=args.quantile, last_n=args.last_n)
-    print(f"{args.dataset}: {len(rd)} replayed events ({rd.protocol}), {rd.train.n_events} pre-cut")
+    folder = Path(args.dataset) if Path(args.dataset).is_dir() else None
+    dataset = str(folder / "events.csv") if folder is not None else args.dataset
+    ds_key = folder.name if folder is not None else args.dataset
+    label = args.name or ds_key
+    rd = load_replay_data(dataset, quantile=args.quantile, last_n=args.last_n)
+    rd = ReplayData(rd.data, rd.train, rd.stream, rd.time, rd.pre_end, rd.protocol, label)
+    oracle = _oracle(rd, folder)
+    print(f"{label}: {len(rd)} replayed events ({rd.protocol}), {rd.train.n_events} pre-cut", flush=True)
     for name in args.models.split(","):
         overrides = {
             s.split("=", 1)[0].split(".", 1)[1]: s.split("=", 1)[1]
             for s in args.set
             if s.split(".", 1)[0] == name
         }
-        cache = CACHE / f"{args.dataset}-{rd.protocol}-{name}"
+        cache = args.cache / f"{ds_key}-{rd.protocol.replace('>=', 'ge')}-{name}"
         if args.refit or not (cache / "config.json").exists():
             t0 = time.perf_counter()
             model = fit_for_replay(name, rd, overrides=overrides)
             model.save(cache)
-            print(f"{name}: trained in {time.perf_counter() - t0:.0f}s")
+            print(f"{name}: trained in {time.perf_counter() - t0:.0f}s", flush=True)
         base = Recommender.load(cache)
         _, valid = holdout_last(rd.train)
         old_before = evaluate(base, valid, extra=False).metrics["NDCG@10"]
-        results = []
         for mode in args.modes.split(","):
             model = Recommender.load(cache)
             cfg = ReplayConfig(
                 mode=mode,  # type: ignore[arg-type]
                 n_updates=args.n_updates,
-                update=UpdateConfig(epochs=args.update_epochs, replay_ratio=args.replay_ratio),
+                update=UpdateConfig(
+                    epochs=args.update_epochs, learning_rate=args.update_lr, replay_ratio=args.replay_ratio
+                ),
             )
             res = replay(model, rd, cfg)
             row: dict[str, Any] = {
-                "dataset": args.dataset,
+                "dataset": label,
                 "model": name,
                 **res.to_json(),
                 "fit_seconds": float(base.meta.get("fit_seconds", 0.0)),
+                "best_epoch": base.meta.get("best_epoch"),
+                "device": _device(model),
             }
+            if oracle is not None:
+                o_hr = float((oracle < 10).mean())
+                row["oracle_HR@10"] = o_hr
+                row["HR@10_vs_oracle"] = row["HR@10"] / o_hr if o_hr else float("nan")
             if mode in ("incremental", "retrain") and res.final_model is not None:
                 row["old_ndcg_before"] = old_before
                 row["old_ndcg_after"] = evaluate(res.final_model, valid, extra=False).metrics["NDCG@10"]
-            runs[f"{args.dataset}/{name}/{mode}"] = row
-            results.append(row)
-            save_store(runs)
+            runs[f"{label}/{name}/{mode}"] = row
+            save_store(args.store, runs)
             print(
                 f"{name:8s} {mode:12s} HR@10 {row['HR@10']:.4f} NDCG@10 {row['NDCG@10']:.4f} "
-                f"{row['events_per_s']:.0f} ev/s, {row['seconds']:.0f}s (updates {row['update_seconds']:.0f}s)"
+                f"{row['events_per_s']:.0f} ev/s, {row['seconds']:.0f}s (updates {row['update_seconds']:.0f}s)",
+                flush=True,
             )
-        plot_windows(
-            [r for r in (runs.get(f"{args.dataset}/{name}/{m}") for m in MODES) if r],
-            RESULTS / f"replay_{args.dataset}_{name}.png",
-            title=f"{name} on {args.dataset} ({rd.protocol}): NDCG@10 per window",
-        )
-    print(write_table(runs))
+            plot_windows(
+                [r for r in (runs.get(f"{label}/{name}/{m}") for m in MODES) if r],
+                args.plot_dir / f"replay_{label}_{name}.png",
+                title=f"{name} on {label} ({rd.protocol}): NDCG@10 per window",
+            )
+    if args.store == STORE:
+        print(write_table(runs))
 
 
 if __name__ == "__main__":

@@ -262,3 +262,22 @@ def test_interests_without_metadata_use_clusters(data: InteractionData) -> None:
     assert it.basis == "clusters"
     shares = [x for _, x in it.long_term.categories]
     assert 0 < len(shares) <= 5 and shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-6
+
+
+def test_checkpointed_state_survives_a_restart(tmp_path: Path, data: InteractionData) -> None:
+    """With persist_every > 1 the store holds a checkpoint; a new process replays the tail."""
+    model = fitted("sasrec", data)
+    assert model.item_vocab is not None
+    seq = model.item_vocab.to_ids(np.concatenate([data.sequence(2), data.sequence(3)])[:10])
+    db = tmp_path / "c.db"
+    first = OnlineRecommender(model, SQLiteStore(db), persist_every=4)
+    for t, item in enumerate(seq):
+        first.observe(Event("u", item, t))
+    want = first.scores("u")
+    c = first.store.get_state("u")
+    assert c is not None and c.n_events == 8 and len(seq) == 10  # checkpoint after 8, 2 events ahead
+    second = OnlineRecommender(model, SQLiteStore(db), cache_size=0)  # a restart, no hot cache
+    torch.testing.assert_close(second.scores("u"), want, rtol=1e-4, atol=1e-4)
+    first.flush()
+    c = first.store.get_state("u")
+    assert c is not None and c.n_events == 10

@@ -253,6 +253,9 @@ class ReplayConfig:
     update: UpdateConfig = field(default_factory=UpdateConfig)
     retrain_epochs: int = 0
     """Epochs of each full retrain of a neural model; 0 = the initial fit's best epoch."""
+    holdout: bool = True
+    """Keep each user's last pre-cut event out of every update / retrain, as `fit_for_replay` keeps
+    it out of the initial fit (it validates, and measures forgetting after the replay)."""
 
 
 @dataclass
@@ -377,7 +380,9 @@ def replay(
     sent = np.zeros(s, dtype=bool)  # events already given to an update
     predicted = np.zeros(s, dtype=bool)
     if update_fn is None and cfg.mode == "incremental":
-        updater = IncrementalUpdater(model, rd.train, cfg.update)
+        updater = IncrementalUpdater(
+            model, holdout_last(rd.train)[0] if cfg.holdout else rd.train, cfg.update
+        )
         update_fn = _incremental_fn(updater)
     elif update_fn is None and cfg.mode == "retrain":
         update_fn = _retrain_fn(cfg, s)
@@ -412,6 +417,7 @@ def replay(
         "events_per_s": s / wall if wall > 0 else 0.0,
         "serve_events_per_s": s / (clock.serve + clock.init) if clock.serve + clock.init > 0 else 0.0,
         "n_updates": float(len(updates)),
+        "work_events": float(sum(float(u.get("work_events", 0)) for u in updates)),
     }
     return ReplayResult(
         cfg.mode, model.name, rd.name, rd.protocol, ranks, metrics, windows, timing, updates, model
@@ -580,7 +586,7 @@ def _retrain_fn(cfg: ReplayConfig, n_stream: int) -> UpdateFn:
         from dynrec.models.base import create_model
 
         sent[events] = True
-        train = revealed_data(rd, sent)
+        train = revealed_data(rd, sent, holdout=cfg.holdout)
         new = create_model(model.name, config=model.config.to_dict())
         new.meta = {k: v for k, v in model.meta.items() if k in ("dataset", "split")}
         epochs = cfg.retrain_epochs or int(model.meta.get("best_epoch", 0) or 0)
@@ -590,17 +596,24 @@ def _retrain_fn(cfg: ReplayConfig, n_stream: int) -> UpdateFn:
         for k in ("best_epoch",):
             if k in model.meta:
                 new.meta[k] = model.meta[k]
-        return new, {"n_events": int(len(events)), "method": "refit", "train_events": train.n_events}
+        from dynrec.online.updater import fit_passes
+
+        work = train.n_events * fit_passes(new)
+        return new, {"n_events": int(len(events)), "method": "refit", "work_events": work}
 
     return fn
 
 
-def revealed_data(rd: ReplayData, sent: npt.NDArray[np.bool_]) -> InteractionData:
-    """Pre-cut events + the stream events marked in `sent`, in a vocabulary that is the prefix of
-    ``rd.data``'s covering them."""
+def revealed_data(rd: ReplayData, sent: npt.NDArray[np.bool_], *, holdout: bool = False) -> InteractionData:
+    """Pre-cut events (without each user's last one when `holdout`, as `holdout_last`) + the stream
+    events marked in `sent`, in a vocabulary that is the prefix of ``rd.data``'s covering them."""
     d = rd.data
     keep = np.ones(d.n_events, dtype=bool)
     keep[rd.stream] = False
+    if holdout:
+        n_pre = rd.pre_end - d.indptr[:-1]
+        has = np.flatnonzero(n_pre >= 2)
+        keep[rd.pre_end[has] - 1] = False
     keep[rd.stream[sent]] = True
     sub = d.select(keep)
     n_items = max(rd.train.n_items, int(sub.items.max(initial=0)) + 1)

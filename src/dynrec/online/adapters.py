@@ -184,6 +184,12 @@ class SASRecAdapter(StateAdapter):
 
     def step(self, state: StateBatch, items: IntArray, timestamps: IntArray) -> StateBatch:
         m: Any = self.model
+        net = _eval_net(m)
+        if net is not None and hasattr(net, "step"):  # skip the model's per-call eval/train toggling
+            with torch.no_grad():
+                it = torch.from_numpy(np.asarray(items, dtype=np.int64)).to(m.device)
+                fast: StateBatch = net.step(self._wrap(state), it).to_dict()
+                return fast
         out: StateBatch = m.step(self._wrap(state), np.asarray(items, dtype=np.int64)).to_dict()
         return out
 
@@ -218,13 +224,31 @@ class GRUStateAdapter(StateAdapter):
         if self._time_gaps():
             ts = torch.from_numpy(np.asarray(timestamps, dtype=np.int64))
             gaps = torch.where(state["n"] > 0, ts - state["last_ts"], torch.full_like(ts, -1))
-        h: torch.Tensor = m.step_state(state["h"], torch.from_numpy(np.asarray(items, np.int64)), gaps).cpu()
+        it = torch.from_numpy(np.asarray(items, np.int64))
+        net = _eval_net(m)
+        if net is not None and hasattr(net, "step"):  # skip the model's per-call eval/train toggling
+            with torch.no_grad():
+                dev = m.device
+                h: torch.Tensor = net.step(
+                    state["h"].to(dev), it.to(dev), None if gaps is None else gaps.to(dev)
+                ).cpu()
+        else:
+            h = m.step_state(state["h"], it, gaps).cpu()
         return {"h": h, "n": state["n"] + 1, "last_ts": torch.from_numpy(np.asarray(timestamps, np.int64))}
 
     def score(self, state: StateBatch) -> torch.Tensor:
         m: Any = self.model
         s: torch.Tensor = m.score_state(state["h"])
         return s
+
+
+def _eval_net(model: Any) -> Any:
+    """The model's module when it is already in eval mode (then its building blocks can be called
+    directly under no_grad, as the model's own read methods do after switching to eval)."""
+    net = getattr(model, "net", None)
+    if isinstance(net, torch.nn.Module) and not net.training:
+        return net
+    return None
 
 
 # ---- matrix factorisation: closed-form fold-in ---------------------------------------------------

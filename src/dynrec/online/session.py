@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,19 @@ class Interests:
 
 
 @dataclass
+class _Hot:
+    """A user's decoded state in this process: the state, history events it covers, the model
+    version, the seen item indices, and how many events it is ahead of the store."""
+
+    state: StateBatch
+    n_events: int
+    version: str
+    seen: set[int]
+    dirty: int = 0
+    seen_idx: torch.Tensor | None = None
+
+
+@dataclass
 class _Categories:
     matrix: sp.csr_matrix  # [n_items, n_cats]
     names: list[str]
@@ -92,6 +106,8 @@ class OnlineRecommender:
         adapter: StateAdapter | None = None,
         item_categories: tuple[sp.csr_matrix, Sequence[str]] | None = None,
         updater: Any = None,
+        cache_size: int = 10_000,
+        persist_every: int = 1,
     ) -> None:
         if not model.fitted:
             raise NotFittedError(f"{model.name} is not fitted")
@@ -100,6 +116,14 @@ class OnlineRecommender:
         self.adapter = adapter if adapter is not None else adapter_for(model)
         self.version = model_version(model)
         self.updater = updater
+        self.cache_size = cache_size
+        """Users whose decoded state and seen items stay in this process (LRU; 0 = none). Assumes
+        this process is the only writer of those users (sticky routing); `refresh` clears it."""
+        self.persist_every = max(1, persist_every)
+        """Write a user's state to the store every this many events (1 = write-through). A stored
+        state is a checkpoint: loading replays the history events after it, so at most
+        ``persist_every - 1`` steps are redone after a restart."""
+        self._hot: OrderedDict[str, _Hot] = OrderedDict()
         self._cats: _Categories | None = None
         if item_categories is not None:
             m, names = item_categories
@@ -123,23 +147,49 @@ class OnlineRecommender:
         )
 
     # -- state ------------------------------------------------------------------------------
-    def _fresh_state(self, user: str) -> tuple[StateBatch, int]:
+    def _load(self, user: str) -> _Hot:
+        """The user's state: from the hot cache, else the store's checkpoint + the history events
+        after it, else built from the whole history."""
+        hot = self._hot.get(user)
+        if hot is not None and hot.version == self.version:
+            self._hot.move_to_end(user)
+            return hot
         hist = self.store.history(user)
-        return self.adapter.init(self._query(user, hist)), len(hist)
-
-    def _cached(self, user: str) -> StateBatch | None:
+        q = self._query(user, hist)
         c = self.store.get_state(user)
-        if c is None or c.version != self.version:
-            return None
-        return self.adapter.batch([c.tensors])
+        if c is not None and c.version == self.version and c.n_events <= len(hist):
+            st = self.adapter.batch([c.tensors])
+            tail = self._query(user, History(hist.items[c.n_events :], hist.timestamps[c.n_events :]))
+            for i, t in zip(tail.items.tolist(), tail.timestamps.tolist(), strict=True):  # type: ignore[union-attr]
+                st = self.adapter.step(st, np.array([i], dtype=np.int64), np.array([t], dtype=np.int64))
+            dirty = len(hist) - c.n_events
+        elif c is not None and c.version == self.version:  # history trimmed below the checkpoint
+            st, dirty = self.adapter.batch([c.tensors]), 0
+        else:
+            st, dirty = self.adapter.init(q), len(hist)
+        hot = _Hot(st, len(hist), self.version, set(q.items.tolist()), dirty)
+        if dirty:
+            self._persist(user, hot)
+        self._remember(user, hot)
+        return hot
+
+    def _persist(self, user: str, hot: _Hot) -> None:
+        self.store.put_state(user, CachedState(self.adapter.unbatch(hot.state, 0), hot.version, hot.n_events))
+        hot.dirty = 0
+
+    def _remember(self, user: str, hot: _Hot) -> None:
+        if self.cache_size <= 0:
+            return
+        self._hot[user] = hot
+        self._hot.move_to_end(user)
+        while len(self._hot) > self.cache_size:
+            old, h = self._hot.popitem(last=False)
+            if h.dirty:
+                self._persist(old, h)
 
     def state(self, user: str) -> StateBatch:
         """The user's current state (batch of one), rebuilt from the history when not cached."""
-        st = self._cached(user)
-        if st is None:
-            st, n = self._fresh_state(user)
-            self.store.put_state(user, CachedState(self.adapter.unbatch(st, 0), self.version, n))
-        return st
+        return self._load(user).state
 
     def observe(self, events: Event | Iterable[Event]) -> None:
         """Record events (in order) and advance each user's cached state past them."""
@@ -151,31 +201,37 @@ class OnlineRecommender:
         for e in evs:
             by_user.setdefault(e.user_id, []).append(e)
         for user, ues in by_user.items():
-            cached = self.store.get_state(user)
+            hot = self._load(user)
             self.store.append(ues)
-            if cached is None or cached.version != self.version:
-                st, n = self._fresh_state(user)  # history already holds the new events
-            else:
-                st, n = self.adapter.batch([cached.tensors]), cached.n_events
-                idx = self.model.item_vocab.lookup([e.item_id for e in ues], policy="skip")
-                for e, i in zip(ues, idx.tolist(), strict=True):
-                    n += 1
-                    if i > 0:
-                        st = self.adapter.step(
-                            st, np.array([i], dtype=np.int64), np.array([e.timestamp], dtype=np.int64)
-                        )
-            self.store.put_state(user, CachedState(self.adapter.unbatch(st, 0), self.version, n))
+            idx = self.model.item_vocab.lookup([e.item_id for e in ues], policy="skip")
+            st = hot.state
+            for e, i in zip(ues, idx.tolist(), strict=True):
+                if i > 0:
+                    st = self.adapter.step(
+                        st, np.array([i], dtype=np.int64), np.array([e.timestamp], dtype=np.int64)
+                    )
+                    hot.seen.add(i)
+            hot.state, hot.n_events, hot.dirty = st, hot.n_events + len(ues), hot.dirty + len(ues)
+            if hot.dirty >= self.persist_every or self.cache_size <= 0:
+                self._persist(user, hot)
         if self.updater is not None:
             self.updater.remember(evs)
+
+    def flush(self) -> None:
+        """Write every cached state not yet persisted to the store."""
+        for user, hot in self._hot.items():
+            if hot.dirty:
+                self._persist(user, hot)
 
     # -- reads ------------------------------------------------------------------------------
     def scores(self, user: str, *, exclude_seen: bool = True) -> torch.Tensor:
         """[n_items] scores of every item for `user` from the cached state (seen items -inf)."""
-        s = self.adapter.score(self.state(user))[0]
-        if exclude_seen:
-            q = self._query(user, self.store.history(user))
-            if len(q.items):
-                s[torch.from_numpy(q.items)] = -torch.inf
+        hot = self._load(user)
+        s = self.adapter.score(hot.state)[0]
+        if exclude_seen and hot.seen:
+            if hot.seen_idx is None or hot.seen_idx.numel() != len(hot.seen):
+                hot.seen_idx = torch.tensor(sorted(hot.seen), dtype=torch.int64)
+            s[hot.seen_idx] = -torch.inf
         s[0] = -torch.inf
         return s
 
@@ -288,6 +344,7 @@ class OnlineRecommender:
 
     def delete_user(self, user: str) -> bool:
         """Privacy: remove the user's history and cached state (and the updater's copy)."""
+        self._hot.pop(user, None)
         found = self.store.delete_user(user)
         if self.updater is not None:
             found = bool(self.updater.forget_user(user)) or found
