@@ -105,6 +105,7 @@ class OnlineRecommender:
         *,
         adapter: StateAdapter | None = None,
         item_categories: tuple[sp.csr_matrix, Sequence[str]] | None = None,
+        item_metadata: Any = None,
         updater: Any = None,
         cache_size: int = 10_000,
         persist_every: int = 1,
@@ -125,6 +126,9 @@ class OnlineRecommender:
         ``persist_every - 1`` steps are redone after a restart."""
         self._hot: OrderedDict[str, _Hot] = OrderedDict()
         self._cats: _Categories | None = None
+        self.item_metadata = item_metadata
+        """`ItemMetadata` (e.g. ``registry.load_items("ml-100k")``): its genres are the categories of
+        `interests` (rebuilt when the catalogue grows)."""
         if item_categories is not None:
             m, names = item_categories
             self._cats = _Categories(
@@ -307,6 +311,11 @@ class OnlineRecommender:
     def _categories(self) -> _Categories:
         if self._cats is not None and self._cats.matrix.shape[0] == self.model.n_items:
             return self._cats
+        if self.item_metadata is not None and self.model.item_vocab is not None:
+            m, names = self.item_metadata.genre_matrix(self.model.item_vocab)
+            if len(names):
+                self._cats = _Categories(sp.csr_matrix(m, dtype=np.float32), list(names), "categories")
+                return self._cats
         if self._cats is not None and self._cats.basis == "categories":  # the catalogue grew
             m = self._cats.matrix
             grown = sp.vstack([m, sp.csr_matrix((self.model.n_items - m.shape[0], m.shape[1]))]).tocsr()
