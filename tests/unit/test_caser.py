@@ -66,3 +66,8 @@ def test_seeded_reproducibility(cycles: Split) -> None:
     a, b, c = fit(1), fit(1), fit(2)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_sampled_softmax_option(cycles: Split) -> None:
+    model = Caser(CaserConfig(**FAST, epochs=1, loss="sampled", n_negatives=8)).fit(cycles.train)
+    assert torch.all(torch.isfinite(model.score(cycles.test.queries)[:, 1:]))

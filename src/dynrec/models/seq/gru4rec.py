@@ -2,9 +2,13 @@
 
 A GRU reads the user's item embeddings (optionally plus a time-gap embedding) and its hidden state,
 projected to the embedding space, scores every item by a dot product with the (tied) item embeddings.
-Training is SASRec-style: each training window of a user's sequence is one sample with the next item
-as target at *every* position, full-catalogue softmax cross-entropy at real positions only (packed
-sequences: no compute on padding), windows bucketed by length. No per-sample Python per epoch.
+Training is SASRec-style: each training row of a user's sequence (`common.training_sequences`) is one
+sample with the next item as target at *every* position; the full-catalogue softmax cross-entropy is
+computed at real positions only, and rows are bucketed by length so the padded GRU run (the fused
+CPU kernel — ~3x faster here than packed sequences) wastes little. A user's first event is also the
+target of the empty (zero) state, so an empty history gets learned, popularity-like scores. No
+per-sample Python in the epoch loop. The GRU starts as a moving average of its inputs
+(`ema_init`), which speeds up early training markedly on real data.
 
 Scoring reads the user's *whole* history by default (`score_len=0`), so the hidden state is an exact
 O(1)-per-event incremental summary: `init_state` (state after each history), `step_state` (one new
