@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from _common import HERE, RESULTS, environment
 
 from dynrec.evaluation.offline import evaluate
@@ -81,7 +82,8 @@ def table_rows(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             # compute beyond serving: model changes (updates / retrains) + state re-initialisation
             own = r["update_seconds"] + r.get("state_init_seconds", 0.0)
             other = ref["update_seconds"] + ref.get("state_init_seconds", 0.0)
-            row["compute_vs_retrain"] = own / other if other else float("nan")
+            same_device = r.get("device") == ref.get("device")
+            row["compute_vs_retrain"] = own / other if other and same_device else float("nan")
             w_ref = float(ref.get("work_events") or 0.0)
             row["work_vs_retrain"] = float(r.get("work_events") or 0.0) / w_ref if w_ref else float("nan")
         rows.append(row)
@@ -198,6 +200,9 @@ def main() -> None:
             if oracle is not None:
                 o_hr = float((oracle < 10).mean())
                 row["oracle_HR@10"] = o_hr
+                row["oracle_NDCG@10"] = float(
+                    np.where(oracle < 10, 1.0 / np.log2(np.minimum(oracle, 10) + 2.0), 0.0).mean()
+                )
                 row["HR@10_vs_oracle"] = row["HR@10"] / o_hr if o_hr else float("nan")
             if mode in ("incremental", "retrain") and res.final_model is not None:
                 row["old_ndcg_before"] = old_before
@@ -213,6 +218,7 @@ def main() -> None:
                 [r for r in (runs.get(f"{label}/{name}/{m}") for m in MODES) if r],
                 args.plot_dir / f"replay_{label}_{name}.png",
                 title=f"{name} on {label} ({rd.protocol}): NDCG@10 per window",
+                reference=row.get("oracle_NDCG@10"),
             )
     if args.store == STORE:
         print(write_table(runs))
