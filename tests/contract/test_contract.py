@@ -25,6 +25,7 @@ FAST: dict[str, Any] = {
     "progress": False,
     "patience": 100,
     "batch_size": 16,
+    "num_threads": 1,  # tiny tensors: more threads only add synchronisation (and oversubscribe CI)
 }
 
 
