@@ -415,7 +415,7 @@ def replay(
         "state_init_seconds": clock.init,
         "update_seconds": clock.update,
         "events_per_s": s / wall if wall > 0 else 0.0,
-        "serve_events_per_s": s / (clock.serve + clock.init) if clock.serve + clock.init > 0 else 0.0,
+        "serve_events_per_s": s / clock.serve if clock.serve > 0 else 0.0,
         "n_updates": float(len(updates)),
         "work_events": float(sum(float(u.get("work_events", 0)) for u in updates)),
     }
@@ -484,7 +484,10 @@ def _run_segment(
     u_sorted = users[order]
     starts = np.flatnonzero(np.r_[True, u_sorted[1:] != u_sorted[:-1]])
     counts = np.diff(np.r_[starts, len(ev_sorted)])
-    by_count = np.argsort(-counts, kind="stable")
+    # most events first (active rows form a prefix in every round), then longest history first
+    # (a chunk's histories are padded to its longest one when the states are built)
+    hist_len = rd.pre_end[u_sorted[starts]] - data.indptr[u_sorted[starts]] + revealed[ev_sorted[starts]]
+    by_count = np.lexsort((-hist_len, -counts))
     starts, counts = starts[by_count], counts[by_count]
     seg_users = u_sorted[starts]
     chunk = _chunk_users(adapter, n_model, cfg.state_budget_mb)

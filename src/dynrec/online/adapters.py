@@ -85,6 +85,11 @@ class StateAdapter(ABC):
     def score(self, state: StateBatch) -> torch.Tensor:
         """[B, n_items] float32 CPU scores (column 0 = -inf), a fresh tensor."""
 
+    def step_(self, state: StateBatch, items: IntArray, timestamps: IntArray) -> StateBatch:
+        """Like `step`, but may reuse (overwrite) `state`'s buffers — for callers that own the
+        state and drop the old one (the replay engine, the session's hot cache)."""
+        return self.step(state, items, timestamps)
+
     # -- batch plumbing (generic over the tensors' batch dimension) -------------------------
     def _dim(self, key: str) -> int:
         return self.batch_dims.get(key, 0)
@@ -145,8 +150,10 @@ class StateAdapter(ABC):
             return state
         n = rows.size
         prefix = bool(rows[0] == 0 and rows[-1] == n - 1 and (n == 1 or np.all(np.diff(rows) == 1)))
+        if prefix and n == self.size(state):  # every row steps: the new state is the step's output
+            return self.step_(state, items, timestamps)
         cur = self.narrow(state, n) if prefix else self.select(state, rows)
-        part = self.step(cur, items, timestamps)
+        part = self.step_(cur, items, timestamps)  # `cur` is a copy, or views of our own rows
         if any(part[k].shape != cur[k].shape for k in part):
             return self.assign(state, rows, part)  # shapes changed (a growing buffer)
         ix = torch.from_numpy(rows)
@@ -192,6 +199,43 @@ class SASRecAdapter(StateAdapter):
                 return fast
         out: StateBatch = m.step(self._wrap(state), np.asarray(items, dtype=np.int64)).to_dict()
         return out
+
+    def step_(self, state: StateBatch, items: IntArray, timestamps: IntArray) -> StateBatch:
+        """`step` writing the new keys/values into the ring buffers in place: the model's step copies
+        both buffers (``[layers, B, heads, max_len, head_dim]`` each) per event, which is most of
+        an event's cost on a CPU. Mirrors ``SASRecNet.step`` with the model's own blocks; the
+        adapter tests check it against recomputation from the history."""
+        m: Any = self.model
+        net = _eval_net(m)
+        if net is None or not all(
+            hasattr(net, a) for a in ("rope", "embed", "item_emb", "block_list", "ln_f", "max_len")
+        ):
+            return self.step(state, items, timestamps)
+        with torch.no_grad():
+            it = torch.from_numpy(np.asarray(items, dtype=np.int64)).to(m.device)
+            keys, values, p = state["keys"], state["values"], state["length"]
+            b, w, dev = it.shape[0], int(net.max_len), it.device
+            rope = net.rope(p[:, None])
+            slot = p % w
+            valid = torch.arange(w, device=dev)[None, :] < (p + 1).clamp(max=w)[:, None]
+            mask = valid[:, None, None, :]
+            rows = torch.arange(b, device=dev)
+            e = net.item_emb(it)
+            x = net.embed(it[:, None])
+            for li, blk in enumerate(net.block_list()):
+                q, k, v = blk.project(x, rope)
+                keys[li, rows, :, slot] = k[:, :, 0]
+                values[li, rows, :, slot] = v[:, :, 0]
+                a = torch.nn.functional.scaled_dot_product_attention(q, keys[li], values[li], attn_mask=mask)
+                x = blk.finish(x, a)
+            hidden = net.ln_f(x)[:, 0]
+            return {
+                "keys": keys,
+                "values": values,
+                "length": p + 1,
+                "hidden": hidden,
+                "lt_sum": state["lt_sum"] + e,
+            }
 
     def score(self, state: StateBatch) -> torch.Tensor:
         m: Any = self.model

@@ -210,8 +210,8 @@ class OnlineRecommender:
             idx = self.model.item_vocab.lookup([e.item_id for e in ues], policy="skip")
             st = hot.state
             for e, i in zip(ues, idx.tolist(), strict=True):
-                if i > 0:
-                    st = self.adapter.step(
+                if i > 0:  # the hot state is owned here: step in place
+                    st = self.adapter.step_(
                         st, np.array([i], dtype=np.int64), np.array([e.timestamp], dtype=np.int64)
                     )
                     hot.seen.add(i)
