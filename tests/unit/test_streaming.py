@@ -266,5 +266,8 @@ def test_cli_synth_and_replay(tmp_path: Path) -> None:
         assert 0 < x["oracle_HR@10"] <= 1
     assert res[1]["HR@10"] > res[0]["HR@10"]  # following the drift beats a frozen state
     assert plot.exists() and plot.stat().st_size > 1000
+    r = runner.invoke(app, ["replay", "pop", "--dataset", str(out), "--mode", "incremental", "--json"])
+    one = json.loads(r.output.strip().splitlines()[-1])  # one mode: a flat object
+    assert one["mode"] == "incremental" and {"HR@10", "NDCG@10", "n_events", "events_per_s"} <= set(one)
     r = runner.invoke(app, ["replay", "itemknn", "--dataset", str(out), "--mode", "bogus"])
     assert r.exit_code != 0

@@ -227,9 +227,7 @@ class IncrementalUpdater:
             return "warm-start training", n * max(1, self.config.epochs)
         if isinstance(model, ItemKNN):
             self._update_itemknn(model, prev, users)
-            touched = np.zeros(mem.n_users, dtype=bool)
-            touched[users] = True
-            return "co-occurrence counts", int(touched[mem.users].sum())
+            return "co-occurrence counts", len(users)
         if isinstance(model, UserKNN):
             model.x = mem.csr(binary=True)
             model.norms = np.sqrt(np.asarray(model.x.sum(axis=1)).ravel()).astype(np.float32)
@@ -411,14 +409,20 @@ class _KNNCounts:
         return cls((x.T @ x).tocsr().astype(np.float32))
 
     def add(self, prev: InteractionData, mem: InteractionData, touched: IntArray) -> None:
-        """co += X_new[t]ᵀ X_new[t] − X_old[t]ᵀ X_old[t] over the touched users t."""
+        """co += X_newᵀX_new − X_oldᵀX_old over the touched users. With binary rows X_new = X_old + D
+        (D = the user-item pairs that are new), the change is ``X_oldᵀD + DᵀX_old + DᵀD``: its cost
+        follows the new pairs, not the touched users' whole histories."""
         n = mem.n_items
         self.co = _pad(self.co, n, n)
         x_new = mem.csr(binary=True)[touched]
         x_old = _pad(prev.csr(binary=True), mem.n_users, n)[touched]
-        delta = (x_new.T @ x_new) - (x_old.T @ x_old)
+        d = (x_new - x_old).tocsr()
+        d.eliminate_zeros()
+        if d.nnz == 0:
+            return
+        cross = x_old.T @ d
+        delta = cross + cross.T + d.T @ d
         self.co = (self.co + delta).tocsr().astype(np.float32)
-        self.co.eliminate_zeros()
 
     def similarity(self, k: int, shrink: float) -> sp.csr_matrix:
         """Cosine with shrinkage, top-`k` neighbours per target item (as `ItemKNN.fit`)."""
