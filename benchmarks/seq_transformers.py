@@ -69,6 +69,7 @@ def train_flops(model: Any, data: InteractionData) -> tuple[float, int]:
     head = 2 * d * data.n_items if cfg.loss == "ce" else 2 * d * (cfg.n_negatives + 1)
     if model.name == "bert4rec":  # loss only at masked positions
         head *= cfg.mask_prob
+    tokens *= max(1, int(getattr(cfg, "mask_repeats", 1)))  # BERT4Rec: passes per epoch
     return 3.0 * tokens * (cfg.num_layers * per_layer + head), tokens
 
 
