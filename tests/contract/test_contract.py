@@ -164,3 +164,17 @@ def test_beats_random_on_clusters(fitted: Recommender, tiny_split: Split) -> Non
 def test_known_models_listed() -> None:
     assert {"pop", "itemknn", "userknn"} <= set(MODEL_NAMES)
     assert np.all([isinstance(n, str) for n in MODEL_NAMES])
+
+
+def test_itemknn_chunked_similarity_equals_single_chunk(
+    tiny_split: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The item-item similarity is built in row chunks for big catalogues; chunking must not change it."""
+    import dynrec.models.knn as knn
+
+    one = make("itemknn").fit(tiny_split.train)
+    monkeypatch.setattr(knn, "CHUNK_FLOATS", 3 * tiny_split.train.n_items)  # 3 items per chunk
+    many = make("itemknn").fit(tiny_split.train)
+    assert many.sim is not None and one.sim is not None
+    assert many.sim.shape == one.sim.shape == (tiny_split.train.n_items,) * 2
+    assert abs(many.sim - one.sim).max() < 1e-6

@@ -28,6 +28,10 @@ class KNNConfig(ModelConfig):
     """Weight of a history item halves every this many events back from the newest; 0 = equal."""
 
 
+CHUNK_FLOATS = 1 << 24
+"""Similarity rows are computed in chunks of about this many floats (bounded memory)."""
+
+
 def history_matrix(batch: QueryBatch, n_items: int, half_life: float = 0.0) -> sp.csr_matrix:
     """[B, n_items] sparse matrix of the histories (repeats summed, optional recency weights)."""
     rows = batch.row_ids()
@@ -64,7 +68,7 @@ class ItemKNN(Recommender):
         norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel()).astype(np.float32)
         xt = x.T.tocsr()
         parts = []
-        chunk = max(1, (1 << 24) // max(1, n))
+        chunk = max(1, CHUNK_FLOATS // max(1, n))
         norms_t = torch.from_numpy(norms)
         for a in range(0, n, chunk):
             b = min(n, a + chunk)
@@ -75,7 +79,11 @@ class ItemKNN(Recommender):
             parts.append(_topk_sparse(s, self.config.k, a, n))
         # parts row j = target j's k most similar items; transposed, row i = item i's contribution to
         # every target (each target keeps its own k neighbours, as in Sarwar et al. / RecBole).
-        self.sim = sp.vstack(parts).T.tocsr() if parts else sp.csr_matrix((n, n), dtype=np.float32)
+        # (each part is already n x n with its rows at their global offset, so they add up)
+        rows = np.concatenate([p.row for p in parts]) if parts else np.zeros(0, np.int64)
+        cols = np.concatenate([p.col for p in parts]) if parts else np.zeros(0, np.int64)
+        vals = np.concatenate([p.data for p in parts]) if parts else np.zeros(0, np.float32)
+        self.sim = sp.csr_matrix((vals, (cols, rows)), shape=(n, n), dtype=np.float32)
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         if self.sim is None:
