@@ -7,6 +7,7 @@ newest), which is how the KNN models follow short-term interest in real time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,34 @@ def _topk_sparse(dense: torch.Tensor, k: int, row_offset: int, n_rows: int) -> s
     return sp.coo_matrix((vals[keep].numpy(), (r, idx[keep].numpy())), shape=(n_rows, dense.shape[1]))
 
 
+def topk_cosine(
+    cooccurrence_rows: Callable[[int, int], np.ndarray], norms: np.ndarray, k: int, shrink: float
+) -> sp.csr_matrix:
+    """Item-item cosine with shrinkage, ``co_ij / (|i||j| + shrink)``, keeping each *target* item's
+    `k` most similar items (as Sarwar et al. / RecBole). `cooccurrence_rows(a, b)` returns the dense
+    co-occurrence rows a..b-1; rows are processed in chunks of ~CHUNK_FLOATS so memory stays bounded.
+    Returns `sim` [n, n] with row i = item i's contribution to every target (score = history @ sim)."""
+    n = int(norms.shape[0])
+    norms_t = torch.from_numpy(np.asarray(norms, dtype=np.float32))
+    rows, cols, vals = [], [], []
+    chunk = max(1, CHUNK_FLOATS // max(1, n))
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        co = torch.from_numpy(np.asarray(cooccurrence_rows(a, b), dtype=np.float32))  # [c, n]
+        s = co / torch.clamp(norms_t[a:b, None] * norms_t[None, :] + shrink, min=1e-12)
+        s[torch.arange(b - a), torch.arange(a, b)] = 0.0  # no self-similarity
+        part = _topk_sparse(s, k, a, n)  # row j (global) = target j's neighbours
+        rows.append(part.row)
+        cols.append(part.col)
+        vals.append(part.data)
+    if not rows:
+        return sp.csr_matrix((n, n), dtype=np.float32)
+    # transpose while assembling: row i = source item i, column j = target item j
+    return sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(cols), np.concatenate(rows))), shape=(n, n), dtype=np.float32
+    )
+
+
 class ItemKNN(Recommender):
     name = "itemknn"
     config_class = KNNConfig
@@ -64,26 +93,9 @@ class ItemKNN(Recommender):
 
     def _fit(self, data: InteractionData, valid: object) -> None:
         x = data.csr(binary=True).tocsc()  # users x items
-        n = data.n_items
-        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel()).astype(np.float32)
         xt = x.T.tocsr()
-        parts = []
-        chunk = max(1, CHUNK_FLOATS // max(1, n))
-        norms_t = torch.from_numpy(norms)
-        for a in range(0, n, chunk):
-            b = min(n, a + chunk)
-            co = torch.from_numpy((xt[a:b] @ x).toarray())  # [c, n] co-occurrence counts
-            denom = norms_t[a:b, None] * norms_t[None, :] + self.config.shrink
-            s = co / torch.clamp(denom, min=1e-12)
-            s[torch.arange(b - a), torch.arange(a, b)] = 0.0  # no self-similarity
-            parts.append(_topk_sparse(s, self.config.k, a, n))
-        # parts row j = target j's k most similar items; transposed, row i = item i's contribution to
-        # every target (each target keeps its own k neighbours, as in Sarwar et al. / RecBole).
-        # (each part is already n x n with its rows at their global offset, so they add up)
-        rows = np.concatenate([p.row for p in parts]) if parts else np.zeros(0, np.int64)
-        cols = np.concatenate([p.col for p in parts]) if parts else np.zeros(0, np.int64)
-        vals = np.concatenate([p.data for p in parts]) if parts else np.zeros(0, np.float32)
-        self.sim = sp.csr_matrix((vals, (cols, rows)), shape=(n, n), dtype=np.float32)
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel()).astype(np.float32)
+        self.sim = topk_cosine(lambda a, b: (xt[a:b] @ x).toarray(), norms, self.config.k, self.config.shrink)
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         if self.sim is None:

@@ -426,19 +426,10 @@ class _KNNCounts:
 
     def similarity(self, k: int, shrink: float) -> sp.csr_matrix:
         """Cosine with shrinkage, top-`k` neighbours per target item (as `ItemKNN.fit`)."""
-        from dynrec.models.knn import _topk_sparse
+        from dynrec.models.knn import topk_cosine
 
-        n = self.co.shape[0]
-        norms = torch.from_numpy(np.sqrt(np.maximum(self.co.diagonal(), 0.0)).astype(np.float32))
-        parts = []
-        chunk = max(1, (1 << 24) // max(1, n))
-        for a in range(0, n, chunk):
-            b = min(n, a + chunk)
-            co = torch.from_numpy(np.asarray(self.co[a:b].toarray(), dtype=np.float32))
-            s = co / torch.clamp(norms[a:b, None] * norms[None, :] + shrink, min=1e-12)
-            s[torch.arange(b - a), torch.arange(a, b)] = 0.0
-            parts.append(_topk_sparse(s, k, a, n))
-        return sp.vstack(parts).T.tocsr() if parts else sp.csr_matrix((n, n), dtype=np.float32)
+        norms = np.sqrt(np.maximum(self.co.diagonal(), 0.0)).astype(np.float32)
+        return topk_cosine(lambda a, b: self.co[a:b].toarray(), norms, k, shrink)
 
 
 def _pad(m: sp.spmatrix, rows: int, cols: int) -> sp.csr_matrix:
