@@ -13,9 +13,9 @@ Families (`adapter_for` picks one):
   `step`, `score_state`) — O(max_len) per event, independent of the history length.
 * **GRU-style** (`init_state`, `step_state`, `score_state`: gru4rec): the hidden state, O(1) per
   event; with time-gap inputs the state also holds the last event time.
-* **Fold-in MF** (models exposing ``fold_in_stats`` / ``fold_in_solve``, or item factors with a
-  ridge/ALS fold-in): the sufficient statistics of the closed-form user solve, updated in O(k²) per
-  event, solved in O(k³) — equal to folding in the whole history.
+* **ALS** (closed-form fold-in): the sufficient statistics of the user's normal equations, O(k²)
+  per event, a k×k solve per read — equal to folding in the whole history. **EASE**: the linear
+  score vector ``binary_history @ B``.
 * **ItemKNN**: the recency-decayed score vector ``s ← γ s + sim[item]`` (γ = 0.5^(1/half-life)),
   exactly ``history_weights @ sim``.
 * **Pop**: scores do not depend on the history (only seen items are masked by the caller).
@@ -45,7 +45,6 @@ StateBatch = dict[str, torch.Tensor]
 __all__ = [
     "ALSFoldInAdapter",
     "BinaryLinearAdapter",
-    "FoldInAdapter",
     "GRUStateAdapter",
     "ItemKNNAdapter",
     "PopAdapter",
@@ -295,55 +294,6 @@ def _eval_net(model: Any) -> Any:
     return None
 
 
-# ---- matrix factorisation: closed-form fold-in ---------------------------------------------------
-
-
-class FoldInAdapter(StateAdapter):
-    """Closed-form fold-in of the user vector from sufficient statistics.
-
-    The model supplies ``fold_in_stats(items [B], counts_before [B]) -> (dA [B, k, k], db [B, k])`` —
-    the change of the normal-equation statistics when one event on `items` is added to a user who
-    had `counts_before` events on it — ``fold_in_init(batch) -> (A [B, k, k], b [B, k])`` and
-    ``fold_in_scores(A, b, users) -> [B, n_items]`` (solve + score). The state holds ``A``, ``b``
-    and the per-item event counts needed for confidence increments, so each event costs O(k²) and a
-    read O(k³ + n_items k), independent of the history length.
-    """
-
-    kind = "fold-in"
-
-    def init(self, batch: QueryBatch) -> StateBatch:
-        m: Any = self.model
-        a, b = m.fold_in_init(batch)
-        counts = _history_counts(batch, self.n_items)
-        return {"A": a, "b": b, "counts": counts, "user": torch.from_numpy(batch.users.astype(np.int64))}
-
-    def step(self, state: StateBatch, items: IntArray, timestamps: IntArray) -> StateBatch:
-        m: Any = self.model
-        it = torch.from_numpy(np.asarray(items, dtype=np.int64))
-        rows = torch.arange(it.shape[0])
-        before = state["counts"][rows, it]
-        da, db = m.fold_in_stats(it, before)
-        counts = state["counts"].clone()
-        counts[rows, it] += 1
-        return {"A": state["A"] + da, "b": state["b"] + db, "counts": counts, "user": state["user"]}
-
-    def score(self, state: StateBatch) -> torch.Tensor:
-        m: Any = self.model
-        s: torch.Tensor = m.fold_in_scores(state["A"], state["b"], state["user"].numpy())
-        s = s.float().cpu().clone()
-        s[:, 0] = -torch.inf
-        return s
-
-
-def _history_counts(batch: QueryBatch, n_items: int) -> torch.Tensor:
-    """[B, n_items] float32 counts of each item in each history."""
-    out = torch.zeros(len(batch), n_items, dtype=torch.float32)
-    if len(batch.items):
-        rows = torch.from_numpy(batch.row_ids())
-        out.index_put_((rows, torch.from_numpy(batch.items)), torch.ones(rows.shape[0]), accumulate=True)
-    return out
-
-
 # ---- neighbourhood / popularity ---------------------------------------------------------------------
 
 
@@ -521,8 +471,6 @@ def adapter_for(model: Recommender, *, prefer: str | None = None) -> StateAdapte
             return RecomputeAdapter(model)
     if hasattr(model, "init_state") and hasattr(model, "step_state") and hasattr(model, "score_state"):
         return GRUStateAdapter(model)
-    if all(hasattr(model, a) for a in ("fold_in_init", "fold_in_stats", "fold_in_scores")):
-        return FoldInAdapter(model)
     from dynrec.models.knn import ItemKNN
     from dynrec.models.popularity import MostPopular
 
