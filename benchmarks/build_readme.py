@@ -34,6 +34,7 @@ targets only. Peers (RecBole, implicit) were run on this machine on the same spl
 """
 
 SECTIONS = [
+    (None, "results_summary.md"),
     ("Full-ranking evaluation speed (`eval_speed.py`)", "results/eval_speed.md"),
     (None, "results_data_speed.md"),
     ("Quality of every model, default configs (`quality.py`)", "results/quality.md"),
