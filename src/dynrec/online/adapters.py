@@ -506,6 +506,8 @@ class ALSFoldInAdapter(StateAdapter):
     the whole history."""
 
     kind = "fold-in"
+    event_block: ClassVar[int] = 2048
+    """History events whose outer products are formed at once when building states."""
 
     def _parts(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         m: Any = self.model
@@ -524,9 +526,13 @@ class ALSFoldInAdapter(StateAdapter):
             cols = torch.from_numpy(batch.items.astype(np.int64))
             keep = (cols > 0) & (cols < n)
             rows, cols = rows[keep], cols[keep]
-            vv = v[cols].to(torch.float64)
-            a.index_add_(0, rows, alpha * vv[:, :, None] * vv[:, None, :])
-            b.index_add_(0, rows, alpha * vv)
+            for s0 in range(0, int(rows.shape[0]), self.event_block):  # bounded [block, k, k] memory
+                r, vv = (
+                    rows[s0 : s0 + self.event_block],
+                    v[cols[s0 : s0 + self.event_block]].to(torch.float64),
+                )
+                a.index_add_(0, r, alpha * vv[:, :, None] * vv[:, None, :])
+                b.index_add_(0, r, alpha * vv)
             seen[rows, cols] = True
             r2, c2 = torch.nonzero(seen, as_tuple=True)
             b.index_add_(0, r2, v[c2].to(torch.float64))
