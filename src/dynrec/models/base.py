@@ -91,6 +91,12 @@ class QueryBatch:
             None if self.weights is None else self.weights[flat],
         )
 
+    def known_users(self, n_users: int) -> torch.Tensor:
+        """[B] user indices as a LongTensor, with users a model has no row for (index outside
+        1..n_users-1, e.g. added to the vocabulary after training) mapped to 0 = unknown."""
+        users = torch.from_numpy(np.asarray(self.users, dtype=np.int64))
+        return torch.where((users < 0) | (users >= n_users), 0, users)
+
     def row_ids(self) -> IntArray:
         """Query index of every history event ([nnz])."""
         return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)

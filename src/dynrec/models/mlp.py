@@ -258,7 +258,6 @@ class MLPRecommender(TorchRecommender):
     def score_net(self, batch: QueryBatch) -> torch.Tensor:
         net = self._mlp()
         hist, lens = histories_right_padded(batch.indptr, batch.items, self.config.max_len)
-        users = torch.from_numpy(np.asarray(batch.users, dtype=np.int64))
-        users = torch.where((users < 0) | (users >= int(self.meta["n_users"])), 0, users)
+        users = batch.known_users(int(self.meta["n_users"]))  # unknown / post-training users -> 0
         pooled = net.pool_last(hist.to(self.device), lens.to(self.device))
         return net.logits(net.head(pooled, users.to(self.device)))

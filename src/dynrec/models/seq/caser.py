@@ -20,7 +20,6 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -178,6 +177,5 @@ class Caser(TorchRecommender):
     def score_net(self, batch: QueryBatch) -> torch.Tensor:
         net = self._caser()
         hist, _ = batch.padded(self.config.max_len, left=True)  # [B, L]
-        users = torch.from_numpy(np.asarray(batch.users, dtype=np.int64))
-        users = torch.where((users < 0) | (users >= int(self.meta["n_users"])), 0, users)  # unknown
+        users = batch.known_users(int(self.meta["n_users"]))  # unknown / post-training users -> 0
         return net.logits(net.query(hist.to(self.device), users.to(self.device)))
