@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--tag", default="")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--save-model", default="", metavar="DIR", help="also save the trained model there")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     overrides = dict(s.split("=", 1) for s in args.set)
@@ -74,6 +75,8 @@ def main() -> None:
     model.fit(split.train, split.valid)
     fit_s = time.perf_counter() - t1
     res = evaluate(model, split.test, ks=(10,), extra=False)
+    if args.save_model:
+        model.save(args.save_model)
     log_ = model.meta.get("train_log", [])
     epoch_s = [r["seconds"] for r in log_]
     tokens = sum(r["tokens"] for r in log_)
