@@ -243,11 +243,8 @@ class MLPRecommender(TorchRecommender):
             probs=self._probs,
         )
 
-    def _fit(self, data: InteractionData, valid: object) -> None:
-        try:
-            super()._fit(data, valid)
-        finally:  # training tensors live for one run only
-            self._batches = self._probs = None
+    def release_training_data(self) -> None:
+        self._batches = self._probs = None
 
     def _mlp(self) -> MLPNet:
         if self.net is None:

@@ -100,6 +100,9 @@ class TorchRecommender(Recommender):
     def prepare(self, data: InteractionData) -> None:  # noqa: B027 - optional hook
         """Pre-tensorise training data once per run (optional)."""
 
+    def release_training_data(self) -> None:  # noqa: B027 - optional hook
+        """Drop what `prepare` built (training rows are not model state); called after every fit."""
+
     # -- shared machinery ------------------------------------------------------------------
     def _fit(self, data: InteractionData, valid: Any) -> None:
         set_threads(self.config.num_threads)
@@ -108,8 +111,11 @@ class TorchRecommender(Recommender):
         self.meta["n_items"] = data.n_items
         self.meta["n_users"] = data.n_users
         self.net = self.build_net(data).to(self.device)
-        self.prepare(data)
-        Trainer(self.config).fit(self, data, valid)
+        try:
+            self.prepare(data)
+            Trainer(self.config).fit(self, data, valid)
+        finally:  # pre-tensorised training data lives for one run only
+            self.release_training_data()
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         if self.net is None:

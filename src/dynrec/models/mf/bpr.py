@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -88,11 +87,8 @@ class BPR(TorchRecommender):
         self._pos_keys: np.ndarray | None = None
 
     # ---- TorchRecommender hooks ------------------------------------------------------------
-    def _fit(self, data: InteractionData, valid: Any) -> None:
-        try:
-            super()._fit(data, valid)
-        finally:
-            self._pairs, self._pos_keys = None, None  # training rows are not model state
+    def release_training_data(self) -> None:
+        self._pairs, self._pos_keys = None, None  # training rows are not model state
 
     def build_net(self, data: InteractionData) -> nn.Module:
         self.meta["n_users"], self.meta["n_items"] = data.n_users, data.n_items

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -118,11 +117,8 @@ class MatrixFactorization(TorchRecommender):
         self._obs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # ---- TorchRecommender hooks ------------------------------------------------------------
-    def _fit(self, data: InteractionData, valid: Any) -> None:
-        try:
-            super()._fit(data, valid)
-        finally:
-            self._obs = None  # the pre-tensorised training rows are not model state
+    def release_training_data(self) -> None:
+        self._obs = None  # the pre-tensorised training rows are not model state
 
     def build_net(self, data: InteractionData) -> nn.Module:
         self.meta["n_users"], self.meta["n_items"] = data.n_users, data.n_items

@@ -162,11 +162,8 @@ class Caser(TorchRecommender):
             probs=self._probs,
         )
 
-    def _fit(self, data: InteractionData, valid: object) -> None:
-        try:
-            super()._fit(data, valid)
-        finally:  # training tensors live for one run only
-            self._samples = self._probs = None
+    def release_training_data(self) -> None:
+        self._samples = self._probs = None
 
     def _caser(self) -> CaserNet:
         if self.net is None:

@@ -285,11 +285,8 @@ class GRU4Rec(TorchRecommender):
             probs=self._probs,
         )
 
-    def _fit(self, data: InteractionData, valid: object) -> None:
-        try:
-            super()._fit(data, valid)
-        finally:  # training tensors live for one run only
-            self._batches = self._items = self._gaps = self._first = self._probs = None
+    def release_training_data(self) -> None:
+        self._batches = self._items = self._gaps = self._first = self._probs = None
 
     # ---- scoring and incremental state -------------------------------------------------------
     def _gru(self) -> GRU4RecNet:
