@@ -14,7 +14,7 @@ import math
 import os
 import time
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,7 @@ class TorchRecommender(Recommender):
         super().__init__(config)
         self.net: nn.Module | None = None
         self.device = torch.device("cpu")
+        self.epoch_callbacks: list[EpochCallback] = []
 
     # -- to implement ----------------------------------------------------------------------
     @abstractmethod
@@ -176,8 +177,17 @@ class EpochRecord:
     epoch: int
     loss: float
     seconds: float
+    """Training time of this epoch (batches only)."""
     valid_ndcg: float | None
     tokens: int
+    elapsed: float = 0.0
+    """Wall time since the run started, after this epoch and its validation (callbacks excluded)."""
+
+
+EpochCallback = Callable[["EpochRecord", "TorchRecommender"], None]
+"""Called after every epoch (after validation, before the checkpoint) with the epoch's record and
+the model in its just-trained state, e.g. to log or to track a metric; its time is not counted in
+``elapsed`` / ``seconds_to_best``."""
 
 
 class Trainer:
@@ -208,6 +218,7 @@ class Trainer:
             start_epoch, best, bad, history, best_state = _load_checkpoint(ckpt, net, opt, sched, gen)
             log.info("resumed from %s at epoch %d (best valid NDCG@10 %.4f)", ckpt, start_epoch, best)
         t_start = time.perf_counter()
+        t_excluded = 0.0  # time spent in epoch callbacks
         bar = tqdm(
             range(start_epoch, cfg.epochs), desc=f"train {model.name}", disable=not cfg.progress, unit="ep"
         )
@@ -240,9 +251,16 @@ class Trainer:
                     best, bad = rec.valid_ndcg, 0
                     best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
                     model.meta["best_epoch"] = epoch + 1
-                    model.meta["seconds_to_best"] = time.perf_counter() - t_start
+                    model.meta["seconds_to_best"] = time.perf_counter() - t_start - t_excluded
                 else:
                     bad += 1
+            rec.elapsed = time.perf_counter() - t_start - t_excluded
+            if model.epoch_callbacks:
+                t_cb = time.perf_counter()
+                for cb in model.epoch_callbacks:
+                    cb(rec, model)
+                net.train()
+                t_excluded += time.perf_counter() - t_cb
             history.append(rec)
             bar.set_postfix(
                 loss=f"{rec.loss:.4f}",
@@ -264,7 +282,7 @@ class Trainer:
             net.load_state_dict(best_state)
         model.meta["valid_ndcg@10"] = best if best >= 0 else None
         model.meta["epochs_run"] = len(history)
-        model.meta["train_seconds"] = time.perf_counter() - t_start
+        model.meta["train_seconds"] = time.perf_counter() - t_start - t_excluded
         model.meta["train_log"] = [vars(h) for h in history]
         net.eval()
         return history

@@ -30,6 +30,7 @@ from dynrec.models.seq.common import (
     catalogue_loss,
     histories_right_padded,
     log_popularity,
+    resolve_amp,
     sampling_probs,
     training_sequences,
 )
@@ -145,7 +146,8 @@ class BERT4Rec(TorchRecommender):
         net = self._net()
         seq = batch["seq"]
         inputs, masked = self.mask_batch(seq)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp == "bf16"):
+        bf16 = resolve_amp(self.config.amp, self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             h = net.encode(inputs, causal=False)[masked]
         return catalogue_loss(
             self.config, h.float(), net.item_weight, seq[masked], gen=self._loss_gen, probs=self._probs
@@ -167,8 +169,7 @@ class BERT4Rec(TorchRecommender):
             inp[:, : hist.shape[1]] = hist[:, :width]
             inp[torch.arange(len(idx)), clen] = net.n_items  # [MASK] after the last event
             inp = inp.to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp == "bf16"):
-                h = net.encode(inp, causal=False)
+            h = net.encode(inp, causal=False)
             hq = h[torch.arange(len(idx), device=self.device), clen.to(self.device)].float()
             s = hq @ net.item_weight.T
             empty = torch.from_numpy(sub.lengths == 0).to(self.device)

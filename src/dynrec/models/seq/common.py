@@ -41,6 +41,7 @@ __all__ = [
     "full_ce_loss",
     "log_popularity",
     "next_item_pairs",
+    "resolve_amp",
     "sampled_softmax_loss",
     "training_sequences",
 ]
@@ -62,11 +63,28 @@ class SequenceConfig(NeuralConfig):
     negative_sampling: str = "uniform"
     """uniform | popularity (sampled softmax; log-Q corrected either way)."""
     ce_chunk: int = 0
-    """Rows per chunk of the full cross-entropy; 0 = sized so a chunk's logits stay ~64 MB."""
+    """Rows per chunk of the full cross-entropy; 0 = sized so a chunk's logits stay ~4 MB (cache-sized)."""
     bucket: bool = True
     """Batch rows of similar length together (less padding) instead of a plain shuffle."""
     amp: str = "none"
-    """none | bf16: autocast matrix products to bfloat16 (CPU with AVX512-BF16, or CUDA)."""
+    """Training precision: none (float32) | bf16 (autocast matrix products to bfloat16; softmax and
+    the loss stay float32) | auto (bf16 where the hardware has it: a CPU with AVX512-BF16/AMX or a
+    CUDA GPU with bf16, else float32). Scoring is always float32."""
+
+
+def resolve_amp(amp: str, device: torch.device) -> bool:
+    """Whether training on `device` runs in bfloat16 for the config value `amp` (none|bf16|auto)."""
+    if amp == "none":
+        return False
+    if amp == "bf16":
+        return True
+    if amp != "auto":
+        raise ValueError(f"amp must be none, bf16 or auto, not {amp!r}")
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
 
 
 # ---- pre-tensorised training rows -----------------------------------------------------------
@@ -180,7 +198,9 @@ def log_popularity(data: InteractionData) -> torch.Tensor:
 
 
 def _chunk_rows(n_items: int, chunk: int) -> int:
-    return chunk if chunk > 0 else max(64, (1 << 24) // max(1, n_items))
+    # ~1M logits (4 MB) per chunk: the softmax passes stay in cache. 1.7x faster than 16M-logit
+    # chunks on a 2-core CPU (ml-1m, 21k rows x 3,417 items: 246 vs 420 ms fp32, 160 vs 291 ms bf16).
+    return chunk if chunk > 0 else max(128, (1 << 20) // max(1, n_items))
 
 
 class _FusedLinearCE(torch.autograd.Function):
@@ -294,13 +314,14 @@ def catalogue_loss(
     probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The loss `cfg.loss` names, over rows ``hidden [N, d]`` with next items ``targets [N]``."""
+    bf16 = resolve_amp(cfg.amp, hidden.device)
     if cfg.loss == "ce":
-        return full_ce_loss(hidden, weight, targets, chunk=cfg.ce_chunk, bf16=cfg.amp == "bf16")
+        return full_ce_loss(hidden, weight, targets, chunk=cfg.ce_chunk, bf16=bf16)
     if cfg.loss == "sampled":
         if gen is None:
             raise ValueError("sampled softmax needs a generator")
         p = probs if cfg.negative_sampling == "popularity" else None
-        with torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+        with torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=bf16):
             return sampled_softmax_loss(
                 hidden, weight, targets, n_negatives=cfg.n_negatives, gen=gen, probs=p
             )

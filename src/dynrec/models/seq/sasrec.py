@@ -43,6 +43,7 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.errors import DynrecError, NotFittedError
 from dynrec.models.base import QueryBatch
+from dynrec.models.layers import Dropout
 from dynrec.models.seq.common import (
     SequenceBatches,
     SequenceConfig,
@@ -50,6 +51,7 @@ from dynrec.models.seq.common import (
     histories_right_padded,
     log_popularity,
     next_item_pairs,
+    resolve_amp,
     sampling_probs,
     training_sequences,
 )
@@ -70,12 +72,15 @@ class SASRecConfig(SequenceConfig):
     dropout: float = 0.2
     """Dropout on the embeddings, inside the feed-forward sub-layer and on each residual branch."""
     attn_dropout: float = 0.2
-    """Dropout on attention weights (>0 forces the slower non-fused attention kernel on CPU)."""
+    """Dropout on attention weights (on CPU, training then runs attention as explicit matrix
+    products with the fast `dynrec.models.layers.Dropout`; CUDA uses the fused SDPA kernel)."""
     positional: str = "rope"
     """rope (relative; enables the incremental KV-cache state) | absolute (learned) | none."""
     rope_base: float = 10000.0
     long_term: str = "none"
     """none | gate: fuse the mean embedding of the whole history with the sequence state."""
+    amp: str = "auto"
+    """bf16 training where the hardware has it (1.7x faster per step on an AVX512-BF16 CPU)."""
     optimizer: str = "adam"
     epochs: int = 200
     patience: int = 20
@@ -119,8 +124,9 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(dim)
         self.ff1 = nn.Linear(dim, ffn_dim)
         self.ff2 = nn.Linear(ffn_dim, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.attn_dropout = attn_dropout
+        self.attn_drop = Dropout(attn_dropout)
 
     def project(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
@@ -131,6 +137,23 @@ class Block(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def project_last(
+        self, x: torch.Tensor, nq: int, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like `project`, but queries only for the last `nq` positions (rope tables ``[1, 1, L, h]``)."""
+        b, n, d = x.shape
+        hd, heads = self.head_dim, self.heads
+        z = self.ln1(x)
+        w, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(z[:, n - nq :], w[:d], bias[:d]).view(b, nq, heads, hd).transpose(1, 2)
+        kv = F.linear(z, w[d:], bias[d:]).view(b, n, 2, heads, hd).permute(2, 0, 3, 1, 4)
+        k, v = kv[0], kv[1]
+        if rope is not None:
+            cos, sin = rope
+            q = apply_rope(q, cos[..., n - nq :, :], sin[..., n - nq :, :])
+            k = apply_rope(k, cos, sin)
         return q, k, v
 
     def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -149,8 +172,27 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         q, k, v = self.project(x, rope)
         p = self.attn_dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        if p > 0.0 and x.device.type == "cpu":
+            a = self.dropout_attention(q, k, v, mask, causal)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         return self.finish(x, a)
+
+    def dropout_attention(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
+    ) -> torch.Tensor:
+        """``dropout(softmax(q kᵀ / √hd + mask)) v`` as explicit products: on CPU, SDPA with
+        dropout falls back to a slow path (per-element `bernoulli_`); this is the same function
+        with the fast `Dropout`, 1.65x faster per SASRec bf16 training step (0.50 vs 0.83 s on
+        a full ml-1m batch, 2 threads; `benchmarks/sasrec_step_speed.py`)."""
+        s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+        n, m = s.shape[-2], s.shape[-1]
+        if causal:
+            mask = torch.ones(n, m, dtype=torch.bool, device=s.device).tril()
+        if mask is not None:
+            s = s.masked_fill(~mask, float("-inf"))
+        out: torch.Tensor = self.attn_drop(torch.softmax(s, dim=-1)) @ v
+        return out
 
 
 class SeqTransformer(nn.Module):
@@ -189,7 +231,7 @@ class SeqTransformer(nn.Module):
         self.long_term = long_term
         self.item_emb = nn.Embedding(n_tokens, dim, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len + 1, dim) if positional == "absolute" else None
-        self.emb_drop = nn.Dropout(dropout)
+        self.emb_drop = Dropout(dropout)
         self.heads = heads
         self.blocks = nn.ModuleList(
             Block(dim, heads, ffn_dim or dim, dropout, attn_dropout) for _ in range(layers)
@@ -347,10 +389,43 @@ class SASRecNet(SeqTransformer):
         return s / lens.clamp(min=1)[:, None].to(s.dtype)
 
     def user_states(self, hist: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
-        """Last-position hidden state ``[B, d]`` of right-padded context ``hist [B, C]``."""
+        """Last-position hidden state ``[B, d]`` of right-padded context ``hist [B, C]``.
+
+        With RoPE only the positions the last state depends on are computed: block ``i`` of ``L``
+        needs queries at the last ``(L-1-i)(max_len-1) + 1`` positions (the top block at the last
+        one only), over keys at every position the block below produced. Rows are re-aligned to
+        the right (left padding, padding keys masked) so that "the last positions" are shared
+        columns. Same function as `encode` + readout (attention depends only on distances),
+        ~3x less work for a 2-block model over a 399-event context.
+        """
+        if self.positional == "rope" and not self.training:
+            return self._pruned_states(hist, lens)
         h = self.encode(hist, causal=True, window=self.max_len)
         last = (lens - 1).clamp(min=0)
         return h[torch.arange(h.shape[0], device=h.device), last]
+
+    def _pruned_states(self, hist: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        b, c = hist.shape
+        dev, w = hist.device, self.max_len
+        cols = torch.arange(c, device=dev)
+        shift = (c - lens)[:, None]  # left-align: column j holds item j - shift
+        src = (cols[None, :] - shift).clamp(min=0)
+        items = torch.where(cols[None, :] >= shift, hist.gather(1, src), torch.zeros_like(hist))
+        real = items > 0
+        x = self.embed(items)
+        pos = cols
+        blocks = self.block_list()
+        for i, blk in enumerate(blocks):
+            n = x.shape[1]
+            nq = min(n, (len(blocks) - 1 - i) * (w - 1) + 1)
+            q, k, v = blk.project_last(x, nq, self.rope(pos))
+            d = pos[-nq:, None] - pos[None, :]  # [nq, n] query - key distance
+            band = (d >= 0) & (d < w)
+            mask = (band[None] & real[:, None, :]) | (d == 0)[None]  # a query always sees itself
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+            x = blk.finish(x[:, -nq:], a)
+            pos, real = pos[-nq:], real[:, -nq:]
+        return self.ln_f(x[:, -1])  # type: ignore[no-any-return]
 
     def scores_from(
         self, hidden: torch.Tensor, lt_mean: torch.Tensor | None, lens: torch.Tensor
@@ -496,7 +571,8 @@ class SASRec(TorchRecommender):
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         net = self._net()
         inputs, targets, mask = next_item_pairs(batch["seq"])
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp == "bf16"):
+        bf16 = resolve_amp(self.config.amp, self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             h = net.train_hidden(inputs)[mask]
         return catalogue_loss(
             self.config, h.float(), net.item_weight, targets[mask], gen=self._loss_gen, probs=self._probs
@@ -524,8 +600,7 @@ class SASRec(TorchRecommender):
         hist, clen = histories_right_padded(q.indptr, q.items, ctx)
         width = max(1, int(clen.max()) if len(clen) else 1)
         hist, clen = hist[:, :width].to(self.device), clen.to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp == "bf16"):
-            h = net.user_states(hist, clen).float()
+        h = net.user_states(hist, clen).float()  # float32 always: equals the incremental state
         lens = torch.from_numpy(q.lengths).to(self.device)
         lt = None
         if net.long_term == "gate":
