@@ -10,8 +10,11 @@ from all stored rows.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import time
+from collections.abc import Iterator
 
 from _common import RESULTS, environment, markdown_table
 
@@ -42,6 +45,17 @@ def save_store(runs: dict[str, dict[str, object]]) -> None:
     STORE.write_text(json.dumps({"environment": environment(), "runs": runs}, indent=2, sort_keys=True))
     rows = sorted(runs.values(), key=lambda r: (str(r["dataset"]), -float(r["NDCG@10"])))  # type: ignore[arg-type]
     (RESULTS / "quality.md").write_text(markdown_table(rows, COLUMNS) + "\n")
+
+
+@contextlib.contextmanager
+def store_lock() -> Iterator[None]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / ".quality.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def main() -> None:
@@ -82,8 +96,10 @@ def main() -> None:
                 "config": model.config.to_dict(),
                 "overrides": sets.get(name, {}),
             }
-            runs[f"{ds}/{label}"] = row
-            save_store(runs)
+            with store_lock():  # several quality.py processes may run at once: merge, don't overwrite
+                runs = load_store()
+                runs[f"{ds}/{label}"] = row
+                save_store(runs)
             print(json.dumps({k: row[k] for k in COLUMNS}), flush=True)
     print((RESULTS / "quality.md").read_text())
 

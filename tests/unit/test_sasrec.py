@@ -15,6 +15,7 @@ from dynrec.models.base import QueryBatch, Recommender
 from dynrec.models.seq.common import full_ce_loss, training_sequences
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig
 from dynrec.preprocessing.split import leave_one_out
+from dynrec.training.trainer import EpochRecord, TorchRecommender
 
 FAST = {"progress": False, "num_threads": 1, "device": "cpu"}
 
@@ -149,3 +150,21 @@ def test_training_sequences_windows(cycles: InteractionData) -> None:
     seqs2, lens2 = training_sequences(cycles, 4, stride=4)
     assert seqs2.shape[0] == 200 * 3  # 12 events: windows ending at 12, 8, 4
     assert int((lens2 - 1).sum()) == 200 * 11  # every event after the first is a target exactly once
+
+
+def test_epoch_callbacks_see_each_epoch(cycles: InteractionData) -> None:
+    split = leave_one_out(cycles)
+    model = SASRec(small(embedding_dim=16, max_len=6, epochs=3, batch_size=32, patience=10, attn_dropout=0.2))
+    seen: list[tuple[int, float, float | None, bool]] = []
+
+    def cb(rec: EpochRecord, m: TorchRecommender) -> None:
+        assert m.net is not None
+        seen.append((rec.epoch, rec.elapsed, rec.valid_ndcg, m.net.training))
+        m.net.eval()  # the Trainer puts the module back in training mode
+
+    model.epoch_callbacks.append(cb)
+    model.fit(split.train, split.valid)
+    assert [s[0] for s in seen] == [1, 2, 3]
+    assert all(s[2] is not None for s in seen)
+    assert all(b[1] >= a[1] > 0 for a, b in zip(seen, seen[1:], strict=False))
+    assert [r["elapsed"] for r in model.meta["train_log"]] == [s[1] for s in seen]

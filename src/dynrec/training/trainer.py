@@ -64,11 +64,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a container's cpuset),
+    falling back to the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def set_threads(n: int) -> None:
     if n > 0:
         torch.set_num_threads(n)
     elif "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(usable_cpus())
 
 
 class TorchRecommender(Recommender):

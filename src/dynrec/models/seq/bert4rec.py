@@ -115,6 +115,7 @@ class BERT4Rec(TorchRecommender):
         self._mask_gen = torch.Generator().manual_seed(c.seed + 2)
         self._loss_gen = torch.Generator().manual_seed(c.seed + 1)
         self._probs = sampling_probs(data)
+        self.meta["train_precision"] = "bf16" if resolve_amp(c.amp, self.device) else "float32"
 
     def train_batches(self, data: InteractionData, gen: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
         if self._batches is None:

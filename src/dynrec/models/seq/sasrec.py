@@ -83,6 +83,8 @@ class SASRecConfig(SequenceConfig):
     """bf16 training where the hardware has it (1.7x faster per step on an AVX512-BF16 CPU)."""
     optimizer: str = "adam"
     epochs: int = 200
+    """Constant learning rate (the Trainer's default schedule), early stopping on validation: a
+    cosine decay over 100 epochs was smoother but ended lower on ml-1m (benchmarks/results_sasrec.md)."""
     patience: int = 20
     score_batch: int = 256
     """Histories per forward pass when scoring (bounds memory)."""
@@ -395,8 +397,9 @@ class SASRecNet(SeqTransformer):
         needs queries at the last ``(L-1-i)(max_len-1) + 1`` positions (the top block at the last
         one only), over keys at every position the block below produced. Rows are re-aligned to
         the right (left padding, padding keys masked) so that "the last positions" are shared
-        columns. Same function as `encode` + readout (attention depends only on distances),
-        ~3x less work for a 2-block model over a 399-event context.
+        columns. Same function as `encode` + readout (attention depends only on distances);
+        scoring every ml-1m validation user is ~1.5x faster than the full encode (tested equal
+        to it in `tests/unit/test_layers.py`).
         """
         if self.positional == "rope" and not self.training:
             return self._pruned_states(hist, lens)
@@ -560,6 +563,7 @@ class SASRec(TorchRecommender):
         self._batches = SequenceBatches(seqs, lens, c.batch_size, bucket=c.bucket)
         self._loss_gen = torch.Generator().manual_seed(c.seed + 1)
         self._probs = sampling_probs(data)
+        self.meta["train_precision"] = "bf16" if resolve_amp(c.amp, self.device) else "float32"
         log.info("sasrec: %d training rows, %d target events", len(lens), int((lens - 1).sum()))
 
     def train_batches(self, data: InteractionData, gen: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
