@@ -52,7 +52,7 @@ class NeuralConfig(ModelConfig):
     """Validate on at most this many queries (0 = all); the subset is fixed by the seed."""
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0
-    """torch intra-op threads; 0 = all cores (or OMP_NUM_THREADS)."""
+    """torch intra-op threads; 0 = every CPU this process may run on (or OMP_NUM_THREADS)."""
     progress: bool = True
     checkpoint_dir: str = ""
     """If set, save a resumable checkpoint there after every epoch and resume from it if present."""

@@ -79,6 +79,10 @@ class SASRecConfig(SequenceConfig):
     rope_base: float = 10000.0
     long_term: str = "none"
     """none | gate: fuse the mean embedding of the whole history with the sequence state."""
+    batch_size: int = 0
+    """Training rows per batch; 0 = by dataset size: ``clamp(rows // 32, 32, 128)``, i.e. 128 from
+    4,096 users up (ml-1m), and at least ~32 steps per epoch below that (ml-100k: 32). On ml-100k,
+    128 gave 8 steps per epoch: best validation after 51 epochs / 99 s vs 23 epochs with 32."""
     amp: str = "auto"
     """bf16 training where the hardware has it (1.7x faster per step on an AVX512-BF16 CPU)."""
     optimizer: str = "adam"
@@ -560,7 +564,9 @@ class SASRec(TorchRecommender):
     def prepare(self, data: InteractionData) -> None:
         c = self.config
         seqs, lens = training_sequences(data, c.max_len, stride=c.window_stride)
-        self._batches = SequenceBatches(seqs, lens, c.batch_size, bucket=c.bucket)
+        bs = c.batch_size or auto_batch_size(len(lens))
+        self.meta["batch_size"] = bs
+        self._batches = SequenceBatches(seqs, lens, bs, bucket=c.bucket)
         self._loss_gen = torch.Generator().manual_seed(c.seed + 1)
         self._probs = sampling_probs(data)
         self.meta["train_precision"] = "bf16" if resolve_amp(c.amp, self.device) else "float32"
@@ -654,6 +660,11 @@ class SASRec(TorchRecommender):
         return s
 
 
+def auto_batch_size(n_rows: int) -> int:
+    """The default batch size for `n_rows` training rows: ``clamp(n_rows // 32, 32, 128)``."""
+    return int(min(128, max(32, n_rows // 32)))
+
+
 def flops_per_token(cfg: SASRecConfig, n_items: int, avg_len: float) -> float:
     """Approximate training FLOPs per target token (forward + backward = 3x forward matmuls)."""
     d = cfg.embedding_dim
@@ -663,4 +674,12 @@ def flops_per_token(cfg: SASRecConfig, n_items: int, avg_len: float) -> float:
     return 3.0 * (cfg.num_layers * per_layer + head)
 
 
-__all__ = ["SASRec", "SASRecConfig", "SASRecNet", "SASRecState", "SeqTransformer", "flops_per_token"]
+__all__ = [
+    "SASRec",
+    "SASRecConfig",
+    "SASRecNet",
+    "SASRecState",
+    "SeqTransformer",
+    "auto_batch_size",
+    "flops_per_token",
+]
