@@ -115,10 +115,10 @@ def main() -> None:
     ap.add_argument("--target-ndcg", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     overrides = dict(kv.split("=", 1) for kv in args.set)
+    if args.threads:  # the model sets its threads when it fits: pass it as a config value
+        overrides.setdefault("num_threads", str(args.threads))
 
     t0 = time.perf_counter()
     full = InteractionData.from_events(load(args.dataset))

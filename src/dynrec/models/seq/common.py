@@ -22,6 +22,7 @@ Losses over the item catalogue (`catalogue_loss`):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,8 +73,10 @@ class SequenceConfig(NeuralConfig):
     CUDA GPU with bf16, else float32). Scoring is always float32."""
 
 
+@functools.lru_cache(maxsize=16)
 def resolve_amp(amp: str, device: torch.device) -> bool:
-    """Whether training on `device` runs in bfloat16 for the config value `amp` (none|bf16|auto)."""
+    """Whether training on `device` runs in bfloat16 for the config value `amp` (none|bf16|auto).
+    Cached: it is asked on every training step."""
     if amp == "none":
         return False
     if amp == "bf16":
