@@ -45,6 +45,11 @@ class NeuralConfig(ModelConfig):
     warmup_steps: int = 0
     schedule: str = "constant"  # constant | cosine | linear
     grad_clip: float = 1.0
+    ema_decay: float = 0.0
+    """Exponential moving average of the weights, updated after every step (0 = off; e.g. 0.99).
+    When on, validation, epoch callbacks, the best checkpoint and the fitted model all use the
+    averaged weights; the optimiser keeps training the live ones. The decay ramps up as
+    ``min(ema_decay, (1 + t) / (10 + t))`` so early averages are not dominated by the random init."""
     patience: int = 5
     """Stop after this many validations without a better validation NDCG@10."""
     eval_every: int = 1
@@ -113,6 +118,12 @@ class TorchRecommender(Recommender):
     def release_training_data(self) -> None:  # noqa: B027 - optional hook
         """Drop what `prepare` built (training rows are not model state); called after every fit."""
 
+    def generators(self) -> dict[str, torch.Generator]:
+        """The model's own random generators (e.g. negative sampling, masking), which resumable
+        checkpoints save and restore with the Trainer's: by default every `torch.Generator`
+        attribute of the model."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.Generator)}
+
     # -- shared machinery ------------------------------------------------------------------
     def _fit(self, data: InteractionData, valid: Any) -> None:
         set_threads(self.config.num_threads)
@@ -166,6 +177,39 @@ def _make_optimizer(cfg: NeuralConfig, params: list[nn.Parameter]) -> torch.opti
     if opt == "sgd":
         return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd)")
+
+
+class WeightAverage:
+    """EMA of a module's floating-point parameters; `swapped()` puts the average in place."""
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), not {decay}")
+        self.decay = decay
+        self.params = [p for p in net.parameters() if p.requires_grad and p.is_floating_point()]
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.steps = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
+        self.steps += 1
+
+    def swap(self) -> None:
+        """Exchange live and averaged weights (call twice to restore)."""
+        for p, s in zip(self.params, self.shadow, strict=True):
+            p.data, s.data = s.data, p.data
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {f"p{i}": s.detach().cpu().contiguous() for i, s in enumerate(self.shadow)}
+        out["steps"] = torch.tensor(self.steps)
+        return out
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        for i, s in enumerate(self.shadow):
+            s.copy_(state[f"p{i}"])
+        self.steps = int(state["steps"])
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -222,9 +266,14 @@ class Trainer:
             vset = valid.subset(np.sort(rng.choice(len(valid), cfg.valid_max_queries, replace=False)))
         history: list[EpochRecord] = []
         best, best_state, bad, start_epoch = -1.0, None, 0, 0
+        ema = WeightAverage(net, cfg.ema_decay) if cfg.ema_decay > 0 else None
         ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
         if ckpt is not None and (ckpt / "trainer.json").exists():
-            start_epoch, best, bad, history, best_state = _load_checkpoint(ckpt, net, opt, sched, gen)
+            start_epoch, best, bad, history, best_state = _load_checkpoint(
+                ckpt, net, opt, sched, gen, model.generators()
+            )
+            if ema is not None:
+                ema.load(load_file(str(ckpt / "ema.safetensors")))
             log.info("resumed from %s at epoch %d (best valid NDCG@10 %.4f)", ckpt, start_epoch, best)
         t_start = time.perf_counter()
         t_excluded = 0.0  # time spent in epoch callbacks
@@ -244,12 +293,16 @@ class Trainer:
                     nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
                 opt.step()
                 sched.step()
+                if ema is not None:
+                    ema.update()
                 total_loss += float(loss.detach())
                 n_batches += 1
                 tokens += int(batch["n_tokens"].sum()) if "n_tokens" in batch else 0
             rec = EpochRecord(
                 epoch + 1, total_loss / max(1, n_batches), time.perf_counter() - t0, None, tokens
             )
+            if ema is not None:
+                ema.swap()  # validation, callbacks and the best state see the averaged weights
             if (
                 vset is not None
                 and len(vset)
@@ -270,6 +323,8 @@ class Trainer:
                     cb(rec, model)
                 net.train()
                 t_excluded += time.perf_counter() - t_cb
+            if ema is not None:
+                ema.swap()
             history.append(rec)
             bar.set_postfix(
                 loss=f"{rec.loss:.4f}",
@@ -283,12 +338,19 @@ class Trainer:
                 rec.seconds,
             )
             if ckpt is not None:
-                _save_checkpoint(ckpt, net, opt, sched, gen, epoch + 1, best, bad, history, best_state)
+                if ema is not None:  # before trainer.json, which marks the checkpoint complete
+                    ckpt.mkdir(parents=True, exist_ok=True)
+                    save_file(ema.state(), str(ckpt / "ema.safetensors"))
+                _save_checkpoint(
+                    ckpt, net, opt, sched, gen, model.generators(), epoch + 1, best, bad, history, best_state
+                )
             if vset is not None and bad >= cfg.patience:
                 break
         bar.close()
         if best_state is not None:
             net.load_state_dict(best_state)
+        elif ema is not None:  # no validation: the fitted model is the average
+            ema.swap()
         model.meta["valid_ndcg@10"] = best if best >= 0 else None
         model.meta["epochs_run"] = len(history)
         model.meta["train_seconds"] = time.perf_counter() - t_start - t_excluded
@@ -316,6 +378,7 @@ def _save_checkpoint(
     opt: torch.optim.Optimizer,
     sched: Any,
     gen: torch.Generator,
+    model_gens: dict[str, torch.Generator],
     epoch: int,
     best: float,
     bad: int,
@@ -330,7 +393,11 @@ def _save_checkpoint(
         save_file(best_state, str(d / "best.safetensors"))
     ot, ometa = _flatten_optimizer(opt)
     save_file(ot, str(d / "optimizer.safetensors"))
-    save_file({"rng": gen.get_state()}, str(d / "rng.safetensors"))
+    rng = {"rng": gen.get_state(), "torch": torch.get_rng_state()}  # torch: dropout's generator
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    rng |= {f"model.{k}": g.get_state() for k, g in model_gens.items()}
+    save_file(rng, str(d / "rng.safetensors"))
     state = {
         "epoch": epoch,
         "best": best,
@@ -345,7 +412,12 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    d: Path, net: nn.Module, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator
+    d: Path,
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    gen: torch.Generator,
+    model_gens: dict[str, torch.Generator],
 ) -> tuple[int, float, int, list[EpochRecord], dict[str, torch.Tensor] | None]:
     state = json.loads((d / "trainer.json").read_text())
     net.load_state_dict(load_file(str(d / "last.safetensors")))
@@ -363,7 +435,15 @@ def _load_checkpoint(
     sch.pop("lr_lambdas", None)
     sched.last_epoch = sch.get("last_epoch", sched.last_epoch)
     sched._step_count = sch.get("_step_count", 1)  # noqa: SLF001
-    gen.set_state(load_file(str(d / "rng.safetensors"))["rng"])
+    rng = load_file(str(d / "rng.safetensors"))
+    gen.set_state(rng["rng"])
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    for k, g in model_gens.items():
+        if f"model.{k}" in rng:
+            g.set_state(rng[f"model.{k}"])
     best_state = load_file(str(d / "best.safetensors")) if (d / "best.safetensors").exists() else None
     history = [EpochRecord(**h) for h in state["history"]]
     return int(state["epoch"]), float(state["best"]), int(state["bad"]), history, best_state
