@@ -4,6 +4,9 @@
 #
 #   needs: .gpu/data/{ml-1m/ml-1m.txt.gz,ml-100k/u.data} and .whl/ (polars) carried with the tree.
 #   BUDGET=seconds per run (default 270)
+#   ROUND=3: weight averaging (ema_decay) on ml-1m and over 5 seeds on ml-100k, with default configs,
+#   plus benchmarks/quality.py rows (default configs) for the neural models on ml-1m and
+#   amazon-beauty, each its own process (store: $OUT/quality.json, merged into results/ by hand).
 set -u
 BUDGET=${BUDGET:-270}
 OUT=${OUT:-/tmp/sweep_out}
@@ -34,6 +37,50 @@ run lr3e3         sasrec ml-1m learning_rate=0.003
 run bert_ml1m     bert4rec ml-1m
 run sas_ml100k    sasrec ml-100k
 run bert_ml100k   bert4rec ml-100k
+elif [ "$ROUND" = 3 ]; then
+D="num_threads=1 score_batch=2048"
+run3() {  # tag dataset overrides... (default config + overrides; test tracked per epoch)
+  local tag=$1 ds=$2; shift 2
+  local sets=() budget=$BUDGET
+  [ "$ds" = ml-100k ] && budget=$((BUDGET / 3))
+  for kv in $D "$@"; do sets+=(--set "$kv"); done
+  timeout "$((budget + 120))" python3 benchmarks/seq_transformers.py --model sasrec --dataset "$ds" \
+    --tag "$tag" --no-peak --track-test --budget-s "$budget" --out "/tmp/sweep/$tag.json" "${sets[@]}" \
+    >"/tmp/sweep/$tag.log" 2>&1
+}
+run3 m_base ml-1m &
+run3 m_ema99 ml-1m ema_decay=0.99 &
+run3 m_ema995 ml-1m ema_decay=0.995 &
+run3 m_ema998 ml-1m ema_decay=0.998 &
+for e in 0 0.99 0.998; do
+  ( for sd in 0 1 2 3 4; do run3 "k_ema${e}_s$sd" ml-100k "ema_decay=$e" "seed=$sd"; done ) &
+done
+mkdir -p /tmp/quality
+qual() {  # dataset models
+  OMP_NUM_THREADS=1 timeout "$((BUDGET + 120))" python3 benchmarks/quality.py --datasets "$1" \
+    --models "$2" --store /tmp/quality/quality.json >"/tmp/quality/$1_${2//,/_}.log" 2>&1 &
+}
+for ds in ml-1m amazon-beauty; do
+  for m in mf,bpr mlp gru4rec caser bert4rec; do qual "$ds" "$m"; done
+done
+qual amazon-beauty sasrec
+elif [ "$ROUND" = 4 ]; then  # round 3's leftovers with less contention: ml-1m to convergence + rows
+D="num_threads=1 score_batch=2048"
+run4() {
+  local tag=$1 ds=$2; shift 2
+  local sets=()
+  for kv in $D "$@"; do sets+=(--set "$kv"); done
+  timeout "$((BUDGET + 120))" python3 benchmarks/seq_transformers.py --model sasrec --dataset "$ds" \
+    --tag "$tag" --no-peak --track-test --budget-s "$BUDGET" --out "/tmp/sweep/$tag.json" "${sets[@]}" \
+    >"/tmp/sweep/$tag.log" 2>&1
+}
+run4 m4_base ml-1m &
+run4 m4_ema995 ml-1m ema_decay=0.995 &
+mkdir -p /tmp/quality
+for dm in ml-1m:bert4rec amazon-beauty:bert4rec amazon-beauty:sasrec amazon-beauty:bpr; do
+  OMP_NUM_THREADS=1 timeout "$((BUDGET + 120))" python3 benchmarks/quality.py --datasets "${dm%%:*}" \
+    --models "${dm#*:}" --store /tmp/quality/quality.json >"/tmp/quality/${dm/:/_}.log" 2>&1 &
+done
 else  # round 2: candidates for the default (ffn 256, 2 heads, no attention dropout, bf16) + ablations
 C="ffn_dim=256 num_heads=2 attn_dropout=0 amp=bf16"
 run A_lr1e3       sasrec ml-1m $C
@@ -62,3 +109,4 @@ for k, r in runs.items():
     print(k, r["test"], "best", r["best_epoch"], "/", r["epochs_run"], "t_best", round(r["seconds_to_best"] or -1), "s/ep", round(r["s_per_epoch_train"], 2), "budget_hit", r["budget_hit"])
 EOF
 tar czf "$OUT/logs.tgz" -C /tmp/sweep .
+if [ -d /tmp/quality ]; then cp /tmp/quality/quality.json "$OUT/" 2>/dev/null; tar czf "$OUT/quality_logs.tgz" -C /tmp/quality .; fi
