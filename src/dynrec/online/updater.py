@@ -287,6 +287,7 @@ def train_continue(model: Any, data: InteractionData, cfg: UpdateConfig) -> None
         schedule="constant",
         checkpoint_dir="",
         progress=False,
+        ema_decay=0.0,  # an update is a few steps: a fresh weight average would lag behind them
         seed=mc.seed + 7919 * (1 + int(model.meta.get("n_updates", 0))),
     )
     saved = {

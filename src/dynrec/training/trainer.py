@@ -272,8 +272,10 @@ class Trainer:
             start_epoch, best, bad, history, best_state = _load_checkpoint(
                 ckpt, net, opt, sched, gen, model.generators()
             )
-            if ema is not None:
+            if ema is not None and (ckpt / "ema.safetensors").exists():
                 ema.load(load_file(str(ckpt / "ema.safetensors")))
+            elif ema is not None:  # the checkpoint was written without averaging
+                log.warning("%s has no weight average: ema_decay starts from the resumed weights", ckpt)
             log.info("resumed from %s at epoch %d (best valid NDCG@10 %.4f)", ckpt, start_epoch, best)
         t_start = time.perf_counter()
         t_excluded = 0.0  # time spent in epoch callbacks
