@@ -38,8 +38,9 @@ SECTIONS = [
     ("Full-ranking evaluation speed (`eval_speed.py`)", "results/eval_speed.md"),
     (None, "results_data_speed.md"),
     (
-        "Quality of every model, default configs (`quality.py`; `fit_s` of the mf, bpr and neural "
-        "rows was measured niced next to other jobs: read speed on the per-model pages)",
+        "Quality of every model, default configs (`quality.py`; `fit_s` of the CPU mf, bpr and neural "
+        "rows was measured niced next to other jobs, the H100 rows with 10-17 benchmark processes "
+        "sharing the GPU: read speed on the per-model pages)",
         "results/quality.md",
     ),
     (None, "results_mf.md"),
