@@ -7,7 +7,7 @@ import pytest
 
 from dynrec.data.dataset import InteractionData
 from dynrec.data.vocab import Vocabulary
-from dynrec.preprocessing.split import leave_one_out, temporal_split
+from dynrec.preprocessing.split import drop_last_events, leave_one_out, temporal_split
 
 
 def _data() -> InteractionData:
@@ -75,3 +75,17 @@ def test_temporal_split_needs_time() -> None:
     )
     with pytest.raises(ValueError, match="no timestamps"):
         temporal_split(od)
+
+
+def test_drop_last_events_known_answer() -> None:
+    # user 1: a b c d; user 2: e; user 3: f g
+    users = [1, 1, 1, 1, 2, 3, 3]
+    items = [1, 2, 3, 4, 5, 6, 7]
+    uv = Vocabulary(f"u{i}" for i in range(1, 4))
+    iv = Vocabulary(f"i{i}" for i in range(1, 8))
+    data = InteractionData.from_arrays(users, items, user_vocab=uv, item_vocab=iv)
+    one = drop_last_events(data, 1)
+    assert [one.sequence(u).tolist() for u in range(1, 4)] == [[1, 2, 3], [5], [6]]
+    two = drop_last_events(data, 2)
+    assert [two.sequence(u).tolist() for u in range(1, 4)] == [[1, 2], [5], [6]]
+    assert drop_last_events(data, 0) is data

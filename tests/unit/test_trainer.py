@@ -14,7 +14,7 @@ from dynrec.data.vocab import Vocabulary
 from dynrec.evaluation.offline import evaluate
 from dynrec.models.base import create_model
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig
-from dynrec.preprocessing.split import leave_one_out
+from dynrec.preprocessing.split import drop_last_events, leave_one_out
 from dynrec.training.trainer import TorchRecommender, WeightAverage
 
 FAST = {"progress": False, "num_threads": 1, "device": "cpu"}
@@ -127,3 +127,22 @@ def test_resume_equals_uninterrupted(data: InteractionData, tmp_path: Path, case
     assert [r["valid_ndcg"] for r in resumed.meta["train_log"]] == [
         r["valid_ndcg"] for r in full.meta["train_log"]
     ]
+
+
+def test_valid_gap_trains_without_each_users_last_event(data: InteractionData) -> None:
+    split = leave_one_out(data)
+    gapped = SASRec(cfg(epochs=2, valid_gap=1)).fit(split.train, split.valid)
+    by_hand = SASRec(cfg(epochs=2)).fit(drop_last_events(split.train, 1), split.valid)
+    plain = SASRec(cfg(epochs=2)).fit(split.train, split.valid)
+    for (k, a), b in zip(gapped.tensors().items(), by_hand.tensors().values(), strict=True):
+        if k == "log_pop":  # cold-user popularity counts every training event, gap or not
+            assert torch.equal(a, plain.tensors()[k])
+        else:
+            assert torch.equal(a, b), k
+    assert not torch.equal(plain.tensors()["item_emb.weight"], gapped.tensors()["item_emb.weight"])
+    # without a validation set there is nothing to protect: all events are used
+    no_valid = SASRec(cfg(epochs=2, valid_gap=1)).fit(split.train)
+    assert torch.equal(
+        no_valid.tensors()["item_emb.weight"],
+        SASRec(cfg(epochs=2)).fit(split.train).tensors()["item_emb.weight"],
+    )

@@ -84,6 +84,26 @@ def leave_one_out(full: InteractionData) -> Split:
     return Split("loo", train, _eval_set(full, valid_pos), _eval_set(full, test_pos), full)
 
 
+def drop_last_events(data: InteractionData, k: int = 1) -> InteractionData:
+    """`data` without each user's last `k` events (users keep at least one event).
+
+    Used to train with a *validation gap*: a leave-one-out validation history ends with the user's
+    last training event, which training fits as a target for that very user, while a test history
+    ends with the validation event, which training never saw; dropping the last training event
+    makes validation queries look like test queries (see `NeuralConfig.valid_gap`)."""
+    if k <= 0:
+        return data
+    lens = data.lengths()
+    drop = np.minimum(k, np.maximum(lens - 1, 0))  # keep >= 1 event per user that has any
+    ends = data.indptr[1:]
+    pos = np.repeat(ends - drop, drop) + (
+        np.arange(int(drop.sum())) - np.repeat(np.cumsum(drop) - drop, drop)
+    )
+    mask = np.ones(data.n_events, dtype=bool)
+    mask[pos] = False
+    return data.select(mask)
+
+
 def temporal_split(
     full: InteractionData,
     *,

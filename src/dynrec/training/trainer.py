@@ -53,6 +53,12 @@ class NeuralConfig(ModelConfig):
     patience: int = 5
     """Stop after this many validations without a better validation NDCG@10."""
     eval_every: int = 1
+    valid_gap: int = 0
+    """When fitting with a validation set, train without each user's last `valid_gap` training
+    events, so a validation history — like a test history — ends with events the model was not
+    trained to predict for that user (`dynrec.preprocessing.split.drop_last_events`). On ml-100k
+    SASRec, validation otherwise peaks early and declines while test NDCG@10 keeps rising
+    (benchmarks/results_sasrec.md, "valid_gap probe")."""
     valid_max_queries: int = 0
     """Validate on at most this many queries (0 = all); the subset is fixed by the seed."""
     device: str = "auto"  # auto | cpu | cuda
@@ -132,6 +138,10 @@ class TorchRecommender(Recommender):
         self.meta["n_items"] = data.n_items
         self.meta["n_users"] = data.n_users
         self.net = self.build_net(data).to(self.device)
+        if valid is not None and self.config.valid_gap > 0:
+            from dynrec.preprocessing.split import drop_last_events  # local: no import cycle
+
+            data = drop_last_events(data, self.config.valid_gap)
         try:
             self.prepare(data)
             Trainer(self.config).fit(self, data, valid)
