@@ -190,7 +190,7 @@ def _make_optimizer(cfg: NeuralConfig, params: list[nn.Parameter]) -> torch.opti
 
 
 class WeightAverage:
-    """EMA of a module's floating-point parameters; `swapped()` puts the average in place."""
+    """EMA of a module's floating-point parameters; `swap()` exchanges it with the live weights."""
 
     def __init__(self, net: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
