@@ -23,6 +23,14 @@ run() {  # tag model dataset overrides...
     --budget-s "$BUDGET" --out "/tmp/sweep/$tag.json" "${sets[@]}" >"/tmp/sweep/$tag.log" 2>&1 &
 }
 ROUND=${ROUND:-2}
+runseq() {  # tag dataset budget overrides...: sasrec default config + overrides, test tracked per epoch
+  local tag=$1 ds=$2 budget=$3; shift 3
+  local sets=()
+  for kv in num_threads=1 score_batch=2048 "$@"; do sets+=(--set "$kv"); done
+  timeout "$((budget + 120))" python3 benchmarks/seq_transformers.py --model sasrec --dataset "$ds" \
+    --tag "$tag" --no-peak --track-test --budget-s "$budget" --out "/tmp/sweep/$tag.json" "${sets[@]}" \
+    >"/tmp/sweep/$tag.log" 2>&1
+}
 if [ "$ROUND" = 1 ]; then  # round 1 (before attn_dropout was split out; attention dropout = dropout)
 run base          sasrec ml-1m
 run drop05        sasrec ml-1m dropout=0.5
@@ -38,22 +46,12 @@ run bert_ml1m     bert4rec ml-1m
 run sas_ml100k    sasrec ml-100k
 run bert_ml100k   bert4rec ml-100k
 elif [ "$ROUND" = 3 ]; then
-D="num_threads=1 score_batch=2048"
-run3() {  # tag dataset overrides... (default config + overrides; test tracked per epoch)
-  local tag=$1 ds=$2; shift 2
-  local sets=() budget=$BUDGET
-  [ "$ds" = ml-100k ] && budget=$((BUDGET / 3))
-  for kv in $D "$@"; do sets+=(--set "$kv"); done
-  timeout "$((budget + 120))" python3 benchmarks/seq_transformers.py --model sasrec --dataset "$ds" \
-    --tag "$tag" --no-peak --track-test --budget-s "$budget" --out "/tmp/sweep/$tag.json" "${sets[@]}" \
-    >"/tmp/sweep/$tag.log" 2>&1
-}
-run3 m_base ml-1m &
-run3 m_ema99 ml-1m ema_decay=0.99 &
-run3 m_ema995 ml-1m ema_decay=0.995 &
-run3 m_ema998 ml-1m ema_decay=0.998 &
+runseq m_base ml-1m "$BUDGET" &
+runseq m_ema99 ml-1m "$BUDGET" ema_decay=0.99 &
+runseq m_ema995 ml-1m "$BUDGET" ema_decay=0.995 &
+runseq m_ema998 ml-1m "$BUDGET" ema_decay=0.998 &
 for e in 0 0.99 0.998; do
-  ( for sd in 0 1 2 3 4; do run3 "k_ema${e}_s$sd" ml-100k "ema_decay=$e" "seed=$sd"; done ) &
+  ( for sd in 0 1 2 3 4; do runseq "k_ema${e}_s$sd" ml-100k "$((BUDGET / 3))" "ema_decay=$e" "seed=$sd"; done ) &
 done
 mkdir -p /tmp/quality
 qual() {  # dataset models
@@ -65,17 +63,8 @@ for ds in ml-1m amazon-beauty; do
 done
 qual amazon-beauty sasrec
 elif [ "$ROUND" = 4 ]; then  # round 3's leftovers with less contention: ml-1m to convergence + rows
-D="num_threads=1 score_batch=2048"
-run4() {
-  local tag=$1 ds=$2; shift 2
-  local sets=()
-  for kv in $D "$@"; do sets+=(--set "$kv"); done
-  timeout "$((BUDGET + 120))" python3 benchmarks/seq_transformers.py --model sasrec --dataset "$ds" \
-    --tag "$tag" --no-peak --track-test --budget-s "$BUDGET" --out "/tmp/sweep/$tag.json" "${sets[@]}" \
-    >"/tmp/sweep/$tag.log" 2>&1
-}
-run4 m4_base ml-1m &
-run4 m4_ema995 ml-1m ema_decay=0.995 &
+runseq m4_base ml-1m "$BUDGET" &
+runseq m4_ema995 ml-1m "$BUDGET" ema_decay=0.995 &
 mkdir -p /tmp/quality
 for dm in ml-1m:bert4rec amazon-beauty:bert4rec amazon-beauty:sasrec amazon-beauty:bpr; do
   OMP_NUM_THREADS=1 timeout "$((BUDGET + 120))" python3 benchmarks/quality.py --datasets "${dm%%:*}" \

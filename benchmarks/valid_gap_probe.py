@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 
-import numpy as np
 from _common import RESULTS
 
 from dynrec.data.dataset import InteractionData
@@ -31,11 +30,6 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     split = leave_one_out(InteractionData.from_events(load(args.dataset)))
-    tr = split.train
-    keep = np.ones(tr.n_events, dtype=bool)
-    lens = tr.lengths()
-    keep[(tr.indptr[1:] - 1)[lens >= 2]] = False  # each user's last training event
-    gapped = tr.select(keep)
     out = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         curve: list[dict[str, float]] = []
@@ -44,9 +38,9 @@ def main() -> None:
             t = evaluate(m, split.test, ks=(10,), extra=False).metrics
             curve.append({"epoch": rec.epoch, "valid_ndcg": rec.valid_ndcg or 0.0, "test_ndcg": t["NDCG@10"]})
 
-        model = SASRec(SASRecConfig(seed=seed, num_threads=args.threads, progress=False))
+        model = SASRec(SASRecConfig(seed=seed, num_threads=args.threads, progress=False, valid_gap=1))
         model.epoch_callbacks.append(cb)
-        model.fit(gapped, split.valid)
+        model.fit(split.train, split.valid)  # valid_gap drops each user's last training event
         res = evaluate(model, split.test, ks=(10,), extra=False).metrics
         out[str(seed)] = {
             "test": {k: res[k] for k in ("HR@10", "NDCG@10")},
