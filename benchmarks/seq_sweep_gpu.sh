@@ -7,6 +7,9 @@
 #   ROUND=3: weight averaging (ema_decay) on ml-1m and over 5 seeds on ml-100k, with default configs,
 #   plus benchmarks/quality.py rows (default configs) for the neural models on ml-1m and
 #   amazon-beauty, each its own process (store: $OUT/quality.json, merged into results/ by hand).
+#   ROUND=5: SASRec on ml-100k, 11 candidate configs x 5 seeds (one lane per config, seeds in
+#   order, test tracked per epoch; candidates are judged on mean validation NDCG@10, not test),
+#   plus two ml-1m runs toward the 0.190 stretch (learning rate 2e-3; 400 epochs), BUDGET each.
 set -u
 BUDGET=${BUDGET:-270}
 OUT=${OUT:-/tmp/sweep_out}
@@ -70,6 +73,24 @@ for dm in ml-1m:bert4rec amazon-beauty:bert4rec amazon-beauty:sasrec amazon-beau
   OMP_NUM_THREADS=1 timeout "$((BUDGET + 120))" python3 benchmarks/quality.py --datasets "${dm%%:*}" \
     --models "${dm#*:}" --store /tmp/quality/quality.json >"/tmp/quality/${dm/:/_}.log" 2>&1 &
 done
+elif [ "$ROUND" = 5 ]; then
+runseq m5_lr2e3 ml-1m "$BUDGET" learning_rate=0.002 epochs=400 &
+runseq m5_base400 ml-1m "$BUDGET" epochs=400 &
+lane() {  # name overrides...: one config over 5 seeds, one after another
+  local name=$1; shift
+  for sd in 42 1 2 3 4; do runseq "k5_${name}_s$sd" ml-100k "${KBUDGET:-100}" "seed=$sd" "$@"; done
+}
+lane base &
+lane len50 max_len=50 &
+lane drop05 dropout=0.5 attn_dropout=0.5 &
+lane drop03 dropout=0.3 attn_dropout=0.3 &
+lane lr2e3 learning_rate=0.002 &
+lane bs128 batch_size=128 &
+lane d128 embedding_dim=128 ffn_dim=512 &
+lane l1 num_layers=1 &
+lane wd01 optimizer=adamw weight_decay=0.1 &
+lane gap1 valid_gap=1 &
+lane gate long_term=gate &
 else  # round 2: candidates for the default (ffn 256, 2 heads, no attention dropout, bf16) + ablations
 C="ffn_dim=256 num_heads=2 attn_dropout=0 amp=bf16"
 run A_lr1e3       sasrec ml-1m $C
