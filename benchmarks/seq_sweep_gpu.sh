@@ -10,6 +10,9 @@
 #   ROUND=5: SASRec on ml-100k, 11 candidate configs x 5 seeds (one lane per config, seeds in
 #   order, test tracked per epoch; candidates are judged on mean validation NDCG@10, not test),
 #   plus two ml-1m runs toward the 0.190 stretch (learning rate 2e-3; 400 epochs), BUDGET each.
+#   ROUND=6: checkpoint selection select_within_se=1 (the new SASRec default) on ml-100k for the
+#   default and round 5's two best configs by validation (dropout 0.3; AdamW weight decay 0.1),
+#   5 seeds each, all 15 runs at once, BUDGET each.
 set -u
 BUDGET=${BUDGET:-270}
 OUT=${OUT:-/tmp/sweep_out}
@@ -91,6 +94,12 @@ lane l1 num_layers=1 &
 lane wd01 optimizer=adamw weight_decay=0.1 &
 lane gap1 valid_gap=1 &
 lane gate long_term=gate &
+elif [ "$ROUND" = 6 ]; then
+for sd in 42 1 2 3 4; do
+  runseq "k6_base_s$sd" ml-100k "$BUDGET" "seed=$sd" &
+  runseq "k6_drop03_s$sd" ml-100k "$BUDGET" "seed=$sd" dropout=0.3 attn_dropout=0.3 &
+  runseq "k6_wd01_s$sd" ml-100k "$BUDGET" "seed=$sd" optimizer=adamw weight_decay=0.1 &
+done
 else  # round 2: candidates for the default (ffn 256, 2 heads, no attention dropout, bf16) + ablations
 C="ffn_dim=256 num_heads=2 attn_dropout=0 amp=bf16"
 run A_lr1e3       sasrec ml-1m $C

@@ -83,3 +83,14 @@ def test_evaluate_masks_seen_items_and_matches_hand_ranks() -> None:
     assert r.metrics["HR@1"] == 0.0
     kept = evaluate(model, es, ks=(2,), exclude_seen=False)
     assert kept.ranks.tolist() == [2.0, 3.0]
+
+
+def test_ndcg_standard_error_known_answer() -> None:
+    ranks = np.array([0.0, np.inf, 1.0, 20.0])
+    g = [1.0, 0.0, 1.0 / math.log2(3.0), 0.0]
+    mean = sum(g) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in g) / 3)  # sample standard deviation
+    assert M.ndcg_gains(ranks, 10).tolist() == pytest.approx(g)
+    assert M.ndcg(ranks, 10) == pytest.approx(mean)
+    assert M.ndcg_standard_error(ranks, 10) == pytest.approx(sd / 2.0)
+    assert M.ndcg_standard_error(np.array([3.0]), 10) == 0.0

@@ -15,7 +15,7 @@ from dynrec.evaluation.offline import evaluate
 from dynrec.models.base import create_model
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig
 from dynrec.preprocessing.split import drop_last_events, leave_one_out
-from dynrec.training.trainer import TorchRecommender, WeightAverage
+from dynrec.training.trainer import CheckpointSelector, TorchRecommender, WeightAverage
 
 FAST = {"progress": False, "num_threads": 1, "device": "cpu"}
 
@@ -90,6 +90,33 @@ def test_ema_without_validation_keeps_the_average(data: InteractionData) -> None
     model.fit(split.train)
     # the callback saw the averaged weights after the last epoch; the fitted model keeps them
     assert torch.equal(model.tensors()["item_emb.weight"], seen[-1])
+
+
+def test_checkpoint_selector_known_answer() -> None:
+    values = [0.10, 0.20, 0.19, 0.15, 0.21, 0.205, 0.18]
+    strict = CheckpointSelector(0.0)
+    assert [strict.observe(v, 0.02) for v in values] == [True, True, False, False, True, False, False]
+    assert (strict.best, strict.kept, strict.bad) == (0.21, 0.21, 2)
+    within = CheckpointSelector(1.0)  # keep the latest epoch >= best - 1 * 0.02
+    assert [within.observe(v, 0.02) for v in values] == [True, True, True, False, True, True, False]
+    assert (within.best, within.kept, within.bad) == (0.21, 0.205, 1)
+    # the tolerance uses the standard error of the best value, not of the epoch being judged
+    sel = CheckpointSelector(1.0)
+    assert sel.observe(0.20, 0.05) and sel.observe(0.16, 0.0) and not sel.observe(0.149, 0.0)
+
+
+def test_select_within_se_keeps_the_latest_epoch_within_noise(data: InteractionData) -> None:
+    split = leave_one_out(data)
+    strict = SASRec(cfg(epochs=10, learning_rate=0.1, select_within_se=0.0)).fit(split.train, split.valid)
+    vals = [r["valid_ndcg"] for r in strict.meta["train_log"]]
+    assert strict.meta["best_epoch"] == int(np.argmax(vals)) + 1 < 10, vals  # first of the best
+    assert strict.meta["valid_ndcg@10"] == strict.meta["best_valid_ndcg@10"] == max(vals)
+    # a tolerance wider than any difference keeps the last epoch (same seed: same training run)
+    last = SASRec(cfg(epochs=10, learning_rate=0.1, select_within_se=1e9)).fit(split.train, split.valid)
+    assert [r["valid_ndcg"] for r in last.meta["train_log"]] == vals
+    assert last.meta["best_epoch"] == 10 and last.meta["valid_ndcg@10"] == vals[-1]
+    assert last.meta["best_valid_ndcg@10"] == max(vals)
+    assert evaluate(last, split.valid, ks=(10,), extra=False).metrics["NDCG@10"] == pytest.approx(vals[-1])
 
 
 RESUME_CASES = {

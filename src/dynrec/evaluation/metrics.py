@@ -26,11 +26,20 @@ def precision(ranks: FloatArray, k: int) -> float:
     return hit_rate(ranks, k) / k
 
 
+def ndcg_gains(ranks: FloatArray, k: int) -> FloatArray:
+    """Per-query NDCG@K (one relevant item: ``1 / log2(rank + 2)`` inside the top K, else 0)."""
+    return np.where(ranks < k, 1.0 / np.log2(np.minimum(ranks, k) + 2.0), 0.0)
+
+
 def ndcg(ranks: FloatArray, k: int) -> float:
-    if not ranks.size:
+    return float(np.mean(ndcg_gains(ranks, k))) if ranks.size else 0.0
+
+
+def ndcg_standard_error(ranks: FloatArray, k: int) -> float:
+    """Standard error of the mean NDCG@K over the queries (sample std / sqrt(n); 0 below 2 queries)."""
+    if ranks.size < 2:
         return 0.0
-    gains = np.where(ranks < k, 1.0 / np.log2(np.minimum(ranks, k) + 2.0), 0.0)
-    return float(np.mean(gains))
+    return float(np.std(ndcg_gains(ranks, k), ddof=1) / np.sqrt(ranks.size))
 
 
 def mrr(ranks: FloatArray, k: int) -> float:

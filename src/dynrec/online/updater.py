@@ -292,7 +292,15 @@ def train_continue(model: Any, data: InteractionData, cfg: UpdateConfig) -> None
     )
     saved = {
         k: model.meta[k]
-        for k in ("train_log", "epochs_run", "train_seconds", "valid_ndcg@10", "best_epoch")
+        for k in (
+            "train_log",
+            "epochs_run",
+            "train_seconds",
+            "valid_ndcg@10",
+            "best_valid_ndcg@10",
+            "best_epoch",
+            "seconds_to_best",
+        )
         if k in model.meta
     }
     orig_config = model.config

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from dynrec.data.dataset import InteractionData
 from dynrec.errors import NotFittedError
+from dynrec.evaluation.metrics import ndcg_standard_error
 from dynrec.models.base import ModelConfig, QueryBatch, Recommender
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,12 @@ class NeuralConfig(ModelConfig):
     averaged weights; the optimiser keeps training the live ones. The decay ramps up as
     ``min(ema_decay, (1 + t) / (10 + t))`` so early averages are not dominated by the random init."""
     patience: int = 5
-    """Stop after this many validations without a better validation NDCG@10."""
+    """Stop after this many validations without a new kept checkpoint (see `select_within_se`)."""
+    select_within_se: float = 0.0
+    """Which checkpoint to keep: 0 = the epoch with the best validation NDCG@10; s > 0 = the latest
+    epoch whose validation NDCG@10 is within s standard errors (over the validation queries, of the
+    best epoch's value) of the best so far. Validation only either way; s > 0 prefers the
+    longer-trained model when validation cannot tell the epochs apart (a plateau within noise)."""
     eval_every: int = 1
     valid_gap: int = 0
     """When fitting with a validation set, train without each user's last `valid_gap` training
@@ -253,6 +259,33 @@ the model in its just-trained state, e.g. to log or to track a metric; its time 
 ``elapsed`` / ``seconds_to_best``."""
 
 
+@dataclass
+class CheckpointSelector:
+    """Which validated epoch to keep, and the patience count (`NeuralConfig.select_within_se`).
+
+    `observe(value, se)` for each validation in order returns whether that epoch becomes the kept
+    checkpoint: a new best always does; with ``within_se = s > 0`` so does any epoch whose value is
+    at least ``best - s * se_best`` (se_best = standard error of the best value). `bad` counts the
+    validations since the kept checkpoint last changed.
+    """
+
+    within_se: float = 0.0
+    best: float = -1.0
+    best_se: float = 0.0
+    kept: float = -1.0
+    bad: int = 0
+
+    def observe(self, value: float, se: float) -> bool:
+        improved = value > self.best
+        if improved:
+            self.best, self.best_se = value, se
+        if improved or (self.within_se > 0 and value >= self.best - self.within_se * self.best_se):
+            self.kept, self.bad = value, 0
+            return True
+        self.bad += 1
+        return False
+
+
 class Trainer:
     def __init__(self, config: NeuralConfig) -> None:
         self.config = config
@@ -275,18 +308,20 @@ class Trainer:
             rng = np.random.default_rng(cfg.seed)
             vset = valid.subset(np.sort(rng.choice(len(valid), cfg.valid_max_queries, replace=False)))
         history: list[EpochRecord] = []
-        best, best_state, bad, start_epoch = -1.0, None, 0, 0
+        best_state: dict[str, torch.Tensor] | None = None
+        start_epoch = 0
+        sel = CheckpointSelector(cfg.select_within_se)
         ema = WeightAverage(net, cfg.ema_decay) if cfg.ema_decay > 0 else None
         ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
         if ckpt is not None and (ckpt / "trainer.json").exists():
-            start_epoch, best, bad, history, best_state = _load_checkpoint(
-                ckpt, net, opt, sched, gen, model.generators()
+            start_epoch, history, best_state = _load_checkpoint(
+                ckpt, net, opt, sched, gen, model.generators(), sel
             )
             if ema is not None and (ckpt / "ema.safetensors").exists():
                 ema.load(load_file(str(ckpt / "ema.safetensors")))
             elif ema is not None:  # the checkpoint was written without averaging
                 log.warning("%s has no weight average: ema_decay starts from the resumed weights", ckpt)
-            log.info("resumed from %s at epoch %d (best valid NDCG@10 %.4f)", ckpt, start_epoch, best)
+            log.info("resumed from %s at epoch %d (best valid NDCG@10 %.4f)", ckpt, start_epoch, sel.best)
         t_start = time.perf_counter()
         t_excluded = 0.0  # time spent in epoch callbacks
         bar = tqdm(
@@ -320,14 +355,12 @@ class Trainer:
                 and len(vset)
                 and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
             ):
-                rec.valid_ndcg = evaluate(model, vset, ks=(10,), extra=False).metrics["NDCG@10"]
-                if rec.valid_ndcg > best:
-                    best, bad = rec.valid_ndcg, 0
+                res = evaluate(model, vset, ks=(10,), extra=False)
+                rec.valid_ndcg = res.metrics["NDCG@10"]
+                if sel.observe(rec.valid_ndcg, ndcg_standard_error(res.ranks, 10)):
                     best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
                     model.meta["best_epoch"] = epoch + 1
                     model.meta["seconds_to_best"] = time.perf_counter() - t_start - t_excluded
-                else:
-                    bad += 1
             rec.elapsed = time.perf_counter() - t_start - t_excluded
             if model.epoch_callbacks:
                 t_cb = time.perf_counter()
@@ -354,16 +387,26 @@ class Trainer:
                     ckpt.mkdir(parents=True, exist_ok=True)
                     save_file(ema.state(), str(ckpt / "ema.safetensors"))
                 _save_checkpoint(
-                    ckpt, net, opt, sched, gen, model.generators(), epoch + 1, best, bad, history, best_state
+                    ckpt,
+                    net,
+                    opt,
+                    sched,
+                    gen,
+                    model.generators(),
+                    epoch + 1,
+                    sel,
+                    history,
+                    best_state,
                 )
-            if vset is not None and bad >= cfg.patience:
+            if vset is not None and sel.bad >= cfg.patience:
                 break
         bar.close()
         if best_state is not None:
             net.load_state_dict(best_state)
         elif ema is not None:  # no validation: the fitted model is the average
             ema.swap()
-        model.meta["valid_ndcg@10"] = best if best >= 0 else None
+        model.meta["valid_ndcg@10"] = sel.kept if sel.kept >= 0 else None  # the kept checkpoint's
+        model.meta["best_valid_ndcg@10"] = sel.best if sel.best >= 0 else None
         model.meta["epochs_run"] = len(history)
         model.meta["train_seconds"] = time.perf_counter() - t_start - t_excluded
         model.meta["train_log"] = [vars(h) for h in history]
@@ -392,8 +435,7 @@ def _save_checkpoint(
     gen: torch.Generator,
     model_gens: dict[str, torch.Generator],
     epoch: int,
-    best: float,
-    bad: int,
+    sel: CheckpointSelector,
     history: list[EpochRecord],
     best_state: dict[str, torch.Tensor] | None,
 ) -> None:
@@ -412,8 +454,9 @@ def _save_checkpoint(
     save_file(rng, str(d / "rng.safetensors"))
     state = {
         "epoch": epoch,
-        "best": best,
-        "bad": bad,
+        "best": sel.best,
+        "bad": sel.bad,
+        "selection": {"best_se": sel.best_se, "kept": sel.kept},
         "history": [vars(h) for h in history],
         "optimizer": ometa,
         "scheduler": sched.state_dict() | {"lr_lambdas": None},
@@ -430,7 +473,9 @@ def _load_checkpoint(
     sched: Any,
     gen: torch.Generator,
     model_gens: dict[str, torch.Generator],
-) -> tuple[int, float, int, list[EpochRecord], dict[str, torch.Tensor] | None]:
+    sel: CheckpointSelector,
+) -> tuple[int, list[EpochRecord], dict[str, torch.Tensor] | None]:
+    """Restore a checkpoint into the given objects (and `sel`); returns (epoch, history, best state)."""
     state = json.loads((d / "trainer.json").read_text())
     net.load_state_dict(load_file(str(d / "last.safetensors")))
     ot = load_file(str(d / "optimizer.safetensors"))
@@ -458,4 +503,7 @@ def _load_checkpoint(
             g.set_state(rng[f"model.{k}"])
     best_state = load_file(str(d / "best.safetensors")) if (d / "best.safetensors").exists() else None
     history = [EpochRecord(**h) for h in state["history"]]
-    return int(state["epoch"]), float(state["best"]), int(state["bad"]), history, best_state
+    sel.best, sel.bad = float(state["best"]), int(state["bad"])
+    extra = state.get("selection", {})  # absent in checkpoints written before select_within_se
+    sel.best_se, sel.kept = float(extra.get("best_se", 0.0)), float(extra.get("kept", sel.best))
+    return int(state["epoch"]), history, best_state
