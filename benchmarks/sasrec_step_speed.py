@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynrec.models.seq.common import full_ce_loss
-from dynrec.models.seq.sasrec import Block, SASRecConfig, SASRecNet
+from dynrec.models.seq.sasrec import Block, SASRecConfig, SASRecNet, auto_dropout
 
 
 def make(cfg: SASRecConfig, n_items: int) -> SASRecNet:
+    drop = cfg.dropout if cfg.dropout is not None else auto_dropout(6040)  # ml-1m's users
     return SASRecNet(
         n_items,
         n_items,
@@ -33,12 +34,12 @@ def make(cfg: SASRecConfig, n_items: int) -> SASRecNet:
         layers=cfg.num_layers,
         heads=cfg.num_heads,
         ffn_dim=cfg.ffn_dim,
-        dropout=cfg.dropout,
+        dropout=drop,
         max_len=cfg.max_len,
         positional=cfg.positional,
         rope_base=cfg.rope_base,
         long_term=cfg.long_term,
-        attn_dropout=cfg.attn_dropout,
+        attn_dropout=cfg.attn_dropout if cfg.attn_dropout is not None else drop,
     )
 
 

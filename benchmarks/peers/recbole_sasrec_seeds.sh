@@ -4,6 +4,9 @@
 # Same settings as run_peers.sh ml-100k:SASRec:1500 (the 25-minute budget of the issue), only
 # `seed` differs; each checkpoint is re-scored with seen items masked (recbole_masked_eval.py).
 # Writes benchmarks/peers/results/ml-100k/SASRec_seedN.json and SASRec-masked_seedN.json.
+# EPOCHS=N instead trains exactly N epochs (BUDGET then only a safety cap): use it when the machine
+# is not quiet, so that sharing the CPU costs RecBole time but not epochs (alone, RecBole fits 10-11
+# epochs into the 25 minutes).
 #
 # usage: SEEDS="1 2" benchmarks/peers/recbole_sasrec_seeds.sh   (needs shared/peers/setup.sh; ~25 min a seed)
 set -euo pipefail
@@ -14,6 +17,7 @@ SHARED_DATA=${SHARED_DATA:-$(cd "$REPO/../shared/data" 2>/dev/null && pwd || ech
 export PEERS_DIR=${PEERS_DIR:-$HOME/.cache/dynrec-peers}
 SEEDS=${SEEDS:-1 2}
 BUDGET=${BUDGET:-1500}
+EPOCHS=${EPOCHS:-}
 NICE=${NICE:-0}
 res=$HERE/results/ml-100k
 mkdir -p "$res"
@@ -23,7 +27,8 @@ for seed in $SEEDS; do
     mkdir -p "$runs"
     echo "== $(date -Is) RecBole SASRec ml-100k seed $seed budget $BUDGET s"
     RUNS=$runs nice -n "$NICE" "$SHARED_PEERS/run_recbole_one.sh" SASRec --dataset ml-100k \
-        --data-path "$SHARED_DATA" --time-budget "$BUDGET" --set "seed=$seed"
+        --data-path "$SHARED_DATA" --time-budget "$BUDGET" --set "seed=$seed" \
+        ${EPOCHS:+--epochs "$EPOCHS" --stopping-step "$EPOCHS"}
     cp "$runs/SASRec.json" "$res/SASRec_seed$seed.json"
     cp "$runs/SASRec.time" "$res/SASRec_seed$seed.time"
     ckpt=$(ls "$runs"/saved/SASRec-*.pth | tail -n 1)

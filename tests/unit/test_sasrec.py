@@ -12,8 +12,9 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
 from dynrec.models.base import QueryBatch, Recommender
+from dynrec.models.layers import Dropout
 from dynrec.models.seq.common import full_ce_loss, training_sequences
-from dynrec.models.seq.sasrec import SASRec, SASRecConfig
+from dynrec.models.seq.sasrec import SASRec, SASRecConfig, auto_dropout
 from dynrec.preprocessing.split import leave_one_out
 from dynrec.training.trainer import EpochRecord, TorchRecommender
 
@@ -114,6 +115,21 @@ def test_save_load_identical(small_model: SASRec, tmp_path: Path) -> None:
     loaded = Recommender.load(tmp_path / "m")
     assert isinstance(loaded, SASRec) and loaded.config == small_model.config
     torch.testing.assert_close(loaded.score(q), small_model.score(q))
+
+
+def test_dropout_by_dataset_size(cycles: InteractionData, tmp_path: Path) -> None:
+    assert auto_dropout(943) == 0.3 and auto_dropout(4095) == 0.3 and auto_dropout(6040) == 0.2
+    cfg = SASRecConfig.from_dict({"embedding_dim": 16, "max_len": 6, "epochs": 1, **FAST})
+    model = SASRec(cfg).fit(leave_one_out(cycles).train)  # 200 users: the small-data dropout
+    assert model.dropouts() == (0.3, 0.3) and model.meta["dropout"] == 0.3
+    net = model.net
+    assert net is not None and {m.p for m in net.modules() if isinstance(m, Dropout)} == {0.3}
+    model.save(tmp_path / "m")
+    loaded = Recommender.load(tmp_path / "m")
+    assert isinstance(loaded, SASRec) and loaded.dropouts() == (0.3, 0.3)
+    set_ = SASRec(SASRecConfig.from_dict({**cfg.to_dict(), "dropout": 0.1}))
+    set_.fit(leave_one_out(cycles).train)
+    assert set_.dropouts() == (0.1, 0.1)  # attention dropout follows the set dropout
 
 
 def test_seeded_reproducible(cycles: InteractionData, small_model: SASRec) -> None:

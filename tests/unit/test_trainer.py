@@ -28,6 +28,8 @@ def cfg(**kw: object) -> SASRecConfig:
         "batch_size": 32,
         "patience": 50,
         "learning_rate": 5e-3,
+        "dropout": 0.2,
+        "attn_dropout": 0.2,
     }
     return SASRecConfig.from_dict({**base, **FAST, **kw})
 
