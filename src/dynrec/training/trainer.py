@@ -52,12 +52,13 @@ class NeuralConfig(ModelConfig):
     averaged weights; the optimiser keeps training the live ones. The decay ramps up as
     ``min(ema_decay, (1 + t) / (10 + t))`` so early averages are not dominated by the random init."""
     patience: int = 5
-    """Stop after this many validations without a new kept checkpoint (see `select_within_se`)."""
+    """Stop after this many validations without a better validation NDCG@10."""
     select_within_se: float = 0.0
     """Which checkpoint to keep: 0 = the epoch with the best validation NDCG@10; s > 0 = the latest
     epoch whose validation NDCG@10 is within s standard errors (over the validation queries, of the
     best epoch's value) of the best so far. Validation only either way; s > 0 prefers the
-    longer-trained model when validation cannot tell the epochs apart (a plateau within noise)."""
+    longer-trained model when validation cannot tell the epochs apart (a plateau within noise).
+    When to stop is unchanged (`patience` counts from the last new best)."""
     eval_every: int = 1
     valid_gap: int = 0
     """When fitting with a validation set, train without each user's last `valid_gap` training
@@ -266,7 +267,8 @@ class CheckpointSelector:
     `observe(value, se)` for each validation in order returns whether that epoch becomes the kept
     checkpoint: a new best always does; with ``within_se = s > 0`` so does any epoch whose value is
     at least ``best - s * se_best`` (se_best = standard error of the best value). `bad` counts the
-    validations since the kept checkpoint last changed.
+    validations since the last new best, so when to stop does not depend on `within_se`: the run is
+    exactly as long as with strict selection, only the kept epoch may be a later one.
     """
 
     within_se: float = 0.0
@@ -278,11 +280,12 @@ class CheckpointSelector:
     def observe(self, value: float, se: float) -> bool:
         improved = value > self.best
         if improved:
-            self.best, self.best_se = value, se
+            self.best, self.best_se, self.bad = value, se, 0
+        else:
+            self.bad += 1
         if improved or (self.within_se > 0 and value >= self.best - self.within_se * self.best_se):
-            self.kept, self.bad = value, 0
+            self.kept = value
             return True
-        self.bad += 1
         return False
 
 

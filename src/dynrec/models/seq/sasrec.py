@@ -99,9 +99,10 @@ class SASRecConfig(SequenceConfig):
     patience: int = 20
     select_within_se: float = 1.0
     """Keep the latest epoch within one standard error of the best validation NDCG@10 (the
-    Trainer's rule). ml-100k has 943 validation queries (standard error ~0.007): validation is flat
-    within noise from ~epoch 15 while test NDCG@10 keeps rising for 20-40 more epochs; the single
-    best epoch stopped those runs early (benchmarks/results_sasrec.md, "checkpoint selection")."""
+    Trainer's rule; the run stops as before, `patience` epochs after the best). ml-100k has 943
+    validation queries (standard error ~0.007): validation is flat within noise from ~epoch 15
+    while test NDCG@10 keeps rising for 20-40 more epochs, so the single best epoch is usually an
+    early one (benchmarks/results_selection.md)."""
     ema_decay: float = 0.995
     """Weight averaging (the Trainer's EMA; validation and the kept model use the average). On an
     H100, ml-1m: the held checkpoint's test NDCG@10 moved within 0.1815-0.1829 over epochs 60-82
