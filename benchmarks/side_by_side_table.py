@@ -60,7 +60,8 @@ def recbole_runs() -> list[dict[str, Any]]:
 
 def main() -> None:
     ours = [
-        json.loads(p.read_text()) for p in sorted((HERE / "results").glob("sasrec_ml-100k_side_by_side*.json"))
+        json.loads(p.read_text())
+        for p in sorted((HERE / "results").glob("sasrec_ml-100k_side_by_side*.json"))
     ]
     rbs = recbole_runs()
     rows = [
