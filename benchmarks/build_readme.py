@@ -45,6 +45,7 @@ SECTIONS = [
     ),
     (None, "results_mf.md"),
     (None, "results_sasrec.md"),
+    (None, "results_selection.md"),
     (None, "results_gru_caser_mlp.md"),
     ("Training speed (`train_speed.py`)", "results/train_speed_ml-1m.md"),
     (None, "results_replay.md"),
