@@ -132,6 +132,15 @@ def test_dropout_by_dataset_size(cycles: InteractionData, tmp_path: Path) -> Non
     assert set_.dropouts() == (0.1, 0.1)  # attention dropout follows the set dropout
 
 
+def test_optional_dropout_overrides() -> None:
+    c = SASRecConfig()
+    assert c.with_overrides({"dropout": "0.25"}).dropout == 0.25
+    assert SASRecConfig(dropout=0.1).with_overrides({"dropout": "auto"}).dropout is None
+    assert c.with_overrides({"attn_dropout": "none"}).attn_dropout is None
+    with pytest.raises(DynrecError, match="dropout='abc'"):
+        c.with_overrides({"dropout": "abc"})
+
+
 def test_seeded_reproducible(cycles: InteractionData, small_model: SASRec) -> None:
     again = SASRec(small_model.config).fit(leave_one_out(cycles).train)
     for k, v in small_model.tensors().items():

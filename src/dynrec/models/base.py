@@ -153,7 +153,14 @@ class ModelConfig:
         for k, raw in overrides.items():
             if k not in names:
                 raise DynrecError(f"{type(self).__name__} has no option {k!r}; options: {sorted(names)}")
-            kw[k] = _parse_like(getattr(self, k), raw, k)
+            ann = str(names[k].type)
+            base = ann.split("|")[0].strip()
+            if ann.endswith("| None") and base in ("int", "float"):
+                # an optional number (None = decided at fit time, e.g. by dataset size)
+                none = raw.lower() in ("none", "null", "auto")
+                kw[k] = None if none else _parse_like(0 if base == "int" else 0.0, raw, k)
+            else:
+                kw[k] = _parse_like(getattr(self, k), raw, k)
         return dataclasses.replace(self, **kw)
 
 
