@@ -126,6 +126,9 @@ def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[to
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate feature pairs ``(x_i, x_{i+hd/2})`` of ``x [B, H, L, hd]`` by the angles in cos/sin
     (broadcast to ``[B or 1, 1, L, hd/2]``)."""
+    # q/k arrive as strided views of the fused qkv projection; elementwise ops on a contiguous copy
+    # are ~4x faster on CPU (30 -> 7 ms for [256, 2, 200, 32]) and give bitwise the same values
+    x = x.contiguous()
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     c, s = cos.to(x.dtype), sin.to(x.dtype)
