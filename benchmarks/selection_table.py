@@ -20,31 +20,32 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from dynrec.training.trainer import CheckpointSelector
+
 HERE = Path(__file__).resolve().parent
 RES = HERE / "results"
 
 
 def replay(
     curve: list[dict[str, Any]], tol: float, patience: int = 20, stop_on_kept: bool = False
-) -> tuple[dict[str, Any], int, bool]:
-    """(kept epoch's record, epochs run, exact) for 'keep the latest epoch >= best - tol', stopping
-    `patience` epochs after the last new best (the Trainer's rule) or, with `stop_on_kept`, after
-    the kept checkpoint last changed (round 6's first version of the rule). exact = the rule
-    stopped before the recorded curve ended (else the run would have gone on)."""
-    best, kept, bad = -1.0, 0, 0
+) -> tuple[list[dict[str, Any]], int, bool]:
+    """Replay 'keep the latest epoch >= best - tol' on a recorded curve with the Trainer's
+    `CheckpointSelector` (tol plays the part of s x standard error), stopping `patience` epochs
+    after the last new best (the Trainer's rule) or, with `stop_on_kept`, after the kept checkpoint
+    last changed (round 6's first version). Returns (the epochs that became the kept checkpoint, in
+    order; epochs run; exact = the rule stopped before the recorded curve ended)."""
+    sel = CheckpointSelector(1.0 if tol > 0 else 0.0)
+    kept: list[dict[str, Any]] = []
+    since_kept = 0
     for i, e in enumerate(curve):
-        v = float(e["valid_ndcg"])
-        if v > best:
-            best, bad = v, 0
+        if sel.observe(float(e["valid_ndcg"]), tol):
+            kept.append(e)
+            since_kept = 0
         else:
-            bad += 1
-        if v >= best - tol:
-            kept = i
-            if stop_on_kept:
-                bad = 0
-        if bad >= patience:
-            return curve[kept], i + 1, True
-    return curve[kept], len(curve), False
+            since_kept += 1
+        if (since_kept if stop_on_kept else sel.bad) >= patience:
+            return kept, i + 1, True
+    return kept, len(curve), False
 
 
 def by_config(runs: dict[str, Any], prefix: str) -> dict[str, list[dict[str, Any]]]:
@@ -72,38 +73,41 @@ def main() -> None:
         "lr2e3": "learning rate 2e-3",
         "d128": "d 128, ffn 512",
     }
-    out += [
-        "## Round 5: ml-100k, 11 configs x 5 seeds (42, 1, 2, 3, 4), strict selection, H200",
-        "",
-        "Ranked by mean validation NDCG@10 of the kept checkpoint (the selection criterion); test",
-        "shown for information. `cut` = runs stopped by the 90 s budget (still improving).",
-        "",
-        "| config | mean valid NDCG@10 | mean test NDCG@10 | test range | mean kept epoch | cut |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    g5 = by_config(r5, "k5_")
-    for name, rs in sorted(g5.items(), key=lambda kv: -st.mean(r["valid_ndcg@10"] for r in kv[1])):
-        t = [r["test"]["NDCG@10"] for r in rs]
-        out.append(
-            f"| {name} ({sets.get(name, '')}) | {st.mean(r['valid_ndcg@10'] for r in rs):.4f} "
-            f"| {st.mean(t):.4f} | {min(t):.4f}-{max(t):.4f} | {st.mean(r['best_epoch'] for r in rs):.0f} "
-            f"| {sum(r['budget_hit'] for r in rs)} |"
-        )
-    out += [
-        "",
-        "## Round 6: the same seeds with `select_within_se=1`, H200 (200 s budget)",
-        "",
-        "| config | mean valid NDCG@10 (kept) | mean test NDCG@10 | test range | kept epochs | cut |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    g6 = by_config(r6, "k6_")
-    for name, rs in sorted(g6.items(), key=lambda kv: -st.mean(r["valid_ndcg@10"] for r in kv[1])):
-        t = [r["test"]["NDCG@10"] for r in rs]
-        out.append(
-            f"| {name} ({sets.get(name, '')}) | {st.mean(r['valid_ndcg@10'] for r in rs):.4f} "
-            f"| {st.mean(t):.4f} | {min(t):.4f}-{max(t):.4f} | {', '.join(str(r['best_epoch']) for r in rs)} "
-            f"| {sum(r['budget_hit'] for r in rs)} |"
-        )
+    g5, g6 = by_config(r5, "k5_"), by_config(r6, "k6_")
+    rounds = (
+        (
+            "## Round 5: ml-100k, 11 configs x 5 seeds (42, 1, 2, 3, 4), strict selection, H200",
+            "Ranked by mean validation NDCG@10 of the kept checkpoint (the selection criterion); test\n"
+            "shown for information. `cut` = runs stopped by the 90 s budget (still improving).\n\n",
+            "mean valid NDCG@10",
+            "mean kept epoch",
+            g5,
+            lambda rs: f"{st.mean(r['best_epoch'] for r in rs):.0f}",
+        ),
+        (
+            "## Round 6: the same seeds with `select_within_se=1`, H200 (200 s budget)",
+            "",
+            "mean valid NDCG@10 (kept)",
+            "kept epochs",
+            g6,
+            lambda rs: ", ".join(str(r["best_epoch"]) for r in rs),
+        ),
+    )
+    for title, intro, valid_col, epoch_col, groups_, epochs in rounds:
+        out += [
+            *([""] if out[-1] else []),
+            title,
+            "",
+            f"{intro}| config | {valid_col} | mean test NDCG@10 | test range | {epoch_col} | cut |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, rs in sorted(groups_.items(), key=lambda kv: -st.mean(r["valid_ndcg@10"] for r in kv[1])):
+            t = [r["test"]["NDCG@10"] for r in rs]
+            out.append(
+                f"| {name} ({sets.get(name, '')}) | {st.mean(r['valid_ndcg@10'] for r in rs):.4f} "
+                f"| {st.mean(t):.4f} | {min(t):.4f}-{max(t):.4f} | {epochs(rs)} "
+                f"| {sum(r['budget_hit'] for r in rs)} |"
+            )
     tols = [0.0, 0.002, 0.004, 0.0055, 0.007, 0.0085]
     cpu = [json.loads(p.read_text()) for p in sorted(RES.glob("sasrec_ml-100k_side_by_side_ema_seed*.json"))]
     groups = {"CPU, default before this round (ema_decay 0.995, dropout 0.2), 5 seeds": cpu}
@@ -131,9 +135,10 @@ def main() -> None:
             for tol in tols:
                 reps = [replay(r["test_curve"], tol, stop_on_kept=stop_on_kept) for r in rs]
                 exact = all(x[2] for x in reps)
+                last = [x[0][-1] for x in reps]
                 cells.append(
-                    f"{st.mean(x[0]['test_ndcg'] for x in reps):.4f} / ep {st.median(x[0]['epoch'] for x in reps):.0f}"
-                    f" / {st.median(x[0]['elapsed_s'] for x in reps):.0f} s" + ("" if exact else " (cut)")
+                    f"{st.mean(e['test_ndcg'] for e in last):.4f} / ep {st.median(e['epoch'] for e in last):.0f}"
+                    f" / {st.median(e['elapsed_s'] for e in last):.0f} s" + ("" if exact else " (cut)")
                 )
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     m1 = json.loads((RES / "sasrec_ml-1m_cpu_ema995.json").read_text())
@@ -146,14 +151,9 @@ def main() -> None:
     ]
     curve = m1["test_curve"]
     for tol in (0.0, 0.003, 0.004, 0.005):
-        rec, n, _ = replay(curve, tol)
-        first = None
-        best = -1.0
-        for e in curve[:n]:
-            best = max(best, e["valid_ndcg"])
-            if e["valid_ndcg"] >= best - tol and e["test_ndcg"] >= 0.182:
-                first = e
-                break
+        kept, n, _ = replay(curve, tol)
+        rec = kept[-1]
+        first = next((e for e in kept if e["test_ndcg"] >= 0.182), None)
         when = f"epoch {first['epoch']}, {first['elapsed_s'] / 60:.1f} min" if first else "-"
         out.append(
             f"| {tol:g} | {rec['epoch']} | {rec['test_hr']:.4f} | {rec['test_ndcg']:.4f} | {n} "
