@@ -11,10 +11,8 @@
 # usage: SEEDS="1 2" benchmarks/peers/recbole_sasrec_seeds.sh   (needs shared/peers/setup.sh; ~25 min a seed)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-SHARED_PEERS=${SHARED_PEERS:-$(cd "$REPO/../shared/peers" 2>/dev/null && pwd || echo /work/shared/peers)}
-SHARED_DATA=${SHARED_DATA:-$(cd "$REPO/../shared/data" 2>/dev/null && pwd || echo /work/shared/data)}
-export PEERS_DIR=${PEERS_DIR:-$HOME/.cache/dynrec-peers}
+# shellcheck source=paths.sh
+. "$HERE/paths.sh"
 SEEDS=${SEEDS:-1 2}
 BUDGET=${BUDGET:-1500}
 EPOCHS=${EPOCHS:-}

@@ -13,10 +13,8 @@
 # /usr/bin/time output) stay in $PEERS_DIR/runs/DATASET; nothing but JSON/timing records enters the repo.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-REPO=$(cd "$HERE/../.." && pwd)
-SHARED_PEERS=${SHARED_PEERS:-$(cd "$REPO/../shared/peers" 2>/dev/null && pwd || echo /work/shared/peers)}
-SHARED_DATA=${SHARED_DATA:-$(cd "$REPO/../shared/data" 2>/dev/null && pwd || echo /work/shared/data)}
-export PEERS_DIR=${PEERS_DIR:-$HOME/.cache/dynrec-peers}
+# shellcheck source=paths.sh
+. "$HERE/paths.sh"
 NICE=${NICE:-10}
 
 data_path() {  # folder holding NAME/NAME.inter
