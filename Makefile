@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DYNREC_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: venv demo test lint typecheck clean
+.PHONY: venv demo test lint typecheck imports clean
 
 $(BIN)/dynrec: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(BIN)/dynrec: pyproject.toml constraints.txt
 venv: $(BIN)/dynrec
 
 demo: venv
-	$(BIN)/python -m dynrec.demo --dataset ml-100k
+	$(BIN)/python -m dynrec.cli.demo --dataset ml-100k
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
@@ -25,7 +25,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-test: venv lint typecheck
+imports: venv
+	$(BIN)/lint-imports
+
+test: venv lint typecheck imports
 	$(BIN)/pytest -x
 
 clean:

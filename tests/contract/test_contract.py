@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dynrec.models.base import MODELS, QueryBatch, Recommender, create_model, get_model_class
+from dynrec.data.query import QueryBatch
+from dynrec.models.base import Recommender
+from dynrec.models.registry import MODELS, create_model, get_model_class
 from dynrec.preprocessing.split import Split
 
 # Small, fast settings; only fields a model's config has are applied.

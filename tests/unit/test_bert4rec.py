@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from dynrec.models.base import QueryBatch, Recommender
+from dynrec.data.query import QueryBatch
+from dynrec.models.base import Recommender
 from dynrec.models.seq.bert4rec import BERT4Rec, BERT4RecConfig
 from dynrec.preprocessing.split import leave_one_out
 

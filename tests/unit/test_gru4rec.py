@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from dynrec.data.query import QueryBatch
 from dynrec.evaluation.offline import evaluate
-from dynrec.models.base import QueryBatch, Recommender
+from dynrec.models.base import Recommender
 from dynrec.models.seq.gru4rec import GRU4Rec, GRU4RecConfig
 from dynrec.preprocessing.split import Split, leave_one_out
 from tests.unit._planted_cycles import planted_cycles

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.data.vocab import Vocabulary
 from dynrec.evaluation import metrics as M
 from dynrec.evaluation.offline import evaluate, target_ranks
-from dynrec.models.base import ModelConfig, QueryBatch, Recommender, topk_stable
+from dynrec.models.base import ModelConfig, Recommender
 from dynrec.preprocessing.split import EvalSet
 
 RANKS = np.array([0.0, 2.0, 9.0, 10.0, np.inf])  # hit@1, hit@3, hit@10, miss, unranked

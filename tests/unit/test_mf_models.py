@@ -12,12 +12,14 @@ import scipy.sparse as sp
 import torch
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch
 from dynrec.data.vocab import Vocabulary
-from dynrec.models.base import QueryBatch, Recommender, create_model
+from dynrec.models.base import Recommender
 from dynrec.models.mf.als import ALS, ALSConfig
 from dynrec.models.mf.mf import MatrixFactorization, MFConfig, gradient_step
 from dynrec.models.mf.nmf import NMF, NMFConfig
 from dynrec.models.mf.svd import PureSVD, SVDConfig
+from dynrec.models.registry import create_model
 from dynrec.preprocessing.split import leave_one_out
 
 NEURAL_FAST: dict[str, Any] = {"progress": False, "num_threads": 1, "device": "cpu"}

@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
-from dynrec.models.base import QueryBatch, Recommender
+from dynrec.models.base import Recommender
 from dynrec.models.layers import Dropout
+from dynrec.models.neural import EpochRecord, TorchRecommender
 from dynrec.models.seq.common import full_ce_loss, training_sequences
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig, auto_dropout
 from dynrec.preprocessing.split import leave_one_out
-from dynrec.training.trainer import EpochRecord, TorchRecommender
 
 FAST = {"progress": False, "num_threads": 1, "device": "cpu"}
 

@@ -11,16 +11,17 @@ import pytest
 import torch
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch
 from dynrec.data.vocab import Vocabulary
-from dynrec.evaluation.streaming import (
+from dynrec.models.base import Recommender
+from dynrec.online.adapters import RecomputeAdapter, StateBatch
+from dynrec.replay import (
     ReplayConfig,
     ReplayData,
     holdout_last,
     replay,
     replay_split,
 )
-from dynrec.models.base import QueryBatch, Recommender
-from dynrec.online.adapters import RecomputeAdapter, StateBatch
 from tests.unit.test_state import tiny_model
 
 

@@ -12,10 +12,10 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.vocab import Vocabulary
 from dynrec.evaluation.offline import evaluate
-from dynrec.models.base import create_model
+from dynrec.models.neural import CheckpointSelector, TorchRecommender, WeightAverage
+from dynrec.models.registry import create_model
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig
 from dynrec.preprocessing.split import drop_last_events, leave_one_out
-from dynrec.training.trainer import CheckpointSelector, TorchRecommender, WeightAverage
 
 FAST = {"progress": False, "num_threads": 1, "device": "cpu"}
 

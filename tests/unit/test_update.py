@@ -12,11 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch
 from dynrec.evaluation.offline import evaluate
-from dynrec.evaluation.streaming import holdout_last
-from dynrec.models.base import QueryBatch, Recommender
+from dynrec.models.base import Recommender
 from dynrec.online.state import Event
 from dynrec.online.updater import IncrementalUpdater, UpdateConfig, grow_torch_model
+from dynrec.replay import holdout_last
 from tests.conftest import clustered_data
 from tests.unit.test_state import _available, tiny_model
 

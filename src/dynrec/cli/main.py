@@ -126,7 +126,7 @@ def train(
     With --resume DIR --events NEW.csv: continue training the saved model from its current weights
     on the new events mixed with a replay sample of older ones (new users/items are added); saved to
     --out (default: DIR, in place)."""
-    from dynrec import pipeline
+    from dynrec import jobs as pipeline
 
     if resume is not None or events is not None:
         _train_resume(resume, events, out, data_dir, update_epochs, replay_ratio, as_json)
@@ -163,7 +163,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Full-ranking evaluation on the test targets (all items ranked; seen items excluded by default)."""
-    from dynrec import pipeline
+    from dynrec import jobs as pipeline
 
     ks = tuple(k or [10])
     if Path(target).is_dir():
@@ -204,7 +204,7 @@ def recommend(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Top-k items for a user (their full history) or for an explicit history."""
-    from dynrec.recommend import recommend_for
+    from dynrec.jobs.recommend import recommend_for
 
     if (user is None) == (history is None):
         _fail("give exactly one of --user or --history")
@@ -226,7 +226,8 @@ def _train_resume(
     replay_ratio: float,
     as_json: bool,
 ) -> None:
-    from dynrec.online.updater import UpdateConfig, resume_training
+    from dynrec.jobs.resume import resume_training
+    from dynrec.online.updater import UpdateConfig
 
     if resume is None or events is None:
         _fail("--resume and --events go together")
@@ -328,63 +329,26 @@ def replay(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Streaming (prequential) replay: predict each event from the current state, then reveal it."""
-    import tempfile
-
-    from dynrec.evaluation import streaming as S
-    from dynrec.models.base import Recommender
+    from dynrec.jobs.replay import run_replay
     from dynrec.online.updater import UpdateConfig
 
-    modes = mode or ["state"]
-    for m in modes:
-        if m not in S.MODES:
-            _fail(f"--mode must be one of {', '.join(S.MODES)}, got {m!r}")
-    ds_path = Path(dataset)
-    oracle = None
-    if ds_path.is_dir() and (ds_path / "events.csv").exists():
-        from dynrec.data.synthetic import load_oracle
-
-        if (ds_path / "oracle.csv").exists():
-            oracle = load_oracle(ds_path)
-        dataset = str(ds_path / "events.csv")
-    rd = S.load_replay_data(
-        dataset, data_dir=str(data_dir) if data_dir else None, quantile=quantile, last_n=last_n
+    results = run_replay(
+        target,
+        dataset,
+        modes=mode or ["state"],
+        last_n=last_n,
+        quantile=quantile,
+        update_every=update_every,
+        update_every_time=update_every_time,
+        n_updates=n_updates,
+        delay=delay,
+        update=UpdateConfig(epochs=update_epochs, replay_ratio=replay_ratio),
+        k=k,
+        overrides=_parse_sets(sets),
+        save_model=save_model,
+        plot=plot,
+        data_dir=data_dir,
     )
-    with tempfile.TemporaryDirectory(prefix="dynrec-replay-") as tmp:
-        if Path(target).is_dir():
-            src = Path(target)
-            S.check_replay_model(Recommender.load(src), rd)
-        else:
-            trained = S.fit_for_replay(target, rd, overrides=_parse_sets(sets))
-            src = save_model if save_model is not None else Path(tmp) / "model"
-            trained.save(src)
-        results = []
-        for m in modes:
-            model = Recommender.load(src)  # every mode starts from the same weights
-            cfg = S.ReplayConfig(
-                mode=m,  # type: ignore[arg-type]
-                k=k,
-                update_every=update_every,
-                update_every_time=update_every_time,
-                n_updates=n_updates,
-                delay=delay,
-                update=UpdateConfig(epochs=update_epochs, replay_ratio=replay_ratio),
-            )
-            res = S.replay(model, rd, cfg)
-            row = res.to_json()
-            if oracle is not None:
-                from dynrec.data.synthetic import oracle_ranks_for
-
-                d = rd.data
-                users = d.user_vocab.to_ids(d.users[rd.stream])
-                ranks = oracle_ranks_for(oracle, users, d.timestamps[rd.stream])
-                o_hr = float((ranks < k).mean()) if len(ranks) else 0.0
-                row[f"oracle_HR@{k}"] = o_hr
-                row[f"HR@{k}_vs_oracle"] = row[f"HR@{k}"] / o_hr if o_hr else 0.0
-            results.append(row)
-    if plot is not None:
-        from dynrec.evaluation.report import plot_windows
-
-        plot_windows(results, plot, metric=f"NDCG@{k}", title=f"{target} on {Path(dataset).name}: NDCG@{k}")
     if as_json:
         payload = results[0] if len(results) == 1 else {"results": results}
         typer.echo(json.dumps(payload))

@@ -11,14 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.evaluation import metrics as M
-from dynrec.models.base import Recommender, topk_stable
 from dynrec.preprocessing.split import EvalSet
 
 DEFAULT_KS = (10,)
@@ -39,6 +39,19 @@ def chunk_size_for(n_items: int, budget_floats: int = 1 << 23) -> int:
     return max(1, min(4096, budget_floats // max(1, n_items)))
 
 
+class Scorer(Protocol):
+    """What evaluation needs of a model: its name, catalogue size and ``score(queries)``
+    ([B, n_items] float scores, column 0 = padding). Every `Recommender` is one."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def n_items(self) -> int: ...
+
+    def score(self, batch: QueryBatch) -> torch.Tensor: ...
+
+
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """0-based rank of each target: #items scoring higher + #equal-scoring items with a lower index."""
     s_t = scores.gather(1, targets[:, None])
@@ -50,7 +63,7 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(
-    model: Recommender,
+    model: Scorer,
     evalset: EvalSet,
     *,
     ks: Sequence[int] = DEFAULT_KS,

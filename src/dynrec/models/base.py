@@ -1,127 +1,32 @@
-"""Core model interfaces: `QueryBatch` (users' histories), `Recommender`, the model registry.
+"""Core model interfaces: `ModelConfig` (frozen hyper-parameters) and `Recommender`.
 
-A recommendation is a function of the user's history: every model scores a `QueryBatch` of
-time-ordered histories (item indices, timestamps, weights), so real-time updates, cold users,
-offline evaluation, streaming replay and serving all share one path.
+A recommendation is a function of the user's history: every model scores a
+`dynrec.data.query.QueryBatch` of time-ordered histories, so real-time updates, cold users,
+offline evaluation, streaming replay and serving all share one path. What a model can do beyond
+scoring (incremental state, partial fit, item embeddings, explanations) it declares by
+implementing the protocols in `dynrec.models.capabilities`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
-import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-import numpy as np
-import numpy.typing as npt
 import torch
 from safetensors.torch import load_file, save_file
 
+from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError, NotFittedError
 
 log = logging.getLogger(__name__)
 
-IntArray = npt.NDArray[np.int64]
-
-
-@dataclass(frozen=True)
-class QueryBatch:
-    """B queries: query b's history is ``items[indptr[b]:indptr[b+1]]`` (oldest first).
-
-    `users` holds the known user index (0 = unknown/anonymous); models that keep per-user
-    parameters may use it, but every model must score from the history alone when it is 0.
-    """
-
-    users: IntArray  # [B]
-    indptr: IntArray  # [B + 1]
-    items: IntArray  # [nnz]
-    timestamps: IntArray | None = None  # [nnz]
-    weights: npt.NDArray[np.float32] | None = None  # [nnz]
-
-    def __len__(self) -> int:
-        return int(self.users.shape[0])
-
-    @property
-    def lengths(self) -> IntArray:
-        return np.diff(self.indptr)
-
-    @classmethod
-    def from_histories(
-        cls,
-        histories: Sequence[Sequence[int]],
-        users: Sequence[int] | None = None,
-        timestamps: Sequence[Sequence[int]] | None = None,
-    ) -> QueryBatch:
-        lens = np.array([len(h) for h in histories], dtype=np.int64)
-        indptr = np.zeros(len(histories) + 1, dtype=np.int64)
-        np.cumsum(lens, out=indptr[1:])
-        items = np.array([i for h in histories for i in h], dtype=np.int64)
-        ts = None if timestamps is None else np.array([t for h in timestamps for t in h], dtype=np.int64)
-        u = np.zeros(len(histories), np.int64) if users is None else np.asarray(users, dtype=np.int64)
-        return cls(u, indptr, items, ts, None)
-
-    def slice(self, start: int, stop: int) -> QueryBatch:
-        a, b = int(self.indptr[start]), int(self.indptr[stop])
-        return QueryBatch(
-            self.users[start:stop],
-            self.indptr[start : stop + 1] - a,
-            self.items[a:b],
-            None if self.timestamps is None else self.timestamps[a:b],
-            None if self.weights is None else self.weights[a:b],
-        )
-
-    def take(self, idx: IntArray) -> QueryBatch:
-        idx = np.asarray(idx, dtype=np.int64)
-        starts, lens = self.indptr[idx], self.lengths[idx]
-        indptr = np.zeros(len(idx) + 1, dtype=np.int64)
-        np.cumsum(lens, out=indptr[1:])
-        flat = np.repeat(starts - indptr[:-1], lens) + np.arange(int(indptr[-1]), dtype=np.int64)
-        return QueryBatch(
-            self.users[idx],
-            indptr,
-            self.items[flat],
-            None if self.timestamps is None else self.timestamps[flat],
-            None if self.weights is None else self.weights[flat],
-        )
-
-    def known_users(self, n_users: int) -> torch.Tensor:
-        """[B] user indices as a LongTensor, with users a model has no row for (index outside
-        1..n_users-1, e.g. added to the vocabulary after training) mapped to 0 = unknown."""
-        users = torch.from_numpy(np.asarray(self.users, dtype=np.int64))
-        return torch.where((users < 0) | (users >= n_users), 0, users)
-
-    def row_ids(self) -> IntArray:
-        """Query index of every history event ([nnz])."""
-        return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
-
-    def padded(self, max_len: int, *, left: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last `max_len` items of each history as a [B, L] LongTensor (0 = padding) and the
-        matching [B, L] timestamps (0 where padded). Left padding keeps the newest item at column L-1."""
-        b = len(self)
-        lens = np.minimum(self.lengths, max_len)
-        out = np.zeros((b, max_len), dtype=np.int64)
-        tout = np.zeros((b, max_len), dtype=np.int64)
-        total = int(lens.sum())
-        if total:
-            rows = np.repeat(np.arange(b), lens)
-            offs = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)  # 0..len-1 within row
-            src = np.repeat(self.indptr[1:] - lens, lens) + offs
-            cols = (np.repeat(max_len - lens, lens) + offs) if left else offs
-            out[rows, cols] = self.items[src]
-            if self.timestamps is not None:
-                tout[rows, cols] = self.timestamps[src]
-        return torch.from_numpy(out), torch.from_numpy(tout)
-
-    def seen_mask_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row, item) index pairs of every history item, for scatter-masking seen items."""
-        return torch.from_numpy(self.row_ids()), torch.from_numpy(self.items)
+__all__ = ["ModelConfig", "QueryBatch", "Recommender"]
 
 
 @dataclass(frozen=True)
@@ -272,6 +177,8 @@ class Recommender(ABC):
         cfg_file = p / "config.json"
         if not cfg_file.exists():
             raise DynrecError(f"{p} is not a saved dynrec model (no config.json)")
+        from dynrec.models.registry import get_model_class  # the registry imports model modules
+
         spec = json.loads(cfg_file.read_text())
         model_cls = get_model_class(spec["model"])
         model = model_cls(model_cls.config_class.from_dict(spec["config"]))
@@ -280,81 +187,3 @@ class Recommender(ABC):
         model.user_vocab = Vocabulary.from_json((p / "users.json").read_text())
         model.load_tensors(load_file(str(p / "model.safetensors")))
         return model
-
-
-def topk_stable(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k by descending score with ties broken by lower item index (deterministic)."""
-    k = min(k, scores.shape[1])
-    # stable descending sort on a chunk would cost O(N log N); topk then re-sort the tie groups.
-    vals, idx = torch.topk(scores, k, dim=1)
-    kth = vals[:, -1:]
-    n_at_least = (scores >= kth).sum(1)
-    if bool((n_at_least > k).any()):  # ties cross the k boundary: resolve by index
-        order = torch.sort(scores, dim=1, descending=True, stable=True)
-        return order.indices[:, :k], order.values[:, :k]
-    # ties within the top-k: sort by (-score, index)
-    key_idx, perm = torch.sort(idx, dim=1)
-    key_vals = torch.gather(vals, 1, perm)
-    order2 = torch.sort(key_vals, dim=1, descending=True, stable=True).indices
-    return torch.gather(key_idx, 1, order2), torch.gather(key_vals, 1, order2)
-
-
-# ---- registry: model name -> "module:Class" (imported lazily; nothing decided at import) -------
-MODELS: dict[str, str] = {
-    "pop": "dynrec.models.popularity:MostPopular",
-    "itemknn": "dynrec.models.knn:ItemKNN",
-    "userknn": "dynrec.models.knn:UserKNN",
-    "mf": "dynrec.models.mf.mf:MatrixFactorization",
-    "als": "dynrec.models.mf.als:ALS",
-    "bpr": "dynrec.models.mf.bpr:BPR",
-    "svd": "dynrec.models.mf.svd:PureSVD",
-    "nmf": "dynrec.models.mf.nmf:NMF",
-    "ease": "dynrec.models.mf.ease:EASE",
-    "mlp": "dynrec.models.mlp:MLPRecommender",
-    "gru4rec": "dynrec.models.seq.gru4rec:GRU4Rec",
-    "caser": "dynrec.models.seq.caser:Caser",
-    "sasrec": "dynrec.models.seq.sasrec:SASRec",
-    "bert4rec": "dynrec.models.seq.bert4rec:BERT4Rec",
-}
-
-
-def available_models() -> list[str]:
-    """Registered names whose module imports (models land incrementally)."""
-    out = []
-    for name in MODELS:
-        try:
-            get_model_class(name)
-        except (ImportError, AttributeError):
-            continue
-        out.append(name)
-    return out
-
-
-def get_model_class(name: str) -> type[Recommender]:
-    key = name.lower()
-    if key not in MODELS:
-        raise DynrecError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
-    mod, cls = MODELS[key].split(":")
-    obj = getattr(importlib.import_module(mod), cls)
-    assert isinstance(obj, type) and issubclass(obj, Recommender)
-    return obj
-
-
-def create_model(
-    name: str, overrides: dict[str, str] | None = None, config: dict[str, Any] | None = None
-) -> Recommender:
-    cls = get_model_class(name)
-    cfg = cls.config_class.from_dict(config or {})
-    if overrides:
-        cfg = cfg.with_overrides(overrides)
-    return cls(cfg)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def configure_threads() -> None:
-    """Use the machine's cores (respecting an explicit OMP_NUM_THREADS)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))

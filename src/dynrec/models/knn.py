@@ -15,8 +15,9 @@ import scipy.sparse as sp
 import torch
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import ModelConfig, QueryBatch, Recommender
+from dynrec.models.base import ModelConfig, Recommender
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError
-from dynrec.models.base import QueryBatch, Recommender
+from dynrec.models.base import Recommender
 
 log = logging.getLogger(__name__)
 

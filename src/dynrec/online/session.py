@@ -23,8 +23,9 @@ import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 
+from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.errors import NotFittedError
-from dynrec.models.base import QueryBatch, Recommender, topk_stable
+from dynrec.models.base import Recommender
 from dynrec.online.adapters import StateAdapter, StateBatch, adapter_for
 from dynrec.online.state import CachedState, Event, History, InMemoryStore, StateStore
 

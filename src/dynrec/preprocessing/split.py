@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynrec.data.dataset import IntArray, InteractionData
-from dynrec.models.base import QueryBatch
+from dynrec.data.query import QueryBatch
 
 SplitKind = Literal["loo", "time"]
 

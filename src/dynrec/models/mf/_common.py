@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dynrec.models.base import QueryBatch
+from dynrec.data.query import QueryBatch
 
 EVENT_CHUNK = 8192
 """Bounds the padded [queries, length, k] block when accumulating per-query Gram matrices."""

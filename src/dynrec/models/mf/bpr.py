@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import QueryBatch
 from dynrec.models.mf._common import finish_scores, history_dense
-from dynrec.training.trainer import NeuralConfig, TorchRecommender
+from dynrec.models.neural import NeuralConfig, TorchRecommender
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import QueryBatch
 from dynrec.models.mf._common import finish_scores, gram_per_query, history_events
-from dynrec.training.trainer import NeuralConfig, TorchRecommender
+from dynrec.models.neural import NeuralConfig, TorchRecommender
 
 
 def gradient_step(

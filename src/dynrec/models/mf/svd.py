@@ -18,8 +18,9 @@ import scipy.sparse.linalg as spla
 import torch
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import ModelConfig, QueryBatch, Recommender
+from dynrec.models.base import ModelConfig, Recommender
 from dynrec.models.mf._common import finish_scores, history_dense
 
 log = logging.getLogger(__name__)

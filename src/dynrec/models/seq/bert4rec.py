@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import QueryBatch
+from dynrec.models.neural import TorchRecommender
 from dynrec.models.seq.common import (
     SequenceBatches,
     SequenceConfig,
@@ -35,7 +36,6 @@ from dynrec.models.seq.common import (
     training_sequences,
 )
 from dynrec.models.seq.sasrec import SeqTransformer
-from dynrec.training.trainer import TorchRecommender
 
 log = logging.getLogger(__name__)
 

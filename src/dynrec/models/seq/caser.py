@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import QueryBatch
+from dynrec.models.neural import TorchRecommender
 from dynrec.models.seq._gru_data import biased_ce, next_event_windows
 from dynrec.models.seq.common import SequenceConfig, sampling_probs
-from dynrec.training.trainer import TorchRecommender
 
 log = logging.getLogger(__name__)
 

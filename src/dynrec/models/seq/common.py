@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dynrec.data.dataset import IntArray, InteractionData
-from dynrec.training.trainer import NeuralConfig
+from dynrec.models.neural import NeuralConfig
 
 __all__ = [
     "SequenceBatches",

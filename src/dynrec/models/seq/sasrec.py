@@ -41,9 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError, NotFittedError
-from dynrec.models.base import QueryBatch
 from dynrec.models.layers import Dropout
+from dynrec.models.neural import TorchRecommender
 from dynrec.models.seq.common import (
     SequenceBatches,
     SequenceConfig,
@@ -55,7 +56,6 @@ from dynrec.models.seq.common import (
     sampling_probs,
     training_sequences,
 )
-from dynrec.training.trainer import TorchRecommender
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""End-to-end jobs the CLI, the demo and benchmarks call: dataset -> split -> train -> evaluate.
+"""Offline jobs: dataset -> split -> train -> evaluate -> save, and evaluation of a saved model.
 
 A saved model remembers its dataset and split (``meta``), so `evaluate_saved` rebuilds exactly the
 split it was trained on and no model is ever evaluated on events it trained on.
@@ -17,7 +17,8 @@ from dynrec.data import registry
 from dynrec.data.dataset import InteractionData
 from dynrec.errors import DynrecError
 from dynrec.evaluation.offline import EvalResult, evaluate, user_popularity
-from dynrec.models.base import Recommender, create_model
+from dynrec.models.base import Recommender
+from dynrec.models.registry import create_model
 from dynrec.preprocessing.split import Split, SplitKind, make_split
 
 log = logging.getLogger(__name__)

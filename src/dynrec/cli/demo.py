@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from dynrec import pipeline
+from dynrec import jobs as pipeline
 from dynrec.data import registry
 from dynrec.errors import DynrecError
-from dynrec.models.base import available_models
+from dynrec.models.registry import available_models
 
-log = logging.getLogger("dynrec.demo")
+log = logging.getLogger("dynrec.cli.demo")
 
 DEFAULT_MODELS = ("pop", "itemknn", "ease", "als", "gru4rec")
 """gru4rec is the dynamic-interest model of the default demo: it is the fastest sequence model to

@@ -9,8 +9,9 @@ import numpy as np
 
 from dynrec.data import registry
 from dynrec.data.dataset import InteractionData
+from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError, UnknownIdError
-from dynrec.models.base import QueryBatch, Recommender
+from dynrec.models.base import Recommender
 
 
 def history_batch(model: Recommender, items: list[str], user: str | None = None) -> QueryBatch:

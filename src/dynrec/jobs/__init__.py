@@ -1,0 +1,23 @@
+"""Jobs: what the CLI, the demo, the service and the benchmarks call. The only layer that touches
+the model registry and the file system (datasets, saved models, event files)."""
+
+from dynrec.jobs.recommend import history_batch, recommend_for
+from dynrec.jobs.replay import check_replay_model, fit_for_replay, load_replay_data, run_replay
+from dynrec.jobs.resume import resume_training
+from dynrec.jobs.train import Prepared, evaluate_model, evaluate_saved, load_config_file, prepare, train
+
+__all__ = [
+    "Prepared",
+    "check_replay_model",
+    "evaluate_model",
+    "evaluate_saved",
+    "fit_for_replay",
+    "history_batch",
+    "load_config_file",
+    "load_replay_data",
+    "prepare",
+    "recommend_for",
+    "resume_training",
+    "run_replay",
+    "train",
+]
