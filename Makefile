@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DYNREC_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: venv demo test lint typecheck imports clean
+.PHONY: venv demo test lint typecheck imports bench-pages clean
 
 $(BIN)/dynrec: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m benchmarks.pages --check
+
+bench-pages: venv
+	$(BIN)/python -m benchmarks.pages
 
 typecheck: venv
 	$(BIN)/mypy

@@ -1,56 +1,147 @@
-"""Helpers shared by the benchmark scripts: environment, medians, JSON + markdown output."""
+"""The results store every runner writes to, and the record they all share.
+
+One JSON file per question, ``benchmarks/results/<question>.json``::
+
+    {"question": "quality", "records": [RECORD, ...]}
+
+and every RECORD has the same shape::
+
+    {"question": "quality",
+     "key": "ml-100k/sasrec/seed=42",          # unique within the question; a rerun replaces it
+     "params": {...},                          # what was measured (dataset, model, seed, overrides, ...)
+     "metrics": {...},                         # what came out (numbers, or small nested tables)
+     "machine": {"cpu": ..., "cpus": ..., "device": ...},
+     "commit": "<dynrec git commit>", "date": "YYYY-MM-DD",
+     "command": "python -m benchmarks.quality --datasets ml-100k --models sasrec --seed 42",
+     "note": "..."}                            # optional
+
+``benchmarks/pages.py`` renders every page from these files; nothing else writes a page. This module
+imports only the standard library so that the page generator stays light.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
 import json
 import os
 import platform
-import statistics
-from collections.abc import Callable
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+REPO = HERE.parent
+RESULTS = Path(os.environ.get("DYNREC_BENCH_RESULTS", HERE / "results"))  # a scratch store for trials
+QUESTIONS = ("quality", "speed", "replay", "latency", "peers")
+Record = dict[str, Any]
 
 
-def environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-        "cuda": torch.cuda.is_available(),
+def cpu_name() -> str:
+    """The CPU model as the OS reports it (``/proc/cpuinfo`` on Linux)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str = "cpu") -> dict[str, Any]:
+    return {"cpu": cpu_name(), "cpus": os.cpu_count(), "device": device}
+
+
+def git_commit() -> str:
+    """HEAD of the repository, with ``+dirty`` when tracked files differ from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO, capture_output=True).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def record(
+    question: str,
+    key: str,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    command: str,
+    *,
+    device: str = "cpu",
+    note: str = "",
+) -> Record:
+    if question not in QUESTIONS:
+        raise ValueError(f"unknown question {question!r}; one of {QUESTIONS}")
+    rec: Record = {
+        "question": question,
+        "key": key,
+        "params": params,
+        "metrics": metrics,
+        "machine": machine(device),
+        "commit": git_commit(),
+        "date": dt.date.today().isoformat(),
+        "command": command,
     }
+    if note:
+        rec["note"] = note
+    return rec
 
 
-def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
-    import time
-
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+def store_path(question: str) -> Path:
+    return RESULTS / f"{question}.json"
 
 
-def write_json(name: str, payload: dict[str, Any]) -> Path:
+def load(question: str) -> list[Record]:
+    path = store_path(question)
+    return list(json.loads(path.read_text())["records"]) if path.exists() else []
+
+
+@contextlib.contextmanager
+def _locked(question: str) -> Iterator[None]:
+    """Several runner processes may write one store at once: merge under a lock, never overwrite."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    p = RESULTS / f"{name}.json"
-    p.write_text(json.dumps({"environment": environment(), **payload}, indent=2))
-    return p
+    with open(RESULTS / f".{question}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
-        return str(v)
+def save(question: str, records: list[Record]) -> None:
+    records = sorted(records, key=lambda r: str(r["key"]))
+    text = json.dumps({"question": question, "records": records}, indent=1, sort_keys=True, default=_plain)
+    store_path(question).write_text(text + "\n")
 
-    out = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    out += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(out)
+
+def put(rec: Record) -> None:
+    """Add a record to its question's store, replacing one with the same key."""
+    question = str(rec["question"])
+    with _locked(question):
+        records = [r for r in load(question) if r["key"] != rec["key"]]
+        save(question, [*records, rec])
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and similar: stored as plain numbers."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def parse_sets(items: list[str]) -> dict[str, dict[str, str]]:
+    """``--set MODEL.key=value`` options -> {model: {key: value}}."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        target, value = item.split("=", 1)
+        model, key = target.split(".", 1)
+        out.setdefault(model, {})[key] = value
+    return out
+
+
+def set_args(overrides: dict[str, str], model: str) -> str:
+    return "".join(f" --set {model}.{k}={v}" for k, v in sorted(overrides.items()))

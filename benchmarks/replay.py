@@ -1,113 +1,51 @@
-"""Streaming replay benchmark: static / state / incremental / retrain for each model on a dataset.
+"""Replay: static / state / incremental / retrain for each model on a stream, predict -> reveal -> update.
 
 ml-100k: global temporal cut at 80% of event time; ml-1m (order only): each user's last 10 events,
 interleaved across users; a `dynrec data synth` folder: temporal cut, and every mode is also
 reported as a fraction of the oracle's HR@10 on the same events. Each model is trained once on the
 pre-cut events (each user's last pre-cut event validates) and cached; every mode starts from a
-fresh copy of it. Results accumulate in a JSON store (default results/replay.json, keyed
-dataset/model/mode); the table goes to results_replay.md and one PNG of NDCG@10 over the stream per
-dataset/model to results/replay_<dataset>_<model>.png.
+fresh copy of it, so the modes differ only in what happens during the stream. One record per
+dataset/model/mode in results/replay.json, and one PNG of NDCG@10 over the stream per
+dataset/model in results/replay_<dataset>_<model>.png.
 
-Also measured for the incremental and retrain modes: *forgetting* — NDCG@10 on the pre-cut
-validation targets (each user's last pre-cut event) before the replay and after its last update.
+For the incremental and retrain modes, *forgetting* is measured too: NDCG@10 on the pre-cut
+validation targets before the replay and after its last update.
 
-    nice -n 5 python benchmarks/replay.py --dataset ml-100k --models itemknn,als,gru4rec,sasrec
-    python benchmarks/replay.py --merge /path/to/other_store.json   # fold in runs from elsewhere
-    python benchmarks/replay.py --table-only
+    python -m benchmarks.replay --dataset ml-100k --models itemknn,als,gru4rec,sasrec
+    python -m benchmarks.replay --dataset ml-1m --models itemknn,als --n-updates 3
+    dynrec data synth --out synth && python -m benchmarks.replay --dataset synth --models sasrec
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import HERE, RESULTS, environment
 
+from benchmarks._common import RESULTS, load, put, record
 from dynrec.evaluation.offline import evaluate
-from dynrec.evaluation.report import markdown_table, plot_windows
-from dynrec.evaluation.streaming import (
-    MODES,
-    ReplayConfig,
-    ReplayData,
-    fit_for_replay,
-    holdout_last,
-    load_replay_data,
-    replay,
-)
+from dynrec.evaluation.report import plot_windows
+from dynrec.jobs import fit_for_replay, load_replay_data
 from dynrec.models.base import Recommender
 from dynrec.online.updater import UpdateConfig
-
-STORE = RESULTS / "replay.json"
-NOTES = RESULTS / "replay_notes.md"
-"""Hand-written findings appended to results_replay.md (kept across runs)."""
-COLUMNS = [
-    ("dataset", "dataset"),
-    ("model", "model"),
-    ("mode", "mode"),
-    ("HR@10", "HR@10"),
-    ("NDCG@10", "NDCG@10"),
-    ("vs_retrain", "NDCG / retrain"),
-    ("HR@10_vs_oracle", "HR / oracle"),
-    ("n_events", "events"),
-    ("events_per_s", "events/s"),
-    ("update_seconds", "update s"),
-    ("state_init_seconds", "state init s"),
-    ("compute_vs_retrain", "seconds / retrain"),
-    ("work_vs_retrain", "work / retrain"),
-    ("old_ndcg_before", "old NDCG before"),
-    ("old_ndcg_after", "after"),
-    ("device", "device"),
-]
+from dynrec.replay import MODES, ReplayConfig, ReplayData, holdout_last, replay
 
 
-def load_store(path: Path) -> dict[str, dict[str, Any]]:
-    return dict(json.loads(path.read_text())["runs"]) if path.exists() else {}
-
-
-def save_store(path: Path, runs: dict[str, dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"environment": environment(), "runs": runs}, indent=1, sort_keys=True))
-
-
-def table_rows(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for r in runs.values():
-        row = {k: v for k, v in r.items() if k not in ("windows", "updates")}
-        ref = runs.get(f"{r['dataset']}/{r['model']}/retrain")
-        if ref is not None:
-            row["vs_retrain"] = r["NDCG@10"] / ref["NDCG@10"] if ref["NDCG@10"] else float("nan")
-            # compute of the model changes (updates vs retrains); both modes rebuild the states
-            # after each change alike, so that part is left out
-            own, other = r["update_seconds"], ref["update_seconds"]
-            same_device = r.get("device") == ref.get("device")
-            row["compute_vs_retrain"] = own / other if other and same_device else float("nan")
-            w_ref = float(ref.get("work_events") or 0.0)
-            has_work = "work_events" in r and (r["mode"] in ("static", "state") or r["work_events"])
-            row["work_vs_retrain"] = float(r["work_events"]) / w_ref if w_ref and has_work else float("nan")
-        rows.append(row)
-    order = {m: i for i, m in enumerate(MODES)}
-    rows.sort(key=lambda r: (str(r["dataset"]), str(r["model"]), order.get(str(r["mode"]), 9)))
-    return rows
-
-
-def write_table(runs: dict[str, dict[str, Any]]) -> str:
-    table = markdown_table(table_rows(runs), COLUMNS)
-    (HERE / "results_replay.md").write_text(
-        "# Streaming replay (prequential): static / state / incremental / retrain\n\n"
-        "Generated by `benchmarks/replay.py` (protocol in its docstring). `seconds / retrain` = "
-        "seconds spent changing the model (updates) over those of the periodic full retrains; "
-        "`work / retrain` = training events x passes of all updates over those of all retrains "
-        "(device-independent); "
-        "`old NDCG` = NDCG@10 on the pre-cut validation targets before the replay and after the last "
-        "update (forgetting). Timings are wall-clock on the device named in the row (shared machines, "
-        "noisy).\n\n" + table + "\n" + (NOTES.read_text() if NOTES.exists() else "")
-    )
-    return table
+def _params(label: str, name: str, mode: str, protocol: str, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "dataset": label,
+        "model": name,
+        "mode": mode,
+        "protocol": protocol,
+        "n_updates": args.n_updates,
+        "update_epochs": args.update_epochs,
+        "update_lr": args.update_lr,
+    }
 
 
 def _device(model: Recommender) -> str:
@@ -143,22 +81,11 @@ def main() -> None:
     ap.add_argument("--update-lr", type=float, default=0.0, help="update learning rate (0: the model's)")
     ap.add_argument("--replay-ratio", type=float, default=1.0)
     ap.add_argument("--set", action="append", default=[], help="MODEL.key=value config override")
-    ap.add_argument("--store", type=Path, default=STORE)
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/dynrec-replay-models"))
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dynrec-replay-models")
     ap.add_argument("--plot-dir", type=Path, default=RESULTS)
     ap.add_argument("--refit", action="store_true", help="ignore cached trained models")
-    ap.add_argument("--merge", type=Path, action="append", default=[], help="store(s) to fold into --store")
-    ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    runs = load_store(args.store)
-    for other in args.merge:
-        runs.update(load_store(other))
-    if args.merge:
-        save_store(args.store, runs)
-    if args.table_only or args.merge:
-        print(write_table(runs) if args.store == STORE else markdown_table(table_rows(runs), COLUMNS))
-        return
     folder = Path(args.dataset) if Path(args.dataset).is_dir() else None
     dataset = str(folder / "events.csv") if folder is not None else args.dataset
     ds_key = folder.name if folder is not None else args.dataset
@@ -193,12 +120,9 @@ def main() -> None:
             )
             res = replay(model, rd, cfg)
             row: dict[str, Any] = {
-                "dataset": label,
-                "model": name,
                 **res.to_json(),
                 "fit_seconds": float(base.meta.get("fit_seconds", 0.0)),
                 "best_epoch": base.meta.get("best_epoch"),
-                "device": _device(model),
             }
             if oracle is not None:
                 o_hr = float((oracle < 10).mean())
@@ -210,21 +134,37 @@ def main() -> None:
             if mode in ("incremental", "retrain") and res.final_model is not None:
                 row["old_ndcg_before"] = old_before
                 row["old_ndcg_after"] = evaluate(res.final_model, valid, extra=False).metrics["NDCG@10"]
-            runs[f"{label}/{name}/{mode}"] = row
-            save_store(args.store, runs)
+            command = f"python -m benchmarks.replay --dataset {args.dataset} --models {name} --modes {mode}"
+            if args.n_updates != 4:
+                command += f" --n-updates {args.n_updates}"
+            for flag, value, default in (
+                ("--update-epochs", args.update_epochs, 1),
+                ("--update-lr", args.update_lr, 0.0),
+                ("--replay-ratio", args.replay_ratio, 1.0),
+            ):
+                command += f" {flag} {value}" if value != default else ""
+            params = _params(label, name, mode, rd.protocol, args)
+            row = {
+                k: v for k, v in row.items() if k not in ("dataset", "model", "mode", "protocol", "updates")
+            }
+            put(record("replay", f"{label}/{name}/{mode}", params, row, command, device=_device(model)))
             print(
                 f"{name:8s} {mode:12s} HR@10 {row['HR@10']:.4f} NDCG@10 {row['NDCG@10']:.4f} "
                 f"{row['events_per_s']:.0f} ev/s, {row['seconds']:.0f}s (updates {row['update_seconds']:.0f}s)",
                 flush=True,
             )
+            stored = {
+                r["params"]["mode"]: r["metrics"]
+                for r in load("replay")
+                if r["key"].startswith(f"{label}/{name}/")
+            }
             plot_windows(
-                [r for r in (runs.get(f"{label}/{name}/{m}") for m in MODES) if r],
+                [{"mode": m, **stored[m]} for m in MODES if m in stored],
                 args.plot_dir / f"replay_{label}_{name}.png",
                 title=f"{name} on {label} ({rd.protocol}): NDCG@10 per window",
                 reference=row.get("oracle_NDCG@10"),
             )
-    if args.store == STORE:
-        print(write_table(runs))
+    print("python -m benchmarks.pages  # to render the page")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""implicit ALS/BPR on a subset of shared/peers/implicit_run.py's configurations.
+"""implicit ALS/BPR on a subset of implicit_run.py's configurations.
 
 implicit_run.py always runs its full grid (18 ALS + 8 BPR fits, BPR up to 300
 iterations); on ml-1m, on a loaded 2-core machine, the BPR grid alone takes
@@ -29,7 +29,7 @@ import resource
 import sys
 import time
 
-sys.path.insert(0, os.environ.get("SHARED_PEERS", "/work/shared/peers"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import implicit_run as ir  # noqa: E402  (sets the BLAS thread env before numpy loads)
 
 GRIDS = {

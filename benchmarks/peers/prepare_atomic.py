@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write RecBole atomic interaction files for the order-only datasets.
 
-The peer scripts in ``shared/peers`` (RecBole 1.2.1, implicit 0.7.3) read
+The peer scripts here (RecBole 1.2.1, implicit 0.7.3) read
 ``DIR/NAME/NAME.inter``: tab-separated, header
 ``user_id:token<TAB>item_id:token<TAB>timestamp:float``.  The order-only
 datasets have no timestamps, so the within-user position 0, 1, 2, ... is
@@ -58,10 +58,7 @@ def default_data_dir() -> Path:
     env = os.environ.get("DYNREC_DATA_DIR")
     if env:
         return Path(env)
-    for cand in (REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data")):
-        if cand.is_dir():
-            return cand
-    return Path("/work/shared/data")
+    return REPO_ROOT.parent / "shared" / "data"
 
 
 def read_ml1m(path: Path) -> Iterator[tuple[str, list[str]]]:
