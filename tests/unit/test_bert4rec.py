@@ -11,7 +11,7 @@ from dynrec.models.base import Recommender
 from dynrec.models.seq.bert4rec import BERT4Rec, BERT4RecConfig
 from dynrec.preprocessing.split import leave_one_out
 
-from .test_sasrec import FAST, cycles_data, hr_at_1
+from .test_sasrec import OPTS, cycles_data, hr_at_1
 
 
 def test_learns_planted_cycles() -> None:
@@ -28,9 +28,8 @@ def test_learns_planted_cycles() -> None:
         mask_prob=0.3,
         last_mask_prob=0.5,
         mask_repeats=1,
-        **FAST,
     )  # type: ignore[arg-type]
-    model = BERT4Rec(cfg).fit(leave_one_out(data).train)
+    model = BERT4Rec(cfg).fit(leave_one_out(data).train, options=OPTS)
     assert hr_at_1(model, data) >= 0.4  # MostPopular: ~1/30 (a longer run reaches >= 0.9)
 
 
@@ -44,16 +43,15 @@ def test_save_load_and_seed(tmp_path: Path) -> None:
         positional="rope",
         attn_dropout=0.0,
         mask_repeats=1,
-        **FAST,
     )  # type: ignore[arg-type]
     train = leave_one_out(data).train
-    model = BERT4Rec(cfg).fit(train)
+    model = BERT4Rec(cfg).fit(train, options=OPTS)
     q = QueryBatch.from_histories([[1, 2, 3], [], [4, 5, 6, 4, 5, 6, 4, 5, 6]])
     s = model.score(q)
     assert s.shape == (3, model.n_items) and torch.isfinite(s[:, 1:]).all() and torch.isneginf(s[:, 0]).all()
     model.save(tmp_path / "m")
     loaded = Recommender.load(tmp_path / "m")
     torch.testing.assert_close(loaded.score(q), s)
-    again = BERT4Rec(cfg).fit(train)
+    again = BERT4Rec(cfg).fit(train, options=OPTS)
     for k, v in model.tensors().items():
         torch.testing.assert_close(again.tensors()[k], v)

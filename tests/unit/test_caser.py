@@ -9,12 +9,13 @@ import torch
 
 from dynrec.data.query import QueryBatch
 from dynrec.evaluation.offline import evaluate
-from dynrec.models.base import Recommender
+from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.seq.caser import Caser, CaserConfig
 from dynrec.preprocessing.split import Split, leave_one_out
 from tests.unit._planted_cycles import planted_cycles
 
-FAST = {"embedding_dim": 16, "batch_size": 128, "progress": False, "num_threads": 1}
+FAST = {"embedding_dim": 16, "batch_size": 128}
+OPTS = RunOptions(num_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def cycles() -> Split:
 @pytest.fixture(scope="module")
 def trained(cycles: Split) -> Caser:
     cfg = CaserConfig(**FAST, epochs=4, max_len=3, learning_rate=0.02, dropout=0.0)
-    return Caser(cfg).fit(cycles.train)
+    return Caser(cfg).fit(cycles.train, options=OPTS)
 
 
 def test_learns_planted_cycles(trained: Caser, cycles: Split) -> None:
@@ -46,7 +47,7 @@ def test_unknown_users_use_the_learned_unknown_vector(trained: Caser) -> None:
 
 
 def test_without_user_embedding(cycles: Split) -> None:
-    model = Caser(Caser.config_class(**FAST, epochs=1, use_user=False)).fit(cycles.train)
+    model = Caser(Caser.config_class(**FAST, epochs=1, use_user=False)).fit(cycles.train, options=OPTS)
     q = QueryBatch.from_histories([[1, 2], [1, 2]], users=[0, 1])
     s = model.score(q)
     torch.testing.assert_close(s[0], s[1])
@@ -62,7 +63,11 @@ def test_save_load_identical(trained: Caser, cycles: Split, tmp_path: Path) -> N
 
 def test_seeded_reproducibility(cycles: Split) -> None:
     def fit(seed: int) -> dict[str, torch.Tensor]:
-        return Caser(CaserConfig(**FAST, epochs=1, seed=seed)).fit(cycles.train, cycles.valid).tensors()
+        return (
+            Caser(CaserConfig(**FAST, epochs=1, seed=seed))
+            .fit(cycles.train, cycles.valid, options=OPTS)
+            .tensors()
+        )
 
     a, b, c = fit(1), fit(1), fit(2)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -70,5 +75,7 @@ def test_seeded_reproducibility(cycles: Split) -> None:
 
 
 def test_sampled_softmax_option(cycles: Split) -> None:
-    model = Caser(CaserConfig(**FAST, epochs=1, loss="sampled", n_negatives=8)).fit(cycles.train)
+    model = Caser(CaserConfig(**FAST, epochs=1, loss="sampled", n_negatives=8)).fit(
+        cycles.train, options=OPTS
+    )
     assert torch.all(torch.isfinite(model.score(cycles.test.queries)[:, 1:]))

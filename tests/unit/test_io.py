@@ -103,7 +103,7 @@ def test_strict_raises_naming_file_line_field(tmp_path: Path) -> None:
 
 def test_negative_timestamp_unknown_event_type_and_nonfinite(tmp_path: Path) -> None:
     text = "user,item,ts,action,rating\nu1,i1,-5,view,1\nu1,i2,7,like,1\nu1,i3,inf,view,1\nu1,i4,1,view,inf\n"
-    log = read_events(write(tmp_path, "e.csv", text), columns=CM, event_types=WEIGHTS)
+    log = read_events(write(tmp_path, "e.csv", text + "u1,i5,9,view,2\n"), columns=CM, event_types=WEIGHTS)
     got = [(r.line, r.field, r.reason) for r in log.report.invalid]
     assert got == [
         (2, "ts", NEGATIVE_TIMESTAMP),
@@ -111,7 +111,10 @@ def test_negative_timestamp_unknown_event_type_and_nonfinite(tmp_path: Path) -> 
         (4, "ts", NONFINITE_TIMESTAMP),
         (5, "rating", "value is infinite"),
     ]
-    assert len(log) == 0 and log.report.n_invalid == 4
+    assert len(log) == 1 and log.report.n_invalid == 4
+    # nothing valid at all: an error carrying the count and the first problem, not an empty log
+    with pytest.raises(DataError, match="no valid events: 4 invalid rows; first: line 2: field 'ts'"):
+        read_events(write(tmp_path, "bad.csv", text), columns=CM, event_types=WEIGHTS)
 
 
 def test_timestamp_parsing_rules(tmp_path: Path) -> None:
@@ -184,12 +187,18 @@ def test_file_errors(tmp_path: Path) -> None:
         read_events(write(tmp_path, "empty.csv", "\n\n"))
 
 
-def test_invalid_utf8_is_replaced_not_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_invalid_utf8_is_reported_per_line_not_merged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # undecodable bytes are never replaced (that would merge distinct ids): the row is reported
     p = tmp_path / "bad.csv"
     p.write_bytes(b"user_id,item_id,timestamp\nu\xff,i,1\nv,j,2\n")
     log = read_events(p)
-    assert log.frame["user_id"].to_list() == ["u\ufffd", "v"]
+    assert log.frame["user_id"].to_list() == ["v"]
+    assert [(r.line, r.field) for r in log.report.invalid] == [(2, "<row>")]
+    assert "not valid utf-8" in log.report.invalid[0].reason
     assert "bad.csv:2" in caplog.text
+    assert read_events(p, encoding="latin-1").frame["user_id"].to_list() == ["u\xff", "v"]
 
 
 # ---------------------------------------------------------------- JSONL, Parquet, DataFrames

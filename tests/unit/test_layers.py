@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from dynrec.models.layers import Dropout, dropout_mask
 from dynrec.models.seq.common import histories_right_padded, resolve_amp
-from dynrec.models.seq.sasrec import Block, SASRecNet
+from dynrec.models.seq.sasrec import SASRecNet
+from dynrec.models.seq.transformer import Block
 
 
 def test_dropout_mask_rate_and_independence() -> None:

@@ -14,7 +14,7 @@ import torch
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.data.vocab import Vocabulary
-from dynrec.models.base import Recommender
+from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.mf.als import ALS, ALSConfig
 from dynrec.models.mf.mf import MatrixFactorization, MFConfig, gradient_step
 from dynrec.models.mf.nmf import NMF, NMFConfig
@@ -22,7 +22,7 @@ from dynrec.models.mf.svd import PureSVD, SVDConfig
 from dynrec.models.registry import create_model
 from dynrec.preprocessing.split import leave_one_out
 
-NEURAL_FAST: dict[str, Any] = {"progress": False, "num_threads": 1, "device": "cpu"}
+OPTS = RunOptions(num_threads=1, device="cpu")
 
 # ---- the corrected dynamic-MF update (MISSION.md) -------------------------------------------------
 
@@ -45,18 +45,15 @@ def test_gradient_step_hand_computed_2x2() -> None:
     assert torch.equal(u, torch.eye(2, dtype=torch.float64))  # pure: inputs untouched
 
 
-def test_gradient_step_reproduces_mission_worked_example() -> None:
-    """MISSION.md states U_t for "the article's own R, U, V" (R 4x4, U 4x2, V 4x2, α = 0.1). The
-    article's matrices are not in the repository and cannot be recovered from U_t alone (many
-    (R, U, V) give it); this is one such set, found by search, which pins the stated numbers to the
-    corrected formula U + α (R − U Vᵀ) V (the article's (R − U·V)·Vᵀ does not even type-check)."""
-    r = torch.tensor([[0, 3, 4, 1], [0, 5, 4, 4], [1, 5, 4, 4], [2, 5, 4, 5]], dtype=torch.float64)
-    u = torch.tensor([[0.5, 0.3], [1.4, 0.6], [1.7, 0.0], [3.0, -1.0]], dtype=torch.float64)
-    v = torch.tensor([[1.5, 1.5], [2.0, 1.0], [1.0, 0.5], [0.5, 0.5]], dtype=torch.float64)
+def test_gradient_step_reproduces_the_worked_example() -> None:
+    """The article's worked example with the corrected update U_t = U + α (R − U Vᵀ) V, reg = 0."""
+    r = torch.tensor([[1, 2, 0, 0], [0, 1, 2, 0], [1, 0, 0, 2], [0, 1, 1, 0]], dtype=torch.float64)
+    u = torch.tensor([[1.0, 0.5], [2.0, 1.0], [3.0, 0.0], [4.0, -1.0]], dtype=torch.float64)
+    v = torch.tensor([[0.5, 1.0], [1.0, 0.0], [0.0, -1.0], [-1.0, 0.5]], dtype=torch.float64)
     expected = torch.tensor(
         [[1.025, 0.4875], [1.65, 0.575], [2.175, 0.2], [3.2, -0.875]], dtype=torch.float64
     )
-    torch.testing.assert_close(gradient_step(u, v, r, 0.1), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gradient_step(u, v, r, 0.1, reg=0.0), expected, rtol=0, atol=1e-12)
 
 
 # ---- a checkerboard: two user groups x two item groups ---------------------------------------------
@@ -79,9 +76,9 @@ def checkerboard(n_users: int = 40, group_items: int = 8, seed: int = 0) -> Inte
 
 
 CHECKERBOARD_CONFIGS: dict[str, dict[str, Any]] = {
-    "mf": {"embedding_dim": 4, "epochs": 30, "batch_size": 64, "learning_rate": 0.02, **NEURAL_FAST},
-    "als": {"embedding_dim": 4, "epochs": 10, "num_threads": 1},
-    "bpr": {"embedding_dim": 4, "epochs": 30, "batch_size": 64, "learning_rate": 0.02, **NEURAL_FAST},
+    "mf": {"embedding_dim": 4, "epochs": 30, "batch_size": 64, "learning_rate": 0.02},
+    "als": {"embedding_dim": 4, "epochs": 10},
+    "bpr": {"embedding_dim": 4, "epochs": 30, "batch_size": 64, "learning_rate": 0.02},
     "svd": {"embedding_dim": 2},
     "nmf": {"embedding_dim": 2, "epochs": 50},
     "ease": {"reg": 1.0},
@@ -97,7 +94,7 @@ def board() -> InteractionData:
 def board_model(request: pytest.FixtureRequest, board: InteractionData) -> Recommender:
     split = leave_one_out(board)
     return create_model(request.param, config=CHECKERBOARD_CONFIGS[request.param]).fit(
-        split.train, split.valid
+        split.train, split.valid, options=OPTS
     )
 
 
@@ -158,7 +155,7 @@ def training_histories(data: InteractionData) -> QueryBatch:
 
 def test_svd_fold_in_is_exact_rank_k_reconstruction() -> None:
     data = random_implicit()
-    model = PureSVD(SVDConfig(embedding_dim=5)).fit(data)
+    model = PureSVD(SVDConfig(embedding_dim=5)).fit(data, options=OPTS)
     x = data.csr(binary=True).toarray().astype(np.float64)
     uu, ss, vt = np.linalg.svd(x, full_matrices=False)
     xk = (uu[:, :5] * ss[:5]) @ vt[:5]  # best rank-5 approximation
@@ -170,8 +167,8 @@ def test_als_fold_in_matches_implicit_recalculate_user() -> None:
     from implicit.cpu.als import AlternatingLeastSquares
 
     data = random_implicit()
-    cfg = ALSConfig(embedding_dim=6, reg=0.1, alpha=2.0, epochs=20, use_cg=False, num_threads=1)
-    model = ALS(cfg).fit(data)
+    cfg = ALSConfig(embedding_dim=6, reg=0.1, alpha=2.0, epochs=20, use_cg=False)
+    model = ALS(cfg).fit(data, options=OPTS)
     batch = training_histories(data)
     mine = model.user_vectors(batch).numpy()
     # implicit's own fold-in (Cholesky on the same normal equations) with the trained item factors
@@ -190,7 +187,7 @@ def test_als_fold_in_matches_implicit_recalculate_user() -> None:
 
 def test_nmf_fold_in_close_to_trained_vectors() -> None:
     data = random_implicit()
-    model = NMF(NMFConfig(embedding_dim=4, epochs=300, fold_in_steps=300, reg=0.01)).fit(data)
+    model = NMF(NMFConfig(embedding_dim=4, epochs=300, fold_in_steps=300, reg=0.01)).fit(data, options=OPTS)
     batch = training_histories(data)
     folded = model.user_vectors(batch)
     assert bool((folded >= 0).all())
@@ -204,10 +201,8 @@ def test_nmf_fold_in_close_to_trained_vectors() -> None:
 
 def test_mf_fold_in_close_to_trained_and_gradient_steps_converge() -> None:
     data = random_implicit()
-    cfg = MFConfig(
-        embedding_dim=4, epochs=60, batch_size=256, learning_rate=0.02, reg=0.05, negatives=0, **NEURAL_FAST
-    )  # type: ignore[arg-type]
-    model = MatrixFactorization(cfg).fit(data)
+    cfg = MFConfig(embedding_dim=4, epochs=60, batch_size=256, learning_rate=0.02, reg=0.05, negatives=0)  # type: ignore[arg-type]
+    model = MatrixFactorization(cfg).fit(data, options=OPTS)
     batch = training_histories(data)
     ratings = data.values
     x = model.fold_in(batch, ratings)  # [B, 1 + k] with the users' true ratings
@@ -232,13 +227,13 @@ def test_user_vectors_times_item_vectors_give_the_scores(board: InteractionData)
     split = leave_one_out(board)
     q = split.test.queries.slice(0, 6)
     for name in ("als", "svd", "nmf"):
-        m = create_model(name, config=CHECKERBOARD_CONFIGS[name]).fit(split.train)
+        m = create_model(name, config=CHECKERBOARD_CONFIGS[name]).fit(split.train, options=OPTS)
         s = m.user_vectors(q) @ m.item_vectors().T  # type: ignore[attr-defined]
         torch.testing.assert_close(s[:, 1:], m.score(q)[:, 1:])
-    bpr = create_model("bpr", config=CHECKERBOARD_CONFIGS["bpr"]).fit(split.train)
+    bpr = create_model("bpr", config=CHECKERBOARD_CONFIGS["bpr"]).fit(split.train, options=OPTS)
     s = bpr.user_vectors(q) @ bpr.item_vectors().T + bpr.item_bias()[None, :]  # type: ignore[attr-defined]
     torch.testing.assert_close(s[:, 1:], bpr.score(q)[:, 1:], rtol=1e-4, atol=1e-4)
-    mf = create_model("mf", config=CHECKERBOARD_CONFIGS["mf"]).fit(split.train)
+    mf = create_model("mf", config=CHECKERBOARD_CONFIGS["mf"]).fit(split.train, options=OPTS)
     x = mf.fold_in(q)  # type: ignore[attr-defined]  # (user bias, user vector)
     s = x[:, :1] + x[:, 1:] @ mf.item_vectors().T + mf.item_bias()[None, :]  # type: ignore[attr-defined]
     torch.testing.assert_close(s[:, 1:], mf.score(q)[:, 1:], rtol=1e-4, atol=1e-4)

@@ -9,12 +9,13 @@ import torch
 
 from dynrec.data.query import QueryBatch
 from dynrec.evaluation.offline import evaluate
-from dynrec.models.base import Recommender
+from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.mlp import MLPConfig, MLPNet, MLPRecommender
 from dynrec.preprocessing.split import Split, leave_one_out
 from tests.unit._planted_cycles import planted_cycles
 
-FAST = {"embedding_dim": 16, "batch_size": 16, "progress": False, "num_threads": 1}
+FAST = {"embedding_dim": 16, "batch_size": 16}
+OPTS = RunOptions(num_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def cycles() -> Split:
 @pytest.fixture(scope="module")
 def trained(cycles: Split) -> MLPRecommender:
     cfg = MLPConfig(**FAST, epochs=15, learning_rate=0.01, dropout=0.0)
-    return MLPRecommender(cfg).fit(cycles.train)
+    return MLPRecommender(cfg).fit(cycles.train, options=OPTS)
 
 
 def test_learns_planted_cycles_from_recency(trained: MLPRecommender, cycles: Split) -> None:
@@ -52,7 +53,7 @@ def test_training_pooling_is_causal_and_matches_scoring(pooling: str) -> None:
 
 
 def test_user_embedding_option(cycles: Split) -> None:
-    model = MLPRecommender(MLPConfig(**FAST, epochs=1, use_user=True)).fit(cycles.train)
+    model = MLPRecommender(MLPConfig(**FAST, epochs=1, use_user=True)).fit(cycles.train, options=OPTS)
     n_users = int(model.meta["n_users"])
     s = model.score(QueryBatch.from_histories([[1, 2]] * 3, users=[0, n_users + 3, 1]))
     assert torch.all(torch.isfinite(s[:, 1:]))
@@ -71,7 +72,7 @@ def test_save_load_identical(trained: MLPRecommender, cycles: Split, tmp_path: P
 def test_seeded_reproducibility(cycles: Split) -> None:
     def fit(seed: int) -> dict[str, torch.Tensor]:
         cfg = MLPConfig(**FAST, epochs=1, seed=seed)
-        return MLPRecommender(cfg).fit(cycles.train, cycles.valid).tensors()
+        return MLPRecommender(cfg).fit(cycles.train, cycles.valid, options=OPTS).tensors()
 
     a, b, c = fit(1), fit(1), fit(2)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -79,5 +80,7 @@ def test_seeded_reproducibility(cycles: Split) -> None:
 
 
 def test_sampled_softmax_option(cycles: Split) -> None:
-    model = MLPRecommender(MLPConfig(**FAST, epochs=1, loss="sampled", n_negatives=8)).fit(cycles.train)
+    model = MLPRecommender(MLPConfig(**FAST, epochs=1, loss="sampled", n_negatives=8)).fit(
+        cycles.train, options=OPTS
+    )
     assert torch.all(torch.isfinite(model.score(cycles.test.queries)[:, 1:]))

@@ -12,19 +12,20 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
-from dynrec.models.base import Recommender
+from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.layers import Dropout
 from dynrec.models.neural import EpochRecord, TorchRecommender
 from dynrec.models.seq.common import full_ce_loss, training_sequences
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig, auto_dropout
+from dynrec.online.adapters import RecomputeAdapter, adapter_for
 from dynrec.preprocessing.split import leave_one_out
 
-FAST = {"progress": False, "num_threads": 1, "device": "cpu"}
+OPTS = RunOptions(num_threads=1, device="cpu")
 
 
 def small(**kw: object) -> SASRecConfig:
     """A small, fast config (tiny feed-forward, no attention dropout) with overrides."""
-    return SASRecConfig.from_dict({"ffn_dim": 32, "attn_dropout": 0.0, **FAST, **kw})
+    return SASRecConfig.from_dict({"ffn_dim": 32, "attn_dropout": 0.0, **kw})
 
 
 def cycles_data(
@@ -58,7 +59,7 @@ def cycles() -> InteractionData:
 @pytest.fixture(scope="module")
 def small_model(cycles: InteractionData) -> SASRec:
     cfg = small(embedding_dim=16, max_len=6, epochs=2, batch_size=32, long_term="gate")
-    return SASRec(cfg).fit(leave_one_out(cycles).train)
+    return SASRec(cfg).fit(leave_one_out(cycles).train, options=OPTS)
 
 
 def test_planted_cycles_learned_fast(cycles: InteractionData) -> None:
@@ -66,27 +67,23 @@ def test_planted_cycles_learned_fast(cycles: InteractionData) -> None:
     cfg = small(
         embedding_dim=32, max_len=10, epochs=15, batch_size=16, learning_rate=5e-3, dropout=0.0, num_heads=1
     )
-    model = SASRec(cfg).fit(split.train)
+    model = SASRec(cfg).fit(split.train, options=OPTS)
     assert hr_at_1(model, cycles) >= 0.95
 
 
 @pytest.mark.parametrize("long_term", ["none", "gate"])
 def test_kv_cache_equals_recompute(cycles: InteractionData, long_term: str) -> None:
     cfg = small(embedding_dim=16, num_heads=2, max_len=5, epochs=1, batch_size=64, long_term=long_term)
-    model = SASRec(cfg).fit(leave_one_out(cycles).train)
+    model = SASRec(cfg).fit(leave_one_out(cycles).train, options=OPTS)
     rng = np.random.default_rng(1)
     # histories longer than the window (5) and than the 2-layer receptive field (9), plus short/empty
     hists = [list(rng.integers(1, 31, size=n)) for n in (0, 1, 4, 5, 9, 17, 23)]
+    adapter = adapter_for(model)  # batch plumbing over the model's own state (layout-aware select)
     state = model.init_state(QueryBatch.from_histories([h[:2] for h in hists]))
     for t in range(2, 23):
-        active = [i for i, h in enumerate(hists) if len(h) > t]
-        sub = state.select(torch.tensor(active))
-        sub = model.step(sub, [hists[i][t] for i in active])
-        keys, values = state.keys.clone(), state.values.clone()
-        keys[:, active], values[:, active] = sub.keys, sub.values
-        length, hidden, lt = state.length.clone(), state.hidden.clone(), state.lt_sum.clone()
-        length[active], hidden[active], lt[active] = sub.length, sub.hidden, sub.lt_sum
-        state = type(state)(keys, values, length, hidden, lt)
+        mask = np.array([len(h) > t for h in hists])
+        items = np.array([h[t] if len(h) > t else 1 for h in hists])
+        state = adapter.step_where(state, items, np.zeros(len(hists), np.int64), mask)
     cached = model.score_state(state)
     recomputed = model.score(QueryBatch.from_histories(hists))
     torch.testing.assert_close(cached, recomputed, rtol=1e-4, atol=1e-4)
@@ -96,16 +93,18 @@ def test_kv_cache_equals_recompute(cycles: InteractionData, long_term: str) -> N
 
 def test_step_does_not_mutate_state(small_model: SASRec) -> None:
     st = small_model.init_state(QueryBatch.from_histories([[1, 2, 3], [4]]))
-    before = {k: v.clone() for k, v in st.to_dict().items()}
-    small_model.step(st, [5, 6])
-    for k, v in st.to_dict().items():
+    before = {k: v.clone() for k, v in st.items()}
+    small_model.step_state(st, np.array([5, 6]), np.array([0, 0]))
+    for k, v in st.items():
         torch.testing.assert_close(v, before[k])
 
 
 def test_absolute_positions_have_no_incremental_state(cycles: InteractionData) -> None:
     cfg = small(embedding_dim=16, max_len=6, epochs=1, positional="absolute")
-    model = SASRec(cfg).fit(leave_one_out(cycles).train)
+    model = SASRec(cfg).fit(leave_one_out(cycles).train, options=OPTS)
     assert torch.isfinite(model.score(QueryBatch.from_histories([[1, 2], []]))[:, 1:]).all()
+    assert model.state_layout() is None  # positions shift as the window slides
+    assert isinstance(adapter_for(model), RecomputeAdapter)
     with pytest.raises(DynrecError):
         model.init_state(QueryBatch.from_histories([[1, 2]]))
 
@@ -120,16 +119,16 @@ def test_save_load_identical(small_model: SASRec, tmp_path: Path) -> None:
 
 def test_dropout_by_dataset_size(cycles: InteractionData, tmp_path: Path) -> None:
     assert auto_dropout(943) == 0.3 and auto_dropout(4095) == 0.3 and auto_dropout(6040) == 0.2
-    cfg = SASRecConfig.from_dict({"embedding_dim": 16, "max_len": 6, "epochs": 1, **FAST})
-    model = SASRec(cfg).fit(leave_one_out(cycles).train)  # 200 users: the small-data dropout
-    assert model.dropouts() == (0.3, 0.3) and model.meta["dropout"] == 0.3
+    cfg = SASRecConfig.from_dict({"embedding_dim": 16, "max_len": 6, "epochs": 1})
+    model = SASRec(cfg).fit(leave_one_out(cycles).train, options=OPTS)  # 200 users: the small-data dropout
+    assert model.dropouts() == (0.3, 0.3) and (model.config.dropout, model.config.attn_dropout) == (0.3, 0.3)
     net = model.net
     assert net is not None and {m.p for m in net.modules() if isinstance(m, Dropout)} == {0.3}
     model.save(tmp_path / "m")
     loaded = Recommender.load(tmp_path / "m")
     assert isinstance(loaded, SASRec) and loaded.dropouts() == (0.3, 0.3)
     set_ = SASRec(SASRecConfig.from_dict({**cfg.to_dict(), "dropout": 0.1}))
-    set_.fit(leave_one_out(cycles).train)
+    set_.fit(leave_one_out(cycles).train, options=OPTS)
     assert set_.dropouts() == (0.1, 0.1)  # attention dropout follows the set dropout
 
 
@@ -143,7 +142,7 @@ def test_optional_dropout_overrides() -> None:
 
 
 def test_seeded_reproducible(cycles: InteractionData, small_model: SASRec) -> None:
-    again = SASRec(small_model.config).fit(leave_one_out(cycles).train)
+    again = SASRec(small_model.config).fit(leave_one_out(cycles).train, options=OPTS)
     for k, v in small_model.tensors().items():
         torch.testing.assert_close(again.tensors()[k], v)
 
@@ -152,7 +151,7 @@ def test_sampled_softmax_trains(cycles: InteractionData) -> None:
     cfg = small(
         embedding_dim=16, max_len=6, epochs=1, loss="sampled", n_negatives=8, negative_sampling="popularity"
     )
-    model = SASRec(cfg).fit(leave_one_out(cycles).train)
+    model = SASRec(cfg).fit(leave_one_out(cycles).train, options=OPTS)
     assert torch.isfinite(model.score(QueryBatch.from_histories([[1, 2]]))[:, 1:]).all()
 
 
@@ -189,7 +188,7 @@ def test_epoch_callbacks_see_each_epoch(cycles: InteractionData) -> None:
         m.net.eval()  # the Trainer puts the module back in training mode
 
     model.epoch_callbacks.append(cb)
-    model.fit(split.train, split.valid)
+    model.fit(split.train, split.valid, options=OPTS)
     assert [s[0] for s in seen] == [1, 2, 3]
     assert all(s[2] is not None for s in seen)
     assert all(b[1] >= a[1] > 0 for a, b in zip(seen, seen[1:], strict=False))

@@ -92,8 +92,9 @@ def test_store_history_state_delete(tmp_path: Path) -> None:
         assert store.history("u1", max_len=2).items == ("b", "c")
         assert store.history("u2").event_types == ("click",)
         assert len(store.history("nobody")) == 0
-        st = CachedState({"h": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, "v1", 3)
-        store.put_state("u1", st)
+        gen = store.stamp("u1").generation
+        st = CachedState({"h": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, "v1", 3, gen)
+        assert store.put_state("u1", st)
         got = store.get_state("u1")
         assert got is not None and got.version == "v1" and got.n_events == 3
         assert torch.equal(got.tensors["h"], st.tensors["h"])
@@ -107,7 +108,7 @@ def test_sqlite_is_one_wal_file_and_persists(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     with SQLiteStore(path) as store:
         store.append([Event("u", "i1", 5)])
-        store.put_state("u", CachedState({"x": torch.ones(2)}, "v", 1))
+        assert store.put_state("u", CachedState({"x": torch.ones(2)}, "v", 1, store.stamp("u").generation))
     with SQLiteStore(path) as again:
         assert again.history("u").items == ("i1",)
         assert again.get_state("u") is not None

@@ -12,12 +12,13 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.vocab import Vocabulary
 from dynrec.evaluation.offline import evaluate
+from dynrec.models.base import RunOptions
 from dynrec.models.neural import CheckpointSelector, TorchRecommender, WeightAverage
 from dynrec.models.registry import create_model
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig
 from dynrec.preprocessing.split import drop_last_events, leave_one_out
 
-FAST = {"progress": False, "num_threads": 1, "device": "cpu"}
+OPTS = RunOptions(num_threads=1, device="cpu")
 
 
 def cfg(**kw: object) -> SASRecConfig:
@@ -31,7 +32,7 @@ def cfg(**kw: object) -> SASRecConfig:
         "dropout": 0.2,
         "attn_dropout": 0.2,
     }
-    return SASRecConfig.from_dict({**base, **FAST, **kw})
+    return SASRecConfig.from_dict({**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +72,12 @@ def test_weight_average_known_answer() -> None:
 
 def test_ema_model_is_the_validated_average(data: InteractionData) -> None:
     split = leave_one_out(data)
-    model = SASRec(cfg(epochs=4, ema_decay=0.9)).fit(split.train, split.valid)
+    model = SASRec(cfg(epochs=4, ema_decay=0.9)).fit(split.train, split.valid, options=OPTS)
     # the kept weights are the averaged ones that scored the best validation NDCG@10
     assert evaluate(model, split.valid, ks=(10,), extra=False).metrics["NDCG@10"] == pytest.approx(
         model.meta["valid_ndcg@10"]
     )
-    plain = SASRec(cfg(epochs=4, ema_decay=0.0)).fit(split.train, split.valid)
+    plain = SASRec(cfg(epochs=4, ema_decay=0.0)).fit(split.train, split.valid, options=OPTS)
     diff = [
         float((a - b).abs().max())
         for a, b in zip(model.tensors().values(), plain.tensors().values(), strict=True)
@@ -89,7 +90,7 @@ def test_ema_without_validation_keeps_the_average(data: InteractionData) -> None
     seen: list[torch.Tensor] = []
     model = SASRec(cfg(epochs=2, ema_decay=0.9))
     model.epoch_callbacks.append(lambda rec, m: seen.append(m.tensors()["item_emb.weight"].clone()))
-    model.fit(split.train)
+    model.fit(split.train, options=OPTS)
     # the callback saw the averaged weights after the last epoch; the fitted model keeps them
     assert torch.equal(model.tensors()["item_emb.weight"], seen[-1])
 
@@ -110,12 +111,16 @@ def test_checkpoint_selector_known_answer() -> None:
 
 def test_select_within_se_keeps_the_latest_epoch_within_noise(data: InteractionData) -> None:
     split = leave_one_out(data)
-    strict = SASRec(cfg(epochs=10, learning_rate=0.1, select_within_se=0.0)).fit(split.train, split.valid)
+    strict = SASRec(cfg(epochs=10, learning_rate=0.1, select_within_se=0.0)).fit(
+        split.train, split.valid, options=OPTS
+    )
     vals = [r["valid_ndcg"] for r in strict.meta["train_log"]]
     assert strict.meta["best_epoch"] == int(np.argmax(vals)) + 1 < 10, vals  # first of the best
     assert strict.meta["valid_ndcg@10"] == strict.meta["best_valid_ndcg@10"] == max(vals)
     # a tolerance wider than any difference keeps the last epoch (same seed: same training run)
-    last = SASRec(cfg(epochs=10, learning_rate=0.1, select_within_se=1e9)).fit(split.train, split.valid)
+    last = SASRec(cfg(epochs=10, learning_rate=0.1, select_within_se=1e9)).fit(
+        split.train, split.valid, options=OPTS
+    )
     assert [r["valid_ndcg"] for r in last.meta["train_log"]] == vals
     assert last.meta["best_epoch"] == 10 and last.meta["valid_ndcg@10"] == vals[-1]
     assert last.meta["best_valid_ndcg@10"] == max(vals)
@@ -139,16 +144,16 @@ def test_resume_equals_uninterrupted(data: InteractionData, tmp_path: Path, case
     one go: weights, optimiser, schedule, the Trainer's and the model's own random generators and
     the dropout generator all come back."""
     name = case.split("-")[0]
-    small = {"embedding_dim": 16, "batch_size": 32, "learning_rate": 5e-3, "patience": 50, **FAST}
+    small = {"embedding_dim": 16, "batch_size": 32, "learning_rate": 5e-3, "patience": 50}
     if name in ("sasrec", "bert4rec", "gru4rec", "caser"):
         small["max_len"] = 6
     conf = {**small, **RESUME_CASES[case]}
     split = leave_one_out(data)
-    full = create_model(name, config={**conf, "epochs": 4}).fit(split.train, split.valid)
-    ck = str(tmp_path / "ck")
-    create_model(name, config={**conf, "epochs": 2, "checkpoint_dir": ck}).fit(split.train, split.valid)
-    resumed = create_model(name, config={**conf, "epochs": 4, "checkpoint_dir": ck})
-    resumed.fit(split.train, split.valid)
+    full = create_model(name, config={**conf, "epochs": 4}).fit(split.train, split.valid, options=OPTS)
+    ck = OPTS.replace(checkpoint_dir=str(tmp_path / "ck"))
+    create_model(name, config={**conf, "epochs": 2}).fit(split.train, split.valid, options=ck)
+    resumed = create_model(name, config={**conf, "epochs": 4})
+    resumed.fit(split.train, split.valid, options=ck)
     assert resumed.meta["epochs_run"] == 4
     assert full.meta["best_epoch"] > 2, full.meta["train_log"]  # kept weights trained after the resume
     assert isinstance(full, TorchRecommender) and isinstance(resumed, TorchRecommender)
@@ -161,9 +166,9 @@ def test_resume_equals_uninterrupted(data: InteractionData, tmp_path: Path, case
 
 def test_valid_gap_trains_without_each_users_last_event(data: InteractionData) -> None:
     split = leave_one_out(data)
-    gapped = SASRec(cfg(epochs=2, valid_gap=1)).fit(split.train, split.valid)
-    by_hand = SASRec(cfg(epochs=2)).fit(drop_last_events(split.train, 1), split.valid)
-    plain = SASRec(cfg(epochs=2)).fit(split.train, split.valid)
+    gapped = SASRec(cfg(epochs=2, valid_gap=1)).fit(split.train, split.valid, options=OPTS)
+    by_hand = SASRec(cfg(epochs=2)).fit(drop_last_events(split.train, 1), split.valid, options=OPTS)
+    plain = SASRec(cfg(epochs=2)).fit(split.train, split.valid, options=OPTS)
     for (k, a), b in zip(gapped.tensors().items(), by_hand.tensors().values(), strict=True):
         if k == "log_pop":  # cold-user popularity counts every training event, gap or not
             assert torch.equal(a, plain.tensors()[k])
@@ -171,8 +176,8 @@ def test_valid_gap_trains_without_each_users_last_event(data: InteractionData) -
             assert torch.equal(a, b), k
     assert not torch.equal(plain.tensors()["item_emb.weight"], gapped.tensors()["item_emb.weight"])
     # without a validation set there is nothing to protect: all events are used
-    no_valid = SASRec(cfg(epochs=2, valid_gap=1)).fit(split.train)
+    no_valid = SASRec(cfg(epochs=2, valid_gap=1)).fit(split.train, options=OPTS)
     assert torch.equal(
         no_valid.tensors()["item_emb.weight"],
-        SASRec(cfg(epochs=2)).fit(split.train).tensors()["item_emb.weight"],
+        SASRec(cfg(epochs=2)).fit(split.train, options=OPTS).tensors()["item_emb.weight"],
     )

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,27 +18,68 @@ from dynrec.errors import DynrecError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dynamic-interest recommender.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: statistics, synthetic data.")
 app.add_typer(data_app, name="data")
+store_app = typer.Typer(no_args_is_help=True, help="Online state stores: seed with training histories.")
+app.add_typer(store_app, name="store")
 
 SplitOpt = Annotated[str, typer.Option("--split", help="loo (temporal leave-one-out) or time (global cut)")]
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="folder with datasets (else DYNREC_DATA_DIR)")
+]
+ColumnsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--columns",
+        help="an event file's columns: user=COL,item=COL,time=COL,rating=COL,type=COL (any subset; "
+        "time= empty: no timestamps). Recorded with a trained model.",
+    ),
 ]
 
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_DEBUG: ContextVar[bool] = ContextVar("dynrec_cli_debug", default=False)
+"""The global ``--debug`` option of the running invocation (set by the app callback, which runs
+before every command)."""
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a user sees for an exception: dynrec's own errors and file-system errors
+    (the user's to fix) as they are; anything else (a bug) with its type and a hint."""
+    if isinstance(exc, DynrecError | OSError):
+        return f"error: {exc}"
+    msg = str(exc).strip().splitlines()
+    first = msg[0] if msg else ""
+    return f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)"
+
+
 def handled(fn: F) -> F:
-    """User mistakes (DynrecError, missing files) become a one-line error and exit code 1."""
+    """No traceback reaches a user: every exception a command raises becomes one ``error: ...``
+    line on stderr and exit code 1 (see `error_line`). ``dynrec --debug CMD`` re-raises instead.
+    The CLI framework's own exceptions (exits, aborts, usage errors: exit code 2) pass through."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (DynrecError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            _fail(str(exc))
+        except Exception as exc:
+            if _DEBUG.get() or type(exc).__module__.startswith(("typer", "click")):
+                raise
+            typer.secho(error_line(exc), fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _global(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show the full traceback of an error instead of one line")
+    ] = False,
+) -> None:
+    """Dynamic-interest recommender. Errors print one line and exit with code 1 (usage errors: 2);
+    --debug shows the traceback."""
+    _DEBUG.set(debug)
 
 
 def _fail(msg: str) -> None:
@@ -46,13 +88,22 @@ def _fail(msg: str) -> None:
 
 
 def _parse_sets(sets: list[str] | None) -> dict[str, str]:
+    """``--set key=value`` pairs (model options or run options: device, num_threads, progress,
+    checkpoint_dir); values are parsed and checked against each option's type by the model layer."""
     out: dict[str, str] = {}
     for s in sets or []:
-        if "=" not in s:
+        k, eq, v = s.partition("=")
+        if not eq or not k.strip():
             _fail(f"--set expects key=value, got {s!r}")
-        k, v = s.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def _run_options(sets: dict[str, str], *, progress: bool) -> tuple[dict[str, str], Any]:
+    """(model-option overrides, `RunOptions`) from ``--set`` pairs; progress bars unless --json."""
+    from dynrec.models.base import RunOptions, split_overrides
+
+    return split_overrides(sets, RunOptions(progress=progress))
 
 
 def _split(value: str) -> Any:
@@ -76,21 +127,24 @@ def data_stats(
     dataset: Annotated[str, typer.Argument(help="registered name (ml-100k, ml-1m, ...) or a file path")],
     data_dir: DataDirOpt = None,
     strict: Annotated[bool, typer.Option("--strict", help="fail on the first invalid row")] = False,
+    columns: ColumnsOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Counts, density and sequence-length statistics of a dataset."""
-    from dynrec.data import registry
+    """Counts, density and sequence-length statistics of a dataset, with the rows the reader
+    rejected (invalid) or dropped (exact duplicates)."""
     from dynrec.data.dataset import InteractionData, describe
+    from dynrec.jobs.train import load_events
 
-    events = registry.load(dataset, data_dir, strict=strict)
+    _, _, events = load_events(dataset, data_dir, strict=strict, columns=columns, allow_empty=True)
     stats: dict[str, Any] = {"dataset": dataset, **describe(InteractionData.from_events(events))}
     stats["n_invalid_rows"] = events.report.n_invalid
+    stats["n_duplicate_rows"] = events.report.exact_duplicates
     if as_json:
         typer.echo(json.dumps(stats))
     else:
         for k, v in stats.items():
             typer.echo(f"{k:<24} {v}")
-        if events.report.n_invalid:
+        if events.report.n_invalid or events.report.exact_duplicates:
             typer.echo(events.report.summary())
 
 
@@ -110,7 +164,8 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", help="TOML config file")] = None,
     split: SplitOpt = "loo",
     data_dir: DataDirOpt = None,
-    strict: Annotated[bool, typer.Option("--strict")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="fail on the first invalid row")] = False,
+    columns: ColumnsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print validation metrics as JSON")] = False,
     resume: Annotated[
         Path | None, typer.Option("--resume", help="warm-start this saved model on --events (transfer)")
@@ -125,11 +180,13 @@ def train(
 
     With --resume DIR --events NEW.csv: continue training the saved model from its current weights
     on the new events mixed with a replay sample of older ones (new users/items are added); saved to
-    --out (default: DIR, in place)."""
+    --out (default: DIR, in place). The replayed history is the training part of the model's
+    recorded split plus earlier resumes, never its validation/test targets. --strict and --columns
+    apply to the --events file. Nothing is saved when the data has no valid event."""
     from dynrec import jobs as pipeline
 
     if resume is not None or events is not None:
-        _train_resume(resume, events, out, data_dir, update_epochs, replay_ratio, as_json)
+        _train_resume(resume, events, out, data_dir, update_epochs, replay_ratio, as_json, strict, columns)
         return
     if model is None or dataset is None or out is None:
         _fail("give MODEL, --dataset and --out (or --resume DIR --events FILE)")
@@ -139,13 +196,26 @@ def train(
         file_model, cfg = pipeline.load_config_file(config)
         if file_model and file_model != model:
             _fail(f"{config} is a config for {file_model!r}, not {model!r}")
-    prepared = pipeline.prepare(dataset, split=_split(split), data_dir=data_dir, strict=strict)
-    m = pipeline.train(model, prepared, overrides=_parse_sets(sets), config=cfg, out=out)
+    prepared = pipeline.prepare(
+        dataset, split=_split(split), data_dir=data_dir, strict=strict, columns=columns
+    )
+    overrides, options = _run_options(_parse_sets(sets), progress=not as_json)
+    m = pipeline.train(model, prepared, overrides=overrides, config=cfg, options=options, out=out)
     res = pipeline.evaluate_model(m, prepared, on="valid")
-    summary = {"model": model, "out": str(out), "fit_seconds": m.meta["fit_seconds"], **res.metrics}
+    rep = prepared.report
+    summary = {
+        "model": model,
+        "out": str(out),
+        "fit_seconds": m.meta["fit_seconds"],
+        "n_invalid_rows": rep.n_invalid,
+        "n_duplicate_rows": rep.exact_duplicates,
+        **res.metrics,
+    }
     if as_json:
         typer.echo(json.dumps(summary))
     else:
+        if rep.n_invalid or rep.exact_duplicates:
+            typer.echo(f"{prepared.location}: {rep.summary()}")
         typer.echo(f"saved {model} to {out} (fit {m.meta['fit_seconds']:.1f}s); validation:")
         typer.echo(_table(res.metrics))
 
@@ -156,17 +226,30 @@ def evaluate(
     target: Annotated[str, typer.Argument(help="a saved model directory, or a model name (trained now)")],
     dataset: Annotated[str | None, typer.Option("--dataset")] = None,
     split: Annotated[str | None, typer.Option("--split", help="loo or time (default: the model's)")] = None,
-    k: Annotated[list[int] | None, typer.Option("--k", help="cut-off(s), repeatable")] = None,
+    k: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--k", help="cut-off(s) >= 1, repeatable; above the catalogue size = the whole catalogue"
+        ),
+    ] = None,
     keep_seen: Annotated[bool, typer.Option("--keep-seen", help="do not exclude already-seen items")] = False,
     sets: Annotated[list[str] | None, typer.Option("--set")] = None,
     data_dir: DataDirOpt = None,
+    columns: ColumnsOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Full-ranking evaluation on the test targets (all items ranked; seen items excluded by default)."""
+    """Full-ranking evaluation on the test targets (all items ranked; seen items excluded by default).
+
+    A saved model is evaluated on the split it was trained on, rebuilt from the data it records;
+    refused when that data changed since training (content hash) or when its training included
+    test targets (e.g. a resume on them)."""
     from dynrec import jobs as pipeline
 
     ks = tuple(k or [10])
+    overrides, options = _run_options(_parse_sets(sets), progress=not as_json)
     if Path(target).is_dir():
+        if overrides:
+            _fail(f"a saved model's options cannot be changed with --set: {sorted(overrides)}")
         _, res = pipeline.evaluate_saved(
             target,
             dataset=dataset,
@@ -175,13 +258,15 @@ def evaluate(
             ks=ks,
             exclude_seen=not keep_seen,
             progress=not as_json,
+            columns=columns,
+            options=options,
         )
     else:
         if dataset is None:
             _fail("--dataset is required when evaluating a model by name")
         assert dataset is not None
-        prepared = pipeline.prepare(dataset, split=_split(split or "loo"), data_dir=data_dir)
-        m = pipeline.train(target, prepared, overrides=_parse_sets(sets))
+        prepared = pipeline.prepare(dataset, split=_split(split or "loo"), data_dir=data_dir, columns=columns)
+        m = pipeline.train(target, prepared, overrides=overrides, options=options)
         res = pipeline.evaluate_model(m, prepared, ks=ks, exclude_seen=not keep_seen, progress=not as_json)
     if as_json:
         typer.echo(json.dumps(res.metrics))
@@ -194,16 +279,22 @@ def evaluate(
 def recommend(
     model_dir: Annotated[Path, typer.Argument(help="saved model directory")],
     user: Annotated[
-        str | None, typer.Option("--user", help="user id (history from the model's dataset)")
+        str | None,
+        typer.Option("--user", help="user id: their training history as the model records it (see above)"),
     ] = None,
     history: Annotated[
         str | None, typer.Option("--history", help="comma-separated item ids, oldest first")
     ] = None,
-    k: Annotated[int, typer.Option("--k")] = 10,
+    k: Annotated[int, typer.Option("--k", help=">= 1; above the catalogue size: every item")] = 10,
     data_dir: DataDirOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Top-k items for a user (their full history) or for an explicit history."""
+    """Top-k items for a user or for an explicit history (seen items excluded).
+
+    --user U uses U's *training* history as the model records it: the training part of its split
+    plus the events of resumes — never validation or test targets — read from the data the model
+    records (checked unchanged). `dynrec store seed` loads these same histories into an online
+    store, so an OnlineRecommender over it recommends exactly what this command does."""
     from dynrec.jobs.recommend import recommend_for
 
     if (user is None) == (history is None):
@@ -217,6 +308,37 @@ def recommend(
             typer.echo(f"{rank:>3}  {item:<12} {score:.4f}")
 
 
+@store_app.command("seed")
+@handled
+def store_seed(
+    model_dir: Annotated[Path, typer.Argument(help="saved model directory")],
+    store: Annotated[
+        str, typer.Option("--store", help="SQLite state store: sqlite:///path/to/store.db or a file path")
+    ],
+    replace: Annotated[
+        bool, typer.Option("--replace", help="replace the histories of users the store already holds")
+    ] = False,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Load every user's training history as the model records it (the training part of its split
+    plus resumed events; never validation/test targets) into an online state store, so an
+    OnlineRecommender over the store starts where `dynrec recommend --user` is."""
+    from dynrec.jobs.recommend import seed_store
+    from dynrec.online.state import SQLiteStore
+
+    path = store.removeprefix("sqlite:///") if store.startswith("sqlite:///") else store
+    if "://" in path:
+        _fail(f"--store must be sqlite:///PATH or a file path, got {store!r}")
+    with SQLiteStore(path) as st:
+        report = seed_store(model_dir, st, data_dir=data_dir, replace=replace)
+    report["store"] = str(Path(path))
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        typer.echo(f"seeded {report['store']} with {report['events']} events of {report['users']} users")
+
+
 def _train_resume(
     resume: Path | None,
     events: Path | None,
@@ -225,6 +347,8 @@ def _train_resume(
     update_epochs: int,
     replay_ratio: float,
     as_json: bool,
+    strict: bool = False,
+    columns: str | None = None,
 ) -> None:
     from dynrec.jobs.resume import resume_training
     from dynrec.online.updater import UpdateConfig
@@ -235,7 +359,9 @@ def _train_resume(
     if not resume.is_dir():
         _fail(f"{resume} is not a saved model directory")
     cfg = UpdateConfig(epochs=update_epochs, replay_ratio=replay_ratio)
-    _, report = resume_training(resume, events, out=out, data_dir=data_dir, config=cfg)
+    _, report = resume_training(
+        resume, events, out=out, data_dir=data_dir, config=cfg, strict=strict, columns=columns
+    )
     if as_json:
         typer.echo(json.dumps(report))
     else:
@@ -362,14 +488,20 @@ def replay(
 
 
 def main() -> None:
+    """Console entry point: runs the app; anything that escapes a command (errors raised while
+    parsing, in callbacks) still becomes one ``error:`` line and exit code 1, unless --debug."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        app()
-    except DynrecError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(1)
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        typer.secho("error: interrupted", fg=typer.colors.RED, err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if "--debug" in sys.argv[1:]:
+            raise
+        typer.secho(error_line(exc), fg=typer.colors.RED, err=True)
         sys.exit(1)
 
 

@@ -59,12 +59,18 @@ class InvalidRow:
 class ValidationReport:
     """Every rejected row with its source, line, field and reason; `n_valid` rows were kept.
 
-    `n_duplicates` counts events later removed by `dynrec.preprocessing.filters.dedup`.
+    `n_duplicates` counts events removed as duplicates: exact duplicates dropped by the reader
+    (``read_events(duplicates="drop")``) and those later removed by
+    `dynrec.preprocessing.filters.dedup`. `exact_duplicates` is the number of exact duplicate rows
+    the reader found (dropped or kept, per its policy) and `duplicate_lines` the first few of them
+    as ``(line, line of the first copy)``.
     """
 
     n_valid: int = 0
     invalid: tuple[InvalidRow, ...] = ()
     n_duplicates: int = 0
+    exact_duplicates: int = 0
+    duplicate_lines: tuple[tuple[int, int], ...] = ()
 
     @property
     def n_invalid(self) -> int:
@@ -82,14 +88,26 @@ class ValidationReport:
             self.n_valid + other.n_valid,
             self.invalid + other.invalid,
             self.n_duplicates + other.n_duplicates,
+            self.exact_duplicates + other.exact_duplicates,
+            self.duplicate_lines + other.duplicate_lines,
         )
 
+    def duplicates_summary(self, limit: int = 5) -> str:
+        """One line about the exact duplicate rows the reader found ("" when none)."""
+        if not self.exact_duplicates:
+            return ""
+        shown = ", ".join(f"line {a} (= line {b})" for a, b in self.duplicate_lines[:limit])
+        more = ", ..." if self.exact_duplicates > min(limit, len(self.duplicate_lines)) else ""
+        return f"{self.exact_duplicates} exact duplicate rows: {shown}{more}"
+
     def summary(self, limit: int = 5) -> str:
+        dup = self.duplicates_summary(limit)
+        dup = f"; {dup}" if dup else ""
         if not self.invalid:
-            return f"{self.n_valid} valid rows, no invalid rows"
+            return f"{self.n_valid} valid rows, no invalid rows{dup}"
         shown = "\n".join(f"  {r}" for r in self.invalid[:limit])
         more = f"\n  ... and {self.n_invalid - limit} more" if self.n_invalid > limit else ""
-        return f"{self.n_valid} valid rows, {self.n_invalid} invalid rows skipped:\n{shown}{more}"
+        return f"{self.n_valid} valid rows, {self.n_invalid} invalid rows skipped{dup}:\n{shown}{more}"
 
     def raise_if_invalid(self) -> None:
         """Strict mode: the first invalid row becomes a `DataError` (the count of the rest is added)."""

@@ -114,7 +114,10 @@ class QueryBatch:
 
 def topk_stable(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k by descending score with ties broken by lower item index (deterministic)."""
-    k = min(k, scores.shape[1])
+    k = max(0, min(k, scores.shape[1]))
+    if k == 0:  # nothing to rank (k <= 0 or no items): empty [B, 0] results, like topk
+        empty = torch.empty(scores.shape[0], 0, dtype=torch.long, device=scores.device)
+        return empty, scores[:, :0]
     # stable descending sort on a chunk would cost O(N log N); topk then re-sort the tie groups.
     vals, idx = torch.topk(scores, k, dim=1)
     kth = vals[:, -1:]

@@ -59,7 +59,9 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     idx = torch.arange(scores.shape[1], device=scores.device)[None, :]
     ties = ((scores == s_t) & (idx < targets[:, None])).sum(1)
     rank = (higher + ties).to(torch.float64)
-    return torch.where(torch.isfinite(s_t[:, 0]), rank, torch.full_like(rank, float("inf")))
+    # only a -inf (masked) or NaN target is unranked; a +inf target is ranked like any other score
+    ranked = s_t[:, 0] > -torch.inf
+    return torch.where(ranked, rank, torch.full_like(rank, float("inf")))
 
 
 def evaluate(
@@ -78,7 +80,7 @@ def evaluate(
     n_q = len(evalset)
     n_items = model.n_items
     chunk = chunk_size or chunk_size_for(n_items)
-    kmax = max(ks)
+    kmax = min(max(ks), n_items)  # top lists (coverage, novelty) never longer than the catalogue
     ranks = np.empty(n_q, dtype=np.float64)
     tops = np.zeros((n_q, kmax), dtype=np.int64) if extra else None
     bar = tqdm(total=n_q, desc=f"evaluate {model.name}", unit="q", disable=not progress, leave=False)

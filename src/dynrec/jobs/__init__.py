@@ -1,13 +1,23 @@
 """Jobs: what the CLI, the demo, the service and the benchmarks call. The only layer that touches
 the model registry and the file system (datasets, saved models, event files)."""
 
-from dynrec.jobs.recommend import history_batch, recommend_for
+from dynrec.jobs.provenance import Provenance
+from dynrec.jobs.recommend import history_batch, recommend_for, seed_store
 from dynrec.jobs.replay import check_replay_model, fit_for_replay, load_replay_data, run_replay
 from dynrec.jobs.resume import resume_training
-from dynrec.jobs.train import Prepared, evaluate_model, evaluate_saved, load_config_file, prepare, train
+from dynrec.jobs.train import (
+    Prepared,
+    evaluate_model,
+    evaluate_saved,
+    load_config_file,
+    prepare,
+    train,
+    training_history,
+)
 
 __all__ = [
     "Prepared",
+    "Provenance",
     "check_replay_model",
     "evaluate_model",
     "evaluate_saved",
@@ -19,5 +29,7 @@ __all__ = [
     "recommend_for",
     "resume_training",
     "run_replay",
+    "seed_store",
     "train",
+    "training_history",
 ]

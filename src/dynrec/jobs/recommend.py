@@ -1,4 +1,11 @@
-"""Recommendations for one user or one explicit history from a saved model (CLI / service path)."""
+"""Recommendations for one user or one explicit history from a saved model (CLI / service path),
+and seeding an online state store with the histories a model was trained on.
+
+A known user's history is their *training history* as the model records it
+(`dynrec.jobs.train.training_history`: the training part of the model's split plus resumed
+events; never validation or test targets). `recommend_for(user=U)` and an `OnlineRecommender`
+whose store was filled by `seed_store` see the same history, so they give the same items.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from dynrec.data import registry
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError, UnknownIdError
+from dynrec.jobs.train import training_history
 from dynrec.models.base import Recommender
+from dynrec.online.state import Event, StateStore
+
+__all__ = ["history_batch", "recommend_for", "seed_store", "user_history_batch"]
 
 
 def history_batch(model: Recommender, items: list[str], user: str | None = None) -> QueryBatch:
@@ -22,6 +32,24 @@ def history_batch(model: Recommender, items: list[str], user: str | None = None)
     return QueryBatch(np.array([uidx], np.int64), np.array([0, len(idx)], np.int64), idx.astype(np.int64))
 
 
+def user_history_batch(model: Recommender, history: InteractionData, user: str) -> QueryBatch:
+    """`user`'s training history as a one-query batch, built like `OnlineRecommender` builds it
+    from a store (item indices and timestamps, no weights), so both score the same query."""
+    assert model.user_vocab is not None
+    if user not in history.user_vocab or history.lengths()[history.user_vocab.index(user)] == 0:
+        raise UnknownIdError(f"user {user!r} has no training history in this model (pass --history)")
+    u = history.user_vocab.index(user)
+    a, b = int(history.indptr[u]), int(history.indptr[u + 1])
+    items = history.items[a:b].astype(np.int64)
+    return QueryBatch(
+        np.array([model.user_vocab.index(user, policy="skip")], np.int64),
+        np.array([0, items.shape[0]], np.int64),
+        items,
+        history.timestamps[a:b].astype(np.int64),
+        None,
+    )
+
+
 def recommend_for(
     model_dir: str | Path,
     *,
@@ -30,23 +58,22 @@ def recommend_for(
     k: int = 10,
     data_dir: str | Path | None = None,
 ) -> dict[str, Any]:
+    """Top-k items for `user` (their training history, see the module docstring) or for an
+    explicit `history` of item ids (oldest first). `k` must be >= 1; a `k` above the catalogue
+    size returns every item that can be recommended."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DynrecError(f"--k must be an integer >= 1, got {k!r}")
     model = Recommender.load(model_dir)
     assert model.item_vocab is not None
     if history is None:
         if user is None:
             raise DynrecError("give a user or a history")
-        ds = model.meta.get("dataset")
-        if ds is None:
-            raise DynrecError("the model does not record its dataset; pass --history")
-        data = InteractionData.from_events(registry.load(ds, data_dir))
-        if user not in data.user_vocab:
-            raise UnknownIdError(f"unknown user {user!r} in dataset {ds!r}")
-        u = data.user_vocab.index(user)
-        history = data.item_vocab.to_ids(data.sequence(u))
-    try:
-        q = history_batch(model, history, user)
-    except UnknownIdError as exc:
-        raise DynrecError(f"history item not in the model's catalogue: {exc}") from exc
+        q = user_history_batch(model, training_history(model, data_dir).data, user)
+    else:
+        try:
+            q = history_batch(model, history, user)
+        except UnknownIdError as exc:
+            raise DynrecError(f"history item not in the model's catalogue: {exc}") from exc
     idx, scores = model.recommend(q, k=k)
     keep = np.isfinite(scores[0].numpy())
     return {
@@ -55,3 +82,36 @@ def recommend_for(
         "scores": [float(s) for s in scores[0].numpy()[keep]],
         "model": model.name,
     }
+
+
+def seed_store(
+    model_dir: str | Path,
+    store: StateStore,
+    *,
+    data_dir: str | Path | None = None,
+    replace: bool = False,
+) -> dict[str, Any]:
+    """Append every user's training history (see the module docstring) to `store`, oldest first,
+    so an `OnlineRecommender` over it starts where `recommend --user` is.
+
+    Refuses a store that already holds events of one of these users (their history would be
+    doubled) unless `replace`, which deletes those users' events and states first."""
+    model = Recommender.load(model_dir)
+    hist = training_history(model, data_dir).data
+    lens = hist.lengths()
+    users = [u for u in range(1, hist.n_users) if lens[u] > 0]
+    names = hist.user_vocab.to_ids(users)
+    for name in names:
+        if len(store.history(name, 1)):
+            if not replace:
+                raise DynrecError(
+                    f"the store already holds events of user {name!r}: seed an empty store, or replace "
+                    "those users' histories (--replace)"
+                )
+            store.delete_user(name)
+    item_ids = hist.item_vocab.to_ids(hist.items)
+    user_ids = hist.user_vocab.to_ids(hist.users)
+    ts = hist.timestamps.tolist()
+    # one batch: the store validates and writes it all or nothing; users' events stay in time order
+    store.append(Event(user_ids[j], item_ids[j], int(ts[j])) for j in range(hist.n_events))
+    return {"model": model.name, "users": len(users), "events": hist.n_events}

@@ -9,24 +9,34 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from dynrec.data.dataset import InteractionData
-from dynrec.data.query import QueryBatch
+from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import ModelConfig, Recommender
+from dynrec.models.base import (
+    ModelConfig,
+    NonNegFloat,
+    PositiveInt,
+    Recommender,
+    TensorFileError,
+    expect,
+    expect_only,
+)
+from dynrec.models.capabilities import StateBatch, StateLayout, UpdateBatch, UpdateOutcome
 
 
 @dataclass(frozen=True)
 class KNNConfig(ModelConfig):
-    k: int = 100
+    k: PositiveInt = 100
     """Neighbours kept per item (ItemKNN) or per query (UserKNN)."""
-    shrink: float = 10.0
+    shrink: NonNegFloat = 10.0
     """Shrinkage added to the cosine denominator (damps similarities from few co-occurrences)."""
-    recency_half_life: float = 0.0
+    recency_half_life: NonNegFloat = 0.0
     """Weight of a history item halves every this many events back from the newest; 0 = equal."""
 
 
@@ -88,15 +98,110 @@ class ItemKNN(Recommender):
     config_class = KNNConfig
     config: KNNConfig
 
+    dense_limit: ClassVar[int] = 1 << 24
+    """Similarity matrices with at most this many entries are densified once for state steps."""
+
     def __init__(self, config: KNNConfig | None = None) -> None:
         super().__init__(config)
         self.sim: sp.csr_matrix | None = None  # [n_items, n_items]; score = history @ sim
+        self._dense_sim: torch.Tensor | None = None  # cache of `sim` for fast row reads
+        self._counts: sp.csr_matrix | None = None  # co-occurrence counts kept between updates
+
+    def _set_sim(self, sim: sp.csr_matrix) -> None:
+        self.sim = sim
+        self._dense_sim = None
+
+    def _sim(self) -> sp.csr_matrix:
+        if self.sim is None:
+            raise NotFittedError("itemknn is not fitted")
+        return self.sim
+
+    def _sim_rows(self, items: IntArray) -> torch.Tensor:
+        """Rows ``sim[items]`` as a dense [len(items), n_items] tensor."""
+        sim = self._sim()
+        n = int(sim.shape[0])
+        if self._dense_sim is None and n * n <= self.dense_limit:
+            self._dense_sim = torch.from_numpy(np.asarray(sim.toarray(), dtype=np.float32))
+        it = np.asarray(items, dtype=np.int64)
+        if self._dense_sim is not None:
+            return self._dense_sim[torch.from_numpy(it)]
+        return torch.from_numpy(np.asarray(sim[it].toarray(), dtype=np.float32))
+
+    # -- IncrementalState: ``s <- gamma s + sim[item]``, exactly ``history_weights @ sim`` --------
+    def state_layout(self) -> StateLayout:
+        return StateLayout("decayed-scores")
+
+    def _gamma(self) -> float:
+        hl = self.config.recency_half_life
+        return float(0.5 ** (1.0 / hl)) if hl > 0 else 1.0
+
+    def init_state(self, batch: QueryBatch) -> StateBatch:
+        s = self.score(batch)
+        s[:, 0] = 0.0
+        return {"s": s}
+
+    def step_state(
+        self, state: StateBatch, items: IntArray, timestamps: IntArray, *, inplace: bool = False
+    ) -> StateBatch:
+        g = self._gamma()
+        s = state["s"] if inplace else state["s"].clone()
+        if g != 1.0:
+            s.mul_(g)
+        s += self._sim_rows(items)
+        return {"s": s}
+
+    def score_state(self, state: StateBatch) -> torch.Tensor:
+        out = state["s"].clone()
+        out[:, 0] = -torch.inf
+        return out
+
+    # -- PartialFit: additive co-occurrence counts, then neighbours re-selected --------------------
+    def partial_fit(self, update: UpdateBatch) -> UpdateOutcome:
+        """Exactly a refit on the memory: the co-occurrence counts change only through the new
+        (user, item) pairs of the touched users, ``X_oldᵀD + DᵀX_old + DᵀD``."""
+        if self._counts is None or update.fresh:
+            x = update.previous.csr(binary=True)
+            self._counts = (x.T @ x).tocsr().astype(np.float32)
+        n = update.memory.n_items
+        counts = _pad(self._counts, n, n)
+        x_new = update.memory.csr(binary=True)[update.users]
+        x_old = _pad(update.previous.csr(binary=True), update.memory.n_users, n)[update.users]
+        d = (x_new - x_old).tocsr()
+        d.eliminate_zeros()
+        if d.nnz:
+            cross = x_old.T @ d
+            counts = (counts + cross + cross.T + d.T @ d).tocsr().astype(np.float32)
+        self._counts = counts
+        norms = np.sqrt(np.maximum(counts.diagonal(), 0.0)).astype(np.float32)
+        self._set_sim(
+            topk_cosine(lambda a, b: counts[a:b].toarray(), norms, self.config.k, self.config.shrink)
+        )
+        return UpdateOutcome("co-occurrence counts", int(update.users.shape[0]))
+
+    # -- Explainer: score = Σ_j w_j sim[h_j, i], so event j contributes w_j sim[h_j, i] -----------
+    def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
+        sim = self._sim()
+        rows = batch.row_ids()
+        hl = self.config.recency_half_life
+        if hl > 0 and rows.size:
+            back = np.repeat(batch.indptr[1:], batch.lengths) - 1 - np.arange(rows.size)  # 0 = newest
+            wt = np.power(0.5, back / hl).astype(np.float32)
+        else:
+            wt = np.ones(rows.size, dtype=np.float32)
+        targets = items.cpu().numpy().astype(np.int64)[rows]  # [nnz, k]: the items of each event's query
+        vals = np.zeros(targets.shape, dtype=np.float32)
+        for c in range(targets.shape[1]):
+            vals[:, c] = np.asarray(sim[batch.items, targets[:, c]]).ravel()
+        return torch.from_numpy(vals * wt[:, None])
 
     def _fit(self, data: InteractionData, valid: object) -> None:
         x = data.csr(binary=True).tocsc()  # users x items
         xt = x.T.tocsr()
         norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel()).astype(np.float32)
-        self.sim = topk_cosine(lambda a, b: (xt[a:b] @ x).toarray(), norms, self.config.k, self.config.shrink)
+        self._counts = None
+        self._set_sim(
+            topk_cosine(lambda a, b: (xt[a:b] @ x).toarray(), norms, self.config.k, self.config.shrink)
+        )
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         if self.sim is None:
@@ -111,7 +216,8 @@ class ItemKNN(Recommender):
         return _csr_tensors(self.sim, "sim")
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.sim = _csr_from(tensors, "sim")
+        expect_only(tensors, _csr_names("sim"))
+        self.sim = _csr_from(tensors, "sim", (self.n_items, self.n_items))
 
 
 class UserKNN(Recommender):
@@ -127,6 +233,11 @@ class UserKNN(Recommender):
     def _fit(self, data: InteractionData, valid: object) -> None:
         self.x = data.csr(binary=True)
         self.norms = np.sqrt(np.asarray(self.x.sum(axis=1)).ravel()).astype(np.float32)
+
+    def partial_fit(self, update: UpdateBatch) -> UpdateOutcome:
+        """The neighbour rows are the memory's users (exactly a refit)."""
+        self._fit(update.memory, None)
+        return UpdateOutcome("user rows", int(update.users.shape[0]))
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         if self.x is None or self.norms is None:
@@ -153,11 +264,16 @@ class UserKNN(Recommender):
         return _csr_tensors(self.x, "x")
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.x = _csr_from(tensors, "x")
+        expect_only(tensors, _csr_names("x"))
+        n_users = self.user_vocab.size if self.user_vocab is not None else 1
+        self.x = _csr_from(tensors, "x", (None, self.n_items), max_rows=n_users, low=0.0)
         self.norms = np.sqrt(np.asarray(self.x.sum(axis=1)).ravel()).astype(np.float32)
 
 
 def _csr_tensors(m: sp.csr_matrix, prefix: str) -> dict[str, torch.Tensor]:
+    if not m.has_canonical_format:  # what `_csr_from` accepts: sorted, no repeats within a row
+        m = m.copy()
+        m.sum_duplicates()
     return {
         f"{prefix}.data": torch.from_numpy(np.asarray(m.data, dtype=np.float32)),
         f"{prefix}.indices": torch.from_numpy(np.asarray(m.indices, dtype=np.int64)),
@@ -166,9 +282,49 @@ def _csr_tensors(m: sp.csr_matrix, prefix: str) -> dict[str, torch.Tensor]:
     }
 
 
-def _csr_from(t: dict[str, torch.Tensor], prefix: str) -> sp.csr_matrix:
-    shape = tuple(int(v) for v in t[f"{prefix}.shape"].tolist())
-    return sp.csr_matrix(
-        (t[f"{prefix}.data"].numpy(), t[f"{prefix}.indices"].numpy(), t[f"{prefix}.indptr"].numpy()),
-        shape=shape,
-    )
+def _csr_names(prefix: str) -> frozenset[str]:
+    return frozenset(f"{prefix}.{part}" for part in ("data", "indices", "indptr", "shape"))
+
+
+def _csr_from(
+    t: dict[str, torch.Tensor],
+    prefix: str,
+    shape: tuple[int | None, int],
+    *,
+    max_rows: int | None = None,
+    low: float | None = None,
+) -> sp.csr_matrix:
+    """The CSR matrix saved by `_csr_tensors`, checked before scipy sees it (scipy's sparse
+    products do not bounds-check): `shape` (rows None = any count from 1 to `max_rows`), row
+    pointer from 0 to nnz and non-decreasing, column indices in range and strictly increasing
+    within each row, finite values (>= `low`)."""
+    sh = expect(t, f"{prefix}.shape", (2,), torch.int64).tolist()
+    rows, cols = shape
+    if sh[1] != cols or (sh[0] != rows if rows is not None else not 1 <= sh[0] <= (max_rows or sh[0])):
+        want = f"[{rows if rows is not None else f'1..{max_rows}'}, {cols}]"
+        raise TensorFileError(f"tensor '{prefix}.shape' is {sh}, expected {want}")
+    n_rows = int(sh[0])
+    data = expect(t, f"{prefix}.data", (None,), torch.float32, low=low)
+    nnz = int(data.shape[0])
+    indices = expect(t, f"{prefix}.indices", (nnz,), torch.int64, low=0, high=cols)
+    indptr = expect(t, f"{prefix}.indptr", (n_rows + 1,), torch.int64)
+    if int(indptr[0]) != 0 or int(indptr[-1]) != nnz or bool((indptr.diff() < 0).any()):
+        raise TensorFileError(
+            f"tensor '{prefix}.indptr' is not a row pointer from 0 to {nnz} (non-decreasing)"
+        )
+    if nnz > 1:
+        increasing = indices.diff() > 0
+        row_start = torch.zeros(nnz - 1, dtype=torch.bool)
+        starts = indptr[1:-1]
+        row_start[starts[(starts > 0) & (starts < nnz)] - 1] = True
+        if not bool((increasing | row_start).all()):
+            raise TensorFileError(f"tensor '{prefix}.indices' is not sorted without repeats within each row")
+    return sp.csr_matrix((data.numpy(), indices.numpy(), indptr.numpy()), shape=(n_rows, cols))
+
+
+def _pad(m: sp.spmatrix, rows: int, cols: int) -> sp.csr_matrix:
+    """`m` as a csr matrix of shape (rows, cols) (zero rows/columns appended)."""
+    if m.shape == (rows, cols):
+        return sp.csr_matrix(m)
+    c = m.tocoo()
+    return sp.csr_matrix((c.data, (c.row, c.col)), shape=(rows, cols), dtype=np.float32)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -31,7 +32,9 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
+from dynrec.models.base import Fraction, PositiveFloat, PositiveInt, Range
 from dynrec.models.neural import TorchRecommender
+from dynrec.models.neural.base import Optimizer
 from dynrec.models.seq._gru_data import biased_ce, first_event_lookup, padded_lookup, position_rows
 from dynrec.models.seq.common import (
     SequenceBatches,
@@ -49,25 +52,25 @@ POOLINGS = ("mean", "decay", "both")
 class MLPConfig(SequenceConfig):
     """Options of the `mlp` model; `max_len` = recent history items pooled."""
 
-    embedding_dim: int = 64
-    hidden: tuple[int, ...] = (256,)
+    embedding_dim: PositiveInt = 64
+    hidden: tuple[PositiveInt, ...] = (256,)
     """Hidden layer widths of the MLP (ReLU + dropout after each)."""
-    dropout: float = 0.2
-    pooling: str = "both"
+    dropout: Fraction = 0.2
+    pooling: Literal["mean", "decay", "both"] = "both"
     """mean (long-term) | decay (short-term, learned recency decay) | both (concatenated)."""
-    decay: float = 0.9
+    decay: Annotated[float, Range(0.0, 1.0, lo_open=True, hi_open=True)] = 0.9
     """Initial per-event decay of the short-term pooling (learned)."""
     use_user: bool = False
     """Add a user-id embedding (the learned unknown-user vector for unknown users)."""
-    user_dropout: float = 0.1
+    user_dropout: Fraction = 0.1
     """With `use_user`: probability that a training row is seen as the unknown user."""
     tied: bool = True
     """Score with the input item embeddings (else a separate output embedding)."""
-    optimizer: str = "adam"
-    batch_size: int = 64
-    learning_rate: float = 5e-3
-    epochs: int = 60
-    patience: int = 5
+    optimizer: Optimizer = "adam"
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 5e-3
+    epochs: PositiveInt = 60
+    patience: PositiveInt = 5
 
 
 class MLPNet(nn.Module):
@@ -245,6 +248,10 @@ class MLPRecommender(TorchRecommender):
 
     def release_training_data(self) -> None:
         self._batches = self._probs = None
+
+    def item_embeddings(self) -> torch.Tensor:
+        """[n_items, d] the model's input item embeddings (row 0 = padding)."""
+        return self._mlp().item_emb.weight.detach()[: self.n_items].float().cpu()
 
     def _mlp(self) -> MLPNet:
         if self.net is None:

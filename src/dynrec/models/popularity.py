@@ -8,14 +8,15 @@ import numpy as np
 import torch
 
 from dynrec.data.dataset import InteractionData
-from dynrec.data.query import QueryBatch
+from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import ModelConfig, Recommender
+from dynrec.models.base import ModelConfig, NonNegFloat, Recommender, expect, expect_only
+from dynrec.models.capabilities import StateBatch, StateLayout, UpdateBatch, UpdateOutcome
 
 
 @dataclass(frozen=True)
 class PopConfig(ModelConfig):
-    half_life: float = 0.0
+    half_life: NonNegFloat = 0.0
     """Recency decay: an event `half_life` time units older than the newest training event counts
     half. 0 = plain counts. For order-only datasets time is the per-user position."""
 
@@ -38,6 +39,26 @@ class MostPopular(Recommender):
         pop = np.bincount(data.items, weights=w, minlength=data.n_items).astype(np.float32)
         self.popularity = torch.from_numpy(pop)
 
+    # -- IncrementalState: scores do not depend on the history; the state only counts events -----
+    def state_layout(self) -> StateLayout:
+        return StateLayout("none")
+
+    def init_state(self, batch: QueryBatch) -> StateBatch:
+        return {"n": torch.from_numpy(batch.lengths.astype(np.int64))}
+
+    def step_state(
+        self, state: StateBatch, items: IntArray, timestamps: IntArray, *, inplace: bool = False
+    ) -> StateBatch:
+        return {"n": state["n"] + 1}
+
+    def score_state(self, state: StateBatch) -> torch.Tensor:
+        return self.score(QueryBatch.from_histories([[]] * int(state["n"].shape[0])))
+
+    # -- PartialFit: the counts of everything seen (exactly a refit) ------------------------------
+    def partial_fit(self, update: UpdateBatch) -> UpdateOutcome:
+        self._fit(update.memory, None)
+        return UpdateOutcome("counts", int(update.users.shape[0]))
+
     def score(self, batch: QueryBatch) -> torch.Tensor:
         if self.popularity is None:
             raise NotFittedError("pop is not fitted")
@@ -50,4 +71,5 @@ class MostPopular(Recommender):
         return {"popularity": self.popularity}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.popularity = tensors["popularity"]
+        expect_only(tensors, {"popularity"})
+        self.popularity = expect(tensors, "popularity", (self.n_items,), torch.float32, low=0.0)

@@ -7,10 +7,11 @@ never silently dropped (a test imports every entry).
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from dynrec.errors import DynrecError
-from dynrec.models.base import Recommender
+from dynrec.models.base import Recommender, RunOptions, split_overrides
 
 MODELS: dict[str, str] = {
     "pop": "dynrec.models.popularity:MostPopular",
@@ -47,10 +48,25 @@ def get_model_class(name: str) -> type[Recommender]:
 
 
 def create_model(
-    name: str, overrides: dict[str, str] | None = None, config: dict[str, Any] | None = None
+    name: str,
+    overrides: dict[str, str] | None = None,
+    config: dict[str, Any] | None = None,
+    options: RunOptions | None = None,
 ) -> Recommender:
+    """A model from settings: `config` typed values (e.g. a TOML table), then `overrides`
+    (``--set`` strings). Run-option keys among either (device, num_threads, progress,
+    checkpoint_dir) go to the model's `options` (over `options`), never into its config."""
     cls = get_model_class(name)
-    cfg = cls.config_class.from_dict(config or {})
-    if overrides:
-        cfg = cfg.with_overrides(overrides)
-    return cls(cfg)
+    file_cfg, opts = split_overrides(config, options)
+    set_cfg, opts = split_overrides(overrides, opts)
+    cfg = cls.config_class.from_dict(file_cfg)
+    if set_cfg:
+        cfg = cfg.with_overrides(set_cfg)
+    model = cls(cfg)
+    model.options = opts
+    return model
+
+
+def load_model(path: str | Path, *, options: RunOptions | None = None) -> Recommender:
+    """A saved model directory (safetensors + config.json + vocabularies), any registered kind."""
+    return Recommender.load(path, options=options)

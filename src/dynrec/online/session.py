@@ -13,21 +13,32 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 
+from dynrec.data.items import ItemMetadata
 from dynrec.data.query import QueryBatch, topk_stable
-from dynrec.errors import NotFittedError
+from dynrec.errors import DynrecError, NotFittedError
 from dynrec.models.base import Recommender
-from dynrec.online.adapters import StateAdapter, StateBatch, adapter_for
-from dynrec.online.state import CachedState, Event, History, InMemoryStore, StateStore
+from dynrec.models.capabilities import ItemEmbeddings
+from dynrec.online.adapters import RecomputeAdapter, StateAdapter, StateBatch, adapter_for
+from dynrec.online.state import (
+    CachedState,
+    Event,
+    History,
+    InMemoryStore,
+    StateStore,
+    UserStamp,
+    validate_events,
+)
+from dynrec.online.updater import IncrementalUpdater, UpdateReport
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +85,9 @@ class Interests:
 
 @dataclass
 class _Hot:
-    """A user's decoded state in this process: the state, history events it covers, the model
-    version, the seen item indices, and how many events it is ahead of the store."""
+    """A user's decoded state in this process: the state, the events of the user's store
+    generation it covers, the model version, the seen item indices, how many events it is ahead of
+    the store's checkpoint, and the generation (`UserStamp`)."""
 
     state: StateBatch
     n_events: int
@@ -83,6 +95,7 @@ class _Hot:
     seen: set[int]
     dirty: int = 0
     seen_idx: torch.Tensor | None = None
+    generation: int = 0
 
 
 @dataclass
@@ -106,8 +119,8 @@ class OnlineRecommender:
         *,
         adapter: StateAdapter | None = None,
         item_categories: tuple[sp.csr_matrix, Sequence[str]] | None = None,
-        item_metadata: Any = None,
-        updater: Any = None,
+        item_metadata: ItemMetadata | None = None,
+        updater: IncrementalUpdater | None = None,
         cache_size: int = 10_000,
         persist_every: int = 1,
     ) -> None:
@@ -119,8 +132,9 @@ class OnlineRecommender:
         self.version = model_version(model)
         self.updater = updater
         self.cache_size = cache_size
-        """Users whose decoded state and seen items stay in this process (LRU; 0 = none). Assumes
-        this process is the only writer of those users (sticky routing); `refresh` clears it."""
+        """Users whose decoded state and seen items stay in this process (LRU; 0 = none). Every
+        read checks a hot state against the store's stamp of the user (one indexed lookup), so
+        events appended or users deleted by other processes are never missed."""
         self.persist_every = max(1, persist_every)
         """Write a user's state to the store every this many events (1 = write-through). A stored
         state is a checkpoint: loading replays the history events after it, so at most
@@ -153,34 +167,88 @@ class OnlineRecommender:
 
     # -- state ------------------------------------------------------------------------------
     def _load(self, user: str) -> _Hot:
-        """The user's state: from the hot cache, else the store's checkpoint + the history events
-        after it, else built from the whole history."""
+        """The user's state, checked against the store's stamp on every call (another process
+        may have appended events or deleted the user): the hot state when current, or stepped
+        through the events appended elsewhere; else the store's checkpoint + the events after it,
+        else built from the whole history."""
         hot = self._hot.get(user)
         if hot is not None and hot.version == self.version:
-            self._hot.move_to_end(user)
-            return hot
-        hist = self.store.history(user)
+            stamp = self.store.stamp(user)
+            if stamp == UserStamp(hot.generation, hot.n_events):
+                self._hot.move_to_end(user)
+                return hot
+            if (
+                stamp.generation == hot.generation
+                and stamp.n_events > hot.n_events
+                and self._catch_up(user, hot)
+            ):
+                return hot
+        self._hot.pop(user, None)  # stale: another generation, or a history we cannot extend
+        return self._rebuild(user)
+
+    def _catch_up(self, user: str, hot: _Hot) -> bool:
+        """Step `hot` through the events appended (by another process) since it was built; False
+        when the store moved on in a way stepping cannot follow (then the caller rebuilds)."""
+        stamp, tail = self.store.since(user, hot.n_events)
+        missing = stamp.n_events - hot.n_events
+        if stamp.generation != hot.generation or missing < 0 or len(tail) != missing:
+            return False
+        hot.state, seen = self._step(hot.state, tail, inplace=True)
+        hot.seen.update(seen)
+        hot.n_events, hot.dirty = stamp.n_events, hot.dirty + missing
+        if hot.dirty >= self.persist_every:
+            self._persist(user, hot)
+        self._hot.move_to_end(user)
+        return True
+
+    def _rebuild(self, user: str, persist_at: int = 1) -> _Hot:
+        """The user's state from the store: its checkpoint (same model version and generation) +
+        the events after it, else recomputed from the held history; persisted when it is
+        `persist_at` or more events ahead of the checkpoint."""
+        stamp, hist = self.store.since(user, 0)
         q = self._query(user, hist)
         c = self.store.get_state(user)
-        if c is not None and c.version == self.version and c.n_events <= len(hist):
-            st = self.adapter.batch([c.tensors])
-            tail = self._query(user, History(hist.items[c.n_events :], hist.timestamps[c.n_events :]))
-            for i, t in zip(tail.items.tolist(), tail.timestamps.tolist(), strict=True):  # type: ignore[union-attr]
-                st = self.adapter.step(st, np.array([i], dtype=np.int64), np.array([t], dtype=np.int64))
-            dirty = len(hist) - c.n_events
-        elif c is not None and c.version == self.version:  # history trimmed below the checkpoint
-            st, dirty = self.adapter.batch([c.tensors]), 0
+        missing = -1 if c is None else stamp.n_events - c.n_events
+        if (
+            c is not None
+            and c.version == self.version
+            and c.generation == stamp.generation
+            and 0 <= missing <= len(hist)
+        ):
+            a = len(hist) - missing
+            tail = History(hist.items[a:], hist.timestamps[a:], hist.event_types[a:])
+            st, _ = self._step(self.adapter.batch([c.tensors]), tail, inplace=False)
+            dirty = missing
         else:
             st, dirty = self.adapter.init(q), len(hist)
-        hot = _Hot(st, len(hist), self.version, set(q.items.tolist()), dirty)
-        if dirty:
+        hot = _Hot(
+            st, stamp.n_events, self.version, set(q.items.tolist()), dirty, generation=stamp.generation
+        )
+        if dirty and (dirty >= persist_at or self.cache_size <= 0):
             self._persist(user, hot)
         self._remember(user, hot)
         return hot
 
-    def _persist(self, user: str, hot: _Hot) -> None:
-        self.store.put_state(user, CachedState(self.adapter.unbatch(hot.state, 0), hot.version, hot.n_events))
+    def _step(self, st: StateBatch, hist: History, *, inplace: bool) -> tuple[StateBatch, list[int]]:
+        """`st` advanced through `hist`'s events in order (items unknown to the model are kept in
+        the history but skipped by the state), and the item indices it consumed. `inplace`: the
+        caller owns `st` and drops it (`StateAdapter.step_`)."""
+        assert self.model.item_vocab is not None
+        idx = self.model.item_vocab.lookup(hist.items, policy="skip")
+        step = self.adapter.step_ if inplace else self.adapter.step
+        done: list[int] = []
+        for i, t in zip(idx.tolist(), hist.timestamps.tolist(), strict=True):
+            if i > 0:
+                st = step(st, np.array([i], dtype=np.int64), np.array([t], dtype=np.int64))
+                done.append(i)
+        return st, done
+
+    def _persist(self, user: str, hot: _Hot) -> bool:
+        """Write `hot` back (compare-and-set). Refused when the user's generation changed (the
+        next read rebuilds) or the store holds a newer checkpoint: either way nothing to redo."""
+        state = CachedState(self.adapter.unbatch(hot.state, 0), hot.version, hot.n_events, hot.generation)
         hot.dirty = 0
+        return self.store.put_state(user, state)
 
     def _remember(self, user: str, hot: _Hot) -> None:
         if self.cache_size <= 0:
@@ -197,33 +265,53 @@ class OnlineRecommender:
         return self._load(user).state
 
     def observe(self, events: Event | Iterable[Event]) -> None:
-        """Record events (in order) and advance each user's cached state past them."""
-        evs = [events] if isinstance(events, Event) else list(events)
+        """Record events (in order) and advance each user's cached state past them.
+
+        All or nothing: the whole batch is validated (`validate_events`, an `InvalidEventError`
+        naming the event's index and field) and appended in one store transaction before any
+        state moves. A hot state is stepped in place only when the store's stamp after the
+        append shows exactly this batch on top of it; otherwise (another process appended or
+        deleted in between) the user's state is rebuilt from the store."""
+        evs = validate_events(events)
         if not evs:
             return
-        assert self.model.item_vocab is not None
+        stamps = self.store.append(evs)
         by_user: dict[str, list[Event]] = {}
         for e in evs:
             by_user.setdefault(e.user_id, []).append(e)
-        for user, ues in by_user.items():
-            hot = self._load(user)
-            self.store.append(ues)
-            idx = self.model.item_vocab.lookup([e.item_id for e in ues], policy="skip")
-            st = hot.state
-            for e, i in zip(ues, idx.tolist(), strict=True):
-                if i > 0:  # the hot state is owned here: step in place
-                    st = self.adapter.step_(
-                        st, np.array([i], dtype=np.int64), np.array([e.timestamp], dtype=np.int64)
-                    )
-                    hot.seen.add(i)
-            hot.state, hot.n_events, hot.dirty = st, hot.n_events + len(ues), hot.dirty + len(ues)
-            if hot.dirty >= self.persist_every or self.cache_size <= 0:
-                self._persist(user, hot)
+        try:
+            for user, ues in by_user.items():
+                self._advance(user, ues, stamps[user])
+        except BaseException:  # a half-stepped hot state must not be served: rebuilt on next read
+            for user in by_user:
+                self._hot.pop(user, None)
+            raise
         if self.updater is not None:
             self.updater.remember(evs)
 
+    def _advance(self, user: str, ues: list[Event], stamp: UserStamp) -> None:
+        """Bring `user`'s state past its just-appended events `ues` (store stamp after them)."""
+        m = len(ues)
+        hot = self._hot.get(user)
+        ours_only = hot is not None and (
+            stamp == UserStamp(hot.generation, hot.n_events + m)
+            or (hot.generation == 0 and hot.n_events == 0 and stamp.n_events == m)  # a new user
+        )
+        if hot is None or hot.version != self.version or not ours_only:
+            self._hot.pop(user, None)
+            self._rebuild(user, self.persist_every)  # includes these events and any appended elsewhere
+            return
+        hist = History(tuple(e.item_id for e in ues), np.array([e.timestamp for e in ues], dtype=np.int64))
+        hot.state, seen = self._step(hot.state, hist, inplace=True)  # the hot state is owned here
+        hot.seen.update(seen)
+        hot.generation, hot.n_events, hot.dirty = stamp.generation, stamp.n_events, hot.dirty + m
+        self._hot.move_to_end(user)
+        if hot.dirty >= self.persist_every or self.cache_size <= 0:
+            self._persist(user, hot)
+
     def flush(self) -> None:
-        """Write every cached state not yet persisted to the store."""
+        """Write every cached state not yet persisted to the store (compare-and-set: states made
+        stale by another process are not written)."""
         for user, hot in self._hot.items():
             if hot.dirty:
                 self._persist(user, hot)
@@ -245,9 +333,13 @@ class OnlineRecommender:
         return self.model.score(self._query(user, self.store.history(user)))[0]
 
     def recommend(self, user: str, k: int = 10, *, exclude_seen: bool = True) -> Recommendation:
+        """The user's top `k` items (fewer when fewer are recommendable: a `k` beyond the
+        catalogue returns every item not excluded). `k` must be an integer >= 1."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise DynrecError(f"k must be an integer >= 1, got {k!r}")
         assert self.model.item_vocab is not None
         s = self.scores(user, exclude_seen=exclude_seen)
-        idx, vals = topk_stable(s[None, :], k)
+        idx, vals = topk_stable(s[None, :], min(int(k), s.shape[0]))
         keep = torch.isfinite(vals[0])
         items = self.model.item_vocab.to_ids(idx[0][keep].numpy())
         return Recommendation(user, items, [float(v) for v in vals[0][keep]])
@@ -332,23 +424,20 @@ class OnlineRecommender:
         return self._cats
 
     # -- mutation ------------------------------------------------------------------------------
-    def update(self, events: Iterable[Event] | None = None) -> dict[str, Any]:
+    def update(self, events: Iterable[Event] | None = None) -> UpdateReport:
         """Incremental training on new events (or on what `observe` remembered) via the updater;
         cached states become stale (rebuilt lazily)."""
         if self.updater is None:
-            from dynrec.online.updater import IncrementalUpdater
-
             self.updater = IncrementalUpdater(self.model)
-        report: dict[str, Any] = self.updater.update(events)
+        report = self.updater.update(events)
         self.refresh()
         return report
 
     def refresh(self) -> None:
         """Call after the model changed (update, reload): new version, new adapter."""
         self.version = model_version(self.model)
-        self.adapter = (
-            adapter_for(self.model) if type(self.adapter).__name__ != "RecomputeAdapter" else self.adapter
-        )
+        if not isinstance(self.adapter, RecomputeAdapter):  # the model's own state may have changed kind
+            self.adapter = adapter_for(self.model)
         if self._cats is not None and self._cats.basis == "clusters":
             self._cats = None
 
@@ -365,19 +454,11 @@ class OnlineRecommender:
 
 
 def item_vectors(model: Recommender) -> torch.Tensor | None:
-    """[n_items, d] item vectors of a model when it has them (an embedding / factor table)."""
-    n = model.n_items
-    for name in ("item_factors", "item_vectors"):
-        v = getattr(model, name, None)
-        if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[0] == n:
+    """[n_items, d] item vectors of a model implementing `ItemEmbeddings` (None otherwise)."""
+    if isinstance(model, ItemEmbeddings):
+        v = model.item_embeddings()
+        if v.dim() == 2 and v.shape[0] == model.n_items:
             return v.detach().float().cpu()
-        if isinstance(v, np.ndarray) and v.ndim == 2 and v.shape[0] == n:
-            return torch.from_numpy(np.asarray(v, dtype=np.float32))
-    net = getattr(model, "net", None)
-    if isinstance(net, torch.nn.Module):
-        for mod in net.modules():
-            if isinstance(mod, torch.nn.Embedding) and mod.num_embeddings >= n:
-                return mod.weight.detach()[:n].float().cpu()
     return None
 
 

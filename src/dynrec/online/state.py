@@ -6,19 +6,38 @@ comes with the service): ``append`` events, read a user's ``history`` (oldest fi
 everything held about a user on request).
 
 Histories hold *external* ids (strings), so a store stays valid when a model is retrained or its
-vocabulary grows. The cached state is a dict of tensors serialised with safetensors, tagged with
-the model version that produced it (`CachedState.version`); a state of another version is stale
-and is rebuilt from the history. A user's history is kept in *arrival order*: the incremental
-state is a function of that order, and recomputing from the history reproduces it exactly.
+vocabulary grows. A user's history is kept in *arrival order*: the incremental state is a function
+of that order, and recomputing from the history reproduces it exactly.
+
+Several processes may share one store, so every cached state says exactly what it was built from:
+
+- the store keeps per user a **generation** and the **number of events** appended in it
+  (`UserStamp`). A user's first event starts a generation taken from a store-wide counter that
+  only grows; ``delete_user`` ends it. A deleted and re-created user therefore never gets an old
+  generation back, and a state built from deleted events can never pass for a current one.
+- `CachedState` records the model version, the generation and how many of the generation's
+  events it has consumed. ``put_state`` is a compare-and-set: it writes only if the generation is
+  still the user's and the state does not claim more events than stored (nor replaces a newer
+  checkpoint of the same model version); ``get_state`` returns only states of the current
+  generation. ``since(user, n)`` returns the stamp and the events after the first ``n`` in one
+  consistent read, so a reader can bring a state up to date with the exact missing events.
+
+Event batches are validated as a whole (`validate_events`) before anything is written, and a
+batch is appended atomically: all of it or none of it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import numbers
 import sqlite3
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -30,29 +49,103 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from dynrec.data.events import DEFAULT_EVENT_TYPE
-from dynrec.errors import DynrecError
+from dynrec.errors import DataError, DynrecError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
+    "MAX_TIMESTAMP",
     "CachedState",
     "Event",
     "History",
     "InMemoryStore",
+    "InvalidEventError",
     "SQLiteStore",
     "StateStore",
+    "UserStamp",
     "decode_state",
     "encode_state",
+    "validate_events",
 ]
+
+MAX_TIMESTAMP = 2**53
+"""Largest accepted timestamp: covers epoch seconds, milliseconds and microseconds, and every
+integer up to it is exact as a float (so a float timestamp converts without loss)."""
 
 
 @dataclass(frozen=True)
 class Event:
     """One behaviour event at the public boundary (external ids; timestamp in seconds UTC, or the
-    position in the user's sequence for order-only data)."""
+    position in the user's sequence for order-only data). Checked by `validate_events` when it
+    enters a store or a session."""
 
     user_id: str
     item_id: str
     timestamp: int = 0
     event_type: str = DEFAULT_EVENT_TYPE
+
+
+class InvalidEventError(DataError):
+    """An event of a batch is invalid; `index` is its position in the batch, `field` the field.
+    Nothing of the batch was written."""
+
+    def __init__(self, index: int, field: str, problem: str, value: object) -> None:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"event {index} of the batch: field {field!r} {problem}, got {shown}")
+        self.field = field
+        self.index = index
+
+
+def _check_id(index: int, name: str, value: object) -> str:
+    """A non-empty, not only-whitespace string; an integer (not a bool) is converted with str()."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
+        return str(int(value))
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidEventError(index, name, "must be a non-empty string (or an integer)", value)
+    return str(value)
+
+
+def _check_timestamp(index: int, value: object) -> int:
+    """A finite number in [0, MAX_TIMESTAMP]; fractional seconds are truncated (as when reading
+    files, `dynrec.data.events`)."""
+    problem = f"must be a finite number of seconds in [0, {MAX_TIMESTAMP}]"
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise InvalidEventError(index, "timestamp", problem, value)
+    if isinstance(value, numbers.Integral):
+        ts = int(value)
+    else:
+        f = float(value)
+        if not math.isfinite(f) or not 0 <= f <= MAX_TIMESTAMP:
+            raise InvalidEventError(index, "timestamp", problem, value)
+        ts = int(f)
+    if not 0 <= ts <= MAX_TIMESTAMP:
+        raise InvalidEventError(index, "timestamp", problem, value)
+    return ts
+
+
+def validate_events(events: Event | Iterable[Event]) -> list[Event]:
+    """The batch as normalised events (plain `str` ids, `int` timestamps), or an
+    `InvalidEventError` naming the first bad event's index and field. Checks every event before
+    returning, so a caller can write the batch all or nothing."""
+    evs = [events] if isinstance(events, Event) else list(events)
+    out = []
+    for i, e in enumerate(evs):
+        if not isinstance(e, Event):
+            raise InvalidEventError(i, "event", "must be an Event", e)
+        et = e.event_type
+        if not isinstance(et, str) or not et.strip():
+            raise InvalidEventError(i, "event_type", "must be a non-empty string", et)
+        out.append(
+            Event(
+                _check_id(i, "user_id", e.user_id),
+                _check_id(i, "item_id", e.item_id),
+                _check_timestamp(i, e.timestamp),
+                str(et),
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -68,157 +161,318 @@ class History:
 
 
 @dataclass(frozen=True)
-class CachedState:
-    """A model's per-user state: tensors (one user, no batch dimension) + the producing version.
+class UserStamp:
+    """Where a user's stored history stands: its generation (0 = the store holds nothing of the
+    user) and the number of events appended in that generation (trimmed ones included)."""
 
-    `n_events` is the number of history events the state has consumed (for consistency checks)."""
+    generation: int = 0
+    n_events: int = 0
+
+
+@dataclass(frozen=True)
+class CachedState:
+    """A model's per-user state: tensors (one user, no batch dimension) + what produced it.
+
+    `version` is the model version, `generation` the user's generation (`UserStamp`) and
+    `n_events` how many of that generation's events the state has consumed."""
 
     tensors: dict[str, torch.Tensor]
     version: str
     n_events: int = 0
+    generation: int = 0
 
 
 @runtime_checkable
 class StateStore(Protocol):
     """Where per-user histories and cached model states live (in memory, SQLite, Redis, ...)."""
 
-    def append(self, events: Iterable[Event]) -> None:
-        """Add events to their users' histories (in the given order)."""
+    def append(self, events: Iterable[Event]) -> dict[str, UserStamp]:
+        """Validate the whole batch (`validate_events`), then add it to the users' histories (in
+        the given order) atomically. Returns each user's stamp right after the batch."""
+        ...
 
     def history(self, user: str, max_len: int | None = None) -> History:
         """The user's last `max_len` events (all when None), oldest first; empty when unknown."""
         ...
 
-    def get_state(self, user: str) -> CachedState | None:
-        """The cached model state of `user`, or None."""
+    def stamp(self, user: str) -> UserStamp:
+        """The user's generation and event count (one cheap lookup)."""
         ...
 
-    def put_state(self, user: str, state: CachedState) -> None:
-        """Cache a model state for `user` (replaces any previous one)."""
+    def since(self, user: str, n_events: int) -> tuple[UserStamp, History]:
+        """In one consistent read: the stamp and the held events after the first `n_events` of
+        the current generation (fewer than ``stamp.n_events - n_events`` when trimmed)."""
+        ...
+
+    def get_state(self, user: str) -> CachedState | None:
+        """The cached model state of `user` in its current generation, or None (also when the
+        stored state is unreadable: a warning is logged and it is dropped)."""
+        ...
+
+    def put_state(self, user: str, state: CachedState) -> bool:
+        """Compare-and-set: cache `state` if its generation is the user's, it covers no more
+        events than stored, and it does not replace a state of the same version that covers more.
+        True when written."""
+        ...
 
     def delete_user(self, user: str) -> bool:
-        """Remove the user's history and state; True if anything was held."""
+        """Remove the user's history and state and end the generation; True if anything was held."""
         ...
 
 
 # ---- serialisation ------------------------------------------------------------------------------
 
 
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """crc32 over the tensors' names, dtypes, shapes and bytes (sorted by name)."""
+    crc = 0
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        crc = zlib.crc32(f"{k}:{t.dtype}:{tuple(t.shape)};".encode(), crc)
+        if t.numel():
+            crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy().tobytes(), crc)
+    return f"{crc:08x}"
+
+
 def encode_state(state: CachedState) -> bytes:
-    """safetensors bytes of the tensors, with version and event count in the header metadata."""
+    """safetensors bytes of the tensors; version, generation, event count and a checksum of the
+    tensors in the header metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.tensors.items()}
-    meta = {"version": state.version, "n_events": str(state.n_events)}
+    meta = {
+        "version": state.version,
+        "n_events": str(state.n_events),
+        "generation": str(state.generation),
+        "crc32": _checksum(tensors),
+    }
     return bytes(st_save(tensors, metadata=meta))
 
 
 def decode_state(blob: bytes) -> CachedState:
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8 : 8 + n])
-    meta = header.get("__metadata__", {}) or {}
-    tensors = st_load(blob)
-    return CachedState(dict(tensors), str(meta.get("version", "")), int(meta.get("n_events", 0)))
+    """The state `encode_state` wrote; a `DynrecError` when the blob is truncated, malformed or
+    fails its checksum."""
+    try:
+        if len(blob) < 8:
+            raise ValueError(f"{len(blob)} bytes, shorter than the header length")
+        (n,) = struct.unpack("<Q", blob[:8])
+        if n > len(blob) - 8:
+            raise ValueError(f"header of {n} bytes in a blob of {len(blob)}")
+        header = json.loads(blob[8 : 8 + n])
+        meta = header.get("__metadata__") or {}
+        tensors = dict(st_load(blob))
+        if meta.get("crc32") != _checksum(tensors):
+            raise ValueError("checksum mismatch")
+        return CachedState(
+            tensors, str(meta["version"]), int(meta["n_events"]), int(meta.get("generation", 0))
+        )
+    except Exception as exc:  # struct/json/safetensors/KeyError: whatever the damage, one error
+        raise DynrecError(f"corrupt cached state ({type(exc).__name__}: {exc})") from exc
 
 
 # ---- in-memory ------------------------------------------------------------------------------------
 
 
+@dataclass
+class _MemUser:
+    generation: int
+    n_events: int = 0
+    items: list[str] = field(default_factory=list)
+    ts: list[int] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    state: CachedState | None = None
+
+
+def _newer_same_version(held: CachedState | None, state: CachedState) -> bool:
+    """Does `held` cover more events than `state` under the same model version and generation?"""
+    return (
+        held is not None
+        and held.version == state.version
+        and held.generation == state.generation
+        and held.n_events > state.n_events
+    )
+
+
 class InMemoryStore:
-    """Dict-backed store for one process (tests, replay, a single-node service).
+    """Dict-backed store for one process (tests, replay, a single-node service); thread-safe.
 
     States are kept as objects (no serialisation); `max_history` bounds each user's kept history
-    (None = unbounded).
+    (None = unbounded); the stamp still counts every appended event.
     """
 
     def __init__(self, max_history: int | None = None) -> None:
         self.max_history = max_history
-        self._items: dict[str, list[str]] = {}
-        self._ts: dict[str, list[int]] = {}
-        self._types: dict[str, list[str]] = {}
-        self._states: dict[str, CachedState] = {}
+        self._users: dict[str, _MemUser] = {}
+        self._generations = 0  # the last generation handed out; never reused
         self._lock = threading.Lock()
 
-    def append(self, events: Iterable[Event]) -> None:
+    def append(self, events: Iterable[Event]) -> dict[str, UserStamp]:
+        evs = validate_events(events)
+        out: dict[str, UserStamp] = {}
         with self._lock:
-            for e in events:
-                items = self._items.setdefault(e.user_id, [])
-                ts = self._ts.setdefault(e.user_id, [])
-                types = self._types.setdefault(e.user_id, [])
-                items.append(str(e.item_id))
-                ts.append(int(e.timestamp))
-                types.append(e.event_type)
-                if self.max_history is not None and len(items) > 2 * self.max_history:
-                    cut = len(items) - self.max_history
-                    del items[:cut], ts[:cut], types[:cut]
+            for e in evs:
+                u = self._users.get(e.user_id)
+                if u is None:
+                    self._generations += 1
+                    u = self._users[e.user_id] = _MemUser(self._generations)
+                u.items.append(e.item_id)
+                u.ts.append(e.timestamp)
+                u.types.append(e.event_type)
+                u.n_events += 1
+                if self.max_history is not None and len(u.items) > 2 * self.max_history:
+                    cut = len(u.items) - self.max_history
+                    del u.items[:cut], u.ts[:cut], u.types[:cut]
+                out[e.user_id] = UserStamp(u.generation, u.n_events)
+        return out
 
-    def history(self, user: str, max_len: int | None = None) -> History:
-        items = self._items.get(user)
-        if not items:
-            return History()
-        n = len(items)
-        limit = min(x for x in (max_len, self.max_history, n) if x is not None)
-        a = n - limit
+    def _tail(self, u: _MemUser, start: int) -> History:
         return History(
-            tuple(items[a:]), np.asarray(self._ts[user][a:], dtype=np.int64), tuple(self._types[user][a:])
+            tuple(u.items[start:]), np.asarray(u.ts[start:], dtype=np.int64), tuple(u.types[start:])
         )
 
-    def get_state(self, user: str) -> CachedState | None:
-        return self._states.get(user)
+    def history(self, user: str, max_len: int | None = None) -> History:
+        with self._lock:
+            u = self._users.get(user)
+            if u is None or not u.items:
+                return History()
+            n = len(u.items)
+            limit = min(x for x in (max_len, self.max_history, n) if x is not None)
+            return self._tail(u, n - limit)
 
-    def put_state(self, user: str, state: CachedState) -> None:
-        self._states[user] = state
+    def stamp(self, user: str) -> UserStamp:
+        with self._lock:
+            u = self._users.get(user)
+            return UserStamp() if u is None else UserStamp(u.generation, u.n_events)
+
+    def since(self, user: str, n_events: int) -> tuple[UserStamp, History]:
+        with self._lock:
+            u = self._users.get(user)
+            if u is None:
+                return UserStamp(), History()
+            first = u.n_events - len(u.items)  # events trimmed away before the held ones
+            return UserStamp(u.generation, u.n_events), self._tail(u, max(0, n_events - first))
+
+    def get_state(self, user: str) -> CachedState | None:
+        with self._lock:
+            u = self._users.get(user)
+            if u is None or u.state is None or u.state.generation != u.generation:
+                return None
+            return u.state
+
+    def put_state(self, user: str, state: CachedState) -> bool:
+        with self._lock:
+            u = self._users.get(user)
+            if u is None or state.generation != u.generation or state.n_events > u.n_events:
+                return False
+            if _newer_same_version(u.state, state):
+                return False
+            u.state = state
+            return True
 
     def delete_user(self, user: str) -> bool:
         with self._lock:
-            found = user in self._items or user in self._states
-            for d in (self._items, self._ts, self._types, self._states):
-                d.pop(user, None)  # type: ignore[attr-defined]
-            return found
+            return self._users.pop(user, None) is not None
 
     def users(self) -> list[str]:
-        return sorted(set(self._items) | set(self._states))
+        with self._lock:
+            return sorted(self._users)
 
 
 # ---- SQLite -------------------------------------------------------------------------------------
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id TEXT NOT NULL,
     item_id TEXT NOT NULL,
     event_type TEXT NOT NULL,
-    ts INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, seq);
-CREATE TABLE IF NOT EXISTS states (
+    ts INTEGER NOT NULL,
+    pos INTEGER NOT NULL
+)""",
+    "CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, "
+    "n_events INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO meta (key, value) VALUES ('generation', 0)",
+    """CREATE TABLE IF NOT EXISTS states (
     user_id TEXT PRIMARY KEY,
     version TEXT NOT NULL,
     n_events INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
     state BLOB NOT NULL
-);
-"""
+)""",
+]
+_INDEX = "CREATE INDEX IF NOT EXISTS events_by_user_pos ON events (user_id, pos)"
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection, begin: str) -> Iterator[None]:
+    conn.execute(begin)
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class SQLiteStore:
-    """One SQLite file (stdlib `sqlite3`, WAL journal): an ``events`` table (user, item,
-    event_type, ts in arrival order) and a ``states`` table of safetensors-serialised model states.
+    """One SQLite file (stdlib `sqlite3`, WAL journal): ``events`` (user, item, event_type, ts,
+    pos = 1-based position in the user's generation), ``users`` (generation, event count),
+    ``meta`` (the generation counter) and ``states`` (safetensors-serialised model states).
 
-    Safe to share between threads (one connection behind a lock); several processes may open the
-    same file (WAL allows concurrent readers with one writer).
+    Safe to share between threads (one connection behind a lock) and between processes: every
+    write is one ``BEGIN IMMEDIATE`` transaction, reads of several rows one read transaction
+    (WAL gives it a consistent snapshot). A file written before generations existed is migrated
+    on open (its cached states are dropped: they are rebuilt from the histories).
+    `timeout`: seconds to wait for another process's write lock.
     """
 
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", timeout: float = 10.0) -> None:
         self.path = Path(path)
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL"):
+            raise DynrecError(f"synchronous must be OFF, NORMAL or FULL, not {synchronous!r}")
         try:
-            self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._conn = sqlite3.connect(
+                str(self.path), check_same_thread=False, isolation_level=None, timeout=timeout
+            )
         except sqlite3.Error as exc:
             raise DynrecError(f"cannot open state store {self.path}: {exc}") from exc
         self._lock = threading.Lock()
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
-            if synchronous.upper() not in ("OFF", "NORMAL", "FULL"):
-                raise DynrecError(f"synchronous must be OFF, NORMAL or FULL, not {synchronous!r}")
             self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._conn.executescript(_SCHEMA)
+            with self._write():
+                cols = {r[1] for r in self._conn.execute("PRAGMA table_info(events)")}
+                if cols and "pos" not in cols:
+                    self._migrate()
+                for stmt in _SCHEMA:
+                    self._conn.execute(stmt)
+                self._conn.execute(_INDEX)
+
+    def _migrate(self) -> None:
+        """Add positions, users with fresh generations and the counter to a file of the earlier
+        layout (events in arrival order, states without generation)."""
+        log.warning("migrating state store %s: adding per-user generations; cached states dropped", self.path)
+        c = self._conn
+        c.execute("ALTER TABLE events ADD COLUMN pos INTEGER NOT NULL DEFAULT 0")
+        c.execute(
+            "UPDATE events SET pos = r.p FROM (SELECT seq AS s, "
+            "ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY seq) AS p FROM events) AS r WHERE seq = r.s"
+        )
+        c.execute("DROP TABLE IF EXISTS states")
+        for stmt in _SCHEMA[1:4]:
+            c.execute(stmt)
+        c.execute(
+            "INSERT INTO users (user_id, generation, n_events) SELECT user_id, "
+            "ROW_NUMBER() OVER (ORDER BY user_id), COUNT(*) FROM events GROUP BY user_id"
+        )
+        c.execute("UPDATE meta SET value = (SELECT COUNT(*) FROM users) WHERE key = 'generation'")
+
+    def _write(self) -> AbstractContextManager[None]:
+        """A write transaction: takes the file's write lock at once (the caller holds self._lock)."""
+        return _transaction(self._conn, "BEGIN IMMEDIATE")
+
+    def _read(self) -> AbstractContextManager[None]:
+        """A read transaction: one consistent snapshot for several statements."""
+        return _transaction(self._conn, "BEGIN")
 
     def close(self) -> None:
         with self._lock:
@@ -230,71 +484,126 @@ class SQLiteStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def append(self, events: Iterable[Event]) -> None:
-        rows = [(e.user_id, str(e.item_id), e.event_type, int(e.timestamp)) for e in events]
-        if not rows:
-            return
-        with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                self._conn.executemany(
-                    "INSERT INTO events (user_id, item_id, event_type, ts) VALUES (?, ?, ?, ?)", rows
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+    def _stamp(self, user: str) -> UserStamp:
+        row = self._conn.execute(
+            "SELECT generation, n_events FROM users WHERE user_id = ?", (user,)
+        ).fetchone()
+        return UserStamp() if row is None else UserStamp(int(row[0]), int(row[1]))
 
-    def history(self, user: str, max_len: int | None = None) -> History:
-        with self._lock:
-            if max_len is None:
-                cur = self._conn.execute(
-                    "SELECT item_id, ts, event_type FROM events WHERE user_id = ? ORDER BY seq", (user,)
+    def append(self, events: Iterable[Event]) -> dict[str, UserStamp]:
+        evs = validate_events(events)
+        if not evs:
+            return {}
+        counts: dict[str, int] = {}
+        for e in evs:
+            counts[e.user_id] = counts.get(e.user_id, 0) + 1
+        out: dict[str, UserStamp] = {}
+        with self._lock, self._write():
+            start: dict[str, int] = {}
+            for user, m in counts.items():
+                st = self._stamp(user)
+                gen = st.generation
+                if gen == 0:  # a new user (or one deleted before): a generation never used
+                    self._conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+                    gen = int(
+                        self._conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]
+                    )
+                self._conn.execute(
+                    "INSERT INTO users (user_id, generation, n_events) VALUES (?, ?, ?) "
+                    "ON CONFLICT(user_id) DO UPDATE SET n_events = excluded.n_events",
+                    (user, gen, st.n_events + m),
                 )
-                rows = cur.fetchall()
-            else:
-                cur = self._conn.execute(
-                    "SELECT item_id, ts, event_type FROM events WHERE user_id = ? ORDER BY seq DESC LIMIT ?",
-                    (user, int(max_len)),
-                )
-                rows = cur.fetchall()[::-1]
+                start[user] = st.n_events
+                out[user] = UserStamp(gen, st.n_events + m)
+            rows = []
+            for e in evs:
+                start[e.user_id] += 1
+                rows.append((e.user_id, e.item_id, e.event_type, e.timestamp, start[e.user_id]))
+            self._conn.executemany(
+                "INSERT INTO events (user_id, item_id, event_type, ts, pos) VALUES (?, ?, ?, ?, ?)", rows
+            )
+        return out
+
+    @staticmethod
+    def _history(rows: list[tuple[str, int, str]]) -> History:
         if not rows:
             return History()
         items, ts, types = zip(*rows, strict=True)
         return History(tuple(items), np.asarray(ts, dtype=np.int64), tuple(types))
 
+    def history(self, user: str, max_len: int | None = None) -> History:
+        with self._lock:
+            if max_len is None:
+                rows = self._conn.execute(
+                    "SELECT item_id, ts, event_type FROM events WHERE user_id = ? ORDER BY pos", (user,)
+                ).fetchall()
+            else:
+                rows = self._conn.execute(
+                    "SELECT item_id, ts, event_type FROM events WHERE user_id = ? ORDER BY pos DESC LIMIT ?",
+                    (user, int(max_len)),
+                ).fetchall()[::-1]
+        return self._history(rows)
+
+    def stamp(self, user: str) -> UserStamp:
+        with self._lock:
+            return self._stamp(user)
+
+    def since(self, user: str, n_events: int) -> tuple[UserStamp, History]:
+        with self._lock, self._read():
+            st = self._stamp(user)
+            rows = self._conn.execute(
+                "SELECT item_id, ts, event_type FROM events WHERE user_id = ? AND pos > ? ORDER BY pos",
+                (user, int(n_events)),
+            ).fetchall()
+        return st, self._history(rows)
+
     def get_state(self, user: str) -> CachedState | None:
         with self._lock:
-            row = self._conn.execute("SELECT state FROM states WHERE user_id = ?", (user,)).fetchone()
-        return None if row is None else decode_state(bytes(row[0]))
+            row = self._conn.execute(
+                "SELECT s.state, s.version, s.n_events, s.generation FROM states s JOIN users u "
+                "ON u.user_id = s.user_id AND u.generation = s.generation WHERE s.user_id = ?",
+                (user,),
+            ).fetchone()
+        if row is None:
+            return None
+        blob = bytes(row[0])
+        try:
+            state = decode_state(blob)
+            if (state.version, state.n_events, state.generation) != (row[1], row[2], row[3]):
+                raise DynrecError("its header disagrees with the states table")
+        except DynrecError as exc:
+            log.warning("dropping the unreadable cached state of user %r in %s: %s", user, self.path, exc)
+            with self._lock, self._write():  # only this blob: a good state written since stays
+                self._conn.execute("DELETE FROM states WHERE user_id = ? AND state = ?", (user, blob))
+            return None
+        return state
 
-    def put_state(self, user: str, state: CachedState) -> None:
+    def put_state(self, user: str, state: CachedState) -> bool:
         blob = encode_state(state)
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO states (user_id, version, n_events, state) VALUES (?, ?, ?, ?) "
+        with self._lock, self._write():
+            st = self._stamp(user)
+            if st.generation == 0 or st.generation != state.generation or state.n_events > st.n_events:
+                return False
+            cur = self._conn.execute(
+                "INSERT INTO states (user_id, version, n_events, generation, state) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(user_id) DO UPDATE SET version = excluded.version, "
-                "n_events = excluded.n_events, state = excluded.state",
-                (user, state.version, state.n_events, blob),
+                "n_events = excluded.n_events, generation = excluded.generation, state = excluded.state "
+                "WHERE NOT (states.version = excluded.version AND states.generation = excluded.generation "
+                "AND states.n_events > excluded.n_events)",
+                (user, state.version, state.n_events, state.generation, blob),
             )
+            return cur.rowcount > 0
 
     def delete_user(self, user: str) -> bool:
-        with self._lock:
-            self._conn.execute("BEGIN")
-            try:
-                n1 = self._conn.execute("DELETE FROM events WHERE user_id = ?", (user,)).rowcount
-                n2 = self._conn.execute("DELETE FROM states WHERE user_id = ?", (user,)).rowcount
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-        return (n1 + n2) > 0
+        with self._lock, self._write():
+            n1 = self._conn.execute("DELETE FROM events WHERE user_id = ?", (user,)).rowcount
+            n2 = self._conn.execute("DELETE FROM states WHERE user_id = ?", (user,)).rowcount
+            n3 = self._conn.execute("DELETE FROM users WHERE user_id = ?", (user,)).rowcount
+        return (n1 + n2 + n3) > 0
 
     def users(self) -> list[str]:
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT user_id FROM events UNION SELECT user_id FROM states ORDER BY 1"
-            ).fetchall()
+            rows = self._conn.execute("SELECT user_id FROM users ORDER BY 1").fetchall()
         return [str(r[0]) for r in rows]
 
     def n_events(self) -> int:

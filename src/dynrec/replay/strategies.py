@@ -3,7 +3,6 @@ retrain from scratch on everything revealed so far."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any, Protocol
 
@@ -54,21 +53,19 @@ def retrain_fn(n_stream: int, *, holdout: bool, retrain_epochs: int) -> UpdateFn
     sent = np.zeros(n_stream, dtype=bool)
 
     def fn(model: Recommender, events: IntArray, rd: ReplayData) -> tuple[Recommender, dict[str, Any]]:
-
         sent[events] = True
         train = revealed_data(rd, sent, holdout=holdout)
         new = create_model(model.name, config=model.config.to_dict())
         new.meta = {k: v for k, v in model.meta.items() if k in ("dataset", "split")}
         epochs = retrain_epochs or int(model.meta.get("best_epoch", 0) or 0)
-        if epochs and hasattr(new.config, "epochs"):
-            new.config = dataclasses.replace(new.config, epochs=epochs)  # type: ignore[call-arg]
+        if epochs and "epochs" in new.config.option_names():
+            new = create_model(model.name, {"epochs": str(epochs)}, model.config.to_dict())
+            new.meta = {k: v for k, v in model.meta.items() if k in ("dataset", "split")}
         new.fit(train, None)
         for k in ("best_epoch",):
             if k in model.meta:
                 new.meta[k] = model.meta[k]
-        from dynrec.online.updater import fit_passes
-
-        work = train.n_events * fit_passes(new)
+        work = train.n_events * new.fit_passes()
         return new, {"n_events": int(len(events)), "method": "refit", "work_events": work}
 
     return fn

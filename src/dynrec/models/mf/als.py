@@ -18,14 +18,16 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from dynrec.data.dataset import InteractionData
-from dynrec.data.query import QueryBatch
+from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import ModelConfig, Recommender
+from dynrec.models.base import ModelConfig, NonNegFloat, PositiveInt, Recommender, expect, expect_only
+from dynrec.models.capabilities import StateBatch, StateLayout, UpdateBatch, UpdateOutcome
 from dynrec.models.mf._common import (
     finish_scores,
     history_events,
@@ -38,19 +40,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ALSConfig(ModelConfig):
-    embedding_dim: int = 64
+    embedding_dim: PositiveInt = 64
     """Latent factors (implicit's `factors`)."""
-    reg: float = 0.01
+    reg: NonNegFloat = 0.01
     """λ, L2 penalty on user and item factors (implicit's `regularization`)."""
-    alpha: float = 1.0
+    alpha: NonNegFloat = 1.0
     """Confidence slope: c = 1 + alpha · w for observed pairs (0 = every pair weighted 1)."""
-    epochs: int = 15
+    epochs: PositiveInt = 15
     """ALS sweeps (implicit's `iterations`)."""
     use_cg: bool = True
-    """Conjugate-gradient user/item solves during training (faster); False = exact Cholesky."""
-    num_threads: int = 0
-    """Threads for implicit's solver; 0 = all cores of the machine."""
-    progress: bool = False
+    """Conjugate-gradient user/item solves during training (faster); False = exact Cholesky.
+    (Solver threads and the progress bar are run options: `RunOptions.num_threads`, `.progress`.)"""
 
 
 @contextlib.contextmanager
@@ -81,7 +81,7 @@ class ALS(Recommender):
         from implicit.cpu.als import AlternatingLeastSquares
 
         cfg = self.config
-        threads = cfg.num_threads if cfg.num_threads > 0 else max(1, os.cpu_count() or 1)
+        threads = self._threads()
         conf = data.csr(binary=False)  # summed event weights per (user, item)
         conf.data = (1.0 + cfg.alpha * conf.data).astype(np.float32)
         t0 = time.perf_counter()
@@ -95,7 +95,7 @@ class ALS(Recommender):
                 num_threads=threads,
                 random_state=cfg.seed,
             )
-            model.fit(conf, show_progress=cfg.progress)
+            model.fit(conf, show_progress=self.options.progress)
         log.info("als: %d sweeps in %.1fs on %d threads", cfg.epochs, time.perf_counter() - t0, threads)
         items = np.asarray(model.item_factors, dtype=np.float32)
         items[0] = 0.0  # padding column has no events
@@ -128,6 +128,105 @@ class ALS(Recommender):
     def score(self, batch: QueryBatch) -> torch.Tensor:
         return finish_scores(self.user_vectors(batch) @ self.item_vectors().T, self.n_items)
 
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_vectors().detach().float().cpu()
+
+    # ---- IncrementalState: the sufficient statistics of the user's normal equations ------------
+    # u = A⁻¹ b with A = VᵀV + λI + Σ_i α w_i v_i v_iᵀ and b = Σ_i (1 + α w_i) v_i over the history's
+    # items (w_i = events on item i). An event on item i adds α v_i v_iᵀ to A and α v_i to b (plus
+    # v_i the first time i is seen): O(k²) per event; a read solves the k×k system, the same normal
+    # equations `user_vectors` solves from the whole history.
+    event_block: ClassVar[int] = 2048
+    """History events whose outer products are formed at once when building states."""
+
+    def state_layout(self) -> StateLayout:
+        return StateLayout("fold-in")
+
+    def _gram_or_base(self) -> torch.Tensor:
+        return self._base_gram if self._base_gram is not None else self._gram(self.item_vectors())
+
+    def init_state(self, batch: QueryBatch) -> StateBatch:
+        v, g, alpha = self.item_vectors(), self._gram_or_base(), float(self.config.alpha)
+        n, k = v.shape
+        seen = torch.zeros(len(batch), n, dtype=torch.bool)
+        a = g.to(torch.float64)[None].repeat(len(batch), 1, 1)
+        b = torch.zeros(len(batch), k, dtype=torch.float64)
+        if len(batch.items):
+            rows = torch.from_numpy(batch.row_ids())
+            cols = torch.from_numpy(batch.items.astype(np.int64))
+            keep = (cols > 0) & (cols < n)
+            rows, cols = rows[keep], cols[keep]
+            for s0 in range(0, int(rows.shape[0]), self.event_block):  # bounded [block, k, k] memory
+                r = rows[s0 : s0 + self.event_block]
+                vv = v[cols[s0 : s0 + self.event_block]].to(torch.float64)
+                a.index_add_(0, r, alpha * vv[:, :, None] * vv[:, None, :])
+                b.index_add_(0, r, alpha * vv)
+            seen[rows, cols] = True
+            r2, c2 = torch.nonzero(seen, as_tuple=True)
+            b.index_add_(0, r2, v[c2].to(torch.float64))
+        return {"A": a, "b": b, "seen": seen}
+
+    def step_state(
+        self, state: StateBatch, items: IntArray, timestamps: IntArray, *, inplace: bool = False
+    ) -> StateBatch:
+        v, alpha = self.item_vectors(), float(self.config.alpha)
+        it = torch.from_numpy(np.asarray(items, dtype=np.int64))
+        rows = torch.arange(it.shape[0])
+        vv = v[it].to(torch.float64)
+        first = ~state["seen"][rows, it]
+        seen = state["seen"] if inplace else state["seen"].clone()
+        seen[rows, it] = True
+        a = state["A"] + alpha * vv[:, :, None] * vv[:, None, :]
+        b = state["b"] + (alpha + first.to(torch.float64))[:, None] * vv
+        return {"A": a, "b": b, "seen": seen}
+
+    def score_state(self, state: StateBatch) -> torch.Tensor:
+        u = torch.linalg.solve(state["A"], state["b"]).to(torch.float32)
+        return finish_scores(u @ self.item_vectors().T, self.n_items)
+
+    # ---- PartialFit: closed-form re-solve of the touched items --------------------------------
+    def partial_fit(self, update: UpdateBatch) -> UpdateOutcome:
+        """One half ALS sweep restricted to the touched items, with implicit's own solver: every
+        user's vector is recomputed from their whole history with the current item factors
+        (`recalculate_user`, the closed form `score` folds in with), then the factors of the
+        touched items (new ones included) are re-solved with the user vectors fixed
+        (`recalculate_item`): ``v_i = (UᵀU + λI + Σ_u α w_ui u uᵀ)⁻¹ Σ_u (1 + α w_ui) u``. Other
+        items keep their factors."""
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        cfg, mem = self.config, update.memory
+        v = self.item_vectors().detach().cpu().numpy().astype(np.float32)
+        n, k = mem.n_items, int(v.shape[1])
+        if v.shape[0] < n:
+            v = np.concatenate([v, np.zeros((n - v.shape[0], k), dtype=np.float32)], 0)
+        touched = np.unique(np.asarray(update.items, dtype=np.int64))
+        touched = touched[(touched > 0) & (touched < n)]
+        if touched.size:
+            conf = mem.csr(binary=False)
+            conf.data = (1.0 + cfg.alpha * conf.data).astype(np.float32)
+            threads = self._threads()
+            als = AlternatingLeastSquares(
+                factors=k,
+                regularization=cfg.reg,
+                alpha=1.0,
+                iterations=1,
+                use_cg=False,
+                num_threads=threads,
+                random_state=cfg.seed,
+            )
+            als.item_factors = np.ascontiguousarray(v)
+            als.user_factors = np.zeros((mem.n_users, k), dtype=np.float32)
+            with _single_threaded_blas():
+                als.user_factors = als.recalculate_user(np.arange(mem.n_users), conf)
+                v[touched] = als.recalculate_item(touched, conf.T.tocsr()[touched])
+        v[0] = 0.0
+        self.item_factors = torch.from_numpy(np.ascontiguousarray(v))
+        self._base_gram = self._gram(self.item_factors)
+        return UpdateOutcome("closed-form item solve", mem.n_events)
+
+    def fit_passes(self) -> int:
+        return max(1, self.config.epochs)
+
     # ---- persistence ----------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         if self.item_factors is None:
@@ -135,5 +234,12 @@ class ALS(Recommender):
         return {"item_factors": self.item_factors}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.item_factors = tensors["item_factors"]
+        expect_only(tensors, {"item_factors"})
+        k = self.config.embedding_dim
+        self.item_factors = expect(tensors, "item_factors", (None, k), torch.float32, max_rows=self.n_items)
         self._base_gram = self._gram(self.item_factors)
+
+    def _threads(self) -> int:
+        """Solver threads: the run option, 0 = every core of the machine."""
+        n = self.options.num_threads
+        return n if n > 0 else max(1, os.cpu_count() or 1)

@@ -27,28 +27,30 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
+from dynrec.models.base import NonNegFloat, PositiveFloat, PositiveInt
 from dynrec.models.mf._common import finish_scores, history_dense
 from dynrec.models.neural import NeuralConfig, TorchRecommender
+from dynrec.models.neural.base import Optimizer
 
 
 @dataclass(frozen=True)
 class BPRConfig(NeuralConfig):
-    embedding_dim: int = 64
-    epochs: int = 80
-    batch_size: int = 4096
-    learning_rate: float = 5e-3
-    optimizer: str = "adam"
-    grad_clip: float = 0.0
-    patience: int = 3
-    eval_every: int = 5
-    reg: float = 1e-3
+    embedding_dim: PositiveInt = 64
+    epochs: PositiveInt = 80
+    batch_size: PositiveInt = 4096
+    learning_rate: PositiveFloat = 5e-3
+    optimizer: Optimizer = "adam"
+    grad_clip: NonNegFloat = 0.0
+    patience: PositiveInt = 3
+    eval_every: PositiveInt = 5
+    reg: NonNegFloat = 1e-3
     """L2 penalty on the user/item factors and item biases of each batch (per example)."""
-    fold_in_steps: int = 20
+    fold_in_steps: PositiveInt = 20
     """Gradient steps when folding a history into a user vector (item factors frozen)."""
-    fold_in_lr: float = 1.0
+    fold_in_lr: PositiveFloat = 1.0
     """Fold-in step size, relative to 1 / (curvature at u = 0): the step is
     ``fold_in_lr / (λ_max(Cov(item factors)) + reg_fold_in)``, stable for values up to ~1."""
-    reg_fold_in: float = 0.1
+    reg_fold_in: NonNegFloat = 0.1
     """L2 penalty on the folded-in user vector."""
 
 
@@ -152,6 +154,9 @@ class BPR(TorchRecommender):
         if not isinstance(self.net, BPRNet):
             raise NotFittedError("bpr is not fitted")
         return self.net
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_vectors().detach().float().cpu()
 
     def item_vectors(self) -> torch.Tensor:
         """[n_items, k] item factors (scores = user_vectors @ item_vectorsᵀ + item_bias)."""

@@ -35,8 +35,10 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
+from dynrec.models.base import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
 from dynrec.models.mf._common import finish_scores, gram_per_query, history_events
 from dynrec.models.neural import NeuralConfig, TorchRecommender
+from dynrec.models.neural.base import Optimizer
 
 
 def gradient_step(
@@ -66,20 +68,20 @@ def gradient_step(
 
 @dataclass(frozen=True)
 class MFConfig(NeuralConfig):
-    embedding_dim: int = 64
-    epochs: int = 40
-    batch_size: int = 16384
-    learning_rate: float = 1e-2
-    optimizer: str = "adam"
+    embedding_dim: PositiveInt = 64
+    epochs: PositiveInt = 40
+    batch_size: PositiveInt = 16384
+    learning_rate: PositiveFloat = 1e-2
+    optimizer: Optimizer = "adam"
     """adam | adamw | sgd (the Trainer's SGD has momentum 0.9; it needs its own learning_rate)."""
-    grad_clip: float = 0.0
-    patience: int = 3
-    eval_every: int = 2
-    reg: float = 1e-3
+    grad_clip: NonNegFloat = 0.0
+    patience: PositiveInt = 3
+    eval_every: PositiveInt = 2
+    reg: NonNegFloat = 1e-3
     """L2 penalty on the user/item factors and biases of each example."""
-    negatives: int = 4
+    negatives: NonNegInt = 4
     """Unobserved items drawn per observed rating with target 0 (0 = pure rating regression)."""
-    negative_weight: float = 1.0
+    negative_weight: NonNegFloat = 1.0
     """Loss weight of a sampled unobserved item relative to an observed rating."""
 
 
@@ -188,6 +190,9 @@ class MatrixFactorization(TorchRecommender):
         if not isinstance(self.net, MFNet):
             raise NotFittedError("mf is not fitted")
         return self.net
+
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_vectors().detach().float().cpu()
 
     def item_vectors(self) -> torch.Tensor:
         """[n_items, k] item factors Q."""

@@ -23,7 +23,7 @@ import torch
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import ModelConfig, Recommender
+from dynrec.models.base import ModelConfig, NonNegFloat, PositiveInt, Recommender, expect, expect_only
 from dynrec.models.mf._common import finish_scores, history_dense
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,13 @@ EPS = 1e-10
 
 @dataclass(frozen=True)
 class NMFConfig(ModelConfig):
-    embedding_dim: int = 64
+    embedding_dim: PositiveInt = 64
     """Number of non-negative factors (k)."""
-    epochs: int = 200
+    epochs: PositiveInt = 200
     """Multiplicative-update sweeps (each updates W then H)."""
-    reg: float = 0.1
+    reg: NonNegFloat = 0.1
     """L2 penalty on W and H."""
-    fold_in_steps: int = 100
+    fold_in_steps: PositiveInt = 100
     """Multiplicative-update steps when folding a history into a user vector."""
 
 
@@ -93,6 +93,9 @@ class NMF(Recommender):
         self._start = torch.tensor([float(active.mean()) if active.size else scale])
         log.info("nmf: %d sweeps in %.1fs", cfg.epochs, time.perf_counter() - t0)
 
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_vectors().detach().float().cpu()
+
     def item_vectors(self) -> torch.Tensor:
         """[n_items, k] non-negative item factors H."""
         if self.item_factors is None:
@@ -114,5 +117,9 @@ class NMF(Recommender):
         return {"item_factors": self.item_factors, "fold_in_start": self._start}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.item_factors = tensors["item_factors"]
-        self._start = tensors["fold_in_start"]
+        expect_only(tensors, {"item_factors", "fold_in_start"})
+        k = self.config.embedding_dim
+        self.item_factors = expect(
+            tensors, "item_factors", (None, k), torch.float32, low=0.0, max_rows=self.n_items
+        )
+        self._start = expect(tensors, "fold_in_start", (1,), torch.float32, low=0.0)

@@ -20,7 +20,15 @@ import torch
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import ModelConfig, Recommender
+from dynrec.models.base import (
+    ModelConfig,
+    NonNegFloat,
+    PositiveInt,
+    Recommender,
+    TensorFileError,
+    expect,
+    expect_only,
+)
 from dynrec.models.mf._common import finish_scores, history_dense
 
 log = logging.getLogger(__name__)
@@ -28,9 +36,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SVDConfig(ModelConfig):
-    embedding_dim: int = 64
+    embedding_dim: PositiveInt = 64
     """Number of singular triplets kept (k)."""
-    item_exponent: float = 0.0
+    item_exponent: NonNegFloat = 0.0
     """β: columns scaled by item-popularity^(-β) before the SVD; 0 = plain PureSVD."""
 
 
@@ -71,6 +79,9 @@ class PureSVD(Recommender):
         out: np.ndarray = np.power(np.maximum(counts, 1.0), -beta)
         return out
 
+    def item_embeddings(self) -> torch.Tensor:
+        return self.item_vectors().detach().float().cpu()
+
     def item_vectors(self) -> torch.Tensor:
         """[n_items, k] item factors V (scores = user_vectors @ Vᵀ, rescaled by popularity^β)."""
         if self.item_factors is None:
@@ -97,6 +108,14 @@ class PureSVD(Recommender):
         }
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.item_factors = tensors["item_factors"]
-        self.singular_values = tensors["singular_values"]
-        self._scale = tensors["item_scale"]
+        expect_only(tensors, {"item_factors", "singular_values", "item_scale"})
+        # k = min(embedding_dim, min(n_users, n_items) - 1) at fit time
+        factors = expect(tensors, "item_factors", (None, None), torch.float32, max_rows=self.n_items)
+        n, k = factors.shape
+        if not 1 <= k <= self.config.embedding_dim:
+            raise TensorFileError(
+                f"tensor 'item_factors' has {k} columns, expected 1 to {self.config.embedding_dim}"
+            )
+        self.singular_values = expect(tensors, "singular_values", (k,), torch.float32)
+        self._scale = expect(tensors, "item_scale", (n,), torch.float32)
+        self.item_factors = factors

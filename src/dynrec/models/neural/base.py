@@ -12,66 +12,78 @@ import os
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
-from dynrec.errors import NotFittedError
-from dynrec.models.base import ModelConfig, Recommender
+from dynrec.errors import DynrecError, NotFittedError
+from dynrec.models.base import (
+    Fraction,
+    ModelConfig,
+    NonNegFloat,
+    NonNegInt,
+    PositiveFloat,
+    PositiveInt,
+    Recommender,
+    expect_state_dict,
+)
+from dynrec.models.capabilities import UpdateBatch, UpdateOutcome
 from dynrec.models.neural.trainer import EpochCallback, Trainer
 
 log = logging.getLogger(__name__)
+
+
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["constant", "cosine", "linear"]
 
 
 @dataclass(frozen=True)
 class NeuralConfig(ModelConfig):
     """Training options shared by every neural model (one vocabulary project-wide)."""
 
-    embedding_dim: int = 64
-    epochs: int = 50
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    optimizer: str = "adamw"  # adam | adamw | sgd
-    warmup_steps: int = 0
-    schedule: str = "constant"  # constant | cosine | linear
-    grad_clip: float = 1.0
-    ema_decay: float = 0.0
+    embedding_dim: PositiveInt = 64
+    epochs: PositiveInt = 50
+    batch_size: PositiveInt = 128
+    learning_rate: PositiveFloat = 1e-3
+    weight_decay: NonNegFloat = 0.0
+    optimizer: Optimizer = "adamw"
+    warmup_steps: NonNegInt = 0
+    schedule: Schedule = "constant"
+    grad_clip: NonNegFloat = 1.0
+    """Clip the gradient norm to this (0 = off)."""
+    ema_decay: Fraction = 0.0
     """Exponential moving average of the weights, updated after every step (0 = off; e.g. 0.99).
     When on, validation, epoch callbacks, the best checkpoint and the fitted model all use the
     averaged weights; the optimiser keeps training the live ones. The decay ramps up as
     ``min(ema_decay, (1 + t) / (10 + t))`` so early averages are not dominated by the random init."""
-    patience: int = 5
+    patience: PositiveInt = 5
     """Stop after this many validations without a better validation NDCG@10."""
-    select_within_se: float = 0.0
+    select_within_se: NonNegFloat = 0.0
     """Which checkpoint to keep: 0 = the epoch with the best validation NDCG@10; s > 0 = the latest
     epoch whose validation NDCG@10 is within s standard errors (over the validation queries, of the
     best epoch's value) of the best so far. Validation only either way; s > 0 prefers the
     longer-trained model when validation cannot tell the epochs apart (a plateau within noise).
     When to stop is unchanged (`patience` counts from the last new best)."""
-    eval_every: int = 1
-    valid_gap: int = 0
+    eval_every: PositiveInt = 1
+    valid_gap: NonNegInt = 0
     """When fitting with a validation set, train without each user's last `valid_gap` training
     events, so a validation history — like a test history — ends with events the model was not
     trained to predict for that user (`dynrec.preprocessing.split.drop_last_events`). Measured on
     ml-100k SASRec: +0.0017 test NDCG@10 over 5 seeds, within noise (benchmarks/results_sasrec.md,
     "valid_gap probe")."""
-    valid_max_queries: int = 0
+    valid_max_queries: NonNegInt = 0
     """Validate on at most this many queries (0 = all); the subset is fixed by the seed."""
-    device: str = "auto"  # auto | cpu | cuda
-    num_threads: int = 0
-    """torch intra-op threads; 0 = every CPU this process may run on (or OMP_NUM_THREADS)."""
-    progress: bool = True
-    checkpoint_dir: str = ""
-    """If set, save a resumable checkpoint there after every epoch and resume from it if present."""
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device for a `RunOptions.device` value (auto = cuda when available, else cpu)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DynrecError(f"device {name!r} was asked for but CUDA is not available here; use cpu or auto")
     return torch.device(name)
 
 
@@ -132,8 +144,8 @@ class TorchRecommender(Recommender):
 
     # -- shared machinery ------------------------------------------------------------------
     def _fit(self, data: InteractionData, valid: Any) -> None:
-        set_threads(self.config.num_threads)
-        self.device = resolve_device(self.config.device)
+        set_threads(self.options.num_threads)
+        self.device = resolve_device(self.options.device)
         torch.manual_seed(self.config.seed)
         self.meta["n_items"] = data.n_items
         self.meta["n_users"] = data.n_users
@@ -144,9 +156,21 @@ class TorchRecommender(Recommender):
             data = drop_last_events(data, self.config.valid_gap)
         try:
             self.prepare(data)
-            Trainer(self.config).fit(self, data, valid)
+            Trainer(self.config, self.options).fit(self, data, valid)
         finally:  # pre-tensorised training data lives for one run only
             self.release_training_data()
+
+    def fit_passes(self) -> int:
+        return max(1, self.config.epochs)
+
+    def partial_fit(self, update: UpdateBatch) -> UpdateOutcome:
+        """Warm start (`dynrec.models.neural.growth.warm_start`): grow the tables to the new
+        vocabulary, then a few epochs from the current weights on the touched users + a replay
+        sample of others."""
+        from dynrec.models.neural.growth import warm_start  # growth imports the Trainer and this base
+
+        n = warm_start(self, update)
+        return UpdateOutcome("warm-start training", n * max(1, update.config.epochs))
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         if self.net is None:
@@ -168,9 +192,14 @@ class TorchRecommender(Recommender):
         return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.device = resolve_device(self.config.device)
-        self.net = self.build_net_from_meta().to(self.device)
-        self.net.load_state_dict(tensors)
+        """Rebuild the module from `meta` and the config, check `tensors` against its state_dict
+        (names, shapes, dtypes, finite values), then load them on the run's device."""
+        self.meta_size("n_items", self.item_vocab)
+        self.meta_size("n_users", self.user_vocab)
+        self.device = resolve_device(self.options.device)
+        net = self.build_net_from_meta()
+        net.load_state_dict(expect_state_dict(net, tensors))
+        self.net = net.to(self.device)
         self.net.eval()
 
     @abstractmethod

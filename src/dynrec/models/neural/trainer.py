@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from dynrec.data.dataset import InteractionData
 from dynrec.evaluation.metrics import ndcg_standard_error
+from dynrec.models.base import RunOptions
 
 if TYPE_CHECKING:
     from dynrec.models.neural.base import NeuralConfig, TorchRecommender
@@ -136,8 +137,9 @@ class CheckpointSelector:
 
 
 class Trainer:
-    def __init__(self, config: NeuralConfig) -> None:
+    def __init__(self, config: NeuralConfig, options: RunOptions | None = None) -> None:
         self.config = config
+        self.options = options if options is not None else RunOptions()
 
     def fit(self, model: TorchRecommender, data: InteractionData, valid: Any = None) -> list[EpochRecord]:
         from dynrec.evaluation.offline import evaluate  # local: evaluation imports models
@@ -161,7 +163,7 @@ class Trainer:
         start_epoch = 0
         sel = CheckpointSelector(cfg.select_within_se)
         ema = WeightAverage(net, cfg.ema_decay) if cfg.ema_decay > 0 else None
-        ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+        ckpt = Path(self.options.checkpoint_dir) if self.options.checkpoint_dir else None
         if ckpt is not None and (ckpt / "trainer.json").exists():
             start_epoch, history, best_state = _load_checkpoint(
                 ckpt, net, opt, sched, gen, model.generators(), sel
@@ -174,7 +176,10 @@ class Trainer:
         t_start = time.perf_counter()
         t_excluded = 0.0  # time spent in epoch callbacks
         bar = tqdm(
-            range(start_epoch, cfg.epochs), desc=f"train {model.name}", disable=not cfg.progress, unit="ep"
+            range(start_epoch, cfg.epochs),
+            desc=f"train {model.name}",
+            disable=not self.options.progress,
+            unit="ep",
         )
         for epoch in bar:
             net.train()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,45 +25,52 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
+from dynrec.models.base import Fraction, NonNegInt, PositiveFloat, PositiveInt, Probability
 from dynrec.models.neural import TorchRecommender
+from dynrec.models.neural.base import Optimizer
 from dynrec.models.seq.common import (
     SequenceBatches,
     SequenceConfig,
     catalogue_loss,
+    check_heads,
     histories_right_padded,
     log_popularity,
     resolve_amp,
     sampling_probs,
     training_sequences,
 )
-from dynrec.models.seq.sasrec import SeqTransformer
+from dynrec.models.seq.transformer import SeqTransformer
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class BERT4RecConfig(SequenceConfig):
-    embedding_dim: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    ffn_dim: int = 256
-    dropout: float = 0.2
-    attn_dropout: float = 0.2
-    max_len: int = 200
-    mask_prob: float = 0.2
-    last_mask_prob: float = 0.1
+    embedding_dim: PositiveInt = 64
+    num_layers: PositiveInt = 2
+    num_heads: PositiveInt = 2
+    ffn_dim: NonNegInt = 256
+    dropout: Fraction = 0.2
+    attn_dropout: Fraction = 0.2
+    max_len: PositiveInt = 200
+    mask_prob: Probability = 0.2
+    last_mask_prob: Probability = 0.1
     """Extra probability of masking each row's last item (the position inference asks about)."""
-    mask_repeats: int = 10
+    mask_repeats: PositiveInt = 10
     """Passes over the training rows per epoch, each with fresh masks (BERT4Rec's "dupe factor"):
     only ~mask_prob of the positions give a target per pass."""
-    positional: str = "absolute"
+    positional: Literal["absolute", "rope", "none"] = "absolute"
     """absolute (learned, as in the paper) | rope | none."""
-    rope_base: float = 10000.0
-    optimizer: str = "adam"
-    epochs: int = 40
+    rope_base: PositiveFloat = 10000.0
+    optimizer: Optimizer = "adam"
+    epochs: PositiveInt = 40
     """Epochs of ``mask_repeats`` passes each."""
-    patience: int = 3
-    score_batch: int = 256
+    patience: PositiveInt = 3
+    score_batch: PositiveInt = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_heads(self, self.embedding_dim, self.num_heads, self.positional)
 
 
 class BERT4Rec(TorchRecommender):
@@ -100,6 +108,10 @@ class BERT4Rec(TorchRecommender):
 
     def build_net_from_meta(self) -> nn.Module:
         return self._make_net(int(self.meta["n_items"]))
+
+    def item_embeddings(self) -> torch.Tensor:
+        """[n_items, d] the model's input item embeddings (row 0 = padding)."""
+        return self._net().item_weight.detach()[: self.n_items].float().cpu()
 
     def _net(self) -> SeqTransformer:
         if not isinstance(self.net, SeqTransformer):

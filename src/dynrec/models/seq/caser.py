@@ -26,6 +26,7 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
+from dynrec.models.base import Fraction, PositiveFloat, PositiveInt
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.seq._gru_data import biased_ce, next_event_windows
 from dynrec.models.seq.common import SequenceConfig, sampling_probs
@@ -37,21 +38,21 @@ log = logging.getLogger(__name__)
 class CaserConfig(SequenceConfig):
     """Caser options; `max_len` is L, the number of recent items the convolutions read."""
 
-    embedding_dim: int = 64
-    max_len: int = 5
-    n_h: int = 16
+    embedding_dim: PositiveInt = 64
+    max_len: PositiveInt = 5
+    n_h: PositiveInt = 16
     """Horizontal filters per height (heights 1..max_len)."""
-    n_v: int = 4
+    n_v: PositiveInt = 4
     """Vertical filters."""
-    dropout: float = 0.5
+    dropout: Fraction = 0.5
     use_user: bool = True
     """Concatenate the user embedding (the learned unknown-user vector for unknown users)."""
-    user_dropout: float = 0.1
+    user_dropout: Fraction = 0.1
     """Probability that a training sample is seen as coming from the unknown user."""
-    batch_size: int = 512
-    learning_rate: float = 5e-3
-    epochs: int = 40
-    patience: int = 4
+    batch_size: PositiveInt = 512
+    learning_rate: PositiveFloat = 5e-3
+    epochs: PositiveInt = 40
+    patience: PositiveInt = 4
 
 
 class CaserNet(nn.Module):
@@ -164,6 +165,10 @@ class Caser(TorchRecommender):
 
     def release_training_data(self) -> None:
         self._samples = self._probs = None
+
+    def item_embeddings(self) -> torch.Tensor:
+        """[n_items, d] the model's input item embeddings (row 0 = padding)."""
+        return self._caser().item_emb.weight.detach()[: self.n_items].float().cpu()
 
     def _caser(self) -> CaserNet:
         if self.net is None:

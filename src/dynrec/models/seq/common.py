@@ -26,19 +26,21 @@ import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from dynrec.data.dataset import IntArray, InteractionData
+from dynrec.models.base import NonNegInt, PositiveInt
 from dynrec.models.neural import NeuralConfig
 
 __all__ = [
     "SequenceBatches",
     "SequenceConfig",
     "catalogue_loss",
+    "check_heads",
     "full_ce_loss",
     "log_popularity",
     "next_item_pairs",
@@ -48,29 +50,41 @@ __all__ = [
 ]
 
 
+Amp = Literal["none", "bf16", "auto"]
+
+
 @dataclass(frozen=True)
 class SequenceConfig(NeuralConfig):
     """Options shared by the sequence models (on top of the Trainer's `NeuralConfig`)."""
 
-    max_len: int = 200
+    max_len: PositiveInt = 200
     """Items of history the model reads (training rows hold ``max_len + 1`` items)."""
-    window_stride: int = 0
+    window_stride: NonNegInt = 0
     """0: one training row per user (the last ``max_len + 1`` items). >0: also earlier windows of
     long users, ending every ``window_stride`` items back from the end (sliding windows)."""
-    loss: str = "ce"
+    loss: Literal["ce", "sampled"] = "ce"
     """ce: full-catalogue cross-entropy | sampled: sampled softmax (big catalogues)."""
-    n_negatives: int = 256
+    n_negatives: PositiveInt = 256
     """Negatives per batch for ``loss="sampled"`` (shared by every position of the batch)."""
-    negative_sampling: str = "uniform"
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
     """uniform | popularity (sampled softmax; log-Q corrected either way)."""
-    ce_chunk: int = 0
+    ce_chunk: NonNegInt = 0
     """Rows per chunk of the full cross-entropy; 0 = sized so a chunk's logits stay ~4 MB (cache-sized)."""
     bucket: bool = True
     """Batch rows of similar length together (less padding) instead of a plain shuffle."""
-    amp: str = "none"
+    amp: Amp = "none"
     """Training precision: none (float32) | bf16 (autocast matrix products to bfloat16; softmax and
     the loss stay float32) | auto (bf16 where the hardware has it: a CPU with AVX512-BF16/AMX or a
     CUDA GPU with bf16, else float32). Scoring is always float32."""
+
+
+def check_heads(config: NeuralConfig, dim: int, heads: int, positional: str) -> None:
+    """Transformer configs: `embedding_dim` splits into `num_heads` heads (of even width with rope)."""
+    config.require(dim % heads == 0, "num_heads", f"must divide embedding_dim={dim}")
+    if positional == "rope":
+        config.require(
+            (dim // heads) % 2 == 0, "num_heads", "with rope, embedding_dim / num_heads must be even"
+        )
 
 
 @functools.lru_cache(maxsize=16)

@@ -27,8 +27,10 @@ import torch
 from torch import nn
 
 from dynrec.data.dataset import InteractionData
-from dynrec.data.query import QueryBatch
+from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import NotFittedError
+from dynrec.models.base import Fraction, NonNegInt, PositiveFloat, PositiveInt
+from dynrec.models.capabilities import StateBatch, StateLayout
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.seq._gru_data import (
     biased_ce,
@@ -47,26 +49,26 @@ log = logging.getLogger(__name__)
 class GRU4RecConfig(SequenceConfig):
     """GRU4Rec options (on top of the sequence models' `SequenceConfig`)."""
 
-    embedding_dim: int = 64
-    hidden_dim: int = 128
-    num_layers: int = 1
-    dropout: float = 0.3
+    embedding_dim: PositiveInt = 64
+    hidden_dim: PositiveInt = 128
+    num_layers: PositiveInt = 1
+    dropout: Fraction = 0.3
     """Dropout on the input embeddings and on the GRU output."""
-    max_len: int = 200
+    max_len: PositiveInt = 200
     """Training row length; with `window_stride` long sequences also give earlier rows."""
-    score_len: int = 0
+    score_len: NonNegInt = 0
     """Events of the history read when scoring; 0 = all (the exact incremental state)."""
     time_gaps: bool = False
     """Add an embedding of the log2-bucketised time since the previous event to each input."""
-    gap_buckets: int = 32
+    gap_buckets: PositiveInt = 32
     tied: bool = True
     """Score with the input item embeddings (else a separate output embedding)."""
     ema_init: bool = True
     """Initialise the GRU as a moving average of its inputs (faster, more stable early training)."""
-    batch_size: int = 64
-    learning_rate: float = 1e-2
-    epochs: int = 60
-    patience: int = 6
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 1e-2
+    epochs: PositiveInt = 60
+    patience: PositiveInt = 6
 
 
 class GRU4RecNet(nn.Module):
@@ -330,29 +332,48 @@ class GRU4Rec(TorchRecommender):
             torch.from_numpy(np.ascontiguousarray(indptr, dtype=np.int64)).to(dev),
         )
 
-    def init_state(self, batch: QueryBatch) -> torch.Tensor:
-        """Hidden state [B, num_layers * hidden_dim] after consuming each query's history."""
+    # -- IncrementalState: the hidden state, O(1) per event ------------------------------------
+    def state_layout(self) -> StateLayout | None:
+        return StateLayout("hidden")
+
+    def init_state(self, batch: QueryBatch) -> StateBatch:
+        """``h`` [B, num_layers * hidden_dim] after each query's history, ``n`` events consumed,
+        ``last_ts`` the time of the last one (-1 if none; time-gap inputs need it)."""
         with self._reading() as net:
             items, gaps, indptr = self._history(batch)
-            return net.final_state(items, gaps, indptr)
+            h = net.final_state(items, gaps, indptr).cpu()
+        last = np.full(len(batch), -1, dtype=np.int64)
+        if batch.timestamps is not None:
+            nz = batch.lengths > 0
+            last[nz] = batch.timestamps[batch.indptr[1:][nz] - 1]
+        n = torch.from_numpy(batch.lengths.astype(np.int64))
+        return {"h": h, "n": n, "last_ts": torch.from_numpy(last)}
 
     def step_state(
-        self, state: torch.Tensor, items: torch.Tensor, gaps: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Consume one new event per row: `items` [B] item indices; with `time_gaps`, `gaps` [B] are
-        the seconds since each row's previous event (-1 or None = unknown). Returns the new state;
-        `state` is not modified. Costs O(1) in the history length."""
+        self, state: StateBatch, items: IntArray, timestamps: IntArray, *, inplace: bool = False
+    ) -> StateBatch:
+        """Consume one new event per row (a new state; `state` is never modified). With
+        `time_gaps`, the gap input is the time since the row's previous event."""
+        ts = torch.from_numpy(np.asarray(timestamps, dtype=np.int64))
+        gaps = None
+        if self.config.time_gaps:
+            gaps = torch.where(state["n"] > 0, ts - state["last_ts"], torch.full_like(ts, -1))
+        it = torch.from_numpy(np.asarray(items, dtype=np.int64))
         with self._reading() as net:
-            it = torch.as_tensor(items, dtype=torch.int64, device=self.device)
-            g = None if gaps is None else torch.as_tensor(gaps, dtype=torch.int64, device=self.device)
-            return net.step(state.to(self.device), it, g)
+            dev = self.device
+            h = net.step(state["h"].to(dev), it.to(dev), None if gaps is None else gaps.to(dev)).cpu()
+        return {"h": h, "n": state["n"] + 1, "last_ts": ts}
 
-    def score_state(self, state: torch.Tensor) -> torch.Tensor:
+    def score_state(self, state: StateBatch) -> torch.Tensor:
         """[B, n_items] float32 scores from states (column 0 = -inf), as `score` would give."""
         with self._reading() as net:
-            out = net.logits(net.top(state.to(self.device))).float().cpu()
+            out = net.logits(net.top(state["h"].to(self.device))).float().cpu()
         out[:, 0] = -torch.inf
         return out
+
+    # -- ItemEmbeddings ---------------------------------------------------------------------------
+    def item_embeddings(self) -> torch.Tensor:
+        return self._gru().item_emb.weight.detach()[: self.n_items].float().cpu()
 
     def score_net(self, batch: QueryBatch) -> torch.Tensor:
         net = self._gru()

@@ -11,7 +11,7 @@ Positions (``positional``):
   *distance* between two events. Attention is limited to a sliding window of ``max_len`` events
   (each position sees itself and the ``max_len - 1`` previous events). The model is then a fixed
   function of the history that a per-user key/value cache reproduces exactly: `init_state` builds
-  the cache, `step` appends one event in O(max_len) (independent of the history length — a ring
+  the cache, `step_state` appends one event in O(max_len) (independent of the history length — a ring
   buffer of ``max_len`` keys per layer; the rotation baked into a cached key stays valid as the
   window slides), `score_state` ranks the catalogue. `score` recomputes the same function from the
   last ``num_layers * (max_len - 1) + 1`` events (the receptive field of the stacked windows).
@@ -31,9 +31,12 @@ Users with no history are scored by training popularity (``log(1 + count)``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -41,14 +44,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from dynrec.data.dataset import InteractionData
-from dynrec.data.query import QueryBatch
+from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import DynrecError, NotFittedError
-from dynrec.models.layers import Dropout
+from dynrec.models.base import Fraction, NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
+from dynrec.models.capabilities import StateBatch, StateLayout
 from dynrec.models.neural import TorchRecommender
+from dynrec.models.neural.base import Optimizer
 from dynrec.models.seq.common import (
+    Amp,
     SequenceBatches,
     SequenceConfig,
     catalogue_loss,
+    check_heads,
     histories_right_padded,
     log_popularity,
     next_item_pairs,
@@ -56,6 +63,7 @@ from dynrec.models.seq.common import (
     sampling_probs,
     training_sequences,
 )
+from dynrec.models.seq.transformer import SeqTransformer
 
 log = logging.getLogger(__name__)
 
@@ -64,294 +72,55 @@ log = logging.getLogger(__name__)
 class SASRecConfig(SequenceConfig):
     """SASRec options; defaults reach the published SASRec+CE quality on ml-1m (see benchmarks)."""
 
-    embedding_dim: int = 64
-    num_layers: int = 2
-    num_heads: int = 2
-    ffn_dim: int = 256
+    embedding_dim: PositiveInt = 64
+    num_layers: PositiveInt = 2
+    num_heads: PositiveInt = 2
+    ffn_dim: NonNegInt = 256
     """Hidden size of the feed-forward sub-layer; 0 = ``embedding_dim`` (original SASRec)."""
-    dropout: float | None = None
+    dropout: Fraction | None = None
     """Dropout on the embeddings, inside the feed-forward sub-layer and on each residual branch;
     None = by dataset size (`auto_dropout`): 0.3 below 4,096 users with a training sequence, 0.2
-    from there. On ml-100k (943 users) 0.3 had the best mean validation NDCG@10 of 11 candidate
+    from there; `fit` writes the value it chose back into the config. On ml-100k (943 users) 0.3 had the best mean validation NDCG@10 of 11 candidate
     configs over 5 seeds (H100/H200 rounds 5-6, benchmarks/results_sasrec.md); 0.2 is the ml-1m
     setting behind the published-level numbers."""
-    attn_dropout: float | None = None
-    """Dropout on attention weights; None = the resolved `dropout`. (On CPU, training then runs
+    attn_dropout: Fraction | None = None
+    """Dropout on attention weights; None = the resolved `dropout` (written back by `fit`). (On CPU, training then runs
     attention as explicit matrix products with the fast `dynrec.models.layers.Dropout`; CUDA uses
     the fused SDPA kernel.)"""
-    positional: str = "rope"
+    positional: Literal["rope", "absolute", "none"] = "rope"
     """rope (relative; enables the incremental KV-cache state) | absolute (learned) | none."""
-    rope_base: float = 10000.0
-    long_term: str = "none"
+    rope_base: PositiveFloat = 10000.0
+    long_term: Literal["none", "gate"] = "none"
     """none | gate: fuse the mean embedding of the whole history with the sequence state."""
-    batch_size: int = 0
-    """Training rows per batch; 0 = by dataset size: ``clamp(rows // 32, 32, 128)``, i.e. 128 from
+    batch_size: NonNegInt = 0
+    """Training rows per batch; 0 = by dataset size (written back by `fit`): ``clamp(rows // 32, 32, 128)``, i.e. 128 from
     4,096 users up (ml-1m), and at least ~32 steps per epoch below that (ml-100k: 32). On ml-100k,
     128 gave 8 steps per epoch and the best validation after 51 epochs (99 s); 32 took 13-70 epochs
     over three seeds (median 34 s) at the same test NDCG@10."""
-    amp: str = "auto"
+    amp: Amp = "auto"
     """bf16 training where the hardware has it (~2x faster per step on an AVX512-BF16 CPU: 0.54 vs
     1.12 s on a full ml-1m batch, `benchmarks/sasrec_step_speed.py`)."""
-    optimizer: str = "adam"
-    epochs: int = 200
+    optimizer: Optimizer = "adam"
+    epochs: PositiveInt = 200
     """Constant learning rate (the Trainer's default schedule), early stopping on validation: a
     cosine decay over 100 epochs was smoother but ended lower on ml-1m (benchmarks/results_sasrec.md)."""
-    patience: int = 20
-    select_within_se: float = 1.0
+    patience: PositiveInt = 20
+    select_within_se: NonNegFloat = 1.0
     """Keep the latest epoch within one standard error of the best validation NDCG@10 (the
     Trainer's rule; the run stops as before, `patience` epochs after the best). ml-100k has 943
     validation queries (standard error ~0.007): validation is flat within noise from ~epoch 15
     while test NDCG@10 keeps rising for 20-40 more epochs, so the single best epoch is usually an
     early one (benchmarks/results_selection.md)."""
-    ema_decay: float = 0.995
+    ema_decay: Fraction = 0.995
     """Weight averaging (the Trainer's EMA; validation and the kept model use the average). On an
     H100, ml-1m: the held checkpoint's test NDCG@10 moved within 0.1815-0.1829 over epochs 60-82
     (0.1758-0.1832 without); ml-100k, 5 seeds: mean NDCG@10 0.0954 vs 0.0908 without."""
-    score_batch: int = 256
+    score_batch: PositiveInt = 256
     """Histories per forward pass when scoring (bounds memory)."""
 
-
-# ---- building blocks ------------------------------------------------------------------------
-
-
-def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables ``[..., head_dim // 2]`` for integer `positions` (angles in float64, so large
-    absolute positions in a long-lived state keep their precision)."""
-    half = head_dim // 2
-    inv = base ** (-torch.arange(half, dtype=torch.float64, device=positions.device) / half)
-    ang = positions.to(torch.float64)[..., None] * inv
-    return torch.cos(ang).float(), torch.sin(ang).float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate feature pairs ``(x_i, x_{i+hd/2})`` of ``x [B, H, L, hd]`` by the angles in cos/sin
-    (broadcast to ``[B or 1, 1, L, hd/2]``)."""
-    # q/k arrive as strided views of the fused qkv projection; elementwise ops on a contiguous copy
-    # are ~4x faster on CPU (30 -> 7 ms for [256, 2, 200, 32]) and give bitwise the same values
-    x = x.contiguous()
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1)
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: x + Attn(LN(x)), then x + FFN(LN(x))."""
-
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, attn_dropout: float = 0.0) -> None:
-        super().__init__()
-        if dim % heads:
-            raise DynrecError(f"embedding_dim {dim} is not divisible by num_heads {heads}")
-        self.heads = heads
-        self.head_dim = dim // heads
-        self.ln1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.ln2 = nn.LayerNorm(dim)
-        self.ff1 = nn.Linear(dim, ffn_dim)
-        self.ff2 = nn.Linear(ffn_dim, dim)
-        self.drop = Dropout(dropout)
-        self.attn_dropout = attn_dropout
-        self.attn_drop = Dropout(attn_dropout)
-
-    def project(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys, values ``[B, H, L, hd]`` for ``x [B, L, d]`` (rotated when `rope`)."""
-        b, n, d = x.shape
-        qkv = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return q, k, v
-
-    def project_last(
-        self, x: torch.Tensor, nq: int, rope: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Like `project`, but queries only for the last `nq` positions (rope tables ``[1, 1, L, h]``)."""
-        b, n, d = x.shape
-        hd, heads = self.head_dim, self.heads
-        z = self.ln1(x)
-        w, bias = self.qkv.weight, self.qkv.bias
-        q = F.linear(z[:, n - nq :], w[:d], bias[:d]).view(b, nq, heads, hd).transpose(1, 2)
-        kv = F.linear(z, w[d:], bias[d:]).view(b, n, 2, heads, hd).permute(2, 0, 3, 1, 4)
-        k, v = kv[0], kv[1]
-        if rope is not None:
-            cos, sin = rope
-            q = apply_rope(q, cos[..., n - nq :, :], sin[..., n - nq :, :])
-            k = apply_rope(k, cos, sin)
-        return q, k, v
-
-    def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """Residual output projection of ``attn [B, H, L, hd]`` and the feed-forward sub-layer."""
-        b, _, n, _ = attn.shape
-        x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, n, -1)))
-        out: torch.Tensor = x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(self.ln2(x))))))
-        return out
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor] | None,
-        mask: torch.Tensor | None,
-        causal: bool,
-    ) -> torch.Tensor:
-        q, k, v = self.project(x, rope)
-        p = self.attn_dropout if self.training else 0.0
-        if p > 0.0 and x.device.type == "cpu":
-            a = self.dropout_attention(q, k, v, mask, causal)
-        else:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
-        return self.finish(x, a)
-
-    def dropout_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
-    ) -> torch.Tensor:
-        """``dropout(softmax(q kᵀ / √hd + mask)) v`` as explicit products: on CPU, SDPA with
-        dropout falls back to a slow path (per-element `bernoulli_`); this is the same function
-        with the fast `Dropout`, 1.65x faster per SASRec bf16 training step (0.50 vs 0.83 s on
-        a full ml-1m batch, 2 threads; `benchmarks/sasrec_step_speed.py`)."""
-        s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
-        n, m = s.shape[-2], s.shape[-1]
-        if causal:
-            mask = torch.ones(n, m, dtype=torch.bool, device=s.device).tril()
-        if mask is not None:
-            s = s.masked_fill(~mask, float("-inf"))
-        out: torch.Tensor = self.attn_drop(torch.softmax(s, dim=-1)) @ v
-        return out
-
-
-class SeqTransformer(nn.Module):
-    """Item embeddings + Transformer blocks + final LayerNorm (shared by SASRec and BERT4Rec).
-
-    `n_tokens` rows of the embedding table: items ``0..n_items-1`` (0 = padding) plus any extra
-    tokens (BERT4Rec's [MASK]). Scores use the first `n_items` rows (tied output layer).
-    """
-
-    def __init__(
-        self,
-        n_items: int,
-        n_tokens: int,
-        *,
-        dim: int,
-        layers: int,
-        heads: int,
-        ffn_dim: int,
-        dropout: float,
-        max_len: int,
-        positional: str,
-        rope_base: float,
-        long_term: str = "none",
-        attn_dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if positional not in ("rope", "absolute", "none"):
-            raise DynrecError(f"positional must be rope, absolute or none, not {positional!r}")
-        if long_term not in ("none", "gate"):
-            raise DynrecError(f"long_term must be none or gate, not {long_term!r}")
-        self.n_items = n_items
-        self.dim = dim
-        self.max_len = max_len
-        self.positional = positional
-        self.rope_base = rope_base
-        self.long_term = long_term
-        self.item_emb = nn.Embedding(n_tokens, dim, padding_idx=0)
-        self.pos_emb = nn.Embedding(max_len + 1, dim) if positional == "absolute" else None
-        self.emb_drop = Dropout(dropout)
-        self.heads = heads
-        self.blocks = nn.ModuleList(
-            Block(dim, heads, ffn_dim or dim, dropout, attn_dropout) for _ in range(layers)
-        )
-        self.ln_f = nn.LayerNorm(dim)
-        if long_term == "gate":
-            self.lt_proj: nn.Linear | None = nn.Linear(dim, dim)
-            self.lt_gate: nn.Linear | None = nn.Linear(2 * dim, dim)
-        else:
-            self.lt_proj = self.lt_gate = None
-        self.log_pop: torch.Tensor
-        self.register_buffer("log_pop", torch.zeros(n_items))
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
-
-    def block_list(self) -> list[Block]:
-        return [b for b in self.blocks if isinstance(b, Block)]
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.heads
-
-    @property
-    def item_weight(self) -> torch.Tensor:
-        """Output item vectors ``[n_items, d]`` (tied with the input embeddings)."""
-        return self.item_emb.weight[: self.n_items]
-
-    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Rotary tables for positions ``[L]`` or ``[B, L]``, shaped to broadcast over heads."""
-        if self.positional != "rope":
-            return None
-        cos, sin = rope_tables(positions, self.head_dim, self.rope_base)
-        if cos.dim() == 2:  # [L, h] -> [1, 1, L, h]
-            return cos[None, None], sin[None, None]
-        return cos[:, None], sin[:, None]  # [B, L, h] -> [B, 1, L, h]
-
-    def embed(self, items: torch.Tensor) -> torch.Tensor:
-        """Input vectors ``[B, L, d]`` for right-padded ``items [B, L]`` (positions from column 0)."""
-        x: torch.Tensor = self.item_emb(items)
-        if self.pos_emb is not None:
-            n = items.shape[1]
-            x = x + self.pos_emb(torch.arange(n, device=items.device).clamp(max=self.max_len))[None]
-        out: torch.Tensor = self.emb_drop(x)
-        return out
-
-    def encode(self, items: torch.Tensor, *, causal: bool = True, window: int | None = None) -> torch.Tensor:
-        """Hidden states ``[B, L, d]`` for right-padded ``items [B, L]``.
-
-        causal: each position attends to itself and earlier ones, within `window` positions when
-        given (a band mask); bidirectional: every real position attends to every real position.
-        """
-        b, n = items.shape
-        x = self.embed(items)
-        rope = self.rope(torch.arange(n, device=items.device))
-        mask: torch.Tensor | None = None
-        is_causal = False
-        if causal:
-            if window is None or n <= window:
-                is_causal = True  # right padding: real queries never see padding keys
-            else:
-                i = torch.arange(n, device=items.device)
-                d = i[:, None] - i[None, :]
-                mask = (d >= 0) & (d < window)
-        else:
-            mask = (items > 0)[:, None, None, :] | torch.eye(n, dtype=torch.bool, device=items.device)
-        for blk in self.block_list():
-            x = blk(x, rope, mask, is_causal)
-        return self.ln_f(x)  # type: ignore[no-any-return]
-
-    def fuse(self, h: torch.Tensor, lt_mean: torch.Tensor | None) -> torch.Tensor:
-        """Short-term state `h` fused with the long-term mean embedding (``long_term="gate"``)."""
-        if self.lt_proj is None or self.lt_gate is None or lt_mean is None:
-            return h
-        lt = self.lt_proj(lt_mean)
-        g = torch.sigmoid(self.lt_gate(torch.cat([h, lt], dim=-1)))
-        out: torch.Tensor = g * h + (1.0 - g) * lt
-        return out
-
-    def prefix_mean(self, items: torch.Tensor) -> torch.Tensor:
-        """Causal mean of the raw item embeddings up to each position of ``items [B, L]``."""
-        e: torch.Tensor = self.item_emb(items)
-        cnt = (items > 0).cumsum(1).clamp(min=1).unsqueeze(-1).to(e.dtype)
-        return e.cumsum(1) / cnt
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_heads(self, self.embedding_dim, self.num_heads, self.positional)
 
 
 # ---- incremental state ----------------------------------------------------------------------
@@ -506,8 +275,10 @@ class SASRecNet(SeqTransformer):
         hidden = torch.where((length > 0)[:, None], hidden, torch.zeros_like(hidden))
         return SASRecState(keys, values, length.clone(), hidden, torch.zeros_like(hidden))
 
-    def step(self, state: SASRecState, items: torch.Tensor) -> SASRecState:
-        """The state after each user consumes one more event ``items [B]`` (a new state)."""
+    def step(self, state: SASRecState, items: torch.Tensor, *, inplace: bool = False) -> SASRecState:
+        """The state after each user consumes one more event ``items [B]``: a new state, or with
+        `inplace` the new keys/values written into `state`'s ring buffers (copying both buffers,
+        ``[layers, B, heads, max_len, head_dim]``, is most of an event's cost on a CPU)."""
         self._check_incremental()
         b, w, dev = items.shape[0], self.max_len, items.device
         p = state.length
@@ -516,7 +287,7 @@ class SASRecNet(SeqTransformer):
         valid = torch.arange(w, device=dev)[None, :] < (p + 1).clamp(max=w)[:, None]  # [B, W]
         mask = valid[:, None, None, :]
         rows = torch.arange(b, device=dev)
-        keys, values = state.keys.clone(), state.values.clone()
+        keys, values = (state.keys, state.values) if inplace else (state.keys.clone(), state.values.clone())
         e = self.item_emb(items)
         x = self.embed(items[:, None])
         for li, blk in enumerate(self.block_list()):
@@ -551,8 +322,9 @@ class SASRec(TorchRecommender):
 
     # -- module ----------------------------------------------------------------------------
     def dropouts(self) -> tuple[float, float]:
-        """(dropout, attention dropout): the configured values, else those resolved by dataset size
-        when the model was built (kept in `meta`, so a loaded model reports what it was trained with)."""
+        """(dropout, attention dropout) the model was built with. `fit` writes the values it resolves
+        by dataset size into the config; configs saved by older versions left them None and kept
+        them in `meta`."""
         c = self.config
         d = c.dropout if c.dropout is not None else float(self.meta.get("dropout", 0.2))
         a = c.attn_dropout if c.attn_dropout is not None else float(self.meta.get("attn_dropout", d))
@@ -580,8 +352,8 @@ class SASRec(TorchRecommender):
         c = self.config
         rows = int((np.diff(data.indptr) >= 2).sum())  # users with a training sequence
         d = c.dropout if c.dropout is not None else auto_dropout(rows)
-        self.meta["dropout"] = d
-        self.meta["attn_dropout"] = c.attn_dropout if c.attn_dropout is not None else d
+        a = c.attn_dropout if c.attn_dropout is not None else d
+        self.config = dataclasses.replace(c, dropout=d, attn_dropout=a)  # config.json says what was trained
         net = self._make_net(data.n_items)
         net.log_pop.copy_(log_popularity(data))
         return net
@@ -599,7 +371,7 @@ class SASRec(TorchRecommender):
         c = self.config
         seqs, lens = training_sequences(data, c.max_len, stride=c.window_stride)
         bs = c.batch_size or auto_batch_size(len(lens))
-        self.meta["batch_size"] = bs
+        self.config = dataclasses.replace(c, batch_size=bs)  # config.json says what was trained
         self._batches = SequenceBatches(seqs, lens, bs, bucket=c.bucket)
         self._loss_gen = torch.Generator().manual_seed(c.seed + 1)
         self._probs = sampling_probs(data)
@@ -653,45 +425,59 @@ class SASRec(TorchRecommender):
             )
         return h, lt, lens
 
-    # -- incremental state (issue 4: O(1) per event in the history length) -----------------
-    def init_state(self, batch: QueryBatch) -> SASRecState:
-        """The incremental state of each history in `batch` (equal to replaying it with `step`)."""
-        net = self._net()
-        with torch.no_grad():
-            was = net.training
-            net.eval()
-            try:
-                hist, clen = histories_right_padded(batch.indptr, batch.items, net.context_len())
-                width = max(1, int(clen.max()) if len(clen) else 1)
-                length = torch.from_numpy(batch.lengths).to(self.device)
-                st = net.prefill(hist[:, :width].to(self.device), clen.to(self.device), length)
-                ids = torch.from_numpy(batch.indptr).to(self.device)
-                mean = net.history_mean(ids, torch.from_numpy(batch.items).to(self.device), len(batch))
-                lt_sum = mean * length.clamp(min=1)[:, None].to(mean.dtype)
-                return SASRecState(st.keys, st.values, st.length, st.hidden, lt_sum)
-            finally:
-                net.train(was)
+    # -- IncrementalState: O(max_len) per event, independent of the history length -----------
+    def state_layout(self) -> StateLayout | None:
+        if self.config.positional != "rope":
+            return None  # absolute positions shift as the window slides: recompute instead
+        return StateLayout("kv-cache", {"keys": 1, "values": 1})
 
-    def step(self, state: SASRecState, items: torch.Tensor | np.ndarray | list[int]) -> SASRecState:
-        """The state after each user appends one event (item indices ``[B]``); `state` is unchanged."""
+    @contextmanager
+    def _reading(self) -> Iterator[SASRecNet]:
+        """The module in eval mode under no_grad (restoring its mode after)."""
         net = self._net()
+        was = net.training
+        if was:
+            net.eval()
+        try:
+            with torch.no_grad():
+                yield net
+        finally:
+            if was:
+                net.train()
+
+    def init_state(self, batch: QueryBatch) -> StateBatch:
+        """The incremental state of each history in `batch` (equal to replaying it with
+        `step_state`): the per-layer key/value ring buffers of the last ``max_len`` events, the
+        event count, the last hidden state and the sum of the history's item embeddings."""
+        with self._reading() as net:
+            hist, clen = histories_right_padded(batch.indptr, batch.items, net.context_len())
+            width = max(1, int(clen.max()) if len(clen) else 1)
+            length = torch.from_numpy(batch.lengths).to(self.device)
+            st = net.prefill(hist[:, :width].to(self.device), clen.to(self.device), length)
+            ids = torch.from_numpy(batch.indptr).to(self.device)
+            mean = net.history_mean(ids, torch.from_numpy(batch.items).to(self.device), len(batch))
+            lt_sum = mean * length.clamp(min=1)[:, None].to(mean.dtype)
+            return SASRecState(st.keys, st.values, st.length, st.hidden, lt_sum).to_dict()
+
+    def step_state(
+        self, state: StateBatch, items: IntArray, timestamps: IntArray, *, inplace: bool = False
+    ) -> StateBatch:
+        """The state after each user appends one event (item indices ``[B]``)."""
         it = torch.as_tensor(np.asarray(items, dtype=np.int64)).to(self.device)
-        with torch.no_grad():
-            was = net.training
-            net.eval()
-            try:
-                return net.step(state, it)
-            finally:
-                net.train(was)
+        with self._reading() as net:
+            return net.step(SASRecState.from_dict(state), it, inplace=inplace).to_dict()
 
-    def score_state(self, state: SASRecState) -> torch.Tensor:
+    def score_state(self, state: StateBatch) -> torch.Tensor:
         """[B, n_items] float32 scores from incremental states (column 0 = -inf), like `score`."""
-        net = self._net()
-        with torch.no_grad():
-            s = net.score_state(state).float()
+        with self._reading() as net:
+            s = net.score_state(SASRecState.from_dict(state)).float()
         s = s.cpu() if s.device.type != "cpu" else s.clone()
         s[:, 0] = -torch.inf
         return s
+
+    # -- ItemEmbeddings ---------------------------------------------------------------------------
+    def item_embeddings(self) -> torch.Tensor:
+        return self._net().item_weight.detach().float().cpu()
 
 
 def auto_batch_size(n_rows: int) -> int:

@@ -1,0 +1,161 @@
+"""What a model can do beyond scoring, as small typed protocols the model implements in its own file.
+
+Everything above the models (online sessions, the replay engine, the service) asks for a protocol
+with ``isinstance(model, Protocol)`` — never a concrete model class, a method-name probe or a
+private attribute — so a new model gains a behaviour by implementing it, with no edit elsewhere:
+
+* `IncrementalState` — per-user state: ``init_state(histories)``, ``step_state(state, events)``,
+  ``score_state(state)``. Invariant (tested for every implementer): a state built by ``init_state``
+  plus any number of ``step_state`` calls scores like ``model.score`` on the whole history.
+* `PartialFit` — incremental training on new events with vocabulary growth (``partial_fit``).
+* `ItemEmbeddings` — one vector per item (similar items, clustering, ANN indexes, text fusion).
+* `Explainer` — per recommended item, how much each history event contributed to its score.
+
+A *state* is a dict of tensors holding a batch of users (`StateBatch`); `StateLayout` says along
+which dimension each tensor is batched, so generic code can select, stack and split rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from dynrec.data.dataset import InteractionData
+from dynrec.data.query import IntArray, QueryBatch
+
+__all__ = [
+    "Explainer",
+    "IncrementalState",
+    "ItemEmbeddings",
+    "PartialFit",
+    "StateBatch",
+    "StateLayout",
+    "UpdateBatch",
+    "UpdateConfig",
+    "UpdateOutcome",
+]
+
+StateBatch = dict[str, torch.Tensor]
+"""A batch of per-user states: named tensors, each with a batch dimension (see `StateLayout`)."""
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """How a model's state tensors are batched.
+
+    `kind` names the state for reports ("kv-cache", "hidden", "fold-in", ...); `batch_dims` gives
+    the batch dimension of each tensor whose batch dimension is not 0."""
+
+    kind: str
+    batch_dims: Mapping[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class IncrementalState(Protocol):
+    """A model whose per-user state advances event by event (O(1) or O(window) per event)."""
+
+    def state_layout(self) -> StateLayout | None:
+        """The layout of this model's state, or None when this configuration has none (e.g.
+        absolute positions that a sliding window would invalidate): callers then recompute from
+        the history."""
+        ...
+
+    def init_state(self, batch: QueryBatch) -> StateBatch:
+        """States after consuming each query's history (items are valid model indices)."""
+        ...
+
+    def step_state(
+        self, state: StateBatch, items: IntArray, timestamps: IntArray, *, inplace: bool = False
+    ) -> StateBatch:
+        """States after each row consumes one more event (``items [B]``, ``timestamps [B]``).
+        With ``inplace=False`` `state` is left unchanged; with ``inplace=True`` the model may
+        overwrite `state`'s buffers (for callers that own the state and drop the old one)."""
+        ...
+
+    def score_state(self, state: StateBatch) -> torch.Tensor:
+        """[B, n_items] float32 CPU scores (column 0 = -inf), a fresh tensor."""
+        ...
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """How an incremental update trains (the run of `PartialFit.partial_fit`)."""
+
+    epochs: int = 1
+    """Passes over the update's training sample (neural models)."""
+    learning_rate: float = 0.0
+    """0 = `lr_scale` x the model's own learning rate."""
+    lr_scale: float = 0.3
+    """A gentler step than training from scratch: continuing at the full rate with a fresh
+    optimiser moves the weights away from their early-stopped optimum."""
+    replay_ratio: float = 1.0
+    """Old users replayed per user with new events (neural models), against forgetting."""
+    max_replay_users: int = 0
+    """Cap on replayed users (0 = no cap)."""
+    batch_size: int = 0
+    """0 = the model's own batch size."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class UpdateBatch:
+    """One incremental update, in the model's index space.
+
+    `memory` holds every event the model has learned from, this update's included, in vocabularies
+    already grown to name the new users/items (the model's own vocabularies are grown too);
+    `previous` is the memory before this update. `users`/`items` are the unique indices the new
+    events touch. `fresh` is True when the memory was rewritten since the last update (a user was
+    forgotten): anything a model derived from earlier memories must be rebuilt from `memory`."""
+
+    memory: InteractionData
+    previous: InteractionData
+    users: IntArray
+    items: IntArray
+    old_n_items: int
+    old_n_users: int
+    config: UpdateConfig
+    rng: np.random.Generator
+    fresh: bool = False
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    """What an update did: `method` (for reports) and `work_events` = events processed x passes
+    over them, a device-independent measure of its compute."""
+
+    method: str
+    work_events: int
+
+
+@runtime_checkable
+class PartialFit(Protocol):
+    """A model that learns from new events without a refit from scratch."""
+
+    def partial_fit(self, update: UpdateBatch) -> UpdateOutcome:
+        """Continue learning from `update` (new users/items included); mutates the model."""
+        ...
+
+
+@runtime_checkable
+class ItemEmbeddings(Protocol):
+    """A model with one vector per item."""
+
+    def item_embeddings(self) -> torch.Tensor:
+        """[n_items, d] float32 CPU item vectors (row 0 = padding)."""
+        ...
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    """A model that can attribute a recommended item's score to the history events."""
+
+    def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
+        """Contributions [nnz, k] of each history event (rows aligned with ``batch.items``) to the
+        score of each of its query's `items` ([B, k] item indices): for query b, rows
+        ``indptr[b]:indptr[b+1]``. Models with additive scores return exact contributions (they
+        sum to the item's score, up to a per-query constant); others an attribution."""
+        ...
