@@ -10,7 +10,6 @@ import numpy as np
 import numpy.typing as npt
 
 from dynrec.models.base import Recommender
-from dynrec.models.registry import create_model
 from dynrec.online.updater import IncrementalUpdater
 from dynrec.replay.stream import ReplayData, revealed_data
 
@@ -55,13 +54,13 @@ def retrain_fn(n_stream: int, *, holdout: bool, retrain_epochs: int) -> UpdateFn
     def fn(model: Recommender, events: IntArray, rd: ReplayData) -> tuple[Recommender, dict[str, Any]]:
         sent[events] = True
         train = revealed_data(rd, sent, holdout=holdout)
-        new = create_model(model.name, config=model.config.to_dict())
-        new.meta = {k: v for k, v in model.meta.items() if k in ("dataset", "split")}
+        config = model.config
         epochs = retrain_epochs or int(model.meta.get("best_epoch", 0) or 0)
-        if epochs and "epochs" in new.config.option_names():
-            new = create_model(model.name, {"epochs": str(epochs)}, model.config.to_dict())
-            new.meta = {k: v for k, v in model.meta.items() if k in ("dataset", "split")}
-        new.fit(train, None)
+        if epochs and "epochs" in config.option_names():
+            config = config.with_overrides({"epochs": epochs})
+        new = type(model)(config)  # same kind and hyper-parameters, fresh weights
+        new.meta = {k: v for k, v in model.meta.items() if k in ("dataset", "split")}
+        new.fit(train, None, options=model.options)
         for k in ("best_epoch",):
             if k in model.meta:
                 new.meta[k] = model.meta[k]
