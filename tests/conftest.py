@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from dynrec.data.dataset import InteractionData
 from dynrec.data.vocab import Vocabulary
+from dynrec.online.state import StateStore
 from dynrec.preprocessing.split import Split, leave_one_out
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,3 +53,64 @@ def tiny_split(tiny_data: InteractionData) -> Split:
 
 def data_dir() -> Path:
     return Path(os.environ["DYNREC_DATA_DIR"])
+
+
+# ---- state stores (memory, SQLite, a real Redis server) ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    """One throw-away ``redis-server`` for the whole session (tests/redis_server.py); skips the
+    test when it is not installed."""
+    from tests.redis_server import redis_server, require_redis_server
+
+    require_redis_server()
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> str:
+    """The session's Redis server, emptied for this test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server_url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server_url
+
+
+STORE_KINDS = ("memory", "sqlite", "redis")
+
+
+@pytest.fixture(params=STORE_KINDS)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], StateStore]]:
+    """A factory of clients of ONE store of each kind (the test runs once per kind): every call
+    opens another client of the same data, as another worker would (memory: the same object,
+    which is all one process can share). Closed after the test."""
+    from dynrec.online.redis_store import RedisStore
+    from dynrec.online.state import InMemoryStore, SQLiteStore
+
+    kind = request.param
+    url = request.getfixturevalue("redis_url") if kind == "redis" else ""
+    memory = InMemoryStore()
+    opened: list[StateStore] = []
+
+    def make() -> StateStore:
+        store: StateStore
+        if kind == "memory":
+            store = memory
+        elif kind == "sqlite":
+            store = SQLiteStore(tmp_path / "store.db")
+        else:
+            store = RedisStore(url)
+        opened.append(store)
+        return store
+
+    try:
+        yield make
+    finally:
+        for store in opened:
+            store.close()

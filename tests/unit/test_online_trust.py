@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ from dynrec.online.state import (
     MAX_TIMESTAMP,
     CachedState,
     Event,
-    InMemoryStore,
     InvalidEventError,
     SQLiteStore,
     StateStore,
@@ -45,10 +45,6 @@ def model_of(name: str, data: InteractionData) -> Recommender:
     if name not in _MODELS:
         _MODELS[name] = tiny_model(name, data)
     return _MODELS[name]
-
-
-def _stores(tmp_path: Path) -> list[StateStore]:
-    return [InMemoryStore(), SQLiteStore(tmp_path / "trust.db")]
 
 
 def reference_scores(model: Recommender, user: str, items: list[str], ts: list[int]) -> torch.Tensor:
@@ -99,35 +95,37 @@ BAD: list[tuple[str, dict[str, Any]]] = [
 
 
 @pytest.mark.parametrize(("field", "bad"), BAD, ids=[f"{f}={v!r}" for f, b in BAD for v in b.values()])
-def test_a_bad_event_rejects_the_whole_batch(tmp_path: Path, field: str, bad: dict[str, Any]) -> None:
-    for store in _stores(tmp_path):
-        store.append([Event("u0", "x", 1)])
-        fields: dict[str, Any] = {"user_id": "u2", "item_id": "c", "timestamp": 7, **bad}
-        batch = [Event("u0", "a", 5), Event("u1", "b", 6), Event(**fields)]
-        with pytest.raises(InvalidEventError) as info:
-            store.append(batch)
-        assert info.value.index == 2 and info.value.field == field
-        assert "event 2 of the batch" in str(info.value) and repr(field) in str(info.value)
-        # nothing of the batch was written, for any user
-        assert store.history("u0").items == ("x",) and store.stamp("u0").n_events == 1
-        assert len(store.history("u1")) == 0 and store.stamp("u1") == UserStamp()
-        assert len(store.history("u2")) == 0
+def test_a_bad_event_rejects_the_whole_batch(
+    make_store: Callable[[], StateStore], field: str, bad: dict[str, Any]
+) -> None:
+    store = make_store()
+    store.append([Event("u0", "x", 1)])
+    fields: dict[str, Any] = {"user_id": "u2", "item_id": "c", "timestamp": 7, **bad}
+    batch = [Event("u0", "a", 5), Event("u1", "b", 6), Event(**fields)]
+    with pytest.raises(InvalidEventError) as info:
+        store.append(batch)
+    assert info.value.index == 2 and info.value.field == field
+    assert "event 2 of the batch" in str(info.value) and repr(field) in str(info.value)
+    # nothing of the batch was written, for any user
+    assert store.history("u0").items == ("x",) and store.stamp("u0").n_events == 1
+    assert len(store.history("u1")) == 0 and store.stamp("u1") == UserStamp()
+    assert len(store.history("u2")) == 0
 
 
-def test_ids_and_timestamps_are_normalised(tmp_path: Path) -> None:
-    for store in _stores(tmp_path):
-        store.append(
-            [
-                Event(5, 7, 3),  # type: ignore[arg-type]  # integer ids are converted explicitly
-                Event("5", "x", np.int64(4)),  # type: ignore[arg-type]
-                Event("5", "y", 5.9),  # type: ignore[arg-type]  # fractional seconds truncated
-                Event("5", "z", MAX_TIMESTAMP),
-            ]
-        )
-        h = store.history("5")
-        assert h.items == ("7", "x", "y", "z")
-        assert h.timestamps.tolist() == [3, 4, 5, MAX_TIMESTAMP]
-        assert store.stamp("5").n_events == 4
+def test_ids_and_timestamps_are_normalised(make_store: Callable[[], StateStore]) -> None:
+    store = make_store()
+    store.append(
+        [
+            Event(5, 7, 3),  # type: ignore[arg-type]  # integer ids are converted explicitly
+            Event("5", "x", np.int64(4)),  # type: ignore[arg-type]
+            Event("5", "y", 5.9),  # type: ignore[arg-type]  # fractional seconds truncated
+            Event("5", "z", MAX_TIMESTAMP),
+        ]
+    )
+    h = store.history("5")
+    assert h.items == ("7", "x", "y", "z")
+    assert h.timestamps.tolist() == [3, 4, 5, MAX_TIMESTAMP]
+    assert store.stamp("5").n_events == 4
 
 
 def test_observe_is_all_or_nothing(data: InteractionData) -> None:
@@ -206,33 +204,33 @@ def test_recommend_k_bounds(data: InteractionData) -> None:
 # ---- generations and compare-and-set in the stores ---------------------------------------------------
 
 
-def test_store_generations_and_compare_and_set(tmp_path: Path) -> None:
-    for store in _stores(tmp_path):
-        t = {"x": torch.ones(2)}
-        assert store.append([Event("u", "a", 1), Event("v", "b", 1), Event("u", "c", 2)]) == {
-            "u": store.stamp("u"),
-            "v": store.stamp("v"),
-        }
-        g = store.stamp("u").generation
-        assert store.stamp("u") == UserStamp(g, 2) and g > 0 and store.stamp("v").generation != g
-        st, tail = store.since("u", 1)
-        assert st == UserStamp(g, 2) and tail.items == ("c",)
-        assert not store.put_state("u", CachedState(t, "m", 3, g))  # more events than stored
-        assert not store.put_state("u", CachedState(t, "m", 2, g + 100))  # another generation
-        assert not store.put_state("nobody", CachedState(t, "m", 0, 0))  # no generation at all
-        assert store.put_state("u", CachedState(t, "m", 2, g))
-        assert not store.put_state("u", CachedState(t, "m", 1, g))  # older checkpoint, same model
-        assert store.put_state("u", CachedState(t, "m2", 1, g))  # another model version replaces it
-        got = store.get_state("u")
-        assert got is not None and (got.version, got.n_events, got.generation) == ("m2", 1, g)
-        assert store.delete_user("u")
-        assert store.stamp("u") == UserStamp() and store.get_state("u") is None
-        assert not store.put_state("u", CachedState(t, "m", 0, g))  # the deleted generation is gone
-        store.append([Event("u", "d", 3)])
-        g2 = store.stamp("u").generation
-        assert g2 > g and g2 != store.stamp("v").generation and store.stamp("u").n_events == 1
-        assert not store.put_state("u", CachedState(t, "m", 1, g))  # a state of the old generation
-        assert store.get_state("u") is None
+def test_store_generations_and_compare_and_set(make_store: Callable[[], StateStore]) -> None:
+    store = make_store()
+    t = {"x": torch.ones(2)}
+    assert store.append([Event("u", "a", 1), Event("v", "b", 1), Event("u", "c", 2)]) == {
+        "u": store.stamp("u"),
+        "v": store.stamp("v"),
+    }
+    g = store.stamp("u").generation
+    assert store.stamp("u") == UserStamp(g, 2) and g > 0 and store.stamp("v").generation != g
+    st, tail = store.since("u", 1)
+    assert st == UserStamp(g, 2) and tail.items == ("c",)
+    assert not store.put_state("u", CachedState(t, "m", 3, g))  # more events than stored
+    assert not store.put_state("u", CachedState(t, "m", 2, g + 100))  # another generation
+    assert not store.put_state("nobody", CachedState(t, "m", 0, 0))  # no generation at all
+    assert store.put_state("u", CachedState(t, "m", 2, g))
+    assert not store.put_state("u", CachedState(t, "m", 1, g))  # older checkpoint, same model
+    assert store.put_state("u", CachedState(t, "m2", 1, g))  # another model version replaces it
+    got = store.get_state("u")
+    assert got is not None and (got.version, got.n_events, got.generation) == ("m2", 1, g)
+    assert store.delete_user("u")
+    assert store.stamp("u") == UserStamp() and store.get_state("u") is None
+    assert not store.put_state("u", CachedState(t, "m", 0, g))  # the deleted generation is gone
+    store.append([Event("u", "d", 3)])
+    g2 = store.stamp("u").generation
+    assert g2 > g and g2 != store.stamp("v").generation and store.stamp("u").n_events == 1
+    assert not store.put_state("u", CachedState(t, "m", 1, g))  # a state of the old generation
+    assert store.get_state("u") is None
 
 
 def test_sqlite_generation_counter_survives_reopen(tmp_path: Path) -> None:
@@ -272,20 +270,13 @@ def test_sqlite_file_of_the_earlier_layout_is_migrated(tmp_path: Path) -> None:
 # ---- sessions sharing a store (in one process; real processes: test_store_processes.py) --------------
 
 
-def _shared(kind: str, tmp_path: Path) -> tuple[StateStore, StateStore, StateStore]:
-    if kind == "memory":
-        s = InMemoryStore()
-        return s, s, s
-    db = tmp_path / "shared.db"
-    return SQLiteStore(db), SQLiteStore(db), SQLiteStore(db)
-
-
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_delete_is_not_undone_by_a_stale_cache(kind: str, tmp_path: Path, data: InteractionData) -> None:
+def test_delete_is_not_undone_by_a_stale_cache(
+    make_store: Callable[[], StateStore], data: InteractionData
+) -> None:
     model = model_of("sasrec", data)
     assert model.item_vocab is not None
     ids = model.item_vocab.ids
-    sa, sb, sc = _shared(kind, tmp_path)
+    sa, sb, sc = make_store(), make_store(), make_store()
     a, b = OnlineRecommender(model, sa), OnlineRecommender(model, sb)
     a.observe([Event("u", ids[j], j) for j in range(5)])
     a.recommend("u")  # A holds u hot
@@ -299,11 +290,12 @@ def test_delete_is_not_undone_by_a_stale_cache(kind: str, tmp_path: Path, data: 
     assert c is not None and c.n_events == 1 and c.generation == sc.stamp("u").generation
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_delete_then_read_serves_an_empty_history(kind: str, tmp_path: Path, data: InteractionData) -> None:
+def test_delete_then_read_serves_an_empty_history(
+    make_store: Callable[[], StateStore], data: InteractionData
+) -> None:
     model = model_of("itemknn", data)
     assert model.item_vocab is not None
-    sa, sb, _ = _shared(kind, tmp_path)
+    sa, sb = make_store(), make_store()
     a, b = OnlineRecommender(model, sa, persist_every=3), OnlineRecommender(model, sb)
     a.observe([Event("u", i, t) for t, i in enumerate(model.item_vocab.ids[:3])])  # persisted
     a.observe(Event("u", model.item_vocab.ids[3], 3))  # one event ahead of the checkpoint
@@ -314,14 +306,13 @@ def test_delete_then_read_serves_an_empty_history(kind: str, tmp_path: Path, dat
 
 
 @pytest.mark.parametrize("persist_every", [1, 3])
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_interleaved_writers_serve_recomputed_states(
-    kind: str, persist_every: int, tmp_path: Path, data: InteractionData
+    make_store: Callable[[], StateStore], persist_every: int, data: InteractionData
 ) -> None:
     model = model_of("sasrec", data)
     assert model.item_vocab is not None
     ids = model.item_vocab.ids
-    sa, sb, sc = _shared(kind, tmp_path)
+    sa, sb, sc = make_store(), make_store(), make_store()
     a = OnlineRecommender(model, sa, persist_every=persist_every)
     b = OnlineRecommender(model, sb, persist_every=persist_every)
     rng = np.random.default_rng(0)

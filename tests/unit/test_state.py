@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,30 +79,26 @@ def fitted(name: str, data: InteractionData) -> Recommender:
 # ---- stores -------------------------------------------------------------------------------------
 
 
-def _stores(tmp_path: Path) -> list[StateStore]:
-    return [InMemoryStore(), SQLiteStore(tmp_path / "state.db")]
-
-
-def test_store_history_state_delete(tmp_path: Path) -> None:
-    for store in _stores(tmp_path):
-        assert isinstance(store, StateStore)
-        store.append([Event("u1", "a", 1), Event("u2", "x", 2, "click"), Event("u1", "b", 3)])
-        store.append([Event("u1", "c", 2)])  # arrival order is kept
-        h = store.history("u1")
-        assert h.items == ("a", "b", "c") and h.timestamps.tolist() == [1, 3, 2]
-        assert store.history("u1", max_len=2).items == ("b", "c")
-        assert store.history("u2").event_types == ("click",)
-        assert len(store.history("nobody")) == 0
-        gen = store.stamp("u1").generation
-        st = CachedState({"h": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, "v1", 3, gen)
-        assert store.put_state("u1", st)
-        got = store.get_state("u1")
-        assert got is not None and got.version == "v1" and got.n_events == 3
-        assert torch.equal(got.tensors["h"], st.tensors["h"])
-        assert store.delete_user("u1") is True
-        assert len(store.history("u1")) == 0 and store.get_state("u1") is None
-        assert store.delete_user("u1") is False
-        assert store.history("u2").items == ("x",)
+def test_store_history_state_delete(make_store: Callable[[], StateStore]) -> None:
+    store = make_store()
+    assert isinstance(store, StateStore)
+    store.append([Event("u1", "a", 1), Event("u2", "x", 2, "click"), Event("u1", "b", 3)])
+    store.append([Event("u1", "c", 2)])  # arrival order is kept
+    h = store.history("u1")
+    assert h.items == ("a", "b", "c") and h.timestamps.tolist() == [1, 3, 2]
+    assert store.history("u1", max_len=2).items == ("b", "c")
+    assert store.history("u2").event_types == ("click",)
+    assert len(store.history("nobody")) == 0
+    gen = store.stamp("u1").generation
+    st = CachedState({"h": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, "v1", 3, gen)
+    assert store.put_state("u1", st)
+    got = store.get_state("u1")
+    assert got is not None and got.version == "v1" and got.n_events == 3
+    assert torch.equal(got.tensors["h"], st.tensors["h"])
+    assert store.delete_user("u1") is True
+    assert len(store.history("u1")) == 0 and store.get_state("u1") is None
+    assert store.delete_user("u1") is False
+    assert store.history("u2").items == ("x",)
 
 
 def test_sqlite_is_one_wal_file_and_persists(tmp_path: Path) -> None:
@@ -166,13 +163,12 @@ def test_incremental_state_equals_recomputation(name: str, data: InteractionData
     torch.testing.assert_close(got[fin], want[fin], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
 @pytest.mark.parametrize("name", MODELS)
 def test_online_recommender_follows_each_event(
-    name: str, store_kind: str, data: InteractionData, tmp_path: Path
+    name: str, make_store: Callable[[], StateStore], data: InteractionData
 ) -> None:
     model = fitted(name, data)
-    store: StateStore = InMemoryStore() if store_kind == "memory" else SQLiteStore(tmp_path / "o.db")
+    store = make_store()
     online = OnlineRecommender(model, store)
     assert model.item_vocab is not None and model.user_vocab is not None
     user = model.user_vocab.ids[0]

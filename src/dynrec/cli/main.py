@@ -18,7 +18,9 @@ from dynrec.errors import DynrecError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Dynamic-interest recommender.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: statistics, synthetic data.")
 app.add_typer(data_app, name="data")
-store_app = typer.Typer(no_args_is_help=True, help="Online state stores: seed with training histories.")
+store_app = typer.Typer(
+    no_args_is_help=True, help="Online state stores: seed with training histories, export the event log."
+)
 app.add_typer(store_app, name="store")
 
 SplitOpt = Annotated[str, typer.Option("--split", help="loo (temporal leave-one-out) or time (global cut)")]
@@ -339,6 +341,34 @@ def store_seed(
         typer.echo(f"seeded {report['store']} with {report['events']} events of {report['users']} users")
 
 
+@store_app.command("export")
+@handled
+def store_export(
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store", help="store URL: sqlite:///path/to/store.db, redis://host:port/db, unix:///path.sock"
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write (.csv or .csv.gz)")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Write every event the store holds to a CSV file (user_id,item_id,timestamp,event_type,value)
+    that `dynrec train MODEL --dataset FILE` reads: posted events train the next model."""
+    from dynrec.jobs.export import export_events
+    from dynrec.online.stores import open_store
+
+    st = open_store(store)
+    try:
+        report = export_events(st, out)
+    finally:
+        st.close()
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        typer.echo(f"exported {report['events']} events of {report['users']} users to {report['path']}")
+
+
 def _train_resume(
     resume: Path | None,
     events: Path | None,
@@ -485,6 +515,52 @@ def replay(
                 f"{row['mode']:<12} HR@{k} {row[f'HR@{k}']:.4f}  NDCG@{k} {row[f'NDCG@{k}']:.4f}  "
                 f"{int(row['n_events'])} events, {row['events_per_s']:.0f} events/s{extra}"
             )
+
+
+@app.command()
+@handled
+def serve(
+    model_dir: Annotated[Path, typer.Argument(help="saved model directory")],
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="state store: sqlite:///PATH (default: sqlite:///MODEL_DIR/events.db), redis://host:port/db, "
+            "memory://, or a file path (SQLite)",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="address to bind (non-loopback: set an API key)")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    workers: Annotated[
+        int, typer.Option("--workers", help="worker processes (> 1 needs a shared store: sqlite or redis)")
+    ] = 1,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="DYNREC_API_KEY",
+            help="required as X-API-Key on writes, deletes and admin routes",
+        ),
+    ] = None,
+    items: Annotated[
+        Path | None,
+        typer.Option("--items", help="item metadata file (titles, genres); default: the model's dataset's"),
+    ] = None,
+) -> None:
+    """Serve MODEL_DIR over HTTP: events in (POST /v1/events), live recommendations out, the page at /,
+    API docs at /docs, Prometheus metrics at /metrics."""
+    from dynrec.service import ServiceSettings
+    from dynrec.service.serve import serve as run_service
+
+    settings = ServiceSettings(
+        model_dir=str(model_dir),
+        store_url=store,
+        api_key=api_key or None,
+        items_file=str(items) if items is not None else None,
+    )
+    run_service(settings, host=host, port=port, workers=workers)
 
 
 def main() -> None:

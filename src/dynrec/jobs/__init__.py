@@ -1,6 +1,7 @@
 """Jobs: what the CLI, the demo, the service and the benchmarks call. The only layer that touches
 the model registry and the file system (datasets, saved models, event files)."""
 
+from dynrec.jobs.export import export_events
 from dynrec.jobs.provenance import Provenance
 from dynrec.jobs.recommend import history_batch, recommend_for, seed_store
 from dynrec.jobs.replay import check_replay_model, fit_for_replay, load_replay_data, run_replay
@@ -21,6 +22,7 @@ __all__ = [
     "check_replay_model",
     "evaluate_model",
     "evaluate_saved",
+    "export_events",
     "fit_for_replay",
     "history_batch",
     "load_config_file",

@@ -52,7 +52,7 @@ def model_version(model: Recommender) -> str:
         h.update(k.encode())
         t = v.detach().cpu().contiguous()
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 
@@ -140,6 +140,10 @@ class OnlineRecommender:
         state is a checkpoint: loading replays the history events after it, so at most
         ``persist_every - 1`` steps are redone after a restart."""
         self._hot: OrderedDict[str, _Hot] = OrderedDict()
+        self.cache_hits = 0
+        """Reads served by a hot state (current, or caught up with events appended elsewhere)."""
+        self.cache_misses = 0
+        """Reads that rebuilt the state from the store (checkpoint + tail, or the whole history)."""
         self._cats: _Categories | None = None
         self.item_metadata = item_metadata
         """`ItemMetadata` (e.g. ``registry.load_items("ml-100k")``): its genres are the categories of
@@ -176,14 +180,17 @@ class OnlineRecommender:
             stamp = self.store.stamp(user)
             if stamp == UserStamp(hot.generation, hot.n_events):
                 self._hot.move_to_end(user)
+                self.cache_hits += 1
                 return hot
             if (
                 stamp.generation == hot.generation
                 and stamp.n_events > hot.n_events
                 and self._catch_up(user, hot)
             ):
+                self.cache_hits += 1
                 return hot
         self._hot.pop(user, None)  # stale: another generation, or a history we cannot extend
+        self.cache_misses += 1
         return self._rebuild(user)
 
     def _catch_up(self, user: str, hot: _Hot) -> bool:
@@ -216,7 +223,7 @@ class OnlineRecommender:
             and 0 <= missing <= len(hist)
         ):
             a = len(hist) - missing
-            tail = History(hist.items[a:], hist.timestamps[a:], hist.event_types[a:])
+            tail = History(hist.items[a:], hist.timestamps[a:], hist.event_types[a:], hist.weights[a:])
             st, _ = self._step(self.adapter.batch([c.tensors]), tail, inplace=False)
             dirty = missing
         else:
@@ -343,6 +350,32 @@ class OnlineRecommender:
         keep = torch.isfinite(vals[0])
         items = self.model.item_vocab.to_ids(idx[0][keep].numpy())
         return Recommendation(user, items, [float(v) for v in vals[0][keep]])
+
+    def recommend_many(
+        self, users: Sequence[str], k: int = 10, *, exclude_seen: bool = True
+    ) -> list[Recommendation]:
+        """`recommend` for several users with one scoring call over their cached states (the
+        service's micro-batches); the same result as calling `recommend` for each user in turn."""
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise DynrecError(f"k must be an integer >= 1, got {k!r}")
+        assert self.model.item_vocab is not None
+        if not users:
+            return []
+        hots = [self._load(u) for u in users]
+        s = self.adapter.score(self.adapter.concat([h.state for h in hots]))
+        for row, hot in enumerate(hots):
+            if exclude_seen and hot.seen:
+                if hot.seen_idx is None or hot.seen_idx.numel() != len(hot.seen):
+                    hot.seen_idx = torch.tensor(sorted(hot.seen), dtype=torch.int64)
+                s[row, hot.seen_idx] = -torch.inf
+        s[:, 0] = -torch.inf
+        idx, vals = topk_stable(s, min(int(k), s.shape[1]))
+        out = []
+        for row, user in enumerate(users):
+            keep = torch.isfinite(vals[row])
+            items = self.model.item_vocab.to_ids(idx[row][keep].numpy())
+            out.append(Recommendation(user, items, [float(v) for v in vals[row][keep]]))
+        return out
 
     # -- interests ----------------------------------------------------------------------------
     def interests(

@@ -1,9 +1,10 @@
 """Per-user interest state: each user's event history plus the model's cached per-user state.
 
-`StateStore` is the small interface every backend implements (in-memory and SQLite here; Redis
-comes with the service): ``append`` events, read a user's ``history`` (oldest first, the last
-``max_len``), ``get_state``/``put_state`` the cached model state, ``delete_user`` (privacy: remove
-everything held about a user on request).
+`StateStore` is the small interface every backend implements (in-memory and SQLite here, Redis in
+`dynrec.online.redis_store`; `dynrec.online.stores.open_store` opens one by URL): ``append``
+events, read a user's ``history`` (oldest first, the last ``max_len``), ``get_state``/``put_state``
+the cached model state, ``delete_user`` (privacy: remove everything held about a user on request),
+and list what is held (``users``, ``n_events``, ``iter_events``: exports, the service's pages).
 
 Histories hold *external* ids (strings), so a store stays valid when a model is retrained or its
 vocabulary grows. A user's history is kept in *arrival order*: the incremental state is a function
@@ -83,6 +84,9 @@ class Event:
     item_id: str
     timestamp: int = 0
     event_type: str = DEFAULT_EVENT_TYPE
+    weight: float = 1.0
+    """The event's strength (a rating, a dwell-time share, ...): finite and > 0; stored with the
+    event and exported as its value."""
 
 
 class InvalidEventError(DataError):
@@ -125,8 +129,19 @@ def _check_timestamp(index: int, value: object) -> int:
     return ts
 
 
+def _check_weight(index: int, value: object) -> float:
+    """A finite number > 0 (an integer is converted to float)."""
+    problem = "must be a finite number > 0"
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise InvalidEventError(index, "weight", problem, value)
+    w = float(value)
+    if not math.isfinite(w) or w <= 0:
+        raise InvalidEventError(index, "weight", problem, value)
+    return w
+
+
 def validate_events(events: Event | Iterable[Event]) -> list[Event]:
-    """The batch as normalised events (plain `str` ids, `int` timestamps), or an
+    """The batch as normalised events (plain `str` ids, `int` timestamps, `float` weights), or an
     `InvalidEventError` naming the first bad event's index and field. Checks every event before
     returning, so a caller can write the batch all or nothing."""
     evs = [events] if isinstance(events, Event) else list(events)
@@ -143,6 +158,7 @@ def validate_events(events: Event | Iterable[Event]) -> list[Event]:
                 _check_id(i, "item_id", e.item_id),
                 _check_timestamp(i, e.timestamp),
                 str(et),
+                _check_weight(i, e.weight),
             )
         )
     return out
@@ -150,11 +166,17 @@ def validate_events(events: Event | Iterable[Event]) -> list[Event]:
 
 @dataclass(frozen=True)
 class History:
-    """A user's events, oldest first."""
+    """A user's events, oldest first. `weights` are the events' `Event.weight`s; left out (empty)
+    with items given, every event weighs 1.0."""
 
     items: tuple[str, ...] = ()
     timestamps: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     event_types: tuple[str, ...] = ()
+    weights: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0, dtype=np.float64))
+
+    def __post_init__(self) -> None:
+        if len(self.weights) == 0 and self.items:
+            object.__setattr__(self, "weights", np.ones(len(self.items), dtype=np.float64))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -219,6 +241,24 @@ class StateStore(Protocol):
         """Remove the user's history and state and end the generation; True if anything was held."""
         ...
 
+    def users(self, limit: int | None = None) -> list[str]:
+        """Ids of the users the store holds events of, sorted (by code point); the first `limit`."""
+        ...
+
+    def n_events(self) -> int:
+        """How many events the store holds, all users together."""
+        ...
+
+    def iter_events(self) -> Iterator[Event]:
+        """Every held event, user by user (in `users` order), each user's in arrival order. Read
+        in chunks, not one snapshot of the whole store: each user's events are one consistent
+        read, and users appended or deleted meanwhile may or may not be included."""
+        ...
+
+    def close(self) -> None:
+        """Release the store's connections (a no-op where there are none)."""
+        ...
+
 
 # ---- serialisation ------------------------------------------------------------------------------
 
@@ -278,7 +318,21 @@ class _MemUser:
     items: list[str] = field(default_factory=list)
     ts: list[int] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
     state: CachedState | None = None
+
+
+def _limit(limit: int | None) -> int | None:
+    """`limit` as a slice end: None = all, a negative number = none."""
+    return None if limit is None else max(0, int(limit))
+
+
+def _events_of(user: str, h: History) -> Iterator[Event]:
+    """`h`'s events as `Event`s of `user` (what `iter_events` yields)."""
+    for item, ts, et, w in zip(
+        h.items, h.timestamps.tolist(), h.event_types, h.weights.tolist(), strict=True
+    ):
+        yield Event(user, item, int(ts), et, float(w))
 
 
 def _newer_same_version(held: CachedState | None, state: CachedState) -> bool:
@@ -316,16 +370,20 @@ class InMemoryStore:
                 u.items.append(e.item_id)
                 u.ts.append(e.timestamp)
                 u.types.append(e.event_type)
+                u.weights.append(e.weight)
                 u.n_events += 1
                 if self.max_history is not None and len(u.items) > 2 * self.max_history:
                     cut = len(u.items) - self.max_history
-                    del u.items[:cut], u.ts[:cut], u.types[:cut]
+                    del u.items[:cut], u.ts[:cut], u.types[:cut], u.weights[:cut]
                 out[e.user_id] = UserStamp(u.generation, u.n_events)
         return out
 
     def _tail(self, u: _MemUser, start: int) -> History:
         return History(
-            tuple(u.items[start:]), np.asarray(u.ts[start:], dtype=np.int64), tuple(u.types[start:])
+            tuple(u.items[start:]),
+            np.asarray(u.ts[start:], dtype=np.int64),
+            tuple(u.types[start:]),
+            np.asarray(u.weights[start:], dtype=np.float64),
         )
 
     def history(self, user: str, max_len: int | None = None) -> History:
@@ -334,7 +392,7 @@ class InMemoryStore:
             if u is None or not u.items:
                 return History()
             n = len(u.items)
-            limit = min(x for x in (max_len, self.max_history, n) if x is not None)
+            limit = max(0, min(x for x in (max_len, self.max_history, n) if x is not None))
             return self._tail(u, n - limit)
 
     def stamp(self, user: str) -> UserStamp:
@@ -371,9 +429,21 @@ class InMemoryStore:
         with self._lock:
             return self._users.pop(user, None) is not None
 
-    def users(self) -> list[str]:
+    def users(self, limit: int | None = None) -> list[str]:
         with self._lock:
-            return sorted(self._users)
+            return sorted(self._users)[: _limit(limit)]
+
+    def n_events(self) -> int:
+        with self._lock:
+            return sum(len(u.items) for u in self._users.values())
+
+    def iter_events(self) -> Iterator[Event]:
+        for user in self.users():
+            h = self.history(user)
+            yield from _events_of(user, h)
+
+    def close(self) -> None:
+        """Nothing to release (the protocol's `close`)."""
 
 
 # ---- SQLite -------------------------------------------------------------------------------------
@@ -385,7 +455,8 @@ _SCHEMA = [
     item_id TEXT NOT NULL,
     event_type TEXT NOT NULL,
     ts INTEGER NOT NULL,
-    pos INTEGER NOT NULL
+    pos INTEGER NOT NULL,
+    weight REAL NOT NULL DEFAULT 1.0
 )""",
     "CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, "
     "n_events INTEGER NOT NULL)",
@@ -415,13 +486,14 @@ def _transaction(conn: sqlite3.Connection, begin: str) -> Iterator[None]:
 
 class SQLiteStore:
     """One SQLite file (stdlib `sqlite3`, WAL journal): ``events`` (user, item, event_type, ts,
-    pos = 1-based position in the user's generation), ``users`` (generation, event count),
+    pos = 1-based position in the user's generation, weight), ``users`` (generation, event count),
     ``meta`` (the generation counter) and ``states`` (safetensors-serialised model states).
 
     Safe to share between threads (one connection behind a lock) and between processes: every
     write is one ``BEGIN IMMEDIATE`` transaction, reads of several rows one read transaction
     (WAL gives it a consistent snapshot). A file written before generations existed is migrated
-    on open (its cached states are dropped: they are rebuilt from the histories).
+    on open (its cached states are dropped: they are rebuilt from the histories); one written
+    before event weights existed gets the column, every held event weighing 1.0.
     `timeout`: seconds to wait for another process's write lock.
     """
 
@@ -443,6 +515,11 @@ class SQLiteStore:
                 cols = {r[1] for r in self._conn.execute("PRAGMA table_info(events)")}
                 if cols and "pos" not in cols:
                     self._migrate()
+                if cols and "weight" not in cols:
+                    log.warning(
+                        "migrating state store %s: adding event weights (1.0 for held events)", self.path
+                    )
+                    self._conn.execute("ALTER TABLE events ADD COLUMN weight REAL NOT NULL DEFAULT 1.0")
                 for stmt in _SCHEMA:
                     self._conn.execute(stmt)
                 self._conn.execute(_INDEX)
@@ -518,29 +595,34 @@ class SQLiteStore:
             rows = []
             for e in evs:
                 start[e.user_id] += 1
-                rows.append((e.user_id, e.item_id, e.event_type, e.timestamp, start[e.user_id]))
+                rows.append((e.user_id, e.item_id, e.event_type, e.timestamp, start[e.user_id], e.weight))
             self._conn.executemany(
-                "INSERT INTO events (user_id, item_id, event_type, ts, pos) VALUES (?, ?, ?, ?, ?)", rows
+                "INSERT INTO events (user_id, item_id, event_type, ts, pos, weight) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
             )
         return out
 
     @staticmethod
-    def _history(rows: list[tuple[str, int, str]]) -> History:
+    def _history(rows: list[tuple[str, int, str, float]]) -> History:
         if not rows:
             return History()
-        items, ts, types = zip(*rows, strict=True)
-        return History(tuple(items), np.asarray(ts, dtype=np.int64), tuple(types))
+        items, ts, types, weights = zip(*rows, strict=True)
+        return History(
+            tuple(items), np.asarray(ts, dtype=np.int64), tuple(types), np.asarray(weights, dtype=np.float64)
+        )
 
     def history(self, user: str, max_len: int | None = None) -> History:
         with self._lock:
             if max_len is None:
                 rows = self._conn.execute(
-                    "SELECT item_id, ts, event_type FROM events WHERE user_id = ? ORDER BY pos", (user,)
+                    "SELECT item_id, ts, event_type, weight FROM events WHERE user_id = ? ORDER BY pos",
+                    (user,),
                 ).fetchall()
             else:
                 rows = self._conn.execute(
-                    "SELECT item_id, ts, event_type FROM events WHERE user_id = ? ORDER BY pos DESC LIMIT ?",
-                    (user, int(max_len)),
+                    "SELECT item_id, ts, event_type, weight FROM events WHERE user_id = ? "
+                    "ORDER BY pos DESC LIMIT ?",
+                    (user, max(0, int(max_len))),
                 ).fetchall()[::-1]
         return self._history(rows)
 
@@ -552,7 +634,7 @@ class SQLiteStore:
         with self._lock, self._read():
             st = self._stamp(user)
             rows = self._conn.execute(
-                "SELECT item_id, ts, event_type FROM events WHERE user_id = ? AND pos > ? ORDER BY pos",
+                "SELECT item_id, ts, event_type, weight FROM events WHERE user_id = ? AND pos > ? ORDER BY pos",
                 (user, int(n_events)),
             ).fetchall()
         return st, self._history(rows)
@@ -601,14 +683,41 @@ class SQLiteStore:
             n3 = self._conn.execute("DELETE FROM users WHERE user_id = ?", (user,)).rowcount
         return (n1 + n2 + n3) > 0
 
-    def users(self) -> list[str]:
+    def users(self, limit: int | None = None) -> list[str]:
+        lim = _limit(limit)
         with self._lock:
-            rows = self._conn.execute("SELECT user_id FROM users ORDER BY 1").fetchall()
+            rows = self._conn.execute(
+                "SELECT user_id FROM users ORDER BY 1 LIMIT ?", (-1 if lim is None else lim,)
+            ).fetchall()
         return [str(r[0]) for r in rows]
 
     def n_events(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def iter_events(self, chunk: int = 500) -> Iterator[Event]:
+        """See `StateStore.iter_events`: `chunk` users per read transaction (the lock is not held
+        between chunks, so other threads and processes keep writing while an export runs)."""
+        last: str | None = None
+        while True:
+            with self._lock, self._read():
+                users = [
+                    str(r[0])
+                    for r in self._conn.execute(
+                        "SELECT user_id FROM users WHERE ? IS NULL OR user_id > ? ORDER BY 1 LIMIT ?",
+                        (last, last, int(chunk)),
+                    )
+                ]
+                rows = self._conn.execute(
+                    "SELECT user_id, item_id, ts, event_type, weight FROM events WHERE user_id IN "
+                    f"({', '.join('?' * len(users))}) ORDER BY user_id, pos",
+                    users,
+                ).fetchall()
+            for u, item, ts, et, w in rows:
+                yield Event(str(u), str(item), int(ts), str(et), float(w))
+            if len(users) < chunk:
+                return
+            last = users[-1]
 
 
 def histories_of(store: StateStore, users: Sequence[str], max_len: int | None = None) -> list[History]:

@@ -1,0 +1,58 @@
+"""Export an online store's event log to a CSV file that ``dynrec train --dataset FILE`` reads.
+
+The loop this closes: events posted to the service land in a store; exported, they train the next
+model, which the service then loads. Columns: ``user_id,item_id,timestamp,event_type,value`` (the
+value is the event's weight; `dynrec.data.io.events` reads ``value`` as the event value and
+``event_type`` as its type). Rows come user by user, each user's events in arrival order (the
+readers order each user's events by timestamp, ties by row). Note that the readers drop *exact*
+duplicate rows by default (same user, item, timestamp, type and value).
+
+The file is written next to its final name and renamed into place when complete, so a reader
+never sees half an export; a name ending in ``.gz`` is gzip-compressed.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import os
+from pathlib import Path
+from typing import IO
+
+from dynrec.online.state import StateStore
+
+__all__ = ["EXPORT_COLUMNS", "export_events"]
+
+EXPORT_COLUMNS = ("user_id", "item_id", "timestamp", "event_type", "value")
+
+
+def _open(path: Path) -> IO[str]:
+    if path.name.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "wb"), encoding="utf-8", newline="")
+    return open(path, "w", encoding="utf-8", newline="")
+
+
+def export_events(store: StateStore, path: str | Path) -> dict[str, int | str]:
+    """Write every event `store` holds (`StateStore.iter_events`) to the CSV file `path`.
+
+    Returns ``{"path", "events", "users"}``. The store is read in chunks while it may keep
+    taking events (see `StateStore.iter_events`); the file holds whole users' histories."""
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    n_events = n_users = 0
+    last_user: str | None = None
+    try:
+        with _open(tmp) as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(EXPORT_COLUMNS)
+            for e in store.iter_events():
+                if e.user_id != last_user:
+                    n_users += 1
+                    last_user = e.user_id
+                w.writerow((e.user_id, e.item_id, e.timestamp, e.event_type, repr(float(e.weight))))
+                n_events += 1
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(out), "events": n_events, "users": n_users}

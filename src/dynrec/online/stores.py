@@ -1,0 +1,102 @@
+"""Open a `StateStore` by URL (what ``dynrec serve --store`` and ``dynrec store export --store`` take).
+
+=====================================  ==================================================================
+URL                                    store
+=====================================  ==================================================================
+``sqlite:///relative/path.db``         `SQLiteStore` on ``relative/path.db`` (relative to the working dir)
+``sqlite:////absolute/path.db``        `SQLiteStore` on ``/absolute/path.db``
+``redis://[:password@]host:port/db``   `RedisStore` (``rediss://`` with TLS; any ``redis.Redis.from_url``
+``unix:///path/redis.sock?db=N``       query option such as ``socket_timeout`` passes through)
+``memory://``                          `InMemoryStore` (this process only; gone when it exits)
+=====================================  ==================================================================
+
+Options in the query string: SQLite ``synchronous`` (OFF, NORMAL, FULL) and ``timeout`` (seconds to
+wait for another process's write lock); Redis ``prefix`` (the key prefix, default ``dynrec:``);
+memory ``max_history`` (events kept per user). A SQLite path is taken literally (no %-decoding).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from dynrec.errors import DynrecError
+from dynrec.online.redis_store import RedisStore, redact_url
+from dynrec.online.state import InMemoryStore, SQLiteStore, StateStore
+
+__all__ = ["SCHEMES", "open_store", "store_kind"]
+
+SCHEMES = ("sqlite", "redis", "rediss", "unix", "memory")
+_FORMS = "sqlite:///relative/path.db, sqlite:////absolute/path.db, redis://host:port/db, rediss://..., unix:///path/to/redis.sock, memory://"
+
+
+def _bad(url: str, problem: str) -> DynrecError:
+    return DynrecError(f"bad store URL {redact_url(url)!r}: {problem} (accepted: {_FORMS})")
+
+
+def _options(url: str, query: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    opts: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if key not in allowed:
+            allowed_s = ", ".join(allowed) if allowed else "none"
+            raise _bad(url, f"unknown option {key!r} (options here: {allowed_s})")
+        opts[key] = value
+    return opts
+
+
+def open_store(url: str) -> StateStore:
+    """The store `url` names (see the module docstring); a `DynrecError` naming the URL and the
+    accepted forms when it is not one of them, or when the store cannot be opened."""
+    if not isinstance(url, str) or "://" not in url:
+        raise _bad(str(url), "no scheme")
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise _bad(url, f"unknown scheme {scheme!r}")
+    parts = urlsplit(url, allow_fragments=False)
+    if scheme == "memory":
+        if parts.netloc or parts.path:
+            raise _bad(url, "memory:// takes no host or path")
+        opts = _options(url, parts.query, ("max_history",))
+        if "max_history" not in opts:
+            return InMemoryStore()
+        try:
+            n = int(opts["max_history"])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise _bad(url, f"max_history must be an integer >= 1, got {opts['max_history']!r}")
+        return InMemoryStore(max_history=n)
+    if scheme == "sqlite":
+        if parts.netloc:
+            raise _bad(url, f"a SQLite URL has no host ({parts.netloc!r}); use three slashes: sqlite:///PATH")
+        path = parts.path[1:]  # sqlite:///rel -> "rel", sqlite:////abs -> "/abs"
+        if not path:
+            raise _bad(url, "no file path")
+        opts = _options(url, parts.query, ("synchronous", "timeout"))
+        try:
+            timeout = float(opts.get("timeout", "10"))
+        except ValueError:
+            timeout = -1.0
+        if not 0 <= timeout < float("inf"):
+            raise _bad(url, f"timeout must be a number of seconds >= 0, got {opts['timeout']!r}")
+        return SQLiteStore(path, synchronous=opts.get("synchronous", "NORMAL"), timeout=timeout)
+    # redis, rediss, unix: redis-py parses the URL; only our own option is taken out
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for key, value in query if key == "prefix"]
+    if not prefixes:
+        return RedisStore(url)
+    if not prefixes[-1]:
+        raise _bad(url, "prefix must not be empty")
+    rest = urlencode([(key, value) for key, value in query if key != "prefix"])
+    return RedisStore(url.split("?", 1)[0] + (f"?{rest}" if rest else ""), prefix=prefixes[-1])
+
+
+def store_kind(store: StateStore) -> str:
+    """``"sqlite"``, ``"redis"`` or ``"memory"`` for the stores `open_store` opens; another
+    implementation's class name, lower-cased."""
+    if isinstance(store, SQLiteStore):
+        return "sqlite"
+    if isinstance(store, RedisStore):
+        return "redis"
+    if isinstance(store, InMemoryStore):
+        return "memory"
+    return type(store).__name__.lower()

@@ -1,0 +1,333 @@
+"""The HTTP service: `create_app(settings)` -> a FastAPI app over a `Runtime` (docs at /docs).
+
+Routes (JSON in and out; the page at ``/``, its files under ``/static``):
+
+* ``POST /v1/events`` — events stored durably (one store transaction, committed before the 2xx),
+  all or nothing; they move the users' live states at once, so the very next recommendation
+  follows them. Items the model does not know are stored and counted (``unknown_items``); they
+  become recommendable at the next ``POST /v1/admin/update``.
+* ``GET /v1/users/{user_id}/recommendations`` — from the user's cached state (micro-batched with
+  concurrent requests); users without stored events get the popular fallback (``"fallback":
+  "popular"``). ``POST /v1/recommendations`` — the same for an anonymous session's history.
+* ``GET /v1/users/{user_id}``, ``GET /v1/users``, ``GET /v1/items``, ``GET /v1/items/{id}/similar``.
+* ``DELETE /v1/users/{user_id}`` — removes everything held about the user (see `Runtime.delete_user`).
+* ``POST /v1/admin/update``, ``POST /v1/admin/reload`` — incremental training / model swap.
+* ``GET /healthz``, ``GET /metrics`` (Prometheus text).
+
+With an API key set, ``X-API-Key`` must carry it on writes, deletes and admin routes (401
+otherwise); reads and anonymous-session recommendations stay open. Bodies above
+``max_body_bytes`` (by ``Content-Length`` or by the bytes actually sent) and event batches above
+``max_batch`` get 413; invalid input 422 naming the field (for events its index too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dynrec.errors import DynrecError, UnknownIdError
+from dynrec.online.state import InvalidEventError
+from dynrec.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
+from dynrec.service.runtime import ModelHolder, Recommended, Runtime, default_event
+from dynrec.service.schemas import (
+    MAX_ID_LENGTH,
+    DeleteOut,
+    EventsIn,
+    EventsOut,
+    ExplanationOut,
+    HealthOut,
+    HistoryEventOut,
+    InterestProfileOut,
+    InterestsOut,
+    ItemOut,
+    ItemsOut,
+    ModelVersionOut,
+    RecommendationsOut,
+    RecommendedItemOut,
+    ReloadIn,
+    ReloadOut,
+    SessionIn,
+    SimilarItemOut,
+    SimilarOut,
+    UserOut,
+    UsersOut,
+)
+from dynrec.service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BodyLimitMiddleware", "app_from_env", "create_app"]
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+UserId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
+ItemId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
+K = Annotated[int, Query(ge=1, le=1000, description="list length; above the catalogue size: every item")]
+
+
+class BodyLimitMiddleware:
+    """413 for a request body above `max_bytes`: refused by its ``Content-Length`` before reading,
+    or — without one, or when it lies — once the bytes received pass the limit (the body is
+    buffered up to the limit and then handed to the app)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                declared = -1
+            if declared < 0:
+                await JSONResponse({"detail": "bad Content-Length"}, status_code=400)(scope, receive, send)
+                return
+            if declared > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(body)
+            more = bool(message.get("more_body", False))
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = f"request body larger than {self.max_bytes} bytes"
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+def _key_check(api_key: str | None) -> Callable[..., None]:
+    expected = api_key.encode() if api_key is not None else None
+
+    def require_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        """The X-API-Key header must carry the service's key (when one is set)."""
+        if expected is None:
+            return
+        if x_api_key is None or not hmac.compare_digest(x_api_key.encode(), expected):
+            raise HTTPException(401, "missing or wrong X-API-Key", headers={"WWW-Authenticate": "X-API-Key"})
+
+    return require_key
+
+
+def _batch_check(max_batch: int) -> Callable[[Request], Awaitable[None]]:
+    async def check_batch(request: Request) -> None:
+        """413 for more than `max_batch` events (checked before the events are validated)."""
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            return  # not JSON: the body validation reports it (422)
+        events = body.get("events") if isinstance(body, dict) else None
+        if isinstance(events, list) and len(events) > max_batch:
+            raise HTTPException(413, f"{len(events)} events in one request; at most {max_batch}")
+
+    return check_batch
+
+
+def _rec_out(user_id: str | None, rec: Recommended) -> RecommendationsOut:
+    h = rec.holder
+    items = []
+    for j, (item, score) in enumerate(zip(rec.items, rec.scores, strict=True)):
+        expl = None
+        if rec.explanations is not None:
+            expl = [ExplanationOut(item_id=i, weight=w) for i, w in rec.explanations[j]]
+        items.append(RecommendedItemOut(item_id=item, score=score, title=h.title(item), explanation=expl))
+    return RecommendationsOut(
+        user_id=user_id, items=items, fallback="popular" if rec.fallback else None, model_version=rec.version
+    )
+
+
+def create_app(settings: ServiceSettings) -> FastAPI:
+    """The service for `settings`: loads the model and opens the store now (errors surface here)."""
+    metrics = ServiceMetrics()
+    runtime = Runtime(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            runtime.close()
+
+    app = FastAPI(
+        title="dynrec",
+        summary="Dynamic-interest recommendations: events in, live recommendations out.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: also counts 413s
+    write = [Depends(_key_check(settings.api_key))]
+
+    @app.exception_handler(InvalidEventError)
+    async def invalid_event(_: Request, exc: InvalidEventError) -> JSONResponse:
+        loc = ["body", "events", exc.index, exc.field]
+        return JSONResponse(
+            {"detail": [{"loc": loc, "msg": str(exc), "type": "value_error"}]}, status_code=422
+        )
+
+    @app.exception_handler(UnknownIdError)
+    async def unknown_id(_: Request, exc: UnknownIdError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(DynrecError)
+    async def dynrec_error(_: Request, exc: DynrecError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.post(
+        "/v1/events",
+        response_model=EventsOut,
+        dependencies=[*write, Depends(_batch_check(settings.max_batch))],
+        tags=["events"],
+    )
+    def post_events(body: EventsIn) -> EventsOut:
+        """Store events (durably, all or nothing) and move the users' live states."""
+        evs = [default_event(e.user_id, e.item_id, e.timestamp, e.event_type, e.weight) for e in body.events]
+        accepted, unknown = runtime.ingest(evs)
+        return EventsOut(accepted=accepted, unknown_items=unknown)
+
+    @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsOut, tags=["recommend"])
+    async def user_recommendations(
+        user_id: UserId, k: K = 10, exclude_seen: bool = True, explain: bool = False
+    ) -> RecommendationsOut:
+        """The user's top k from their live state; the popular fallback for users without events."""
+        rec = await asyncio.wrap_future(
+            runtime.recommend(user_id, k, exclude_seen=exclude_seen, explain=explain)
+        )
+        return _rec_out(user_id, rec)
+
+    @app.post("/v1/recommendations", response_model=RecommendationsOut, tags=["recommend"])
+    def session_recommendations(body: SessionIn) -> RecommendationsOut:
+        """Top k for an anonymous session's history (item ids, oldest first)."""
+        rec = runtime.recommend_history(
+            body.history, body.k, exclude_seen=body.exclude_seen, explain=body.explain
+        )
+        return _rec_out(None, rec)
+
+    @app.get("/v1/users", response_model=UsersOut, tags=["users"])
+    def list_users(limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> UsersOut:
+        """Some users that have events (the page's picker)."""
+        return UsersOut(users=runtime.users(limit))
+
+    @app.get("/v1/users/{user_id}", response_model=UserOut, tags=["users"])
+    def get_user(user_id: UserId, limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> UserOut:
+        """The user's last `limit` events (most recent last) and short- vs long-term interests."""
+        got = runtime.user(user_id, limit)
+        if got is None:
+            raise HTTPException(404, f"user {user_id!r} has no events")
+        n, hist, holder, it = got
+        history = [
+            HistoryEventOut(item_id=i, timestamp=int(t), event_type=et, title=holder.title(i))
+            for i, t, et in zip(hist.items, hist.timestamps.tolist(), hist.event_types, strict=True)
+        ]
+        interests = InterestsOut(
+            basis=it.basis,
+            short_term=InterestProfileOut(categories=it.short_term.categories, items=it.short_term.items),
+            long_term=InterestProfileOut(categories=it.long_term.categories, items=it.long_term.items),
+        )
+        return UserOut(user_id=user_id, n_events=n, history=history, interests=interests)
+
+    @app.delete("/v1/users/{user_id}", response_model=DeleteOut, dependencies=write, tags=["users"])
+    def delete_user(user_id: UserId) -> DeleteOut:
+        """Remove the user's events, cached state and the updater's copy; list the saved model
+        versions trained with the user's data (their weights still hold it: retrain without it)."""
+        res = runtime.delete_user(user_id)
+        versions = [ModelVersionOut(model_dir=d, version=v) for d, v in res.model_versions]
+        return DeleteOut(
+            user_id=user_id,
+            deleted=res.deleted,
+            deleted_events=res.deleted_events,
+            model_versions_with_user=versions,
+        )
+
+    @app.get("/v1/items", response_model=ItemsOut, tags=["items"])
+    def search_items(
+        query: Annotated[str, Query(max_length=200)] = "", limit: Annotated[int, Query(ge=1, le=1000)] = 20
+    ) -> ItemsOut:
+        """Catalogue items whose title or id contains `query` (case-insensitive)."""
+        return ItemsOut(items=[ItemOut(item_id=i, title=t) for i, t in runtime.search_items(query, limit)])
+
+    @app.get("/v1/items/{item_id}/similar", response_model=SimilarOut, tags=["items"])
+    def similar_items(item_id: ItemId, k: K = 10) -> SimilarOut:
+        """Items most like `item_id` (cosine of item vectors, else scores for a one-item history)."""
+        items, scores, holder = runtime.similar(item_id, k)
+        out = [
+            SimilarItemOut(item_id=i, score=s, title=holder.title(i))
+            for i, s in zip(items, scores, strict=True)
+        ]
+        return SimilarOut(item_id=item_id, items=out)
+
+    @app.post("/v1/admin/update", dependencies=write, tags=["admin"])
+    def admin_update() -> dict[str, int | float | str]:
+        """Incremental training on the events observed since the last update (a copy of the model
+        is trained while the current one serves, then swapped in)."""
+        return runtime.update()
+
+    @app.post("/v1/admin/reload", response_model=ReloadOut, dependencies=write, tags=["admin"])
+    def admin_reload(body: ReloadIn) -> ReloadOut:
+        """Swap in another saved model, loaded completely first; requests in flight finish on the old one."""
+        return ReloadOut(model_version=runtime.reload(body.model_dir))
+
+    @app.get("/healthz", response_model=HealthOut, tags=["ops"])
+    def healthz() -> HealthOut:
+        h: ModelHolder = runtime.holder
+        return HealthOut(status="ok", model=h.model.name, model_version=h.version, store=runtime.store_kind)
+
+    @app.get("/metrics", tags=["ops"])
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        index = STATIC_DIR / "index.html"
+        if not index.is_file():
+            raise HTTPException(404, "the page is not installed")
+        return FileResponse(index)
+
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for uvicorn's multi-process mode: settings from the environment
+    (`ServiceSettings.from_env`)."""
+    return create_app(ServiceSettings.from_env())

@@ -1,0 +1,174 @@
+"""Request and response bodies of the HTTP API (pydantic, at the edge only).
+
+Validation is strict: ids are non-empty strings (no numbers, no whitespace-only), timestamps and
+weights finite numbers (no strings, no booleans), unknown fields refused. FastAPI turns a failure
+into a 422 whose ``loc`` names the field (for events: ``["body", "events", INDEX, FIELD]``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+from dynrec.online.state import MAX_TIMESTAMP
+
+__all__ = [
+    "DeleteOut",
+    "EventIn",
+    "EventsIn",
+    "EventsOut",
+    "ExplanationOut",
+    "HealthOut",
+    "HistoryEventOut",
+    "InterestProfileOut",
+    "InterestsOut",
+    "ItemOut",
+    "ItemsOut",
+    "ModelVersionOut",
+    "RecommendationsOut",
+    "RecommendedItemOut",
+    "ReloadIn",
+    "ReloadOut",
+    "SessionIn",
+    "SimilarItemOut",
+    "SimilarOut",
+    "UserOut",
+    "UsersOut",
+]
+
+MAX_ID_LENGTH = 512
+
+Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
+"""An external id: a non-empty string with a non-space character."""
+
+Number = StrictInt | StrictFloat
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventIn(_Strict):
+    user_id: Id
+    item_id: Id
+    timestamp: Annotated[Number, Field(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)] | None = Field(
+        default=None, description="seconds UTC (fractions truncated); default: now"
+    )
+    event_type: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"\S")] | None = Field(
+        default=None, description='default "view"'
+    )
+    weight: Annotated[Number, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        default=None, description="event weight (default 1), stored with the event and exported as its value"
+    )
+
+
+class EventsIn(_Strict):
+    events: list[EventIn]
+
+
+class EventsOut(BaseModel):
+    accepted: int
+    unknown_items: int = Field(description="events whose item the loaded model does not know yet")
+
+
+class ExplanationOut(BaseModel):
+    item_id: str
+    weight: float
+
+
+class RecommendedItemOut(BaseModel):
+    item_id: str
+    score: float
+    title: str | None
+    explanation: list[ExplanationOut] | None
+
+
+class RecommendationsOut(BaseModel):
+    user_id: str | None
+    items: list[RecommendedItemOut]
+    fallback: Literal["popular"] | None
+    model_version: str
+
+
+class SessionIn(_Strict):
+    history: Annotated[list[Id], Field(max_length=10_000)] = Field(description="item ids, oldest first")
+    k: Annotated[StrictInt, Field(ge=1, le=1000)] = 10
+    exclude_seen: StrictBool = True
+    explain: StrictBool = False
+
+
+class HistoryEventOut(BaseModel):
+    item_id: str
+    timestamp: int
+    event_type: str
+    title: str | None
+
+
+class InterestProfileOut(BaseModel):
+    categories: list[tuple[str, float]]
+    items: list[str]
+
+
+class InterestsOut(BaseModel):
+    basis: str
+    short_term: InterestProfileOut
+    long_term: InterestProfileOut
+
+
+class UserOut(BaseModel):
+    user_id: str
+    n_events: int
+    history: list[HistoryEventOut]
+    interests: InterestsOut
+
+
+class UsersOut(BaseModel):
+    users: list[str]
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    title: str | None
+
+
+class ItemsOut(BaseModel):
+    items: list[ItemOut]
+
+
+class SimilarItemOut(BaseModel):
+    item_id: str
+    score: float
+    title: str | None
+
+
+class SimilarOut(BaseModel):
+    item_id: str
+    items: list[SimilarItemOut]
+
+
+class ModelVersionOut(BaseModel):
+    model_dir: str
+    version: str
+
+
+class DeleteOut(BaseModel):
+    user_id: str
+    deleted: bool
+    deleted_events: int
+    model_versions_with_user: list[ModelVersionOut]
+
+
+class ReloadIn(_Strict):
+    model_dir: Annotated[StrictStr, Field(min_length=1, pattern=r"\S")]
+
+
+class ReloadOut(BaseModel):
+    model_version: str
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    model: str
+    model_version: str
+    store: str

@@ -1,0 +1,70 @@
+"""Run the service under uvicorn (what ``dynrec serve`` calls).
+
+One worker: the app is built here (model loaded, store opened — errors surface before binding)
+and served in this process. Several workers: uvicorn's multi-process mode imports the app factory
+`dynrec.service.app.app_from_env` in each worker, with the settings passed through environment
+variables; the workers then share the store, so it must be one several processes can open
+(SQLite — its per-user generations and compare-and-set states keep processes coherent — or Redis).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+
+import uvicorn
+
+from dynrec.errors import DynrecError
+from dynrec.online.stores import open_store, store_kind
+from dynrec.service.app import create_app
+from dynrec.service.runtime import Closable
+from dynrec.service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["is_loopback", "serve"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Serve `settings` on host:port until interrupted (see the module docstring)."""
+    if workers < 1:
+        raise DynrecError(f"--workers must be >= 1, got {workers}")
+    if not 0 <= port <= 65535:
+        raise DynrecError(f"--port must be in 0..65535, got {port}")
+    if settings.api_key is None and not is_loopback(host):
+        log.warning(
+            "!!! SERVING ON %s WITHOUT AN API KEY: anyone who can reach this address can write events, "
+            "delete users and replace the model. Set --api-key or DYNREC_API_KEY. !!!",
+            host,
+        )
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        return
+    store = open_store(settings.store)  # fail here, once, rather than in every worker
+    kind = store_kind(store)
+    if kind == "memory":
+        raise DynrecError(
+            "several workers need a shared store (sqlite:///PATH or redis://...), not memory://"
+        )
+    if isinstance(store, Closable):
+        store.close()
+    os.environ.update(settings.to_env())
+    uvicorn.run(
+        "dynrec.service.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+    )

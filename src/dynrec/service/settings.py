@@ -1,0 +1,104 @@
+"""`ServiceSettings`: everything `create_app` needs, as one frozen value.
+
+`dynrec serve` builds it from its options; with several uvicorn workers each worker process
+rebuilds it from environment variables (`to_env` / `from_env`), since uvicorn's multi-process mode
+imports an app factory by name and cannot pass Python objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from dynrec.errors import DynrecError
+
+__all__ = ["ENV_PREFIX", "ServiceSettings"]
+
+ENV_PREFIX = "DYNREC_SERVICE_"
+"""Prefix of the environment variables that carry the settings to worker processes (the API key
+also honours the documented ``DYNREC_API_KEY``)."""
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """How the service runs.
+
+    `store_url`: ``sqlite:///path``, ``redis://host:port/db`` or ``memory://``; None =
+    ``sqlite:///<model_dir>/events.db``. `api_key`: when set, the ``X-API-Key`` header must carry
+    it on every write (POST /v1/events, DELETE, admin routes). `max_batch`: events per POST;
+    `max_body_bytes`: request body size. `items_file`: item metadata (titles, genres) — else the
+    model's dataset's metadata when the data registry has it. `batch_wait_ms` / `batch_size`: the
+    micro-batcher waits at most this long (or until this many requests) before one scoring call.
+    `model_dirs`: further saved models checked by DELETE for the user's data. `cache_size`: users
+    whose decoded state stays in memory."""
+
+    model_dir: str
+    store_url: str | None = None
+    api_key: str | None = None
+    max_batch: int = 1000
+    max_body_bytes: int = 1_000_000
+    items_file: str | None = None
+    batch_wait_ms: float = 2.0
+    batch_size: int = 64
+    model_dirs: tuple[str, ...] = ()
+    cache_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not str(self.model_dir).strip():
+            raise DynrecError("model_dir must be a saved model directory")
+        for name in ("max_batch", "max_body_bytes", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DynrecError(f"{name} must be an integer >= 1, got {v!r}")
+        if not 0 <= float(self.batch_wait_ms) <= 1000:
+            raise DynrecError(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise DynrecError("api_key must not be empty (leave it unset for no key)")
+
+    @property
+    def store(self) -> str:
+        """The store URL in use (the default one when none was given)."""
+        if self.store_url:
+            url = self.store_url
+            return url if "://" in url else f"sqlite:///{Path(url).resolve()}"  # a bare path: SQLite
+        return f"sqlite:///{Path(self.model_dir).resolve() / 'events.db'}"
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables from which `from_env` rebuilds these settings."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None:
+                continue
+            out[ENV_PREFIX + f.name.upper()] = json.dumps(list(v)) if isinstance(v, tuple) else str(v)
+        return out
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ServiceSettings:
+        """Settings from `to_env`'s variables (default: ``os.environ``); the API key falls back to
+        ``DYNREC_API_KEY``."""
+        e = dict(os.environ) if env is None else env
+        raw = {f.name: e.get(ENV_PREFIX + f.name.upper()) for f in fields(cls)}
+        if raw["model_dir"] is None:
+            raise DynrecError(f"{ENV_PREFIX}MODEL_DIR is not set")
+        if raw["api_key"] is None and e.get("DYNREC_API_KEY"):
+            raw["api_key"] = e["DYNREC_API_KEY"]
+        kw: dict[str, object] = {}
+        try:
+            for f in fields(cls):
+                v = raw[f.name]
+                if v is None:
+                    continue
+                if f.name in ("max_batch", "max_body_bytes", "batch_size", "cache_size"):
+                    kw[f.name] = int(v)
+                elif f.name == "batch_wait_ms":
+                    kw[f.name] = float(v)
+                elif f.name == "model_dirs":
+                    kw[f.name] = tuple(str(x) for x in json.loads(v))
+                else:
+                    kw[f.name] = v
+        except (ValueError, TypeError) as exc:
+            raise DynrecError(f"bad service setting in the environment: {exc}") from exc
+        return cls(**kw)  # type: ignore[arg-type]

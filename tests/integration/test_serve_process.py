@@ -1,0 +1,150 @@
+"""`dynrec serve` as a real process on a free loopback port with a SQLite store: posted events show
+in the next recommendations; killed with SIGKILL during sustained ingest and restarted on the same
+store, it still returns every event it acknowledged."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from dynrec import jobs
+from dynrec.data.query import QueryBatch
+from dynrec.models.base import Recommender
+from tests.conftest import clustered_data
+
+KEY = "integration-key"
+AUTH = {"X-API-Key": KEY}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve-model")
+    data = clustered_data(n_users=30, n_items=24, n_groups=3, per_user=10, seed=1)
+    users = data.user_vocab.to_ids(data.users)
+    items = data.item_vocab.to_ids(data.items)
+    rows = [f"{u},{i},{int(t)}" for u, i, t in zip(users, items, data.timestamps.tolist(), strict=True)]
+    (root / "events.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    jobs.train("itemknn", jobs.prepare(str(root / "events.csv")), out=root / "model")
+    return root / "model"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _server(model_dir: Path, store: str, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A `dynrec serve` process, ready (its /healthz answers); always stopped on exit."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "dynrec.cli.main", "serve", str(model_dir), "--store", store]
+    cmd += ["--port", str(port), "--api-key", KEY]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"dynrec serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"dynrec serve did not become ready:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def _reference(model: Recommender, history: list[str], k: int) -> list[str]:
+    assert model.item_vocab is not None
+    idx = model.item_vocab.lookup(history, policy="skip").astype(np.int64)
+    q = QueryBatch(np.zeros(1, np.int64), np.array([0, idx.size], np.int64), idx)
+    top, vals = model.recommend(q, k=k)
+    return model.item_vocab.to_ids(top[0][torch.isfinite(vals[0])].numpy())
+
+
+def test_serve_reflects_events_and_survives_kill9(model_dir: Path, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'events.db'}"
+    log = tmp_path / "server.log"
+    model = Recommender.load(model_dir)
+    acked: list[tuple[str, int]] = []
+    with _server(model_dir, store, log) as (proc, url), httpx.Client(base_url=url, timeout=10) as http:
+        assert http.get("/healthz").json()["store"] == "sqlite"
+        assert http.get("/v1/users/p1/recommendations?k=5").json()["fallback"] == "popular"
+        history = []
+        for item in ("i1", "i14"):
+            r = http.post("/v1/events", json={"events": [{"user_id": "p1", "item_id": item}]}, headers=AUTH)
+            assert r.status_code == 200 and r.json()["accepted"] == 1
+            history.append(item)
+            got = http.get("/v1/users/p1/recommendations?k=5").json()
+            assert got["fallback"] is None and [x["item_id"] for x in got["items"]] == _reference(
+                model, history, 5
+            )
+        assert (
+            http.post("/v1/events", json={"events": [{"user_id": "p1", "item_id": "i2"}]}).status_code == 401
+        )
+
+        stop = threading.Event()
+
+        def ingest() -> None:
+            """Post batches until the server dies; remember exactly what it acknowledged."""
+            n = 0
+            with httpx.Client(base_url=url, timeout=10) as c:
+                while not stop.is_set():
+                    batch = [(f"w{(n + j) % 3}", n + j) for j in range(20)]
+                    events = [{"user_id": u, "item_id": f"i{t % 24 + 1}", "timestamp": t} for u, t in batch]
+                    try:
+                        r = c.post("/v1/events", json={"events": events}, headers=AUTH)
+                    except httpx.TransportError:
+                        return
+                    if r.status_code == 200:
+                        acked.extend(batch)
+                    n += 20
+
+        thread = threading.Thread(target=ingest)
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while len(acked) < 300 and time.monotonic() < deadline and thread.is_alive():
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)  # mid-ingest: requests are in flight
+            proc.wait(10)
+        finally:
+            stop.set()
+            thread.join(30)
+    assert len(acked) >= 300, log.read_text()[-2000:]
+
+    with _server(model_dir, store, log) as (_, url), httpx.Client(base_url=url, timeout=10) as http:
+        for user in ("w0", "w1", "w2"):
+            stored = http.get(f"/v1/users/{user}?limit=10000").json()["history"]
+            have = {e["timestamp"] for e in stored}
+            missing = [t for u, t in acked if u == user and t not in have]
+            assert not missing, f"{user}: {len(missing)} acknowledged events lost, e.g. {missing[:5]}"
+        assert [e["item_id"] for e in http.get("/v1/users/p1").json()["history"]] == ["i1", "i14"]
+        assert http.get("/v1/users/w0/recommendations?k=3").json()["fallback"] is None
