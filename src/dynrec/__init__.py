@@ -34,9 +34,11 @@ if TYPE_CHECKING:
         IncrementalUpdater,
         InMemoryStore,
         OnlineRecommender,
+        RedisStore,
         SQLiteStore,
         StateStore,
         UpdateConfig,
+        open_store,
     )
 
 __version__ = "0.1.0"
@@ -54,6 +56,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "StateStore": ("dynrec.online", "StateStore"),
     "InMemoryStore": ("dynrec.online", "InMemoryStore"),
     "SQLiteStore": ("dynrec.online", "SQLiteStore"),
+    "RedisStore": ("dynrec.online", "RedisStore"),
+    "open_store": ("dynrec.online", "open_store"),
     "IncrementalUpdater": ("dynrec.online", "IncrementalUpdater"),
     "UpdateConfig": ("dynrec.online", "UpdateConfig"),
 }
@@ -68,6 +72,7 @@ __all__ = [
     "OnlineRecommender",
     "QueryBatch",
     "Recommender",
+    "RedisStore",
     "RunOptions",
     "SQLiteStore",
     "StateStore",
@@ -78,6 +83,7 @@ __all__ = [
     "create_model",
     "jobs",
     "load",
+    "open_store",
 ]
 
 

@@ -1,8 +1,19 @@
 """Real-time interests: per-user state stores, incremental state per model family, the
 `OnlineRecommender` session (observe -> recommend), and incremental training (`update`)."""
 
+from dynrec.online.redis_store import RedisStore
 from dynrec.online.session import Interests, OnlineRecommender, Recommendation
-from dynrec.online.state import CachedState, Event, History, InMemoryStore, SQLiteStore, StateStore
+from dynrec.online.state import (
+    CachedState,
+    Event,
+    History,
+    InMemoryStore,
+    InvalidEventError,
+    SQLiteStore,
+    StateStore,
+    UserStamp,
+)
+from dynrec.online.stores import open_store
 from dynrec.online.updater import IncrementalUpdater, UpdateConfig
 
 __all__ = [
@@ -12,9 +23,13 @@ __all__ = [
     "InMemoryStore",
     "IncrementalUpdater",
     "Interests",
+    "InvalidEventError",
     "OnlineRecommender",
     "Recommendation",
+    "RedisStore",
     "SQLiteStore",
     "StateStore",
     "UpdateConfig",
+    "UserStamp",
+    "open_store",
 ]
