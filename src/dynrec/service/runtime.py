@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -62,7 +61,6 @@ from dynrec.service.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Closable",
     "DeleteResult",
     "ModelHolder",
     "Recommended",
@@ -76,20 +74,6 @@ EXPLAIN_TOP = 3
 
 HTTP_EVENT_TYPE = "view"
 """Event type of an HTTP event that names none."""
-
-
-@runtime_checkable
-class _ListsUsers(Protocol):
-    """A store that can list the users it holds (SQLite and in-memory stores can)."""
-
-    def users(self) -> list[str]: ...
-
-
-@runtime_checkable
-class Closable(Protocol):
-    """A store holding a connection or file to release (SQLite, Redis)."""
-
-    def close(self) -> None: ...
 
 
 # ---- one loaded model -------------------------------------------------------------------------------
@@ -254,8 +238,7 @@ class Runtime:
 
     def close(self) -> None:
         self.batcher.stop()
-        if isinstance(self.store, Closable):
-            self.store.close()
+        self.store.close()
 
     def cache_stats(self) -> tuple[int, int]:
         h = self._holder
@@ -505,8 +488,8 @@ class Runtime:
             if u not in seen and self.store.stamp(u).n_events > 0:
                 out.append(u)
                 seen.add(u)
-        if len(out) < limit and isinstance(self.store, _ListsUsers):
-            for u in self.store.users():
+        if len(out) < limit:
+            for u in self.store.users(limit + len(out)):
                 if len(out) >= limit:
                     break
                 if u not in seen:

@@ -18,7 +18,6 @@ import uvicorn
 from dynrec.errors import DynrecError
 from dynrec.online.stores import open_store, store_kind
 from dynrec.service.app import create_app
-from dynrec.service.runtime import Closable
 from dynrec.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -57,8 +56,7 @@ def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 800
         raise DynrecError(
             "several workers need a shared store (sqlite:///PATH or redis://...), not memory://"
         )
-    if isinstance(store, Closable):
-        store.close()
+    store.close()
     os.environ.update(settings.to_env())
     uvicorn.run(
         "dynrec.service.app:app_from_env",
