@@ -33,6 +33,8 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.online.state import InvalidEventError
 from dynrec.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
-from dynrec.service.runtime import ModelHolder, Recommended, Runtime, default_event
+from dynrec.service.runtime import ModelHolder, Recommended, Runtime, default_event, serving_threads
 from dynrec.service.schemas import (
     MAX_ID_LENGTH,
     DeleteOut,
@@ -197,6 +199,16 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: also counts 413s
     write = [Depends(_key_check(settings.api_key))]
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own 422, except that an offending input given as bytes that are not UTF-8 (a
+        body sent without a JSON content type) is shown with replacement characters: FastAPI's
+        handler fails to encode it and answers 500 (found by tests/unit/test_service_fuzz.py)."""
+        detail = jsonable_encoder(
+            exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}
+        )
+        return JSONResponse({"detail": detail}, status_code=422)
+
     @app.exception_handler(InvalidEventError)
     async def invalid_event(_: Request, exc: InvalidEventError) -> JSONResponse:
         loc = ["body", "events", exc.index, exc.field]
@@ -329,5 +341,6 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """App factory for uvicorn's multi-process mode: settings from the environment
-    (`ServiceSettings.from_env`)."""
+    (`ServiceSettings.from_env`); one torch thread per worker (`serving_threads`)."""
+    serving_threads()
     return create_app(ServiceSettings.from_env())

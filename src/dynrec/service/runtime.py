@@ -67,6 +67,7 @@ __all__ = [
     "Runtime",
     "SavedModel",
     "default_event",
+    "serving_threads",
 ]
 
 EXPLAIN_TOP = 3
@@ -103,6 +104,7 @@ class ModelHolder:
         saved: SavedModel,
         cache_size: int,
         trained_memory: bool,
+        persist_every: int = 1,
     ) -> None:
         self.model_dir = model_dir
         self.trained_memory = trained_memory
@@ -113,7 +115,9 @@ class ModelHolder:
         self.metadata = metadata
         # the session does not remember events for the updater: the runtime keeps the pending
         # events itself, so they survive the holder being swapped
-        self.online = OnlineRecommender(model, store, item_metadata=metadata, cache_size=cache_size)
+        self.online = OnlineRecommender(
+            model, store, item_metadata=metadata, cache_size=cache_size, persist_every=persist_every
+        )
         self.version = self.online.version
         self.lock = threading.Lock()
         """Guards the session's hot per-user states (observe, recommend, interests, delete)."""
@@ -263,6 +267,7 @@ class Runtime:
             metadata=metadata,
             saved=saved,
             cache_size=self.settings.cache_size,
+            persist_every=self.settings.persist_every,
             trained_memory=memory is not None,
         )
 
@@ -610,6 +615,7 @@ class Runtime:
                     metadata=old.metadata,
                     saved=old.saved,
                     cache_size=self.settings.cache_size,
+                    persist_every=self.settings.persist_every,
                     trained_memory=old.trained_memory,
                 )
                 with self._memory_lock:
@@ -642,6 +648,20 @@ class Runtime:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
+
+
+def serving_threads() -> int:
+    """Give a serving process one torch intra-op thread (unless ``OMP_NUM_THREADS`` sets it); the
+    number in use.
+
+    A request's tensors are tiny (one user's state step, a micro-batch's scores), while torch's
+    default — a thread per core — makes every operator a parallel region whose threads contend with
+    the event loop, the request threads and the other workers for the same cores. On the 2-core
+    benchmark machine (with another process busy) one SASRec state step took 18 ms with 2 threads
+    and 2 ms with 1 (benchmarks/serve_load.py); scale with ``--workers`` instead."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
 
 
 def _mtime(model_dir: str) -> float:

@@ -5,6 +5,7 @@ and served in this process. Several workers: uvicorn's multi-process mode import
 `dynrec.service.app.app_from_env` in each worker, with the settings passed through environment
 variables; the workers then share the store, so it must be one several processes can open
 (SQLite — its per-user generations and compare-and-set states keep processes coherent — or Redis).
+Each serving process uses one torch thread (`dynrec.service.runtime.serving_threads`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import uvicorn
 from dynrec.errors import DynrecError
 from dynrec.online.stores import open_store, store_kind
 from dynrec.service.app import create_app
+from dynrec.service.runtime import serving_threads
 from dynrec.service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 800
             host,
         )
     if workers == 1:
+        serving_threads()
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
         return
     store = open_store(settings.store)  # fail here, once, rather than in every worker
