@@ -39,8 +39,7 @@ class ServiceSettings:
     to the store every this many of their events (1 = on every event); the events themselves are
     always stored before the 2xx, so a checkpoint only saves replaying them (at most
     ``persist_every - 1`` per user after a restart, or in another worker). Write-through costs one
-    state encoding and store write per user per request: the serve benchmark measured it as most
-    of the ingest time."""
+    state encoding and store write per user per request, most of an ingest request's time."""
 
     model_dir: str
     store_url: str | None = None

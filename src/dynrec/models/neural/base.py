@@ -71,9 +71,7 @@ class NeuralConfig(ModelConfig):
     valid_gap: NonNegInt = 0
     """When fitting with a validation set, train without each user's last `valid_gap` training
     events, so a validation history — like a test history — ends with events the model was not
-    trained to predict for that user (`dynrec.preprocessing.split.drop_last_events`). Measured on
-    ml-100k SASRec: +0.0017 test NDCG@10 over 5 seeds, within noise (benchmarks/results_sasrec.md,
-    "valid_gap probe")."""
+    trained to predict for that user (`dynrec.preprocessing.split.drop_last_events`). Opt-in."""
     valid_max_queries: NonNegInt = 0
     """Validate on at most this many queries (0 = all); the subset is fixed by the seed."""
 

@@ -80,9 +80,8 @@ class SASRecConfig(SequenceConfig):
     dropout: Fraction | None = None
     """Dropout on the embeddings, inside the feed-forward sub-layer and on each residual branch;
     None = by dataset size (`auto_dropout`): 0.3 below 4,096 users with a training sequence, 0.2
-    from there; `fit` writes the value it chose back into the config. On ml-100k (943 users) 0.3 had the best mean validation NDCG@10 of 11 candidate
-    configs over 5 seeds (H100/H200 rounds 5-6, benchmarks/results_sasrec.md); 0.2 is the ml-1m
-    setting behind the published-level numbers."""
+    from there (small data overfits sooner); `fit` writes the value it chose back into the config.
+    How the thresholds were chosen: docs/experiments/README.md."""
     attn_dropout: Fraction | None = None
     """Dropout on attention weights; None = the resolved `dropout` (written back by `fit`). (On CPU, training then runs
     attention as explicit matrix products with the fast `dynrec.models.layers.Dropout`; CUDA uses
@@ -93,28 +92,25 @@ class SASRecConfig(SequenceConfig):
     long_term: Literal["none", "gate"] = "none"
     """none | gate: fuse the mean embedding of the whole history with the sequence state."""
     batch_size: NonNegInt = 0
-    """Training rows per batch; 0 = by dataset size (written back by `fit`): ``clamp(rows // 32, 32, 128)``, i.e. 128 from
-    4,096 users up (ml-1m), and at least ~32 steps per epoch below that (ml-100k: 32). On ml-100k,
-    128 gave 8 steps per epoch and the best validation after 51 epochs (99 s); 32 took 13-70 epochs
-    over three seeds (median 34 s) at the same test NDCG@10."""
+    """Training rows per batch; 0 = by dataset size (written back by `fit`):
+    ``clamp(rows // 32, 32, 128)``, i.e. 128 from 4,096 users up, and at least ~32 steps per epoch
+    below that, so small datasets still get enough optimiser steps per epoch."""
     amp: Amp = "auto"
-    """bf16 training where the hardware has it (~2x faster per step on an AVX512-BF16 CPU: 0.54 vs
-    1.12 s on a full ml-1m batch, `benchmarks/sasrec_step_speed.py`)."""
+    """bf16 matrix products in training where the hardware has them (AVX512-BF16/AMX CPUs, bf16
+    GPUs); scoring is always float32."""
     optimizer: Optimizer = "adam"
     epochs: PositiveInt = 200
-    """Constant learning rate (the Trainer's default schedule), early stopping on validation: a
-    cosine decay over 100 epochs was smoother but ended lower on ml-1m (benchmarks/results_sasrec.md)."""
+    """An upper bound: training runs at a constant learning rate (the Trainer's default schedule)
+    and stops early on validation."""
     patience: PositiveInt = 20
     select_within_se: NonNegFloat = 1.0
     """Keep the latest epoch within one standard error of the best validation NDCG@10 (the
-    Trainer's rule; the run stops as before, `patience` epochs after the best). ml-100k has 943
-    validation queries (standard error ~0.007): validation is flat within noise from ~epoch 15
-    while test NDCG@10 keeps rising for 20-40 more epochs, so the single best epoch is usually an
-    early one (benchmarks/results_selection.md)."""
+    Trainer's rule; the run stops as before, `patience` epochs after the best): with few
+    validation queries, validation is flat within noise while the model still improves, and the
+    single best epoch would be an early one picked by noise."""
     ema_decay: Fraction = 0.995
-    """Weight averaging (the Trainer's EMA; validation and the kept model use the average). On an
-    H100, ml-1m: the held checkpoint's test NDCG@10 moved within 0.1815-0.1829 over epochs 60-82
-    (0.1758-0.1832 without); ml-100k, 5 seeds: mean NDCG@10 0.0954 vs 0.0908 without."""
+    """Weight averaging (the Trainer's EMA; validation and the kept model use the average): it
+    smooths the epoch-to-epoch swings of the validation and test metrics late in training."""
     score_batch: PositiveInt = 256
     """Histories per forward pass when scoring (bounds memory)."""
 
