@@ -508,10 +508,12 @@ of CPU per recommendation, of which the model path (state lookup, scores, top-k 
 is about 0.5 ms and the HTTP stack (uvicorn, FastAPI validation and serialisation, the Prometheus
 middleware, the access log) the rest (Redis adds a network round trip per store read), so 1,500/s
 needs about two such cores of server alone: with the generator on the same 2 cores, the 16-client
-goal is out of reach here and the open-loop run at 1,500/s falls behind. Ingest is bounded by the per-user state step, one event at a time: about
-0.25 ms per event for itemknn, about 2 ms for SASRec (its transformer step), far from 20,000/s;
-stepping a request's users as one batch (the adapters support it, the replay engine does it) is
-the next step. Fixed on the way: torch's thread-per-core default made every tiny operator a
+goal is out of reach here and the open-loop run at 1,500/s falls behind. Ingest: a request's users
+now step together (round r = every user's r-th event, one batched state step, as the replay
+engine does), which took SASRec from 518 to about 1,200 events/s; what remains is per-request
+work that does not batch (validating and storing 100 events, encoding and checkpointing the states
+that reach `persist_every`, the HTTP stack) — itemknn, whose step is cheap, stays near 4,000
+events/s, far from 20,000/s on this machine. Fixed on the way: torch's thread-per-core default made every tiny operator a
 parallel region fighting the request threads (a SASRec state step 18 ms with 2 threads, 2 ms with
 1): serving processes now use one torch thread; the state was written to the store on every event
 (half of the ingest time): it is now checkpointed every 16 events per user (`persist_every`; events

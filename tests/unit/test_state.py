@@ -189,6 +189,38 @@ def test_online_recommender_follows_each_event(
     assert c is not None and c.version == online.version and c.n_events == len(seq)
 
 
+@pytest.mark.parametrize("name", [*MODELS, "recompute"])
+def test_batches_over_many_users_step_together_and_equal_recomputation(
+    name: str, data: InteractionData
+) -> None:
+    """One observe() with interleaved events of several users (uneven counts, an unknown item,
+    a user seen for the first time) moves every cached state as recomputation from the store."""
+    model = fitted("itemknn" if name == "recompute" else name, data)
+    adapter = RecomputeAdapter(model) if name == "recompute" else None
+    online = OnlineRecommender(model, InMemoryStore(), adapter=adapter, persist_every=4)
+    assert model.item_vocab is not None and model.user_vocab is not None
+    users = list(model.user_vocab.ids[:5])
+    seqs = {u: model.item_vocab.to_ids(data.sequence(j + 1)) for j, u in enumerate(users)}
+    online.observe([Event(u, seqs[u][0], 1) for u in users[:4]])  # four hot users, one not yet
+    for u in users[:4]:
+        online.scores(u)
+    batch = [
+        Event(users[0], seqs[users[0]][1], 2),
+        Event(users[1], seqs[users[1]][1], 2),
+        Event(users[0], "never-seen", 3),
+        Event(users[2], seqs[users[2]][1], 2),
+        Event(users[0], seqs[users[0]][2], 4),
+        Event(users[4], seqs[users[4]][0], 5),
+        Event(users[1], seqs[users[1]][2], 6),
+        Event(users[0], seqs[users[0]][3], 7),
+    ]
+    online.observe(batch)
+    for u in users:
+        torch.testing.assert_close(
+            online.scores(u, exclude_seen=False), online.recompute_scores(u), rtol=1e-4, atol=1e-4
+        )
+
+
 def test_unknown_items_are_kept_but_skipped(data: InteractionData) -> None:
     model = fitted("itemknn", data)
     online = OnlineRecommender(model)

@@ -287,8 +287,15 @@ class OnlineRecommender:
         for e in evs:
             by_user.setdefault(e.user_id, []).append(e)
         try:
+            ours: list[tuple[str, _Hot, list[Event], UserStamp]] = []
             for user, ues in by_user.items():
-                self._advance(user, ues, stamps[user])
+                hot = self._owned_hot(user, len(ues), stamps[user])
+                if hot is None:
+                    self._hot.pop(user, None)
+                    self._rebuild(user, self.persist_every)  # these events and any appended elsewhere
+                else:
+                    ours.append((user, hot, ues, stamps[user]))
+            self._advance(ours)
         except BaseException:  # a half-stepped hot state must not be served: rebuilt on next read
             for user in by_user:
                 self._hot.pop(user, None)
@@ -296,25 +303,51 @@ class OnlineRecommender:
         if self.updater is not None:
             self.updater.remember(evs)
 
-    def _advance(self, user: str, ues: list[Event], stamp: UserStamp) -> None:
-        """Bring `user`'s state past its just-appended events `ues` (store stamp after them)."""
-        m = len(ues)
+    def _owned_hot(self, user: str, m: int, stamp: UserStamp) -> _Hot | None:
+        """`user`'s hot state when the store's stamp after appending `m` events shows exactly
+        those events on top of it (no other process appended or deleted in between), else None."""
         hot = self._hot.get(user)
-        ours_only = hot is not None and (
-            stamp == UserStamp(hot.generation, hot.n_events + m)
-            or (hot.generation == 0 and hot.n_events == 0 and stamp.n_events == m)  # a new user
-        )
-        if hot is None or hot.version != self.version or not ours_only:
-            self._hot.pop(user, None)
-            self._rebuild(user, self.persist_every)  # includes these events and any appended elsewhere
+        if hot is None or hot.version != self.version:
+            return None
+        if stamp == UserStamp(hot.generation, hot.n_events + m) or (
+            hot.generation == 0 and hot.n_events == 0 and stamp.n_events == m  # a new user
+        ):
+            return hot
+        return None
+
+    def _advance(self, ours: list[tuple[str, _Hot, list[Event], UserStamp]]) -> None:
+        """Step the owned hot states past their users' just-appended events. The users move
+        together: round r steps every user's r-th event as one batch (what the replay engine
+        does), so a request's cost follows its longest per-user run, not its event count."""
+        if not ours:
             return
-        hist = History(tuple(e.item_id for e in ues), np.array([e.timestamp for e in ues], dtype=np.int64))
-        hot.state, seen = self._step(hot.state, hist, inplace=True)  # the hot state is owned here
-        hot.seen.update(seen)
-        hot.generation, hot.n_events, hot.dirty = stamp.generation, stamp.n_events, hot.dirty + m
-        self._hot.move_to_end(user)
-        if hot.dirty >= self.persist_every or self.cache_size <= 0:
-            self._persist(user, hot)
+        assert self.model.item_vocab is not None
+        idx = [self.model.item_vocab.lookup([e.item_id for e in ues], policy="skip") for _, _, ues, _ in ours]
+        ts = [np.array([e.timestamp for e in ues], dtype=np.int64) for _, _, ues, _ in ours]
+        keep = [i > 0 for i in idx]  # items unknown to the model are kept in the history, skipped here
+        idx = [i[k].astype(np.int64) for i, k in zip(idx, keep, strict=True)]
+        ts = [t[k] for t, k in zip(ts, keep, strict=True)]
+        lens = np.array([len(i) for i in idx], dtype=np.int64)
+        n_rounds = int(lens.max(initial=0))
+        if n_rounds and len(ours) == 1:
+            hot = ours[0][1]
+            for r in range(n_rounds):  # the hot state is owned here: step in place
+                hot.state = self.adapter.step_(hot.state, idx[0][r : r + 1], ts[0][r : r + 1])
+        elif n_rounds:
+            state = self.adapter.concat([hot.state for _, hot, _, _ in ours])
+            for r in range(n_rounds):
+                mask = lens > r
+                items = np.array([i[r] if len(i) > r else 0 for i in idx], dtype=np.int64)
+                times = np.array([t[r] if len(t) > r else 0 for t in ts], dtype=np.int64)
+                state = self.adapter.step_where(state, items, times, mask)
+            for b, (_, hot, _, _) in enumerate(ours):
+                hot.state = self.adapter.select(state, np.array([b], dtype=np.int64))
+        for (user, hot, ues, stamp), done in zip(ours, idx, strict=True):
+            hot.seen.update(done.tolist())
+            hot.generation, hot.n_events, hot.dirty = stamp.generation, stamp.n_events, hot.dirty + len(ues)
+            self._hot.move_to_end(user)
+            if hot.dirty >= self.persist_every or self.cache_size <= 0:
+                self._persist(user, hot)
 
     def flush(self) -> None:
         """Write every cached state not yet persisted to the store (compare-and-set: states made
