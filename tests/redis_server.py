@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import pytest
 import redis
+
+from tests.serve_process import free_port
 
 __all__ = ["NOT_INSTALLED", "RedisServer", "redis_server", "require_redis_server"]
 
@@ -45,13 +46,6 @@ def require_redis_server() -> str:
     if binary is None:
         pytest.skip(NOT_INSTALLED)
     return binary
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (bind port 0 on loopback, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

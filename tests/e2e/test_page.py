@@ -12,7 +12,6 @@ from the item search, gets recommendations from its in-page history.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.models.registry import create_model
 from dynrec.online.state import SQLiteStore
 from tests.conftest import clustered_data
+from tests.serve_process import free_port
 
 API_KEY = "page-test-key"
 USER = "u3"
@@ -49,12 +49,6 @@ def chromium_path() -> str | None:
     if found:
         return found
     return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,8 @@ store, it still returns every event it acknowledged."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +21,7 @@ from dynrec import jobs
 from dynrec.data.query import QueryBatch
 from dynrec.models.base import Recommender
 from tests.conftest import clustered_data
+from tests.serve_process import running_server
 
 KEY = "integration-key"
 AUTH = {"X-API-Key": KEY}
@@ -41,44 +39,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "model"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def _server(model_dir: Path, store: str, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A `dynrec serve` process, ready (its /healthz answers); always stopped on exit."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "dynrec.cli.main", "serve", str(model_dir), "--store", store]
-    cmd += ["--port", str(port), "--api-key", KEY]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"dynrec serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"dynrec serve did not become ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+    """A `dynrec serve` process with the test's API key, ready; always stopped on exit."""
+    with running_server(model_dir, store, log, "--api-key", KEY) as served:
+        yield served
 
 
 def _reference(model: Recommender, history: list[str], k: int) -> list[str]:

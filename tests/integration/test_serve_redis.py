@@ -11,14 +11,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -31,7 +27,8 @@ from dynrec.data.query import QueryBatch
 from dynrec.models.base import Recommender
 from dynrec.online.redis_store import RedisStore
 from tests.conftest import clustered_data
-from tests.redis_server import RedisServer, free_port, require_redis_server
+from tests.redis_server import RedisServer, require_redis_server
+from tests.serve_process import running_server
 
 N_ITEMS = 24
 
@@ -53,41 +50,6 @@ def redis_durable() -> Iterator[RedisServer]:
     require_redis_server()
     with RedisServer(durable=True) as srv:
         yield srv
-
-
-@contextmanager
-def serving(model_dir: Path, store: str, log: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A `dynrec serve` process on a free port, ready (/healthz answers); always stopped."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "dynrec.cli.main", "serve", str(model_dir), "--store", store]
-    cmd += ["--port", str(port)]
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"dynrec serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"dynrec serve did not become ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield proc, url
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
 
 
 def reference(model: Recommender, history: list[str], k: int) -> tuple[list[str], list[float]]:
@@ -133,7 +95,7 @@ def test_serve_on_redis_reflects_events_and_survives_kill9(
     log = tmp_path / "server.log"
     acked: list[tuple[str, int]] = []
     with (
-        serving(model_dir, redis_durable.url, log) as (proc, url),
+        running_server(model_dir, redis_durable.url, log) as (proc, url),
         httpx.Client(base_url=url, timeout=10) as http,
     ):
         assert http.get("/healthz").json()["store"] == "redis"
@@ -162,7 +124,7 @@ def test_serve_on_redis_reflects_events_and_survives_kill9(
 
     redis_durable.start()  # same port and folder: the append-only file is replayed
     with (
-        serving(model_dir, redis_durable.url, log) as (_, url),
+        running_server(model_dir, redis_durable.url, log) as (_, url),
         httpx.Client(base_url=url, timeout=10) as http,
     ):
         for user in ("k0", "k1", "k2"):
@@ -185,8 +147,8 @@ def test_two_servers_on_one_redis_lose_nothing_and_agree_with_recomputation(
     acked_a: list[tuple[str, int]] = []
     acked_b: list[tuple[str, int]] = []
     with (
-        serving(model_dir, redis_durable.url, tmp_path / "a.log") as (_, url_a),
-        serving(model_dir, redis_durable.url, tmp_path / "b.log") as (_, url_b),
+        running_server(model_dir, redis_durable.url, tmp_path / "a.log") as (_, url_a),
+        running_server(model_dir, redis_durable.url, tmp_path / "b.log") as (_, url_b),
     ):
         with httpx.Client(timeout=10) as http:  # both have states of every user before the race
             for url in (url_a, url_b):

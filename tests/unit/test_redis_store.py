@@ -39,7 +39,8 @@ from dynrec.online.state import (
 )
 from dynrec.online.stores import open_store, store_kind
 from tests.conftest import clustered_data
-from tests.redis_server import RedisServer, free_port, require_redis_server
+from tests.redis_server import RedisServer, require_redis_server
+from tests.serve_process import free_port
 from tests.unit.test_online_trust import assert_scores, model_of, reference_scores
 
 MakeStore = Callable[[], StateStore]
