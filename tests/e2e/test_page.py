@@ -12,9 +12,6 @@ from the item search, gets recommendations from its in-page history.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +24,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.models.registry import create_model
 from dynrec.online.state import SQLiteStore
 from tests.conftest import clustered_data
-from tests.serve_process import free_port
+from tests.serve_process import running_server
 
 API_KEY = "page-test-key"
 USER = "u3"
@@ -40,7 +37,6 @@ BROWSER_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-START_TIMEOUT_S = 90.0  # the server imports torch and loads the model; the CI machine is small
 STEP_TIMEOUT_MS = 20_000  # one page step (a request round trip and a render)
 
 
@@ -80,51 +76,10 @@ def served(tmp_path: Path) -> Iterator[Served]:
         encoding="utf-8",
     )
     db = tmp_path / "state.db"
-    port = free_port()
     log = tmp_path / "server.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "dynrec.cli.main",
-        "serve",
-        str(model_dir),
-        "--store",
-        f"sqlite:///{db}",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--api-key",
-        API_KEY,
-        "--items",
-        str(items),
-    ]
-    base = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"dynrec serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=2.0).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(
-                        f"dynrec serve not healthy after {START_TIMEOUT_S:.0f}s:\n{log.read_text()[-3000:]}"
-                    )
-                time.sleep(0.2)
-            yield Served(base, db, user_history(data, USER))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+    extra = ("--api-key", API_KEY, "--items", str(items))
+    with running_server(model_dir, f"sqlite:///{db}", log, *extra) as (_, base):
+        yield Served(base, db, user_history(data, USER))
 
 
 def shown(page: Page, testid: str) -> list[str]:
