@@ -35,7 +35,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = Path(os.environ.get("DYNREC_BENCH_RESULTS", HERE / "results"))  # a scratch store for trials
-QUESTIONS = ("quality", "speed", "replay", "latency", "peers", "serve")
+QUESTIONS = ("quality", "speed", "replay", "latency", "peers", "serve", "text", "ann", "quantize")
 Record = dict[str, Any]
 
 

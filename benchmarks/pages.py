@@ -50,6 +50,7 @@ targets only. Peers (RecBole, implicit) ran on the same split with `benchmarks/p
 | quality of every model (HR/NDCG/MRR@10) | `python -m benchmarks.quality` | `results/quality.json` |
 | peers on the same split | `bash benchmarks/peers/run.sh` | `results/peers.json` |
 | data / evaluation / training speed | `python -m benchmarks.speed data\\|eval\\|train` | `results/speed.json` |
+| data-parallel training speed-up | `python -m benchmarks.distributed` | `results/speed.json` |
 | streaming replay, four modes | `python -m benchmarks.replay` | `results/replay.json` |
 | state step + top-10 latency | `python -m benchmarks.latency` | `results/latency.json` |
 | the HTTP service under load | `python -m benchmarks.serve_load` | `results/serve.json` |
@@ -323,6 +324,43 @@ def speed_tables(speed: list[Record]) -> str:
                 rows,
             )
         )
+    if "distributed" in kinds:
+        rows = [
+            [r["params"]["dataset"], r["params"]["model"], r["params"]["nproc"]]
+            + [r["metrics"][k] for k in ("batch_size", "s_per_epoch", "events_per_s", "speedup_vs_1")]
+            + [
+                r["metrics"].get("cpu_bound_speedup_vs_1"),
+                r["metrics"]["last_loss"],
+            ]
+            + [f"{r['metrics']['loadavg_before']:.1f} / {r['metrics']['loadavg_after']:.1f}"]
+            + [r.get("note", ""), cmd(r)]
+            for r in sorted(kinds["distributed"], key=lambda r: str(r["key"]))
+        ]
+        parts.append(
+            "### Data-parallel training (DDP, gloo)\n\nOne process against N processes started by torchrun "
+            "(`dynrec train --nproc N`), each pinned to its own core with one torch thread; the same global "
+            "batch (each rank trains on 1/N of every batch). events/s = next-item targets per second over the "
+            "epochs after the first; no validation. The load average before / after the run shows how busy "
+            "the machine was (a shared machine lowers the speed-up); *CPU-bound speed-up* compares CPU seconds per "
+            "epoch (one process against the busiest rank): what free cores would give when no rank waits.\n\n"
+            + table(
+                [
+                    "dataset",
+                    "model",
+                    "processes",
+                    "batch",
+                    "s/epoch",
+                    "events/s",
+                    "speed-up",
+                    "CPU-bound speed-up",
+                    "last loss",
+                    "load avg",
+                    "notes",
+                    "reproduce",
+                ],
+                rows,
+            )
+        )
     return "\n\n".join(parts)
 
 
@@ -522,6 +560,303 @@ it now takes what is queued (single-client throughput 170 -> 450 rec/s); and the
 `httpx.AsyncClient`, which spent more CPU per request (about 4 ms) than the server: the default
 generator is now a minimal asyncio HTTP/1.1 client (`--client httpx` keeps the other)."""
 
+# ---------------------------------------------------------------- item text (issue 13)
+
+
+def _spread(vals: list[float]) -> str:
+    if len(vals) < 2:
+        return fmt(vals[0]) if vals else "–"
+    return f"{statistics.fmean(vals):.4f} ± {statistics.stdev(vals):.4f}"
+
+
+def text_tables(text: list[Record]) -> str:
+    """Cold items, warm/tail quality (text-aware vs ID-only SASRec), faithful explanations,
+    text encoding throughput (`python -m benchmarks.text`)."""
+    if not text:
+        return ""
+    kinds = group(text, lambda r: str(r["key"]).split("/", 1)[0])
+    parts = [
+        "## Item text: cold items, tail quality, explanations\n\n"
+        "Item text is encoded once by all-MiniLM-L6-v2 (`dynrec.text`, cached on disk); `sasrec-text` is "
+        "`sasrec --set item_text=on` (ID embedding + learned projection of the frozen text embedding, "
+        "ID-dropout), `content` ranks by the cosine of the recency-weighted mean text embedding of the history."
+    ]
+    if "cold" in kinds:
+        rows = [
+            [r["params"]["dataset"], r["params"]["model"]]
+            + [
+                r["metrics"].get(k)
+                for k in (
+                    "n_cold_items",
+                    "cold_targets",
+                    "random_HR@10_among_cold",
+                    "HR@10 among cold",
+                    "NDCG@10 among cold",
+                    "x_random_among_cold",
+                    "HR@10 among all",
+                    "NDCG@10 among all",
+                    "warm HR@10",
+                    "warm NDCG@10",
+                    "epochs",
+                    "fit_seconds",
+                )
+            ]
+            + [f"{r['machine']['cpu']}", r.get("note", ""), cmd(r)]
+            for r in sorted(kinds["cold"], key=lambda r: str(r["key"]))
+        ]
+        parts.append(
+            "### Cold items\n\n10% of the items (seeded, uniform) are removed from training entirely (events, "
+            "validation targets, histories). Test events whose target is a cold item: the target ranked among "
+            "the cold items only (random HR@10 = 10 / cold items) and among all items (seen masked); the other "
+            "test events (warm) beside. ID-only `sasrec` is the sanity check (its cold items were only ever "
+            "negatives).\n\n"
+            + table(
+                [
+                    "dataset",
+                    "model",
+                    "cold items",
+                    "cold targets",
+                    "random HR@10",
+                    "HR@10 (cold)",
+                    "NDCG@10 (cold)",
+                    "x random",
+                    "HR@10 (all)",
+                    "NDCG@10 (all)",
+                    "warm HR@10",
+                    "warm NDCG@10",
+                    "epochs",
+                    "fit s",
+                    "CPU",
+                    "notes",
+                    "reproduce",
+                ],
+                rows,
+            )
+        )
+    if "quality" in kinds:
+        cells = group(kinds["quality"], lambda r: (r["params"]["dataset"], r["params"]["model"]))
+        rows = []
+        for (ds, model), recs in sorted(cells.items()):
+
+            def m(k: str, recs: list[Record] = recs) -> list[float]:
+                return [float(r["metrics"][k]) for r in recs if r["metrics"].get(k) is not None]
+
+            rows.append(
+                [
+                    ds,
+                    model,
+                    len(recs),
+                    _spread(m("HR@10")),
+                    _spread(m("NDCG@10")),
+                    _spread(m("tail HR@10")),
+                    _spread(m("tail NDCG@10")),
+                    _spread(m("seconds_per_epoch")),
+                    _spread(m("epochs")),
+                    recs[0]["machine"]["cpu"],
+                    "; ".join(sorted({r.get("note", "") for r in recs} - {""})),
+                    cmd(*recs),
+                ]
+            )
+        parts.append(
+            "### Warm and tail quality\n\nTemporal leave-one-out, full ranking, default configs; mean ± standard "
+            "deviation over seeds. Tail = test targets outside the top 20% of items by training frequency. "
+            "s/epoch compares the hybrid's training cost with ID-only on the same machine.\n\n"
+            + table(
+                [
+                    "dataset",
+                    "model",
+                    "seeds",
+                    "HR@10",
+                    "NDCG@10",
+                    "tail HR@10",
+                    "tail NDCG@10",
+                    "s/epoch",
+                    "epochs",
+                    "CPU",
+                    "notes",
+                    "reproduce",
+                ],
+                rows,
+            )
+        )
+    if "faithful" in kinds:
+        rows = [
+            [r["params"]["dataset"], r["params"]["model"]]
+            + [
+                r["metrics"].get(k)
+                for k in (
+                    "pairs",
+                    "share_lowered_top1",
+                    "mean_drop_top1",
+                    "mean_drop_random1",
+                    "drop_ratio_top1_vs_random",
+                )
+            ]
+            + [
+                " / ".join(f"{v:.3f}" for v in r["metrics"]["DEL_curve_top"]),
+                " / ".join(f"{v:.3f}" for v in r["metrics"]["DEL_curve_random"]),
+                cmd(r),
+            ]
+            for r in sorted(kinds["faithful"], key=lambda r: str(r["key"]))
+        ]
+        parts.append(
+            "### Faithful explanations\n\nFor sampled test users, the top-1 recommendation is explained; then the "
+            "top-1..k explaining history events are removed and the item's score drop is measured (DEL@k curve), "
+            "against removing as many random history events (mean of 3 draws).\n\n"
+            + table(
+                [
+                    "dataset",
+                    "model",
+                    "pairs",
+                    "share lowered (top-1)",
+                    "drop top-1",
+                    "drop random-1",
+                    "ratio",
+                    "DEL@1..k (top)",
+                    "DEL@1..k (random)",
+                    "reproduce",
+                ],
+                rows,
+            )
+        )
+    if "encode" in kinds:
+        rows = [
+            [r["params"]["dataset"], r["params"]["encoder"]]
+            + [
+                r["metrics"].get(k)
+                for k in (
+                    "items",
+                    "mean_chars",
+                    "load_seconds",
+                    "cold_items_per_s",
+                    "cached_items_per_s",
+                    "threads",
+                )
+            ]
+            + [r["machine"]["cpu"], cmd(r)]
+            for r in sorted(kinds["encode"], key=lambda r: str(r["key"]))
+        ]
+        parts.append(
+            "### Text encoding throughput\n\nEvery item text of the dataset, encoded with an empty cache, then "
+            "again from the cache.\n\n"
+            + table(
+                [
+                    "dataset",
+                    "encoder",
+                    "items",
+                    "mean chars",
+                    "load s",
+                    "items/s (cold)",
+                    "items/s (cached)",
+                    "threads",
+                    "CPU",
+                    "reproduce",
+                ],
+                rows,
+            )
+        )
+    return "\n\n".join(parts)
+
+
+def ann_tables(ann: list[Record]) -> str:
+    if not ann:
+        return ""
+    rows = []
+    for r in sorted(ann, key=lambda r: str(r["key"])):
+        p, m = r["params"], r["metrics"]
+        ex = m["exact"]
+        for s in m["sweep"]:
+            beam = f"efSearch {s['ef_search']}" if "ef_search" in s else f"nprobe {s['nprobe']}"
+            rows.append(
+                [
+                    f"{p['items']:,} x {p['dim']}",
+                    f"{p['kind']} M={p['m']}" if p["kind"] == "hnsw" else p["kind"],
+                    beam,
+                    s["recall@10"],
+                    f"{fmt(s['ms_1'])} ({fmt(ex['ms_1'])})",
+                    f"{fmt(s['speedup_1'])}x",
+                    f"{fmt(s['ms_256'])} ({fmt(ex['ms_256'])})",
+                    f"{fmt(s['speedup_256'])}x",
+                    m["build_s"],
+                    f"{r['machine']['cpu']}, {p['threads']} thread(s)",
+                    cmd(r),
+                ]
+            )
+    return (
+        "## Approximate retrieval (FAISS) vs exact search\n\n"
+        "`dynrec.models.retrieval.AnnIndex` over a synthetic catalogue (clustered Gaussian item vectors\n"
+        "and a per-item bias, seeded; queries drawn the same way), top-10 without exclusions. Exact =\n"
+        "torch matmul + stable top-k. Recall@10 against exact; latency = median wall time of one search\n"
+        "call (exact in brackets) for 1 query and for a batch of 256; build on `build_threads` threads.\n"
+        "A shared, loaded 2-core machine: absolute times are upper bounds, ratios are what to read.\n\n"
+        + table(
+            [
+                "catalogue",
+                "index",
+                "beam",
+                "recall@10",
+                "ms, 1 query (exact)",
+                "speed-up",
+                "ms, 256 queries (exact)",
+                "speed-up",
+                "build s",
+                "CPU",
+                "reproduce",
+            ],
+            rows,
+        )
+    )
+
+
+def quantize_tables(quant: list[Record]) -> str:
+    if not quant:
+        return ""
+    rows = []
+    for r in sorted(quant, key=lambda r: str(r["key"])):
+        p, m = r["params"], r["metrics"]
+        f32 = m["float32"]
+        for prec in ("int8", "bf16"):
+            if prec not in m:
+                continue
+            q = m[prec]
+            rows.append(
+                [
+                    p["dataset"],
+                    p["model"],
+                    ", ".join(f"{k}={v}" for k, v in sorted(p["overrides"].items())) or "defaults",
+                    prec,
+                    f"{fmt(q['score_s'])} / {fmt(f32['score_s'])}",
+                    f"{fmt(q['speedup'])}x",
+                    f"{fmt(q['NDCG@10'])} / {fmt(f32['NDCG@10'])}",
+                    f"{100 * q['ndcg_change']:+.2f}%",
+                    f"{r['machine']['cpu']}, {p['threads']} thread(s); bf16 units: {m['bf16_units']}",
+                    cmd(r),
+                ]
+            )
+    return (
+        "## Compressed CPU inference (int8 / bf16)\n\n"
+        "`dynrec.models.neural.quantize`: int8 = dynamic quantisation of the linear layers (the fused\n"
+        "qkv projection and the item tables stay float32); bf16 only on CPUs with bf16 units. Time =\n"
+        "median wall time of `model.score` over every test user; NDCG@10 = test, full ranking, seen\n"
+        "items excluded. Rows trained with `epochs=N` are short trainings made to measure the speed\n"
+        "ratio (their quality is not the model's); the quality change is read on fully trained rows.\n\n"
+        + table(
+            [
+                "dataset",
+                "model",
+                "training",
+                "precision",
+                "score s (float32)",
+                "speed-up",
+                "NDCG@10 (float32)",
+                "NDCG change",
+                "CPU",
+                "reproduce",
+            ],
+            rows,
+        )
+    )
+
 
 def render() -> str:
     quality, peers = load("quality"), load("peers")
@@ -534,6 +869,9 @@ def render() -> str:
         replay_table(load("replay")),
         latency_tables(load("latency")),
         serve_table(load("serve")),
+        text_tables(load("text")),
+        ann_tables(load("ann")),
+        quantize_tables(load("quantize")),
     ]
     return "\n\n".join(s.strip() for s in sections) + "\n"
 

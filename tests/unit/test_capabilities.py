@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from dynrec.models.capabilities import (
     Explainer,
     IncrementalState,
     ItemEmbeddings,
+    ItemText,
     PartialFit,
     StateBatch,
     StateLayout,
@@ -185,22 +187,23 @@ def test_a_model_without_capabilities_recomputes_and_refits(toy_registered: None
 
 # ---- every registered model ---------------------------------------------------------------------
 
-EXPECTED = {
+EXPECTED: dict[str, set[type]] = {
     # model -> capabilities it must implement (a regression guard for the online layer's fast paths)
     "pop": {IncrementalState, PartialFit},
+    "content": {IncrementalState, ItemEmbeddings, Explainer, ItemText},
     "itemknn": {IncrementalState, PartialFit, Explainer},
     "userknn": {PartialFit},
-    "als": {IncrementalState, PartialFit, ItemEmbeddings},
+    "als": {IncrementalState, PartialFit, ItemEmbeddings, Explainer},
     "ease": {IncrementalState, Explainer},
-    "gru4rec": {IncrementalState, PartialFit, ItemEmbeddings},
-    "sasrec": {IncrementalState, PartialFit, ItemEmbeddings},
-    "bert4rec": {PartialFit, ItemEmbeddings},
-    "caser": {PartialFit, ItemEmbeddings},
-    "mlp": {PartialFit, ItemEmbeddings},
-    "bpr": {PartialFit, ItemEmbeddings},
-    "mf": {PartialFit, ItemEmbeddings},
-    "svd": {ItemEmbeddings},
-    "nmf": {ItemEmbeddings},
+    "gru4rec": {IncrementalState, PartialFit, ItemEmbeddings, Explainer},
+    "sasrec": {IncrementalState, PartialFit, ItemEmbeddings, Explainer, ItemText},
+    "bert4rec": {PartialFit, ItemEmbeddings, Explainer},
+    "caser": {PartialFit, ItemEmbeddings, Explainer},
+    "mlp": {PartialFit, ItemEmbeddings, Explainer},
+    "bpr": {PartialFit, ItemEmbeddings, Explainer},
+    "mf": {PartialFit, ItemEmbeddings, Explainer},
+    "svd": {ItemEmbeddings, Explainer},
+    "nmf": {ItemEmbeddings, Explainer},
 }
 
 
@@ -219,11 +222,22 @@ def test_broken_registry_entry_is_an_error(monkeypatch: pytest.MonkeyPatch) -> N
         registry.get_model_class("broken")
 
 
-@pytest.mark.parametrize("name", ["itemknn", "ease"])
+@pytest.mark.parametrize("name", ["itemknn", "ease", "als", "svd", "content"])
 def test_explanations_of_additive_models_sum_to_the_score(name: str) -> None:
     data = clustered_data(n_users=20, n_items=16, n_groups=2, per_user=6, seed=2)
-    cfg = {"recency_half_life": 3.0} if name == "itemknn" else {}
-    model = registry.create_model(name, config=cfg).fit(data, options=RunOptions(num_threads=1))
+    configs: dict[str, dict[str, Any]] = {
+        "itemknn": {"recency_half_life": 3.0},
+        "als": {"embedding_dim": 4, "epochs": 3},
+        "svd": {"embedding_dim": 4, "item_exponent": 0.5},
+        "content": {"half_life": 2.0},
+    }
+    cfg = configs.get(name, {})
+    model = registry.create_model(name, config=cfg)
+    if isinstance(model, ItemText):  # content reads a text table; a deterministic random one here
+        table = torch.randn(data.n_items, 6, generator=torch.Generator().manual_seed(0))
+        table[0] = 0.0
+        model.set_item_text(table, "test")
+    model.fit(data, options=RunOptions(num_threads=1))
     assert isinstance(model, Explainer)
     q = QueryBatch.from_histories([[1, 2, 3, 2], [5], []])
     top, _ = model.recommend(q, k=4)

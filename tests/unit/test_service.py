@@ -521,3 +521,67 @@ def test_metrics_per_route_template(client: TestClient, trained: dict[str, Path]
         scrape = other.get("/metrics").text
     assert _sample(scrape, "dynrec_events_ingested_total") == 0
     assert _sample(scrape, "dynrec_state_cache_misses_total") == 1  # built from the stored history
+
+
+# ---- interest profiles and items added from text ------------------------------------------------------
+
+
+def test_profile_route_gives_exact_tag_shares(trained: dict[str, Path], tmp_path: Path) -> None:
+    with TestClient(create_app(_settings(trained, tmp_path, items_file=str(trained["items"])))) as c:
+        assert c.get("/v1/users/pat/profile").status_code == 404
+        # genres: i1 g1, i2 g2, i3 g0, i4 g1
+        _post(c, [{"user_id": "pat", "item_id": f"i{j}", "timestamp": j} for j in range(1, 5)])
+        p = c.get("/v1/users/pat/profile?short_window=2").json()
+        assert p["long_term"]["n_events"] == 4 and p["short_term"]["n_events"] == 2
+        assert p["long_term"]["tags"] == [["g1", 0.5], ["g0", 0.25], ["g2", 0.25]]
+        assert p["short_term"]["tags"] == [["g0", 0.5], ["g1", 0.5]]
+        assert p["shift"] == [["g0", 0.25]]
+        assert set(p["short_term"]["item_ids"]) == {"i3", "i4"}
+        assert set(p["short_term"]["items"]) == {"Title 3", "Title 4"}
+        assert c.get("/v1/users/pat/profile?short_window=0").status_code == 422
+
+
+def test_post_items_adds_to_the_live_model(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dynrec.models import registry
+    from tests.unit.test_items_jobs import ToyEncoder, write_events, write_items
+
+    monkeypatch.setitem(registry.MODELS, "toytext", "tests.unit.test_items_jobs:ToyText")
+    prepared = jobs.prepare(str(write_events(tmp_path)))
+    jobs.train("toytext", prepared, out=tmp_path / "toy", items=write_items(tmp_path), encoder=ToyEncoder())
+    body = {"items": [{"item_id": "x1", "text": "space space space", "title": "Rocket", "tags": ["scifi"]}]}
+    with TestClient(create_app(_settings(trained, tmp_path, model_dir=str(tmp_path / "toy")))) as c:
+        _runtime(c).text_encoder = ToyEncoder()
+        v0 = c.get("/healthz").json()["model_version"]
+        assert c.post("/v1/items", json=body).status_code == 401
+        r = c.post("/v1/items", json=body, headers=AUTH)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["added"] == ["x1"] and got["skipped"] == [] and got["n_items"] == 13
+        assert (
+            got["model_version"] != v0 and got["model_version"] == c.get("/healthz").json()["model_version"]
+        )
+        _post(c, [{"user_id": "sam", "item_id": "i1"}, {"user_id": "sam", "item_id": "i2"}])
+        rec = c.get("/v1/users/sam/recommendations?k=5").json()["items"]
+        assert [x["item_id"] for x in rec][4] == "x1" and rec[4]["title"] == "Rocket"
+        # the same id again: refused, or skipped on request
+        assert c.post("/v1/items", json=body, headers=AUTH).status_code == 400
+        again = c.post("/v1/items", json={**body, "skip_existing": True}, headers=AUTH).json()
+        assert again["added"] == [] and again["skipped"] == ["x1"]
+        dup = {"items": [body["items"][0], body["items"][0]]}
+        assert c.post("/v1/items", json=dup, headers=AUTH).status_code == 422
+        assert (
+            c.post("/v1/items", json={"items": [{"item_id": "y", "text": " "}]}, headers=AUTH).status_code
+            == 422
+        )
+    # saved: a fresh load of the directory has the item, its title and tag
+    saved = Recommender.load(tmp_path / "toy")
+    assert saved.item_vocab is not None and "x1" in saved.item_vocab
+    assert jobs.read_item_info(tmp_path / "toy")["x1"] == {"title": "Rocket", "tags": ["scifi"]}
+
+
+def test_post_items_refused_for_models_without_item_text(client: TestClient) -> None:
+    body = {"items": [{"item_id": "x1", "text": "space"}]}
+    r = client.post("/v1/items", json=body, headers=AUTH)
+    assert r.status_code == 400 and "reads no item text" in r.json()["detail"]

@@ -16,6 +16,7 @@ import torch
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.models.base import Recommender
+from dynrec.models.capabilities import ItemText
 from dynrec.models.registry import create_model, get_model_class
 from dynrec.online.adapters import RecomputeAdapter, adapter_for
 from dynrec.online.session import OnlineRecommender
@@ -41,7 +42,7 @@ TINY: dict[str, Any] = {
     "k": 20,
     "num_threads": 1,  # tiny models: one thread is fastest (and kind to a shared machine)
 }
-MODELS = ["pop", "itemknn", "userknn", "als", "ease", "gru4rec", "sasrec"]
+MODELS = ["pop", "itemknn", "userknn", "als", "ease", "gru4rec", "sasrec", "content"]
 
 
 def _available(name: str) -> bool:
@@ -56,7 +57,12 @@ def tiny_model(name: str, data: InteractionData, **extra: Any) -> Recommender:
     cls = get_model_class(name)
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     cfg = {k: v for k, v in {**TINY, **extra}.items() if k in fields}
-    return create_model(name, config=cfg).fit(data, None)
+    model = create_model(name, config=cfg)
+    if isinstance(model, ItemText) and model.wants_item_text():  # a deterministic random text table
+        table = torch.randn(data.n_items, 8, generator=torch.Generator().manual_seed(0))
+        table[0] = 0.0
+        model.set_item_text(table, "test")
+    return model.fit(data, None)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +153,7 @@ def _split_histories(data: InteractionData, n_pre: int) -> tuple[QueryBatch, Que
 def test_incremental_state_equals_recomputation(name: str, data: InteractionData) -> None:
     model = fitted(name, data)
     adapter = adapter_for(model)
-    if name in ("gru4rec", "sasrec", "itemknn", "als", "ease"):
+    if name in ("gru4rec", "sasrec", "itemknn", "als", "ease", "content"):
         assert not isinstance(adapter, RecomputeAdapter)  # a real O(1)-per-event state
     pre, whole, full = _split_histories(data, 2)
     state = adapter.init(pre)

@@ -22,6 +22,10 @@ store_app = typer.Typer(
     no_args_is_help=True, help="Online state stores: seed with training histories, export the event log."
 )
 app.add_typer(store_app, name="store")
+items_app = typer.Typer(
+    no_args_is_help=True, help="Item catalogue: add items to a saved model from their text."
+)
+app.add_typer(items_app, name="items")
 
 SplitOpt = Annotated[str, typer.Option("--split", help="loo (temporal leave-one-out) or time (global cut)")]
 DataDirOpt = Annotated[
@@ -177,6 +181,23 @@ def train(
     replay_ratio: Annotated[
         float, typer.Option("--replay-ratio", help="old users replayed per user with new events")
     ] = 1.0,
+    items: Annotated[
+        Path | None,
+        typer.Option(
+            "--items",
+            help="item text file (CSV/TSV/JSONL: item_id + text columns) for models that read item text "
+            "(default: the dataset's own item text); titles/tags also feed explanations",
+        ),
+    ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="train a neural model data-parallel in N processes on this machine (torchrun; gloo on "
+            "CPU, NCCL with one GPU each on CUDA); several machines: run torchrun yourself (see below)",
+        ),
+    ] = 1,
 ) -> None:
     """Train MODEL on the training part of DATASET's split (validation used for model selection).
 
@@ -184,9 +205,18 @@ def train(
     on the new events mixed with a replay sample of older ones (new users/items are added); saved to
     --out (default: DIR, in place). The replayed history is the training part of the model's
     recorded split plus earlier resumes, never its validation/test targets. --strict and --columns
-    apply to the --events file. Nothing is saved when the data has no valid event."""
-    from dynrec import jobs as pipeline
+    apply to the --events file. Nothing is saved when the data has no valid event.
 
+    --nproc N re-runs this command under ``torchrun --standalone --nproc_per_node N``: every batch
+    is split across the processes (same effective batch), rank 0 validates, checkpoints and saves.
+    Across machines start ``torchrun --nnodes M --node_rank R --nproc_per_node N --master_addr HOST
+    --master_port PORT -m dynrec.cli.main train ...`` on each (without --nproc; checkpoint_dir on a
+    shared file system)."""
+    from dynrec import jobs as pipeline
+    from dynrec.jobs import distributed as ddp
+
+    if nproc > 1 and (resume is not None or events is not None):
+        _fail("--nproc trains from --dataset; --resume runs in one process")
     if resume is not None or events is not None:
         _train_resume(resume, events, out, data_dir, update_epochs, replay_ratio, as_json, strict, columns)
         return
@@ -198,11 +228,26 @@ def train(
         file_model, cfg = pipeline.load_config_file(config)
         if file_model and file_model != model:
             _fail(f"{config} is a config for {file_model!r}, not {model!r}")
+    if nproc > 1:
+        ddp.check_distributable(model)
+        raise typer.Exit(ddp.launch(nproc, ddp.strip_option(sys.argv[1:], "--nproc")))
     prepared = pipeline.prepare(
         dataset, split=_split(split), data_dir=data_dir, strict=strict, columns=columns
     )
     overrides, options = _run_options(_parse_sets(sets), progress=not as_json)
-    m = pipeline.train(model, prepared, overrides=overrides, config=cfg, options=options, out=out)
+    main_rank = ddp.is_main_process()  # under torchrun only rank 0 saves and reports
+    m = pipeline.train(
+        model,
+        prepared,
+        overrides=overrides,
+        config=cfg,
+        options=options,
+        out=out if main_rank else None,
+        items=items,
+    )
+    ddp.finish()
+    if not main_rank:
+        return
     res = pipeline.evaluate_model(m, prepared, on="valid")
     rep = prepared.report
     summary = {
@@ -289,6 +334,10 @@ def recommend(
     ] = None,
     k: Annotated[int, typer.Option("--k", help=">= 1; above the catalogue size: every item")] = 10,
     data_dir: DataDirOpt = None,
+    explain: Annotated[
+        bool,
+        typer.Option("--explain", help="per item, the history items that drove it (models that explain)"),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Top-k items for a user or for an explicit history (seen items excluded).
@@ -302,12 +351,94 @@ def recommend(
     if (user is None) == (history is None):
         _fail("give exactly one of --user or --history")
     items = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
-    recs = recommend_for(model_dir, user=user, history=items, k=k, data_dir=data_dir)
+    recs = recommend_for(model_dir, user=user, history=items, k=k, data_dir=data_dir, explain=explain)
     if as_json:
         typer.echo(json.dumps(recs))
-    else:
-        for rank, (item, score) in enumerate(zip(recs["items"], recs["scores"], strict=True), 1):
-            typer.echo(f"{rank:>3}  {item:<12} {score:.4f}")
+        return
+    if explain and recs["because"] is None:
+        typer.echo(f"(no explanations: {recs['explanation_unavailable']})")
+    for rank, (item, score) in enumerate(zip(recs["items"], recs["scores"], strict=True), 1):
+        title = recs["titles"][rank - 1] if explain else None
+        typer.echo(f"{rank:>3}  {item:<12} {score:.4f}" + (f"  {title}" if title else ""))
+        if explain and recs["because"] is not None:
+            why = ", ".join(
+                f"{b['title'] or b['item']} ({b['weight']:.3g})" for b in recs["because"][rank - 1]
+            )
+            typer.echo(f"       because: {why or '-'}")
+
+
+@app.command()
+@handled
+def profile(
+    model_dir: Annotated[Path, typer.Argument(help="saved model directory")],
+    user: Annotated[
+        str | None, typer.Option("--user", help="user id: their training history as the model records it")
+    ] = None,
+    history: Annotated[
+        str | None, typer.Option("--history", help="comma-separated item ids, oldest first")
+    ] = None,
+    short_window: Annotated[
+        int, typer.Option("--short-window", help="events of the short-term window (the most recent)")
+    ] = 10,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Long- vs short-term interests of a user or a history: tag (genre/category) shares,
+    representative titles, and the tags rising in the short term. Tags and titles come from the
+    model directory's item_info.json (written at training for datasets with item metadata)."""
+    from dynrec.jobs.recommend import profile_for
+
+    if (user is None) == (history is None):
+        _fail("give exactly one of --user or --history")
+    items = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
+    prof = profile_for(model_dir, user=user, history=items, short_window=short_window, data_dir=data_dir)
+    if as_json:
+        typer.echo(json.dumps(prof))
+        return
+    if not prof["has_item_info"]:
+        typer.echo("(the model directory has no item_info.json: no tags or titles)")
+    for key, label in (("long_term", "long term"), ("short_term", "short term")):
+        w = prof[key]
+        tags = ", ".join(f"{t} {s:.0%}" for t, s in w["tags"]) or "-"
+        typer.echo(f"{label} ({w['n_events']} events): {tags}")
+        typer.echo(f"  e.g. {'; '.join(w['items']) or '-'}")
+    shift = ", ".join(f"{t} +{r:.0%}" for t, r in prof["shift"]) or "-"
+    typer.echo(f"rising: {shift}")
+
+
+@items_app.command("add")
+@handled
+def items_add(
+    model_dir: Annotated[Path, typer.Argument(help="saved model directory (a model that reads item text)")],
+    items: Annotated[
+        Path, typer.Option("--items", help="new items: CSV/TSV/JSONL with item_id and text columns")
+    ],
+    skip_existing: Annotated[
+        bool,
+        typer.Option("--skip-existing", help="skip ids already in the catalogue (default: refuse the file)"),
+    ] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="fail on the first invalid row")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Add items without events to a saved model from their text alone (encoded with the encoder
+    the model recorded); they are recommendable at once. Ids already in the catalogue refuse the
+    whole file unless --skip-existing. The model directory is rewritten only when all is done."""
+    from dynrec.jobs.items import add_items
+
+    report = add_items(model_dir, items, strict=strict, skip_existing=skip_existing, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    for line in report["invalid"]:
+        typer.echo(f"skipped invalid row: {line}")
+    if report["invalid_rows"] > len(report["invalid"]):
+        typer.echo(f"... {report['invalid_rows'] - len(report['invalid'])} more invalid rows")
+    if report["skipped"]:
+        typer.echo(f"skipped {len(report['skipped'])} ids already in the catalogue")
+    typer.echo(
+        f"added {len(report['added'])} items to {model_dir} ({report['n_items']} items now, "
+        f"encoder {report['encoder']})"
+    )
 
 
 @store_app.command("seed")

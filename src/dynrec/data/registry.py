@@ -84,6 +84,9 @@ class DatasetSpec:
     description: str
     item_files: tuple[str, ...] = ()  # item metadata candidates (titles, genres)
     item_id_map: str | None = None  # "<dataset item id> <metadata item id>" lines, if ids differ
+    item_abstracts: str | None = None  # JSON {metadata item id: abstract} (item text)
+    item_attributes: str | None = None  # JSON {dataset item id: [attribute id, ...]} (S3-Rec)
+    attribute_names: str | None = None  # JSON with "id2attribute" / "attributeid2num" (P5 datamaps)
     download: Download | None = None
     howto: str = ""  # how to obtain the data when there is no download
 
@@ -110,6 +113,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "MovieLens 1M, SASRec version (6,040 users, 3,416 items, order only)",
             item_files=("movies.dat",),
             item_id_map="sas_to_original_items.txt",
+            item_abstracts="dbpedia_abstracts.json",
             howto=(
                 "ml-1m is the SASRec-preprocessed MovieLens-1M, which GroupLens does not publish, so it "
                 "cannot be downloaded: get data/ml-1m.txt from github.com/kang205/SASRec and save it as "
@@ -124,6 +128,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "ml-dat",
             "MovieLens 1M, all ratings (6,040 users, 3,706 items)",
             item_files=("movies.dat",),
+            item_abstracts="dbpedia_abstracts.json",
             download=Download(GROUPLENS + "ml-1m.zip", "ml-1m", md5=ML_1M_MD5),
         ),
         DatasetSpec(
@@ -132,6 +137,8 @@ DATASETS: dict[str, DatasetSpec] = {
             ("Beauty.txt",),
             "user-lines",
             "Amazon Beauty 2014 5-core (S3-Rec), order only",
+            item_attributes="Beauty_item2attributes.json",
+            attribute_names="datamaps.json",
             howto=_S3REC.format(file="Beauty.txt", folder="amazon-beauty"),
         ),
         DatasetSpec(
@@ -140,6 +147,8 @@ DATASETS: dict[str, DatasetSpec] = {
             ("Sports_and_Outdoors.txt",),
             "user-lines",
             "Amazon Sports and Outdoors 2014 5-core (S3-Rec), order only",
+            item_attributes="Sports_and_Outdoors_item2attributes.json",
+            attribute_names="datamaps.json",
             howto=_S3REC.format(file="Sports_and_Outdoors.txt", folder="amazon-sports"),
         ),
         DatasetSpec(
@@ -148,6 +157,8 @@ DATASETS: dict[str, DatasetSpec] = {
             ("Toys_and_Games.txt",),
             "user-lines",
             "Amazon Toys and Games 2014 5-core (S3-Rec), order only",
+            item_attributes="Toys_and_Games_item2attributes.json",
+            attribute_names="datamaps.json",
             howto=_S3REC.format(file="Toys_and_Games.txt", folder="amazon-toys"),
         ),
         DatasetSpec(
@@ -156,6 +167,8 @@ DATASETS: dict[str, DatasetSpec] = {
             ("Yelp.txt",),
             "user-lines",
             "Yelp 2019 5-core (S3-Rec), order only",
+            item_attributes="Yelp_item2attributes.json",
+            attribute_names="datamaps.json",
             howto=_S3REC.format(file="Yelp.txt", folder="yelp"),
         ),
         DatasetSpec(
@@ -164,6 +177,8 @@ DATASETS: dict[str, DatasetSpec] = {
             ("LastFM.txt",),
             "user-lines",
             "LastFM (S3-Rec), order only",
+            item_attributes="LastFM_item2attributes.json",
+            attribute_names="datamaps.json",
             howto=_S3REC.format(file="LastFM.txt", folder="lastfm"),
         ),
     )
@@ -297,15 +312,30 @@ def load_items(
             f"{', '.join(str(d / s.folder) for d in search_dirs(data_dir))})."
         )
     items = read_items(path, strict=strict)
+    mapping = item_id_map(s.name, data_dir)
+    return items if mapping is None else items.rekey(mapping)
+
+
+def find_file(name: str, filename: str, data_dir: str | Path | None = None) -> Path | None:
+    """Path of a side file (item metadata, id map, item text) of dataset `name`, looked for like
+    its event file (`search_dirs`, ``<dir>/<folder>/`` then ``<dir>/``); None when absent."""
+    return _find(spec(name), (filename,), data_dir)
+
+
+def item_id_map(name: str, data_dir: str | Path | None = None) -> dict[str, str] | None:
+    """*dataset item id -> metadata item id* for datasets whose item ids differ from their metadata
+    files' (``ml-1m``: SASRec ids -> MovieLens ids); None when the ids are the same."""
+    s = spec(name)
     if s.item_id_map is None:
-        return items
+        return None
     map_path = _find(s, (s.item_id_map,), data_dir)
     if map_path is None:
         raise DatasetNotFoundError(
-            f"{s.name!r} item ids differ from {path.name}'s; the map {s.item_id_map} was not found next to it"
+            f"{s.name!r} item ids differ from its metadata files'; the map {s.item_id_map} was not "
+            f"found in {', '.join(str(d / s.folder) for d in search_dirs(data_dir))}"
         )
     pairs = read_events(map_path, format="pair-lines", strict=True).frame
-    return items.rekey(dict(zip(pairs["user_id"].to_list(), pairs["item_id"].to_list(), strict=True)))
+    return dict(zip(pairs["user_id"].to_list(), pairs["item_id"].to_list(), strict=True))
 
 
 # --------------------------------------------------------------------------------------------

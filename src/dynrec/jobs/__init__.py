@@ -1,9 +1,11 @@
 """Jobs: what the CLI, the demo, the service and the benchmarks call. The only layer that touches
 the model registry and the file system (datasets, saved models, event files)."""
 
+from dynrec.jobs.explain import explain_items, interest_profile
 from dynrec.jobs.export import export_events
+from dynrec.jobs.items import add_items, read_item_info
 from dynrec.jobs.provenance import Provenance
-from dynrec.jobs.recommend import history_batch, recommend_for, seed_store
+from dynrec.jobs.recommend import history_batch, profile_for, recommend_for, seed_store
 from dynrec.jobs.replay import check_replay_model, fit_for_replay, load_replay_data, run_replay
 from dynrec.jobs.resume import resume_training
 from dynrec.jobs.train import (
@@ -19,15 +21,20 @@ from dynrec.jobs.train import (
 __all__ = [
     "Prepared",
     "Provenance",
+    "add_items",
     "check_replay_model",
     "evaluate_model",
     "evaluate_saved",
+    "explain_items",
     "export_events",
     "fit_for_replay",
     "history_batch",
+    "interest_profile",
     "load_config_file",
     "load_replay_data",
     "prepare",
+    "profile_for",
+    "read_item_info",
     "recommend_for",
     "resume_training",
     "run_replay",

@@ -17,11 +17,13 @@ import numpy as np
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError, UnknownIdError
+from dynrec.jobs.explain import because, explain_items, explanation_unavailable, interest_profile
+from dynrec.jobs.items import ItemInfo, read_item_info
 from dynrec.jobs.train import training_history
 from dynrec.models.base import Recommender
 from dynrec.online.state import Event, StateStore
 
-__all__ = ["history_batch", "recommend_for", "seed_store", "user_history_batch"]
+__all__ = ["history_batch", "profile_for", "recommend_for", "seed_store", "user_history_batch"]
 
 
 def history_batch(model: Recommender, items: list[str], user: str | None = None) -> QueryBatch:
@@ -57,31 +59,76 @@ def recommend_for(
     history: list[str] | None = None,
     k: int = 10,
     data_dir: str | Path | None = None,
+    explain: bool = False,
 ) -> dict[str, Any]:
     """Top-k items for `user` (their training history, see the module docstring) or for an
     explicit `history` of item ids (oldest first). `k` must be >= 1; a `k` above the catalogue
-    size returns every item that can be recommended."""
+    size returns every item that can be recommended.
+
+    With `explain`: ``"because"`` holds, per recommended item, the history items that drove it
+    (`dynrec.jobs.explain.because`: ``[{"item", "title", "weight"}, ...]``, titles from the model
+    directory's ``item_info.json``), or is None with ``"explanation_unavailable"`` saying why
+    (a model that is no `Explainer`)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise DynrecError(f"--k must be an integer >= 1, got {k!r}")
     model = Recommender.load(model_dir)
     assert model.item_vocab is not None
-    if history is None:
-        if user is None:
-            raise DynrecError("give a user or a history")
-        q = user_history_batch(model, training_history(model, data_dir).data, user)
-    else:
-        try:
-            q = history_batch(model, history, user)
-        except UnknownIdError as exc:
-            raise DynrecError(f"history item not in the model's catalogue: {exc}") from exc
+    q = _query(model, user, history, data_dir)
     idx, scores = model.recommend(q, k=k)
     keep = np.isfinite(scores[0].numpy())
-    return {
+    items = model.item_vocab.to_ids(idx[0].numpy()[keep])
+    out: dict[str, Any] = {
         "user": user,
-        "items": model.item_vocab.to_ids(idx[0].numpy()[keep]),
+        "items": items,
         "scores": [float(s) for s in scores[0].numpy()[keep]],
         "model": model.name,
     }
+    if explain:
+        info = read_item_info(model_dir)
+        expl = explain_items(model, q, items)
+        out["titles"] = [_title(info, i) for i in items]
+        out["because"] = because(expl, info) if expl is not None else None
+        out["explanation_unavailable"] = explanation_unavailable(model)
+    return out
+
+
+def _title(info: ItemInfo, item: str) -> str | None:
+    t = info.get(item, {}).get("title")
+    return t if isinstance(t, str) else None
+
+
+def _query(
+    model: Recommender, user: str | None, history: list[str] | None, data_dir: str | Path | None
+) -> QueryBatch:
+    """The one-query batch of `user`'s training history, or of the explicit `history`."""
+    if history is None:
+        if user is None:
+            raise DynrecError("give a user or a history")
+        return user_history_batch(model, training_history(model, data_dir).data, user)
+    try:
+        return history_batch(model, history, user)
+    except UnknownIdError as exc:
+        raise DynrecError(f"history item not in the model's catalogue: {exc}") from exc
+
+
+def profile_for(
+    model_dir: str | Path,
+    *,
+    user: str | None = None,
+    history: list[str] | None = None,
+    short_window: int = 10,
+    data_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The interest profile (`dynrec.jobs.explain.interest_profile`) of `user` (their training
+    history, as `recommend_for` reads it) or of an explicit `history`, with the tags and titles of
+    the model directory's ``item_info.json``."""
+    if isinstance(short_window, bool) or not isinstance(short_window, int) or short_window < 1:
+        raise DynrecError(f"--short-window must be an integer >= 1, got {short_window!r}")
+    model = Recommender.load(model_dir)
+    q = _query(model, user, history, data_dir)
+    info = read_item_info(model_dir)
+    prof = interest_profile(model, q, info, short_window=short_window)
+    return {"user": user, "model": model.name, "has_item_info": bool(info), **prof}
 
 
 def seed_store(

@@ -27,11 +27,13 @@ from dynrec.data.io import ColumnMap, parse_columns, read_events
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DatasetNotFoundError, DynrecError
 from dynrec.evaluation.offline import EvalResult, evaluate, user_popularity
+from dynrec.jobs import items as items_
 from dynrec.jobs import provenance as prov_
 from dynrec.jobs.provenance import Provenance
 from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.registry import create_model
 from dynrec.preprocessing.split import Split, SplitKind, make_split
+from dynrec.text import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +184,24 @@ def train(
     config: dict[str, Any] | None = None,
     options: RunOptions | None = None,
     out: str | Path | None = None,
+    items: str | Path | None = None,
+    encoder: Encoder | None = None,
 ) -> Recommender:
     """Fit `model_name` on the split's training part (validation for model selection only), record
     where it came from (``meta``: dataset, split, provenance) and save it to `out`. Run-option keys
-    in `config`/`overrides` (e.g. ``device``) apply over `options` and are never saved."""
+    in `config`/`overrides` (e.g. ``device``) apply over `options` and are never saved.
+
+    A model that reads item text gets its table before `fit` (`dynrec.jobs.items.attach_item_text`:
+    from the item file `items` when given, else the dataset's own item text; encoded with `encoder`
+    when given, else the model's configured text encoder), recorded in ``meta["item_text"]``. With
+    `out`, the titles and tags of the model's items (the dataset's metadata and `items`) are saved
+    as ``item_info.json`` when there are any."""
     model = create_model(model_name, overrides, config, options)
+    # the dataset's own text feeds the model's table and item_info.json: read it only for those
+    with_dataset = out is not None or items_.reads_item_text(model)
+    texts = items_.training_texts(prepared.name, prepared.location, items, with_dataset=with_dataset)
+    vocab = prepared.split.train.item_vocab
+    text_meta = items_.attach_item_text(model, vocab, texts, encoder=encoder, progress=model.options.progress)
     t0 = time.perf_counter()
     model.fit(prepared.split.train, prepared.split.valid)
     model.meta.update(
@@ -198,8 +213,13 @@ def train(
             prov_.PROVENANCE_KEY: prepared.provenance().to_dict(),
         }
     )
+    if text_meta is not None:
+        model.meta["item_text"] = text_meta
     if out is not None:
         model.save(out)
+        info = texts.info(vocab)
+        if info:
+            items_.write_item_info(out, info)
     return model
 
 

@@ -252,6 +252,10 @@ class RunOptions:
     """Show progress bars for training."""
     checkpoint_dir: str = ""
     """If set, the Trainer saves a resumable checkpoint there after every epoch and resumes from it."""
+    precision: Literal["float32", "int8", "bf16"] = "float32"
+    """CPU scoring precision of a loaded neural model: int8 (dynamic quantisation of its linear
+    layers) or bf16 (CPUs with bf16 units only), applied by
+    `dynrec.models.neural.quantize.apply_precision`; training always runs in the config's precision."""
 
     def __post_init__(self) -> None:
         _validate_fields(self)

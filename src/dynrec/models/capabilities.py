@@ -10,6 +10,8 @@ private attribute — so a new model gains a behaviour by implementing it, with 
 * `PartialFit` — incremental training on new events with vocabulary growth (``partial_fit``).
 * `ItemEmbeddings` — one vector per item (similar items, clustering, ANN indexes, text fusion).
 * `Explainer` — per recommended item, how much each history event contributed to its score.
+* `ItemText` — a frozen language-model embedding per item (content model, text-aware sequence
+  models); new items join the catalogue from their text alone (`add_items`).
 
 A *state* is a dict of tensors holding a batch of users (`StateBatch`); `StateLayout` says along
 which dimension each tensor is batched, so generic code can select, stack and split rows.
@@ -17,7 +19,7 @@ which dimension each tensor is batched, so generic code can select, stack and sp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -31,7 +33,9 @@ __all__ = [
     "Explainer",
     "IncrementalState",
     "ItemEmbeddings",
+    "ItemText",
     "PartialFit",
+    "QueryEmbeddings",
     "StateBatch",
     "StateLayout",
     "UpdateBatch",
@@ -158,4 +162,57 @@ class Explainer(Protocol):
         score of each of its query's `items` ([B, k] item indices): for query b, rows
         ``indptr[b]:indptr[b+1]``. Models with additive scores return exact contributions (they
         sum to the item's score, up to a per-query constant); others an attribution."""
+        ...
+
+
+@runtime_checkable
+class ItemText(Protocol):
+    """A model that reads one frozen text embedding per item (from `dynrec.text`).
+
+    The jobs layer encodes the items' text and hands the table to the model before `fit`
+    (`set_item_text`); the table is saved with the model (safetensors), so a saved model scores
+    without the encoder. `add_items` appends items that had no events: they are scored from their
+    text alone, at once, without retraining."""
+
+    def wants_item_text(self) -> bool:
+        """Whether this configuration reads item text (then `set_item_text` must come before `fit`)."""
+        ...
+
+    def set_item_text(self, table: torch.Tensor, encoder: str) -> None:
+        """``table [n_items, d_text]`` float32, row i = item index i of the vocabulary the model
+        is fitted on (row 0 = padding and items without text: zeros); `encoder` names the text
+        model that made it (recorded, so `add_items` callers encode new items the same way)."""
+        ...
+
+    def item_text_encoder(self) -> str | None:
+        """The encoder recorded by `set_item_text` (None when the model reads no text)."""
+        ...
+
+    def add_items(self, ids: Sequence[str], table: torch.Tensor) -> None:
+        """Append items `ids` (external ids not yet in the item vocabulary) with their text
+        embeddings ``[len(ids), d_text]``: the vocabulary and every per-item tensor grow, and the
+        new items are recommendable at once (scored from their text alone)."""
+        ...
+
+
+@runtime_checkable
+class QueryEmbeddings(Protocol):
+    """A model whose score is a dot product: one vector per query against one vector (and an
+    optional bias) per item, so an approximate nearest-neighbour index can stand in for the full
+    catalogue scan (`dynrec.models.retrieval`).
+
+    Contract (tested for every implementer): for a query with a non-empty history and every item
+    ``i >= 1`` of the output table, ``score(batch)[b, i] = q[b] · vectors[i] + bias[i] + c[b]``
+    where ``c[b]`` is a per-query constant (it does not change the ranking). Queries with an empty
+    history may be scored otherwise by `score` (e.g. by popularity); retrieval scores them with
+    `score`. Items beyond the table's rows (added after fit) are not retrieved."""
+
+    def query_embeddings(self, batch: QueryBatch) -> torch.Tensor:
+        """[B, d] float32 CPU query vectors of the histories in `batch`."""
+        ...
+
+    def output_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(vectors [n, d] float32 CPU, bias [n] float32 CPU or None): the item side of the dot
+        product (row 0 = padding; n <= n_items). Not always `ItemEmbeddings.item_embeddings` (a
+        model with separate input and output item tables returns the output one here)."""
         ...

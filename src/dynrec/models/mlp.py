@@ -33,6 +33,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
 from dynrec.models.base import Fraction, PositiveFloat, PositiveInt, Range
+from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.neural.base import Optimizer
 from dynrec.models.seq._gru_data import biased_ce, first_event_lookup, padded_lookup, position_rows
@@ -258,6 +259,11 @@ class MLPRecommender(TorchRecommender):
             raise NotFittedError(f"{self.name} is not fitted")
         assert isinstance(self.net, MLPNet)
         return self.net
+
+    def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
+        """Leave-one-out attribution (the network is not additive over the events): each of the last
+        50 events contributes the score drop when it alone is removed from the history."""
+        return leave_one_out(self.score, batch, items)
 
     def score_net(self, batch: QueryBatch) -> torch.Tensor:
         net = self._mlp()

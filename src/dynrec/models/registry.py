@@ -15,6 +15,7 @@ from dynrec.models.base import Recommender, RunOptions, split_overrides
 
 MODELS: dict[str, str] = {
     "pop": "dynrec.models.popularity:MostPopular",
+    "content": "dynrec.models.content:ContentModel",
     "itemknn": "dynrec.models.knn:ItemKNN",
     "userknn": "dynrec.models.knn:UserKNN",
     "mf": "dynrec.models.mf.mf:MatrixFactorization",

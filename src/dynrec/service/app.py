@@ -10,6 +10,9 @@ Routes (JSON in and out; the page at ``/``, its files under ``/static``):
   concurrent requests); users without stored events get the popular fallback (``"fallback":
   "popular"``). ``POST /v1/recommendations`` — the same for an anonymous session's history.
 * ``GET /v1/users/{user_id}``, ``GET /v1/users``, ``GET /v1/items``, ``GET /v1/items/{id}/similar``.
+* ``GET /v1/users/{user_id}/profile`` — long- vs short-term interests (tags, representative titles).
+* ``POST /v1/items`` — items without events join the live model from their text (models that read
+  item text); saved to the model directory and swapped in like a reload.
 * ``DELETE /v1/users/{user_id}`` — removes everything held about the user (see `Runtime.delete_user`).
 * ``POST /v1/admin/update``, ``POST /v1/admin/reload`` — incremental training / model swap.
 * ``GET /healthz``, ``GET /metrics`` (Prometheus text).
@@ -29,7 +32,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -54,8 +57,12 @@ from dynrec.service.schemas import (
     InterestProfileOut,
     InterestsOut,
     ItemOut,
+    ItemsAddIn,
+    ItemsAddOut,
     ItemsOut,
     ModelVersionOut,
+    ProfileOut,
+    ProfileWindowOut,
     RecommendationsOut,
     RecommendedItemOut,
     ReloadIn,
@@ -67,6 +74,7 @@ from dynrec.service.schemas import (
     UsersOut,
 )
 from dynrec.service.settings import ServiceSettings
+from dynrec.text import ItemTexts
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +285,32 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         )
         return UserOut(user_id=user_id, n_events=n, history=history, interests=interests)
 
+    @app.get("/v1/users/{user_id}/profile", response_model=ProfileOut, tags=["users"])
+    def user_profile(
+        user_id: UserId, short_window: Annotated[int, Query(ge=1, le=10_000)] = 10
+    ) -> ProfileOut:
+        """Long- vs short-term interests of the user's stored history: tag (genre/category) shares,
+        representative titles, and the tags rising in the last `short_window` events."""
+        got = runtime.profile(user_id, short_window)
+        if got is None:
+            raise HTTPException(404, f"user {user_id!r} has no events")
+        prof, holder = got
+
+        def window(w: dict[str, Any]) -> ProfileWindowOut:
+            tags = [(str(t), float(v)) for t, v in w["tags"]]
+            return ProfileWindowOut(
+                n_events=w["n_events"], tags=tags, items=w["items"], item_ids=w["item_ids"]
+            )
+
+        return ProfileOut(
+            user_id=user_id,
+            long_term=window(prof["long_term"]),
+            short_term=window(prof["short_term"]),
+            shift=[(str(t), float(v)) for t, v in prof["shift"]],
+            short_window=short_window,
+            model_version=holder.version,
+        )
+
     @app.delete("/v1/users/{user_id}", response_model=DeleteOut, dependencies=write, tags=["users"])
     def delete_user(user_id: UserId) -> DeleteOut:
         """Remove the user's events, cached state and the updater's copy; list the saved model
@@ -296,6 +330,25 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     ) -> ItemsOut:
         """Catalogue items whose title or id contains `query` (case-insensitive)."""
         return ItemsOut(items=[ItemOut(item_id=i, title=t) for i, t in runtime.search_items(query, limit)])
+
+    @app.post("/v1/items", response_model=ItemsAddOut, dependencies=write, tags=["items"])
+    def add_items(body: ItemsAddIn) -> ItemsAddOut:
+        """Add items without events to the live model from their text (models that read item text):
+        encoded with the model's encoder, saved to the model directory and swapped in; they are
+        recommendable at once. Ids already in the catalogue: 400 unless `skip_existing`."""
+        ids = [it.item_id for it in body.items]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise HTTPException(422, f"item id {dup!r} appears more than once")
+        texts = ItemTexts(
+            texts={it.item_id: it.text for it in body.items},
+            titles={it.item_id: it.title for it in body.items if it.title is not None},
+            tags={it.item_id: list(it.tags) for it in body.items if it.tags},
+            source="POST /v1/items",
+        )
+        done, version = runtime.add_items(texts, skip_existing=body.skip_existing)
+        n_items = runtime.holder.model.n_items - 1
+        return ItemsAddOut(added=done.added, skipped=done.skipped, n_items=n_items, model_version=version)
 
     @app.get("/v1/items/{item_id}/similar", response_model=SimilarOut, tags=["items"])
     def similar_items(item_id: ItemId, k: K = 10) -> SimilarOut:

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,10 +47,20 @@ from dynrec.data.items import ItemMetadata
 from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError, UnknownIdError
+from dynrec.jobs.explain import EXPLAIN_TOP, explain_items, interest_profile
+from dynrec.jobs.items import (
+    AddedItems,
+    ItemInfo,
+    add_items_to_model,
+    encoder_for,
+    item_info_from_texts,
+    read_item_info,
+    save_model_dir,
+)
 from dynrec.jobs.provenance import from_meta
 from dynrec.jobs.train import training_history
 from dynrec.models.base import Recommender
-from dynrec.models.capabilities import Explainer, ItemEmbeddings, PartialFit
+from dynrec.models.capabilities import Explainer, ItemEmbeddings, ItemText, PartialFit
 from dynrec.online.session import Interests, OnlineRecommender
 from dynrec.online.state import Event, History, StateStore, validate_events
 from dynrec.online.stores import open_store, store_kind
@@ -57,11 +68,13 @@ from dynrec.online.updater import IncrementalUpdater, UpdateReport
 from dynrec.service.batching import MicroBatcher, Pending
 from dynrec.service.metrics import ServiceMetrics
 from dynrec.service.settings import ServiceSettings
+from dynrec.text import Encoder, ItemTexts
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DeleteResult",
+    "EXPLAIN_TOP",
     "ModelHolder",
     "Recommended",
     "Runtime",
@@ -69,9 +82,6 @@ __all__ = [
     "default_event",
     "serving_threads",
 ]
-
-EXPLAIN_TOP = 3
-"""History items shown per recommended item by ``explain=true``."""
 
 HTTP_EVENT_TYPE = "view"
 """Event type of an HTTP event that names none."""
@@ -105,6 +115,7 @@ class ModelHolder:
         cache_size: int,
         trained_memory: bool,
         persist_every: int = 1,
+        item_info: ItemInfo | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.trained_memory = trained_memory
@@ -121,7 +132,11 @@ class ModelHolder:
         self.version = self.online.version
         self.lock = threading.Lock()
         """Guards the session's hot per-user states (observe, recommend, interests, delete)."""
-        self.titles: dict[str, str] = _titles(metadata)
+        self.item_info: ItemInfo = {**(item_info or {}), **_metadata_info(metadata)}
+        """Titles and tags per item: the model directory's item_info.json, then the metadata."""
+        self.titles: dict[str, str] = {
+            i: r["title"] for i, r in self.item_info.items() if isinstance(r.get("title"), str)
+        }
         self._unit: torch.Tensor | None = None
         self._memory_counts: torch.Tensor | None = None
         self._counts_lock = threading.Lock()
@@ -156,14 +171,14 @@ class ModelHolder:
             self._memory_counts = None
 
 
-def _titles(metadata: ItemMetadata | None) -> dict[str, str]:
+def _metadata_info(metadata: ItemMetadata | None) -> ItemInfo:
+    """Titles and genres (as tags) of item metadata, in the form of ``item_info.json``."""
     if metadata is None:
         return {}
     f = metadata.frame
     return {
-        str(i): str(t)
-        for i, t in zip(f["item_id"].to_list(), f["title"].to_list(), strict=True)
-        if t is not None
+        str(i): {"title": None if t is None else str(t), "tags": [str(g) for g in (gs or [])]}
+        for i, t, gs in zip(f["item_id"].to_list(), f["title"].to_list(), f["genres"].to_list(), strict=True)
     }
 
 
@@ -225,6 +240,8 @@ class Runtime:
         self._pop_cache: tuple[tuple[int, int], torch.Tensor] | None = None
         self._recent: OrderedDict[str, None] = OrderedDict()  # users seen by this process, newest last
         self._retired = (0, 0)  # cache hits/misses of swapped-out sessions
+        self.text_encoder: Encoder | None = None
+        """The encoder `add_items` uses (loaded on first use; set it to inject another)."""
         self.metrics.set_model(self._holder.model.name, self._holder.version)
         self.metrics.watch_cache(self.cache_stats)
         self.batcher: MicroBatcher[_RecRequest, Recommended] = MicroBatcher(
@@ -269,6 +286,7 @@ class Runtime:
             cache_size=self.settings.cache_size,
             persist_every=self.settings.persist_every,
             trained_memory=memory is not None,
+            item_info=_read_info(path),
         )
 
     def _swap(self, new: ModelHolder) -> None:
@@ -411,40 +429,38 @@ class Runtime:
     ) -> list[list[tuple[str, float]]] | None:
         if not isinstance(holder.model, Explainer):
             return None
+        return self._explain(holder, self._stored_query(holder, user), items)
+
+    def _stored_query(self, holder: ModelHolder, user: str) -> QueryBatch:
+        """`user`'s stored history as a one-query batch (items the model does not know skipped)."""
         hist = self.store.history(user)
         idx = holder.item_vocab.lookup(hist.items, policy="skip")
         keep = idx > 0
         known = idx[keep].astype(np.int64)
         assert holder.model.user_vocab is not None
-        q = QueryBatch(
+        return QueryBatch(
             np.array([holder.model.user_vocab.index(user, policy="skip")], np.int64),
             np.array([0, known.size], np.int64),
             known,
             hist.timestamps[keep].astype(np.int64),
         )
-        return self._explain(holder, q, items)
+
+    def profile(self, user: str, short_window: int) -> tuple[dict[str, Any], ModelHolder] | None:
+        """`user`'s interest profile over their stored history (`dynrec.jobs.explain.interest_profile`,
+        tags and titles from the holder's item info); None when the store holds no event of them."""
+        if self.store.stamp(user).n_events == 0:
+            return None
+        holder = self.holder
+        q = self._stored_query(holder, user)
+        return interest_profile(holder.model, q, holder.item_info, short_window=short_window), holder
 
     def _explain(
         self, holder: ModelHolder, q: QueryBatch, items: list[str]
     ) -> list[list[tuple[str, float]]] | None:
         """Per recommended item, the `EXPLAIN_TOP` history items contributing most to its score
-        (repeated history items summed); None when the model is no `Explainer`."""
-        model = holder.model
-        if not isinstance(model, Explainer):
-            return None
-        if not items or q.items.size == 0:
-            return [[] for _ in items]
-        rec = torch.from_numpy(holder.item_vocab.lookup(items, policy="error").astype(np.int64))[None, :]
-        contrib = model.explain(q, rec).detach().float().cpu()  # [nnz, k]
-        uniq, inv = np.unique(q.items, return_inverse=True)
-        summed = torch.zeros(len(uniq), contrib.shape[1]).index_add_(0, torch.from_numpy(inv), contrib)
-        names = holder.item_vocab.to_ids(uniq)
-        out = []
-        for j in range(len(items)):
-            col = summed[:, j]
-            order = torch.argsort(col, descending=True, stable=True)[:EXPLAIN_TOP].tolist()
-            out.append([(names[i], float(col[i])) for i in order if torch.isfinite(col[i]) and col[i] != 0])
-        return out
+        (repeated history items summed; `dynrec.jobs.explain.explain_items`); None when the model
+        is no `Explainer`."""
+        return explain_items(holder.model, q, items, top=EXPLAIN_TOP)
 
     # -- items -------------------------------------------------------------------------------------
     def similar(self, item: str, k: int) -> tuple[list[str], list[float], ModelHolder]:
@@ -617,6 +633,7 @@ class Runtime:
                     cache_size=self.settings.cache_size,
                     persist_every=self.settings.persist_every,
                     trained_memory=old.trained_memory,
+                    item_info=old.item_info,
                 )
                 with self._memory_lock:
                     for user in self._forget_on_swap:
@@ -638,6 +655,53 @@ class Runtime:
             report["model_version"] = new.version
             report["pending_events"] = n_pending
             return report
+
+    def add_items(
+        self, texts: ItemTexts, *, skip_existing: bool = False, encoder: Encoder | None = None
+    ) -> tuple[AddedItems, str]:
+        """Add items without events to the live model from their text (`dynrec.jobs.items`): a copy
+        of the current model (its updater deep-copied, model included) gets the items while the
+        current one serves; the copy is saved over the model directory (each file replaced
+        atomically) and swapped in. One at a time with updates and reloads. `encoder` (default:
+        the one the model recorded) must be the model's. Returns (what was added, new version)."""
+        with self._admin_lock:
+            old = self.holder
+            cached = self.text_encoder
+            if encoder is None and cached is not None:
+                recorded = old.model.item_text_encoder() if isinstance(old.model, ItemText) else None
+                encoder = cached if cached.name == recorded else None
+            enc = encoder_for(old.model, encoder)
+            self.text_encoder = enc  # loading an encoder is slow: keep it for the next request
+            with self._memory_lock:
+                updater = copy.deepcopy(old.updater)  # the model comes along (the updater holds it)
+                self._forget_on_swap = set()
+            try:
+                model = updater.model
+                done = add_items_to_model(model, texts, enc, skip_existing=skip_existing)
+                if not done.added:
+                    return done, old.version
+                added_info = item_info_from_texts(texts, done.added)
+                save_model_dir(model, old.model_dir, {**_read_info(old.model_dir), **added_info})
+                new = ModelHolder(
+                    old.model_dir,
+                    model,
+                    self.store,
+                    updater=updater,
+                    metadata=old.metadata,
+                    saved=old.saved,
+                    cache_size=self.settings.cache_size,
+                    persist_every=self.settings.persist_every,
+                    trained_memory=old.trained_memory,
+                    item_info={**old.item_info, **added_info},
+                )
+                with self._memory_lock:
+                    for user in self._forget_on_swap:
+                        updater.forget_user(user)
+                    new.memory_changed()
+                    self._swap(new)
+            finally:
+                self._forget_on_swap = None
+            return done, new.version
 
     def reload(self, model_dir: str) -> str:
         """Swap in the saved model at `model_dir` (loaded completely first); its version."""
@@ -684,6 +748,15 @@ def _training_memory(model: Recommender) -> InteractionData | None:
             exc,
         )
         return None
+
+
+def _read_info(model_dir: str) -> ItemInfo:
+    """The model directory's item_info.json, best effort ({} when missing or damaged)."""
+    try:
+        return read_item_info(model_dir)
+    except (DynrecError, OSError) as exc:
+        log.warning("ignoring %s/item_info.json: %s", model_dir, exc)
+        return {}
 
 
 def _dataset_items(model: Recommender) -> ItemMetadata | None:

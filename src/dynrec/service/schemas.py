@@ -23,9 +23,14 @@ __all__ = [
     "HistoryEventOut",
     "InterestProfileOut",
     "InterestsOut",
+    "ItemTextIn",
+    "ItemsAddIn",
+    "ItemsAddOut",
     "ItemOut",
     "ItemsOut",
     "ModelVersionOut",
+    "ProfileOut",
+    "ProfileWindowOut",
     "RecommendationsOut",
     "RecommendedItemOut",
     "ReloadIn",
@@ -172,3 +177,46 @@ class HealthOut(BaseModel):
     model: str
     model_version: str
     store: str
+
+
+class ItemTextIn(_Strict):
+    item_id: Id
+    text: Annotated[StrictStr, Field(min_length=1, max_length=20_000, pattern=r"\S")] = Field(
+        description="the text the model's encoder embeds (title, description, categories, ...)"
+    )
+    title: Annotated[StrictStr, Field(max_length=2_000)] | None = None
+    tags: Annotated[
+        list[Annotated[StrictStr, Field(min_length=1, max_length=200)]], Field(max_length=100)
+    ] = Field(default_factory=list, description="genres / categories (for interest profiles)")
+
+
+class ItemsAddIn(_Strict):
+    items: Annotated[list[ItemTextIn], Field(min_length=1, max_length=10_000)]
+    skip_existing: StrictBool = Field(
+        default=False, description="skip ids already in the catalogue (default: refuse the request)"
+    )
+
+
+class ItemsAddOut(BaseModel):
+    added: list[str]
+    skipped: list[str]
+    n_items: int
+    model_version: str
+
+
+class ProfileWindowOut(BaseModel):
+    n_events: int
+    tags: list[tuple[str, float]] = Field(description="top tags with their share of the window")
+    items: list[str] = Field(description="titles (else ids) of the most representative history items")
+    item_ids: list[str]
+
+
+class ProfileOut(BaseModel):
+    user_id: str
+    long_term: ProfileWindowOut
+    short_term: ProfileWindowOut
+    shift: list[tuple[str, float]] = Field(
+        description="tags whose short-term share exceeds the long-term one"
+    )
+    short_window: int
+    model_version: str

@@ -28,8 +28,10 @@ from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import NotFittedError
 from dynrec.models.base import ModelConfig, NonNegFloat, PositiveInt, Recommender, expect, expect_only
 from dynrec.models.capabilities import StateBatch, StateLayout, UpdateBatch, UpdateOutcome
+from dynrec.models.explain import first_occurrence
 from dynrec.models.mf._common import (
     finish_scores,
+    gram_per_query,
     history_events,
     sum_duplicates,
     weighted_ridge_fold_in,
@@ -131,6 +133,13 @@ class ALS(Recommender):
     def item_embeddings(self) -> torch.Tensor:
         return self.item_vectors().detach().float().cpu()
 
+    # ---- QueryEmbeddings: scores are a dot product (for ANN retrieval) -----------------------
+    def query_embeddings(self, batch: QueryBatch) -> torch.Tensor:
+        return self.user_vectors(batch).float()
+
+    def output_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.item_embeddings(), None
+
     # ---- IncrementalState: the sufficient statistics of the user's normal equations ------------
     # u = A⁻¹ b with A = VᵀV + λI + Σ_i α w_i v_i v_iᵀ and b = Σ_i (1 + α w_i) v_i over the history's
     # items (w_i = events on item i). An event on item i adds α v_i v_iᵀ to A and α v_i to b (plus
@@ -183,6 +192,39 @@ class ALS(Recommender):
     def score_state(self, state: StateBatch) -> torch.Tensor:
         u = torch.linalg.solve(state["A"], state["b"]).to(torch.float32)
         return finish_scores(u @ self.item_vectors().T, self.n_items)
+
+    # ---- Explainer: the fold-in's right-hand side is a sum over the history ----------------------
+    def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
+        """Exact contributions (Hu, Koren & Volinsky 2008, section 5): with the user's
+        ``A = VᵀV + λI + Σ α w_j v_j v_jᵀ`` fixed, ``score_i = v_iᵀ A⁻¹ b`` and ``b = Σ_e c_e v_{j(e)}``
+        is a sum over the events, so event e contributes ``c_e · v_iᵀ A⁻¹ v_{j(e)}`` with
+        ``c_e = α w_e`` plus 1 at the first event on its item (the ``1 + α Σ w`` of the fold-in).
+        They sum to the score; events on items the model does not know contribute 0."""
+        v = self.item_vectors()
+        n, alpha = v.shape[0], float(self.config.alpha)
+        targets = items.detach().to("cpu", torch.int64)
+        out = torch.zeros(len(batch.items), targets.shape[1], dtype=torch.float32)
+        all_items = torch.from_numpy(np.asarray(batch.items, dtype=np.int64))
+        known = (all_items > 0) & (all_items < n)
+        w_all = (
+            np.ones(len(batch.items), dtype=np.float64)
+            if batch.weights is None
+            else np.asarray(batch.weights, dtype=np.float64)
+        )
+        c_all = torch.from_numpy(alpha * w_all + first_occurrence(batch))
+        rows = torch.from_numpy(batch.row_ids())[known]
+        cols, c = all_items[known], c_all[known]
+        if rows.numel() == 0 or targets.shape[1] == 0:
+            return out
+        v64 = v.to(torch.float64)
+        extra = torch.from_numpy(alpha * w_all)[known]
+        a = gram_per_query(rows, cols, extra, v, len(batch)).to(torch.float64) + self._gram_or_base()[None]
+        valid = (targets > 0) & (targets < n)
+        vt = v64[torch.where(valid, targets, 0)]  # [B, k, d]; padding row = zeros
+        z = torch.linalg.solve(a, vt.transpose(1, 2))  # [B, d, k] = A⁻¹ v_i
+        vals = torch.einsum("ed,edk->ek", v64[cols], z[rows]) * c[:, None]
+        out[known] = vals.to(torch.float32)
+        return out
 
     # ---- PartialFit: closed-form re-solve of the touched items --------------------------------
     def partial_fit(self, update: UpdateBatch) -> UpdateOutcome:

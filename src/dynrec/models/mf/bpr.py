@@ -28,6 +28,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
 from dynrec.models.base import NonNegFloat, PositiveFloat, PositiveInt
+from dynrec.models.explain import leave_one_out
 from dynrec.models.mf._common import finish_scores, history_dense
 from dynrec.models.neural import NeuralConfig, TorchRecommender
 from dynrec.models.neural.base import Optimizer
@@ -146,6 +147,12 @@ class BPR(TorchRecommender):
         u = self.user_vectors(batch).to(net.item.device)
         return u @ net.item.T + net.bias[None, :]
 
+    def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
+        """Leave-one-out attribution (the gradient-step softmax fold-in is not linear in the
+        history): each of the last 50 events contributes the score drop when it alone is removed
+        from the history."""
+        return leave_one_out(self.score, batch, items)
+
     def score(self, batch: QueryBatch) -> torch.Tensor:
         return finish_scores(super().score(batch), self.n_items)
 
@@ -165,6 +172,13 @@ class BPR(TorchRecommender):
     def item_bias(self) -> torch.Tensor:
         """[n_items] item biases."""
         return self._net().bias.detach().cpu()
+
+    # ---- QueryEmbeddings: scores are a dot product (for ANN retrieval) -----------------------
+    def query_embeddings(self, batch: QueryBatch) -> torch.Tensor:
+        return self.user_vectors(batch).detach().float().cpu()
+
+    def output_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.item_embeddings(), self.item_bias().float()
 
     def user_vectors(self, batch: QueryBatch) -> torch.Tensor:
         """[B, k] fold-in of each history (see the module docstring); zero for an empty history."""

@@ -36,6 +36,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
 from dynrec.models.base import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
+from dynrec.models.explain import leave_one_out
 from dynrec.models.mf._common import finish_scores, gram_per_query, history_events
 from dynrec.models.neural import NeuralConfig, TorchRecommender
 from dynrec.models.neural.base import Optimizer
@@ -182,6 +183,12 @@ class MatrixFactorization(TorchRecommender):
         q, bi = self.item_vectors(), net.item_bias.detach().cpu()
         return float(net.mu) + x[:, :1] + bi[None, :] + x[:, 1:] @ q.T
 
+    def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
+        """Leave-one-out attribution (the fold-in solves a least-squares problem whose weights and
+        ridge depend on the history length): each of the last 50 events contributes the score
+        drop when it alone is removed from the history."""
+        return leave_one_out(self.score, batch, items)
+
     def score(self, batch: QueryBatch) -> torch.Tensor:
         return finish_scores(super().score(batch), self.n_items)
 
@@ -202,6 +209,15 @@ class MatrixFactorization(TorchRecommender):
         """[n_items] μ + b_i (scores = user_vectors @ Qᵀ + item_bias + the user's own bias)."""
         net = self._net()
         return float(net.mu) + net.item_bias.detach().cpu()
+
+    # ---- QueryEmbeddings: scores are a dot product (for ANN retrieval) -----------------------
+    def query_embeddings(self, batch: QueryBatch) -> torch.Tensor:
+        """[B, k] folded-in user vectors (the user's own bias is a per-query constant)."""
+        with torch.no_grad():
+            return self.user_vectors(batch).float()
+
+    def output_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.item_embeddings(), self.item_bias().detach().float()
 
     def user_vectors(self, batch: QueryBatch, ratings: np.ndarray | None = None) -> torch.Tensor:
         """[B, k] folded-in user factors p_u (see `fold_in`)."""

@@ -24,6 +24,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
 from dynrec.models.base import ModelConfig, NonNegFloat, PositiveInt, Recommender, expect, expect_only
+from dynrec.models.explain import leave_one_out
 from dynrec.models.mf._common import finish_scores, history_dense
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,13 @@ class NMF(Recommender):
     def item_embeddings(self) -> torch.Tensor:
         return self.item_vectors().detach().float().cpu()
 
+    # ---- QueryEmbeddings: scores are a dot product (for ANN retrieval) -----------------------
+    def query_embeddings(self, batch: QueryBatch) -> torch.Tensor:
+        return self.user_vectors(batch).float()
+
+    def output_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.item_embeddings(), None
+
     def item_vectors(self) -> torch.Tensor:
         """[n_items, k] non-negative item factors H."""
         if self.item_factors is None:
@@ -107,6 +115,12 @@ class NMF(Recommender):
         h = self.item_vectors()
         x = history_dense(batch, h.shape[0], binary=True)
         return nnls_fold_in(x @ h, h.T @ h, self.config.reg, self.config.fold_in_steps, float(self._start))
+
+    def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
+        """Leave-one-out attribution (the multiplicative-update fold-in is not linear in the
+        history): each of the last 50 events contributes the score drop when it alone is removed
+        from the history."""
+        return leave_one_out(self.score, batch, items)
 
     def score(self, batch: QueryBatch) -> torch.Tensor:
         return finish_scores(self.user_vectors(batch) @ self.item_vectors().T, self.n_items)

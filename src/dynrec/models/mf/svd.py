@@ -29,6 +29,7 @@ from dynrec.models.base import (
     expect,
     expect_only,
 )
+from dynrec.models.explain import first_occurrence
 from dynrec.models.mf._common import finish_scores, history_dense
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,13 @@ class PureSVD(Recommender):
     def item_embeddings(self) -> torch.Tensor:
         return self.item_vectors().detach().float().cpu()
 
+    # ---- QueryEmbeddings: scores are a dot product (for ANN retrieval) -----------------------
+    def query_embeddings(self, batch: QueryBatch) -> torch.Tensor:
+        return self.user_vectors(batch).float()
+
+    def output_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.item_embeddings(), None
+
     def item_vectors(self) -> torch.Tensor:
         """[n_items, k] item factors V (scores = user_vectors @ Vᵀ, rescaled by popularity^β)."""
         if self.item_factors is None:
@@ -97,6 +105,24 @@ class PureSVD(Recommender):
     def score(self, batch: QueryBatch) -> torch.Tensor:
         out = self.user_vectors(batch) @ self.item_vectors().T
         return finish_scores(out, self.n_items)
+
+    def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
+        """Exact contributions: ``score_i = Σ_{distinct j ∈ h} s_j v_j·v_i`` (s = column scale), so
+        the first event on item j contributes ``s_j v_j·v_i`` and a repeat 0 (the history is
+        binary). They sum to the score."""
+        v = self.item_vectors()
+        n = v.shape[0]
+        targets = items.detach().to("cpu", torch.int64)
+        out = torch.zeros(len(batch.items), targets.shape[1], dtype=torch.float32)
+        all_items = torch.from_numpy(np.asarray(batch.items, dtype=np.int64))
+        use = (all_items > 0) & (all_items < n) & torch.from_numpy(first_occurrence(batch))
+        rows = torch.from_numpy(batch.row_ids())[use]
+        cols = all_items[use]
+        valid = (targets > 0) & (targets < n)
+        vt = v[torch.where(valid, targets, 0)]  # [B, k, d]
+        vals = torch.einsum("ed,ekd->ek", v[cols] * self._scale[cols][:, None], vt[rows])
+        out[use] = vals
+        return out
 
     def tensors(self) -> dict[str, torch.Tensor]:
         if self.item_factors is None or self.singular_values is None:

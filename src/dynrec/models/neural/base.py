@@ -31,6 +31,7 @@ from dynrec.models.base import (
     expect_state_dict,
 )
 from dynrec.models.capabilities import UpdateBatch, UpdateOutcome
+from dynrec.models.neural.distributed import batch_rows, device_for, init_from_env
 from dynrec.models.neural.trainer import EpochCallback, Trainer
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,13 @@ class TorchRecommender(Recommender):
     def score_net(self, batch: QueryBatch) -> torch.Tensor:
         """[B, n_items] scores from `self.net` (called under no_grad, eval mode)."""
 
+    def loss_terms(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many terms `loss` averages over for this batch: by default its rows. Distributed
+        training weights each rank's share of a batch by its terms, so the ranks' averaged
+        gradient is the whole batch's; a model whose loss averages over something else (e.g. the
+        next-item targets of its sequences) overrides this to count them."""
+        return batch_rows(batch)
+
     def prepare(self, data: InteractionData) -> None:  # noqa: B027 - optional hook
         """Pre-tensorise training data once per run (optional)."""
 
@@ -143,7 +151,9 @@ class TorchRecommender(Recommender):
     # -- shared machinery ------------------------------------------------------------------
     def _fit(self, data: InteractionData, valid: Any) -> None:
         set_threads(self.options.num_threads)
-        self.device = resolve_device(self.options.device)
+        device = resolve_device(self.options.device)
+        # under torchrun: join the process group (gloo / NCCL), local rank r on GPU r
+        self.device = device_for(init_from_env(device), device)
         torch.manual_seed(self.config.seed)
         self.meta["n_items"] = data.n_items
         self.meta["n_users"] = data.n_users

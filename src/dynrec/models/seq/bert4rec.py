@@ -26,6 +26,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
 from dynrec.models.base import Fraction, NonNegInt, PositiveFloat, PositiveInt, Probability
+from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.neural.base import Optimizer
 from dynrec.models.seq.common import (
@@ -167,6 +168,11 @@ class BERT4Rec(TorchRecommender):
         )
 
     # -- scoring ---------------------------------------------------------------------------
+    def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
+        """Leave-one-out attribution (self-attention is not additive over the events): each of the
+        last 50 events contributes the score drop when it alone is removed from the history."""
+        return leave_one_out(self.score, batch, items)
+
     def score_net(self, batch: QueryBatch) -> torch.Tensor:
         net = self._net()
         n = len(batch)

@@ -27,6 +27,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
 from dynrec.models.base import Fraction, PositiveFloat, PositiveInt
+from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.seq._gru_data import biased_ce, next_event_windows
 from dynrec.models.seq.common import SequenceConfig, sampling_probs
@@ -175,6 +176,12 @@ class Caser(TorchRecommender):
             raise NotFittedError(f"{self.name} is not fitted")
         assert isinstance(self.net, CaserNet)
         return self.net
+
+    def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
+        """Leave-one-out attribution (convolutions over the recent window are not additive over the
+        events): each of the last 50 events contributes the score drop when it alone is removed
+        from the history."""
+        return leave_one_out(self.score, batch, items)
 
     def score_net(self, batch: QueryBatch) -> torch.Tensor:
         net = self._caser()

@@ -31,6 +31,7 @@ from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import NotFittedError
 from dynrec.models.base import Fraction, NonNegInt, PositiveFloat, PositiveInt
 from dynrec.models.capabilities import StateBatch, StateLayout
+from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.seq._gru_data import (
     biased_ce,
@@ -374,6 +375,24 @@ class GRU4Rec(TorchRecommender):
     # -- ItemEmbeddings ---------------------------------------------------------------------------
     def item_embeddings(self) -> torch.Tensor:
         return self._gru().item_emb.weight.detach()[: self.n_items].float().cpu()
+
+    # ---- QueryEmbeddings: scores are a dot product (for ANN retrieval) -----------------------
+    def query_embeddings(self, batch: QueryBatch) -> torch.Tensor:
+        """[B, D] query vectors ``head(top(state))`` (scores = q · output tableᵀ + item bias)."""
+        with self._reading() as net:
+            items, gaps, indptr = self._history(batch)
+            return net.head(net.top(net.final_state(items, gaps, indptr))).float().cpu()
+
+    def output_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output item table (the input one when `tied`) and the per-item bias."""
+        net = self._gru()
+        n = self.n_items
+        return net.output_weight().detach()[:n].float().cpu(), net.item_bias.detach()[:n].float().cpu()
+
+    def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
+        """Leave-one-out attribution (a recurrent network is not additive over the events): each of
+        the last 50 events contributes the score drop when it alone is removed from the history."""
+        return leave_one_out(self.score, batch, items)
 
     def score_net(self, batch: QueryBatch) -> torch.Tensor:
         net = self._gru()

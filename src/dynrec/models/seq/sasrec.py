@@ -26,6 +26,13 @@ Long- and short-term interest (``long_term``):
   short-term state by a learned gate ``g = σ(W[h; l])``, ``u = g ⊙ h + (1 − g) ⊙ l``. In training the
   mean runs over the events up to each position (causal prefix mean inside the training row).
 
+Item text (``item_text="on"``): each item is its ID embedding plus a learned projection of its
+frozen language-model text embedding (`dynrec.models.seq.item_text.TextItemEmbedding`), on the
+input and the tied output side, with ID-dropout in training. Items without training events (cold
+items, items added with `add_items`) are scored from their text alone. The jobs layer encodes the
+text (`dynrec.text`) and hands the table over with `set_item_text` before `fit`; the table is saved
+with the model.
+
 Users with no history are scored by training popularity (``log(1 + count)``).
 """
 
@@ -33,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -48,6 +55,7 @@ from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import DynrecError, NotFittedError
 from dynrec.models.base import Fraction, NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
 from dynrec.models.capabilities import StateBatch, StateLayout
+from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.neural.base import Optimizer
 from dynrec.models.seq.common import (
@@ -63,9 +71,13 @@ from dynrec.models.seq.common import (
     sampling_probs,
     training_sequences,
 )
+from dynrec.models.seq.item_text import TextItemEmbedding, TextProjection
 from dynrec.models.seq.transformer import SeqTransformer
 
 log = logging.getLogger(__name__)
+
+EXPLAIN_EVENTS = 50
+"""History events a leave-one-out explanation scores (one extra history each)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,19 @@ class SASRecConfig(SequenceConfig):
     smooths the epoch-to-epoch swings of the validation and test metrics late in training."""
     score_batch: PositiveInt = 256
     """Histories per forward pass when scoring (bounds memory)."""
+    item_text: Literal["off", "on"] = "off"
+    """on: each item = ID embedding + learned projection of its frozen text embedding (input and
+    output side); items never trained on are scored from their text alone."""
+    text_encoder: str = "all-MiniLM-L6-v2"
+    """The sentence-transformers model that encodes item text (a name or a local path)."""
+    id_dropout: Fraction = 0.2
+    """With item text: probability of dropping an item's ID embedding in a training step (per item,
+    shared by input and output side), so the text projection learns to stand for the item alone."""
+    text_projection: TextProjection = "linear"
+    """linear | mlp (two layers, GELU): the map from text embedding to item vector."""
+    text_loss_weight: NonNegFloat = 0.0
+    """With item text: weight of a second next-item loss whose output side is the text-only item
+    vectors, training them directly as the vectors cold items are scored with."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -175,8 +200,9 @@ class SASRecNet(SeqTransformer):
         """Mean raw embedding of each whole ragged history ``[n, d]`` (0 for empty ones)."""
         lens = indptr[1:] - indptr[:-1]
         rows = torch.repeat_interleave(torch.arange(n, device=items.device), lens)
-        s = torch.zeros(n, self.dim, device=items.device, dtype=self.item_emb.weight.dtype)
-        s.index_add_(0, rows, self.item_emb(items))
+        e = self.item_emb(items)
+        s = torch.zeros(n, self.dim, device=items.device, dtype=e.dtype)
+        s.index_add_(0, rows, e)
         return s / lens.clamp(min=1)[:, None].to(s.dtype)
 
     def user_states(self, hist: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
@@ -314,7 +340,9 @@ class SASRec(TorchRecommender):
         super().__init__(config)
         self._batches: SequenceBatches | None = None
         self._loss_gen: torch.Generator | None = None
+        self._drop_gen: torch.Generator | None = None
         self._probs: torch.Tensor | None = None
+        self._item_text: torch.Tensor | None = None
 
     # -- module ----------------------------------------------------------------------------
     def dropouts(self) -> tuple[float, float]:
@@ -326,7 +354,9 @@ class SASRec(TorchRecommender):
         a = c.attn_dropout if c.attn_dropout is not None else float(self.meta.get("attn_dropout", d))
         return d, a
 
-    def _make_net(self, n_items: int) -> SASRecNet:
+    def _make_net(
+        self, n_items: int, text: torch.Tensor | None = None, known: torch.Tensor | None = None
+    ) -> SASRecNet:
         c = self.config
         drop, attn_drop = self.dropouts()
         return SASRecNet(
@@ -342,6 +372,10 @@ class SASRec(TorchRecommender):
             rope_base=c.rope_base,
             long_term=c.long_term,
             attn_dropout=attn_drop,
+            item_text=text,
+            known_items=known,
+            id_dropout=c.id_dropout,
+            text_projection=c.text_projection,
         )
 
     def build_net(self, data: InteractionData) -> nn.Module:
@@ -350,12 +384,68 @@ class SASRec(TorchRecommender):
         d = c.dropout if c.dropout is not None else auto_dropout(rows)
         a = c.attn_dropout if c.attn_dropout is not None else d
         self.config = dataclasses.replace(c, dropout=d, attn_dropout=a)  # config.json says what was trained
-        net = self._make_net(data.n_items)
+        text = known = None
+        if self.wants_item_text():
+            text = self._fit_text(data.n_items)
+            known = torch.from_numpy(data.item_counts() > 0)
+        net = self._make_net(data.n_items, text, known)
         net.log_pop.copy_(log_popularity(data))
         return net
 
     def build_net_from_meta(self) -> nn.Module:
-        return self._make_net(int(self.meta["n_items"]))
+        n = int(self.meta["n_items"])
+        text = None
+        if self.wants_item_text():  # placeholder of the saved shape; load_state_dict fills it
+            text = torch.zeros(n, int(self.meta.get("item_text_dim", 1)))
+        return self._make_net(n, text)
+
+    # -- ItemText -------------------------------------------------------------------------
+    def wants_item_text(self) -> bool:
+        return self.config.item_text == "on"
+
+    def item_text_encoder(self) -> str | None:
+        return self.config.text_encoder if self.wants_item_text() else None
+
+    def set_item_text(self, table: torch.Tensor, encoder: str) -> None:
+        """The frozen text table ``[n_items, d_text]`` `fit` builds the item vectors from."""
+        if table.dim() != 2 or not bool(torch.isfinite(table).all()):
+            raise DynrecError(
+                f"item text table must be a finite [n_items, d] matrix, got {tuple(table.shape)}"
+            )
+        self._item_text = table.detach().float().cpu()
+        self.meta["item_text_dim"] = int(table.shape[1])
+        self.meta["item_text_encoder"] = encoder
+
+    def _fit_text(self, n_items: int) -> torch.Tensor:
+        t = self._item_text
+        if t is None:
+            raise DynrecError(
+                "sasrec with item_text=on needs the items' text: train it with `dynrec train` (which "
+                "encodes the dataset's item text; --items FILE for other data) or call set_item_text first"
+            )
+        if t.shape[0] != n_items:
+            raise DynrecError(f"item text table has {t.shape[0]} rows; the training data has {n_items} items")
+        return t
+
+    def add_items(self, ids: Sequence[str], table: torch.Tensor) -> None:
+        """Append new items scored from their text alone (no retraining)."""
+        net = self._net()
+        if self.item_vocab is None or not isinstance(net.item_emb, TextItemEmbedding):
+            raise DynrecError("this sasrec reads no item text (train it with --set item_text=on)")
+        if table.shape != (len(ids), net.item_emb.text_dim):
+            raise DynrecError(
+                f"new item text must be [{len(ids)}, {net.item_emb.text_dim}], got {tuple(table.shape)}"
+            )
+        known = [i for i in ids if i in self.item_vocab]
+        if known:
+            raise DynrecError(f"item {known[0]!r} is already in the catalogue")
+        self.item_vocab.add(ids)
+        m = len(ids)
+        with torch.no_grad():
+            net.item_emb.append(table.detach().float())
+            net.log_pop = torch.cat([net.log_pop, torch.zeros(m, device=net.log_pop.device)])
+        net.n_items += m
+        self.meta["n_items"] = net.n_items
 
     def _net(self) -> SASRecNet:
         if not isinstance(self.net, SASRecNet):
@@ -370,6 +460,7 @@ class SASRec(TorchRecommender):
         self.config = dataclasses.replace(c, batch_size=bs)  # config.json says what was trained
         self._batches = SequenceBatches(seqs, lens, bs, bucket=c.bucket)
         self._loss_gen = torch.Generator().manual_seed(c.seed + 1)
+        self._drop_gen = torch.Generator().manual_seed(c.seed + 2)
         self._probs = sampling_probs(data)
         self.meta["train_precision"] = "bf16" if resolve_amp(c.amp, self.device) else "float32"
         log.info("sasrec: %d training rows, %d target events", len(lens), int((lens - 1).sum()))
@@ -384,11 +475,23 @@ class SASRec(TorchRecommender):
         net = self._net()
         inputs, targets, mask = next_item_pairs(batch["seq"])
         bf16 = resolve_amp(self.config.amp, self.device)
+        if isinstance(net.item_emb, TextItemEmbedding):
+            net.item_emb.begin_step(self._drop_gen)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             h = net.train_hidden(inputs)[mask]
-        return catalogue_loss(
-            self.config, h.float(), net.item_weight, targets[mask], gen=self._loss_gen, probs=self._probs
-        )
+        h, t = h.float(), targets[mask]
+        loss = catalogue_loss(self.config, h, net.item_weight, t, gen=self._loss_gen, probs=self._probs)
+        w = self.config.text_loss_weight
+        if w > 0.0 and isinstance(net.item_emb, TextItemEmbedding):
+            text_only = net.item_emb.text_weight()[: net.n_items]
+            loss = loss + w * catalogue_loss(
+                self.config, h, text_only, t, gen=self._loss_gen, probs=self._probs
+            )
+        return loss
+
+    def loss_terms(self, batch: dict[str, torch.Tensor]) -> int:
+        """Next-item targets in `batch` (what `loss` averages over), for data-parallel weighting."""
+        return int(next_item_pairs(batch["seq"])[2].sum())
 
     # -- scoring ---------------------------------------------------------------------------
     def score_net(self, batch: QueryBatch) -> torch.Tensor:
@@ -474,6 +577,31 @@ class SASRec(TorchRecommender):
     # -- ItemEmbeddings ---------------------------------------------------------------------------
     def item_embeddings(self) -> torch.Tensor:
         return self._net().item_weight.detach().float().cpu()
+
+    # -- Explainer: leave-one-out over the events the state depends on ------------------------
+    def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
+        """Score drop of each of `items` when one history event is left out (the last
+        `EXPLAIN_EVENTS` events, within the attention's receptive field; older events 0)."""
+        n = min(EXPLAIN_EVENTS, self._net().context_len())
+        return leave_one_out(self.score, batch, items, max_events=n)
+
+    # ---- QueryEmbeddings: scores are a dot product (for ANN retrieval) -----------------------
+    def query_embeddings(self, batch: QueryBatch) -> torch.Tensor:
+        """[B, d] fused user states u (scores = u · item_weightᵀ); zeros for an empty history,
+        which `score` ranks by popularity instead."""
+        out = torch.zeros(len(batch), self.config.embedding_dim, dtype=torch.float32)
+        order = np.argsort(-batch.lengths, kind="stable")
+        step = max(1, self.config.score_batch)
+        with self._reading() as net:
+            for a in range(0, len(batch), step):
+                idx = order[a : a + step]
+                h, lt, lens = self._states(net, batch.take(idx))
+                u = net.fuse(h, lt).float()
+                out[torch.from_numpy(idx)] = torch.where((lens > 0)[:, None], u, 0.0).cpu()
+        return out
+
+    def output_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.item_embeddings(), None
 
 
 def auto_batch_size(n_rows: int) -> int:

@@ -11,6 +11,7 @@ from torch import nn
 
 from dynrec.errors import DynrecError
 from dynrec.models.layers import Dropout
+from dynrec.models.seq.item_text import TextItemEmbedding, TextProjection
 
 # ---- building blocks ------------------------------------------------------------------------
 
@@ -125,7 +126,9 @@ class SeqTransformer(nn.Module):
     """Item embeddings + Transformer blocks + final LayerNorm (shared by SASRec and BERT4Rec).
 
     `n_tokens` rows of the embedding table: items ``0..n_items-1`` (0 = padding) plus any extra
-    tokens (BERT4Rec's [MASK]). Scores use the first `n_items` rows (tied output layer).
+    tokens (BERT4Rec's [MASK]). Scores use the first `n_items` rows (tied output layer). With
+    `item_text` (``[n_items, d_text]``) the table is a `TextItemEmbedding`: ID embedding plus a
+    learned projection of the frozen text embedding, on the input and the output side.
     """
 
     def __init__(
@@ -143,6 +146,10 @@ class SeqTransformer(nn.Module):
         rope_base: float,
         long_term: str = "none",
         attn_dropout: float = 0.0,
+        item_text: torch.Tensor | None = None,
+        known_items: torch.Tensor | None = None,
+        id_dropout: float = 0.0,
+        text_projection: TextProjection = "linear",
     ) -> None:
         super().__init__()
         if positional not in ("rope", "absolute", "none"):
@@ -155,7 +162,13 @@ class SeqTransformer(nn.Module):
         self.positional = positional
         self.rope_base = rope_base
         self.long_term = long_term
-        self.item_emb = nn.Embedding(n_tokens, dim, padding_idx=0)
+        self.item_emb: nn.Embedding | TextItemEmbedding
+        if item_text is None:
+            self.item_emb = nn.Embedding(n_tokens, dim, padding_idx=0)
+        else:
+            self.item_emb = TextItemEmbedding(
+                n_tokens, dim, item_text, known=known_items, id_dropout=id_dropout, projection=text_projection
+            )
         self.pos_emb = nn.Embedding(max_len + 1, dim) if positional == "absolute" else None
         self.emb_drop = Dropout(dropout)
         self.heads = heads
