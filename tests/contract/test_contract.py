@@ -12,6 +12,7 @@ import torch
 
 from dynrec.data.query import QueryBatch
 from dynrec.models.base import Recommender
+from dynrec.models.capabilities import ItemText
 from dynrec.models.registry import MODELS, create_model, get_model_class
 from dynrec.preprocessing.split import Split
 
@@ -45,11 +46,27 @@ def _available() -> list[str]:
 MODEL_NAMES = _available()
 
 
+def cluster_text(n_items: int, items_per_group: int = 10) -> torch.Tensor:
+    """Item "text" for the planted clusters (`clustered_data`: item i is in group (i-1) // 10): the
+    group's one-hot plus seeded noise, L2-normalised; row 0 (padding) zero."""
+    gen = torch.Generator().manual_seed(0)
+    n_groups = (n_items - 2) // items_per_group + 1
+    t = torch.cat([torch.zeros(n_items, n_groups), 0.3 * torch.randn(n_items, 4, generator=gen)], dim=1)
+    idx = torch.arange(1, n_items)
+    t[idx, (idx - 1) // items_per_group] = 1.0
+    t = torch.nn.functional.normalize(t, dim=1)
+    t[0] = 0.0
+    return t
+
+
 def make(name: str, **extra: Any) -> Recommender:
     cls = get_model_class(name)
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     cfg = {k: v for k, v in {**FAST, **extra}.items() if k in fields}
-    return create_model(name, config=cfg)
+    model = create_model(name, config=cfg)
+    if isinstance(model, ItemText) and model.wants_item_text():  # the jobs layer would encode text
+        model.set_item_text(cluster_text(41), "test")
+    return model
 
 
 @pytest.fixture(scope="module", params=MODEL_NAMES)

@@ -14,6 +14,7 @@ from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
 from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.capabilities import ItemText
+from dynrec.models.seq.common import histories_right_padded
 from dynrec.models.seq.item_text import TextItemEmbedding
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig
 from dynrec.online.adapters import adapter_for
@@ -189,3 +190,20 @@ def test_id_only_sasrec_refuses_add_items(data: InteractionData) -> None:
     m = SASRec(config(item_text="off", epochs=1)).fit(data, options=OPTS)
     with pytest.raises(DynrecError, match="item_text=on"):
         m.add_items(["x"], torch.zeros(1, 4))
+
+
+def test_text_only_loss_trains_the_text_path(data: InteractionData) -> None:
+    """With a text-only output loss the projection alone ranks the next item of a cycle first."""
+    m = SASRec(config(text_loss_weight=1.0, epochs=10))
+    m.set_item_text(text_table(), "toy")
+    m.fit(data, options=OPTS)
+    net = m._net()  # test-only look inside the module
+    emb = net.item_emb
+    assert isinstance(emb, TextItemEmbedding)
+    hists = QueryBatch.from_histories([[item_index(c, 0)] for c in range(1, N_CYCLES, 2)])
+    hist, lens = histories_right_padded(hists.indptr, hists.items, net.context_len())
+    with torch.no_grad():
+        s = net.user_states(hist[:, :1], lens) @ emb.text_weight()[: m.n_items].T
+    s[:, 0] = -torch.inf
+    want = torch.tensor([item_index(c, 1) for c in range(1, N_CYCLES, 2)])
+    assert (s.argmax(1) == want).float().mean() >= 0.75
