@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from dynrec.errors import DynrecError
 from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.layers import Dropout
 from dynrec.models.neural import EpochRecord, TorchRecommender
-from dynrec.models.seq.common import full_ce_loss, training_sequences
+from dynrec.models.seq.common import full_ce_loss, resolve_loss, training_sequences
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig, auto_dropout
 from dynrec.online.adapters import RecomputeAdapter, adapter_for
 from dynrec.preprocessing.split import leave_one_out
@@ -193,3 +194,36 @@ def test_epoch_callbacks_see_each_epoch(cycles: InteractionData) -> None:
     assert all(s[2] is not None for s in seen)
     assert all(b[1] >= a[1] > 0 for a, b in zip(seen, seen[1:], strict=False))
     assert [r["elapsed"] for r in model.meta["train_log"]] == [s[1] for s in seen]
+
+
+def test_auto_loss_by_catalogue_size(cycles: InteractionData, tmp_path: Path) -> None:
+    """loss="auto" (the default): full CE up to `sampled_above` catalogue items, sampled softmax
+    above; `fit` writes the choice into the config (and config.json). An explicit loss stays."""
+    assert SASRecConfig().loss == "auto" and SASRecConfig().sampled_above == 100_000
+    cfg = small(embedding_dim=8, max_len=6, epochs=1, n_negatives=8)  # 30 items
+    assert (
+        resolve_loss(cfg, 31) == "ce"
+        and resolve_loss(cfg.with_overrides({"sampled_above": 29}), 31) == "sampled"
+    )
+    assert resolve_loss(cfg.with_overrides({"sampled_above": 30}), 31) == "ce"  # at the threshold: ce
+    train = leave_one_out(cycles).train
+    big = SASRec(cfg.with_overrides({"sampled_above": "10"})).fit(train, options=OPTS)
+    assert big.config.loss == "sampled"
+    big.save(tmp_path / "big")
+    assert json.loads((tmp_path / "big" / "config.json").read_text())["config"]["loss"] == "sampled"
+    loaded = Recommender.load(tmp_path / "big")
+    assert isinstance(loaded, SASRec) and loaded.config.loss == "sampled"
+    small_cat = SASRec(cfg).fit(train, options=OPTS)
+    assert small_cat.config.loss == "ce"
+    kept = SASRec(cfg.with_overrides({"loss": "ce", "sampled_above": "10"})).fit(train, options=OPTS)
+    assert kept.config.loss == "ce"
+
+
+def test_auto_loss_trains_like_the_loss_it_resolves_to(cycles: InteractionData) -> None:
+    """Same seed: "auto" above the threshold trains exactly like an explicit "sampled"."""
+    train = leave_one_out(cycles).train
+    cfg = small(embedding_dim=8, max_len=6, epochs=1, n_negatives=8, sampled_above=10)
+    auto = SASRec(cfg).fit(train, options=OPTS)
+    sampled = SASRec(cfg.with_overrides({"loss": "sampled"})).fit(train, options=OPTS)
+    for k, v in auto.tensors().items():
+        torch.testing.assert_close(sampled.tensors()[k], v)

@@ -118,6 +118,47 @@ def _split(value: str) -> Any:
     return value
 
 
+AnnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ann",
+        help="approximate retrieval through a FAISS index over the model's item table: hnsw or ivf "
+        "(models that score by a dot product; default: exact)",
+    ),
+]
+AnnSetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--ann-set",
+        help="index option key=value, repeatable: m, ef_construction, ef_search (hnsw); nlist, nprobe "
+        "(ivf); num_threads, seed",
+    ),
+]
+
+
+def _ann_config(kind: str | None, sets: list[str] | None) -> Any:
+    """The `AnnConfig` of ``--ann KIND --ann-set key=value ...`` (None without --ann)."""
+    if kind is None:
+        if sets:
+            _fail("--ann-set needs --ann hnsw|ivf")
+        return None
+    from dynrec.models.retrieval import AnnConfig
+
+    if kind not in ("hnsw", "ivf"):
+        _fail(f"--ann must be 'hnsw' or 'ivf', got {kind!r}")
+    return AnnConfig(kind=kind).with_overrides(_parse_sets(sets))  # type: ignore[arg-type]
+
+
+def _scoring_extras(ann: Any, options: Any) -> dict[str, str]:
+    """What a JSON result records about how it was scored, when not exact float32."""
+    out: dict[str, str] = {}
+    if ann is not None:
+        out["retrieval"] = ann.kind
+    if options.precision != "float32":
+        out["precision"] = options.precision
+    return out
+
+
 def _table(metrics: dict[str, float]) -> str:
     keys = [k for k in metrics if "@" in k]
     w = max(len(k) for k in keys) if keys else 8
@@ -283,17 +324,23 @@ def evaluate(
     sets: Annotated[list[str] | None, typer.Option("--set")] = None,
     data_dir: DataDirOpt = None,
     columns: ColumnsOpt = None,
+    ann: AnnOpt = None,
+    ann_sets: AnnSetOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Full-ranking evaluation on the test targets (all items ranked; seen items excluded by default).
 
     A saved model is evaluated on the split it was trained on, rebuilt from the data it records;
     refused when that data changed since training (content hash) or when its training included
-    test targets (e.g. a resume on them)."""
+    test targets (e.g. a resume on them). --ann evaluates approximate retrieval instead: a target
+    the index does not return is a miss, and the JSON says "retrieval": KIND. --set precision=int8
+    scores with an int8 copy of a neural model."""
     from dynrec import jobs as pipeline
+    from dynrec.jobs.train import scoring_model
 
     ks = tuple(k or [10])
     overrides, options = _run_options(_parse_sets(sets), progress=not as_json)
+    ann_cfg = _ann_config(ann, ann_sets)
     if Path(target).is_dir():
         if overrides:
             _fail(f"a saved model's options cannot be changed with --set: {sorted(overrides)}")
@@ -307,18 +354,28 @@ def evaluate(
             progress=not as_json,
             columns=columns,
             options=options,
+            ann=ann_cfg,
         )
     else:
         if dataset is None:
             _fail("--dataset is required when evaluating a model by name")
         assert dataset is not None
         prepared = pipeline.prepare(dataset, split=_split(split or "loo"), data_dir=data_dir, columns=columns)
-        m = pipeline.train(target, prepared, overrides=overrides, options=options)
-        res = pipeline.evaluate_model(m, prepared, ks=ks, exclude_seen=not keep_seen, progress=not as_json)
+        m = scoring_model(pipeline.train(target, prepared, overrides=overrides, options=options))
+        res = pipeline.evaluate_model(
+            m, prepared, ks=ks, exclude_seen=not keep_seen, progress=not as_json, ann=ann_cfg
+        )
+    extras = _scoring_extras(ann_cfg, options)
     if as_json:
-        typer.echo(json.dumps(res.metrics))
+        typer.echo(json.dumps({**res.metrics, **extras}))
     else:
         typer.echo(_table(res.metrics))
+        if ann_cfg is not None:
+            typer.echo(
+                f"retrieval: {ann_cfg.kind} (approximate: a target outside the index's top-k is a miss)"
+            )
+        if options.precision != "float32":
+            typer.echo(f"precision: {options.precision}")
 
 
 @app.command()
@@ -338,9 +395,19 @@ def recommend(
         bool,
         typer.Option("--explain", help="per item, the history items that drove it (models that explain)"),
     ] = False,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="run option key=value, e.g. precision=int8, num_threads=4"),
+    ] = None,
+    ann: AnnOpt = None,
+    ann_sets: AnnSetOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Top-k items for a user or for an explicit history (seen items excluded).
+
+    --ann hnsw|ivf takes the top-k from an approximate index over the model's item table (built
+    here; --ann-set ef_search=... etc.); --set precision=int8 scores with an int8 copy of a
+    neural model.
 
     --user U uses U's *training* history as the model records it: the training part of its split
     plus the events of resumes — never validation or test targets — read from the data the model
@@ -351,7 +418,19 @@ def recommend(
     if (user is None) == (history is None):
         _fail("give exactly one of --user or --history")
     items = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
-    recs = recommend_for(model_dir, user=user, history=items, k=k, data_dir=data_dir, explain=explain)
+    overrides, options = _run_options(_parse_sets(sets), progress=False)
+    if overrides:
+        _fail(f"a saved model's options cannot be changed with --set: {sorted(overrides)}")
+    recs = recommend_for(
+        model_dir,
+        user=user,
+        history=items,
+        k=k,
+        data_dir=data_dir,
+        explain=explain,
+        options=options,
+        ann=_ann_config(ann, ann_sets),
+    )
     if as_json:
         typer.echo(json.dumps(recs))
         return
@@ -679,17 +758,37 @@ def serve(
         Path | None,
         typer.Option("--items", help="item metadata file (titles, genres); default: the model's dataset's"),
     ] = None,
+    ann: AnnOpt = None,
+    ann_sets: AnnSetOpt = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="run option key=value: precision=int8 (session recommendations)"),
+    ] = None,
 ) -> None:
     """Serve MODEL_DIR over HTTP: events in (POST /v1/events), live recommendations out, the page at /,
-    API docs at /docs, Prometheus metrics at /metrics."""
+    API docs at /docs, Prometheus metrics at /metrics.
+
+    --ann hnsw|ivf: session (history) recommendations come from an approximate index over the
+    model's item table, built at start and rebuilt on reload, update and item additions; a stored
+    user's recommendations (their cached state) stay exact. --set precision=int8: session
+    recommendations from an int8 scoring copy (cached states stay float32)."""
     from dynrec.service import ServiceSettings
     from dynrec.service.serve import serve as run_service
 
+    pairs = _parse_sets(sets)
+    if set(pairs) - {"precision"}:
+        _fail(f"serve --set takes precision=... only, got {sorted(set(pairs) - {'precision'})}")
+    _, options = _run_options(pairs, progress=False)
+    if ann is None and ann_sets:
+        _fail("--ann-set needs --ann hnsw|ivf")
     settings = ServiceSettings(
         model_dir=str(model_dir),
         store_url=store,
         api_key=api_key or None,
         items_file=str(items) if items is not None else None,
+        ann=ann,
+        ann_options=tuple(ann_sets or ()),
+        precision=options.precision,
     )
     run_service(settings, host=host, port=port, workers=workers)
 

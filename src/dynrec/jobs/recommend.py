@@ -5,6 +5,11 @@ A known user's history is their *training history* as the model records it
 (`dynrec.jobs.train.training_history`: the training part of the model's split plus resumed
 events; never validation or test targets). `recommend_for(user=U)` and an `OnlineRecommender`
 whose store was filled by `seed_store` see the same history, so they give the same items.
+
+`recommend_for` scores at the run option ``precision`` (`options`, see
+`dynrec.jobs.train.scoring_model`) and, with `ann`, through an approximate index over the model's
+item table (`dynrec.models.retrieval.retrieve`; the model must have the `QueryEmbeddings`
+capability). The answer then records ``"retrieval"`` (the index kind) and ``"precision"``.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.jobs.explain import because, explain_items, explanation_unavailable, interest_profile
 from dynrec.jobs.items import ItemInfo, read_item_info
-from dynrec.jobs.train import training_history
-from dynrec.models.base import Recommender
+from dynrec.jobs.train import ann_index, scoring_model, training_history
+from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.retrieval import AnnConfig, AnnIndex, retrieve
 from dynrec.online.state import Event, StateStore
 
 __all__ = ["history_batch", "profile_for", "recommend_for", "seed_store", "user_history_batch"]
@@ -60,10 +66,17 @@ def recommend_for(
     k: int = 10,
     data_dir: str | Path | None = None,
     explain: bool = False,
+    options: RunOptions | None = None,
+    ann: AnnConfig | AnnIndex | None = None,
 ) -> dict[str, Any]:
     """Top-k items for `user` (their training history, see the module docstring) or for an
     explicit `history` of item ids (oldest first). `k` must be >= 1; a `k` above the catalogue
     size returns every item that can be recommended.
+
+    `options`: run options to load the model with (its ``precision`` gives an int8/bf16 scoring
+    copy of a neural model). `ann`: an `AnnConfig` (an index is built over the model's item table)
+    or a prebuilt `AnnIndex`: the top-k comes from the index (approximate), and the answer holds
+    ``"retrieval": kind``; refused for a model without the `QueryEmbeddings` capability.
 
     With `explain`: ``"because"`` holds, per recommended item, the history items that drove it
     (`dynrec.jobs.explain.because`: ``[{"item", "title", "weight"}, ...]``, titles from the model
@@ -71,10 +84,11 @@ def recommend_for(
     (a model that is no `Explainer`)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise DynrecError(f"--k must be an integer >= 1, got {k!r}")
-    model = Recommender.load(model_dir)
+    model = scoring_model(Recommender.load(model_dir, options=options))
     assert model.item_vocab is not None
     q = _query(model, user, history, data_dir)
-    idx, scores = model.recommend(q, k=k)
+    index = ann_index(model, ann)
+    idx, scores = model.recommend(q, k=k) if index is None else retrieve(model, q, k, index)
     keep = np.isfinite(scores[0].numpy())
     items = model.item_vocab.to_ids(idx[0].numpy()[keep])
     out: dict[str, Any] = {
@@ -83,6 +97,10 @@ def recommend_for(
         "scores": [float(s) for s in scores[0].numpy()[keep]],
         "model": model.name,
     }
+    if index is not None:
+        out["retrieval"] = index.config.kind
+    if model.options.precision != "float32":
+        out["precision"] = model.options.precision
     if explain:
         info = read_item_info(model_dir)
         expl = explain_items(model, q, items)

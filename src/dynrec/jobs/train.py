@@ -7,6 +7,13 @@ when the model's training included test targets, and no model is ever evaluated 
 trained on. `training_history` gives the events a model learned from (the split's training part
 plus resumed events; never validation or test targets), the history `recommend --user` and
 `seed_store` use.
+
+Scoring a loaded model (recommend, evaluate, serve) goes through `scoring_model` (the run option
+``precision``: an int8/bf16 scoring copy of a neural model) and, when asked, an approximate
+index (`ann_index`: a FAISS index over a `QueryEmbeddings` model's item table). Evaluation stays
+exact by default; with an index it ranks each target within the index's top-K
+(`evaluate_retrieved`), so its metrics are those of the approximate retrieval. A reduced-precision
+copy is never saved (`save_model`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from dynrec.data import registry
 from dynrec.data.dataset import InteractionData
@@ -26,13 +35,17 @@ from dynrec.data.events import EventLog, ValidationReport
 from dynrec.data.io import ColumnMap, parse_columns, read_events
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DatasetNotFoundError, DynrecError
+from dynrec.evaluation import metrics as M
 from dynrec.evaluation.offline import EvalResult, evaluate, user_popularity
 from dynrec.jobs import items as items_
 from dynrec.jobs import provenance as prov_
 from dynrec.jobs.provenance import Provenance
 from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.capabilities import QueryEmbeddings
+from dynrec.models.neural.quantize import apply_precision, is_quantized
 from dynrec.models.registry import create_model
-from dynrec.preprocessing.split import Split, SplitKind, make_split
+from dynrec.models.retrieval import AnnConfig, AnnIndex, retrieve
+from dynrec.preprocessing.split import EvalSet, Split, SplitKind, make_split
 from dynrec.text import Encoder
 
 log = logging.getLogger(__name__)
@@ -216,11 +229,44 @@ def train(
     if text_meta is not None:
         model.meta["item_text"] = text_meta
     if out is not None:
-        model.save(out)
+        save_model(model, out)
         info = texts.info(vocab)
         if info:
             items_.write_item_info(out, info)
     return model
+
+
+def save_model(model: Recommender, out: str | Path) -> Path:
+    """Save `model` to `out`, refusing a reduced-precision scoring copy (`quantize` /
+    ``--set precision=...``): its layers are packed for scoring only; save the float32 model."""
+    if is_quantized(model):
+        raise DynrecError(
+            f"{out}: refusing to save {model.name!r}: it is a {model.meta.get('inference_precision')} "
+            "scoring copy (precision=...), for scoring only; save the float32 model instead"
+        )
+    return model.save(out)
+
+
+def scoring_model(model: Recommender) -> Recommender:
+    """`model` at its run option ``precision`` (float32: `model` itself; int8/bf16: a scoring copy
+    of a neural model, `dynrec.models.neural.quantize.apply_precision`), for recommend, evaluate
+    and serve. Refused (`DynrecError`) for a model the precision does not apply to."""
+    return apply_precision(model)
+
+
+def ann_index(model: Recommender, ann: AnnConfig | AnnIndex | None) -> AnnIndex | None:
+    """The approximate index to score `model` with: None (exact), the given `AnnIndex`, or one
+    built now from `model`'s item table with the given `AnnConfig`. Refuses a model whose scores
+    are not a dot product (no `QueryEmbeddings` capability), since no index can stand for them."""
+    if ann is None or isinstance(ann, AnnIndex):
+        return ann
+    if not isinstance(model, QueryEmbeddings):
+        raise DynrecError(
+            f"--ann {ann.kind}: model {model.name!r} does not score by a dot product (no QueryEmbeddings "
+            "capability), so an approximate index cannot stand in for its scores; use exact retrieval "
+            "(drop --ann)"
+        )
+    return AnnIndex.for_model(model, ann)
 
 
 def check_ks(ks: tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -270,8 +316,11 @@ def evaluate_model(
     exclude_seen: bool = True,
     on: str = "test",
     progress: bool = False,
+    ann: AnnConfig | AnnIndex | None = None,
 ) -> EvalResult:
-    """Full-ranking evaluation of `model` on the split's test (or validation) targets.
+    """Full-ranking evaluation of `model` on the split's test (or validation) targets; with `ann`
+    (an `AnnConfig` to build an index with, or an `AnnIndex`), the approximate evaluation of
+    `evaluate_retrieved` instead (a target the index does not return is a miss).
 
     Cut-offs must be >= 1. A cut-off above the catalogue size is kept as asked (``HR@5000``):
     rank metrics stay well defined (every ranked target is within it; Precision@k still divides
@@ -292,6 +341,17 @@ def evaluate_model(
             100 * share,
             on,
         )
+    index = ann_index(model, ann)
+    if index is not None:
+        return evaluate_retrieved(
+            model,
+            es,
+            index,
+            ks=ks,
+            exclude_seen=exclude_seen,
+            item_popularity=user_popularity(prepared.split.train),
+            progress=progress,
+        )
     return evaluate(
         model,
         es,
@@ -300,6 +360,54 @@ def evaluate_model(
         item_popularity=user_popularity(prepared.split.train),
         progress=progress,
     )
+
+
+def evaluate_retrieved(
+    model: Recommender,
+    evalset: EvalSet,
+    index: AnnIndex,
+    *,
+    ks: tuple[int, ...] = (10,),
+    exclude_seen: bool = True,
+    item_popularity: np.ndarray | None = None,
+    chunk_size: int = 1024,
+    progress: bool = False,
+) -> EvalResult:
+    """The metrics of `dynrec.evaluation.offline.evaluate` for approximate retrieval: each query's
+    top ``max(ks)`` comes from `index` (`dynrec.models.retrieval.retrieve`, seen items excluded
+    unless `exclude_seen` is False) and a target's rank is its position in that list; a target the
+    index does not return is a miss (rank inf), as it would be for a user served by the index. With
+    an index that returns the exact top-K the metrics equal the exact evaluation's (ties aside).
+    Coverage@k and Novelty@k use the retrieved lists."""
+    ks = check_ks(ks)
+    t0 = time.perf_counter()
+    n_q = len(evalset)
+    kmax = max(0, min(max(ks), model.n_items - 1))
+    ranks = np.full(n_q, np.inf, dtype=np.float64)
+    tops = np.zeros((n_q, kmax), dtype=np.int64)
+    bar = tqdm(total=n_q, desc=f"evaluate {model.name} (ann)", unit="q", disable=not progress, leave=False)
+    for a in range(0, n_q, max(1, chunk_size)):
+        b = min(n_q, a + max(1, chunk_size))
+        q = evalset.queries.slice(a, b)
+        idx, scores = retrieve(model, q, kmax, index, exclude_seen=exclude_seen)
+        idx = torch.where(torch.isfinite(scores), idx, torch.zeros_like(idx))  # unfilled slots
+        tgt = torch.from_numpy(np.asarray(evalset.targets[a:b], dtype=np.int64))
+        found = (idx == tgt[:, None]) & (tgt[:, None] > 0)
+        pos = found.to(torch.int64).argmax(1).to(torch.float64)
+        ranks[a:b] = torch.where(found.any(1), pos, torch.full_like(pos, np.inf)).numpy()
+        tops[a:b, : idx.shape[1]] = idx.numpy()
+        bar.update(b - a)
+    bar.close()
+    out: dict[str, float] = {}
+    for k in ks:
+        for name, fn in M.ALL_RANK_METRICS.items():
+            out[f"{name}@{k}"] = fn(ranks, k)
+        out[f"Coverage@{k}"] = M.item_coverage(tops[:, :k], model.n_items - 1)
+        if item_popularity is not None:
+            out[f"Novelty@{k}"] = M.novelty(tops[:, :k], item_popularity)
+    out["n_users"] = float(np.unique(evalset.queries.users).size)
+    out["n_queries"] = float(n_q)
+    return EvalResult(out, ranks, time.perf_counter() - t0)
 
 
 def check_unchanged(provenance: Provenance, prepared: Prepared) -> None:
@@ -370,8 +478,10 @@ def evaluate_saved(
     progress: bool = False,
     columns: str | None = None,
     options: RunOptions | None = None,
+    ann: AnnConfig | AnnIndex | None = None,
 ) -> tuple[Recommender, EvalResult]:
-    """Evaluate a saved model on the test targets of the split it was trained on.
+    """Evaluate a saved model on the test targets of the split it was trained on (at the
+    ``precision`` of `options`, see `scoring_model`; with `ann`, approximately: `evaluate_model`).
 
     Refuses (`DynrecError`) when the data changed since training (content hash), when `split`
     differs from the model's, and when the model's training included test targets (a resume on
@@ -407,7 +517,9 @@ def evaluate_saved(
                 "training events; evaluate the model saved before that resume, or retrain"
             )
         prepared = prepare_recorded(provenance, data_dir, dataset=dataset, columns=columns)
-    return model, evaluate_model(model, prepared, ks=ks, exclude_seen=exclude_seen, progress=progress)
+    model = scoring_model(model)
+    res = evaluate_model(model, prepared, ks=ks, exclude_seen=exclude_seen, progress=progress, ann=ann)
+    return model, res
 
 
 # ---- what a model learned from ------------------------------------------------------------------

@@ -22,6 +22,14 @@ popularity among ingested events only (ties by item index).
 
 With several worker processes each has its own holder and pending events: the store is shared
 (every read checks it), while ``update`` and ``reload`` act on the worker that serves them.
+
+Approximate retrieval and precision (`ServiceSettings.ann` / ``precision``): each holder has a
+*scoring* model (the model itself, or its int8/bf16 copy) and, with ``ann``, a FAISS index over
+that model's item table, both made when the holder is built — so the index is rebuilt with every
+new model (reload, update, items added). They serve the stateless session path
+(`recommend_history`). A stored user's recommendations come from their cached incremental state
+(`OnlineRecommender`), which stays exact and float32: states are checkpointed in the shared store
+under the model's version and read back by every worker.
 """
 
 from __future__ import annotations
@@ -58,9 +66,11 @@ from dynrec.jobs.items import (
     save_model_dir,
 )
 from dynrec.jobs.provenance import from_meta
-from dynrec.jobs.train import training_history
+from dynrec.jobs.train import ann_index, training_history
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import Explainer, ItemEmbeddings, ItemText, PartialFit
+from dynrec.models.neural.quantize import quantize
+from dynrec.models.retrieval import AnnIndex, retrieve
 from dynrec.online.session import Interests, OnlineRecommender
 from dynrec.online.state import Event, History, StateStore, validate_events
 from dynrec.online.stores import open_store, store_kind
@@ -116,11 +126,17 @@ class ModelHolder:
         trained_memory: bool,
         persist_every: int = 1,
         item_info: ItemInfo | None = None,
+        scoring: Recommender | None = None,
+        index: AnnIndex | None = None,
     ) -> None:
         self.model_dir = model_dir
         self.trained_memory = trained_memory
         """Whether the updater's memory starts from the model's training history."""
         self.model = model
+        self.scoring = scoring if scoring is not None else model
+        """The model session recommendations are scored with (`model` or its reduced-precision copy)."""
+        self.index = index
+        """The approximate index over `scoring`'s item table (None = exact)."""
         self.updater = updater
         self.saved = saved
         self.metadata = metadata
@@ -276,6 +292,7 @@ class Runtime:
         version = OnlineRecommender(model, self.store, cache_size=0).version
         saved = SavedModel(path, version, model.user_vocab, _mtime(path))
         self._saved[path] = saved
+        scoring, index = self._scoring(model)
         return ModelHolder(
             path,
             model,
@@ -287,7 +304,15 @@ class Runtime:
             persist_every=self.settings.persist_every,
             trained_memory=memory is not None,
             item_info=_read_info(path),
+            scoring=scoring,
+            index=index,
         )
+
+    def _scoring(self, model: Recommender) -> tuple[Recommender, AnnIndex | None]:
+        """(scoring model at the settings' precision, approximate index over it or None) for a
+        holder of `model` (see the module docstring)."""
+        scoring = quantize(model, self.settings.precision)
+        return scoring, ann_index(scoring, self.settings.ann_config())
 
     def _swap(self, new: ModelHolder) -> None:
         old = self._holder
@@ -382,14 +407,19 @@ class Runtime:
         self, history: Sequence[str], k: int, *, exclude_seen: bool = True, explain: bool = False
     ) -> Recommended:
         """Top `k` for an anonymous session's item ids (oldest first; ids the model does not know
-        are skipped); the popular fallback when none is known."""
+        are skipped); the popular fallback when none is known. Scored by the holder's scoring
+        model, through its approximate index when the service has one."""
         holder = self.holder
         idx = holder.item_vocab.lookup(list(history), policy="skip")
         idx = idx[idx > 0].astype(np.int64)
         if idx.size == 0:
             return self._popular(holder, k)
         q = QueryBatch(np.zeros(1, np.int64), np.array([0, idx.size], np.int64), idx)
-        top, vals = holder.model.recommend(q, k=min(k, holder.model.n_items), exclude_seen=exclude_seen)
+        m, kk = holder.scoring, min(k, holder.scoring.n_items)
+        if holder.index is not None:
+            top, vals = retrieve(m, q, kk, holder.index, exclude_seen=exclude_seen)
+        else:
+            top, vals = m.recommend(q, k=kk, exclude_seen=exclude_seen)
         keep = torch.isfinite(vals[0])
         items = holder.item_vocab.to_ids(top[0][keep].numpy())
         scores = [float(v) for v in vals[0][keep]]
@@ -623,6 +653,7 @@ class Runtime:
                 self._forget_on_swap = set()
             try:
                 report = updater.update([e for _, e in taken])
+                scoring, index = self._scoring(updater.model)
                 new = ModelHolder(
                     old.model_dir,
                     updater.model,
@@ -634,6 +665,8 @@ class Runtime:
                     persist_every=self.settings.persist_every,
                     trained_memory=old.trained_memory,
                     item_info=old.item_info,
+                    scoring=scoring,
+                    index=index,
                 )
                 with self._memory_lock:
                     for user in self._forget_on_swap:
@@ -682,6 +715,7 @@ class Runtime:
                     return done, old.version
                 added_info = item_info_from_texts(texts, done.added)
                 save_model_dir(model, old.model_dir, {**_read_info(old.model_dir), **added_info})
+                scoring, index = self._scoring(model)
                 new = ModelHolder(
                     old.model_dir,
                     model,
@@ -693,6 +727,8 @@ class Runtime:
                     persist_every=self.settings.persist_every,
                     trained_memory=old.trained_memory,
                     item_info={**old.item_info, **added_info},
+                    scoring=scoring,
+                    index=index,
                 )
                 with self._memory_lock:
                     for user in self._forget_on_swap:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from dynrec.errors import DynrecError
+from dynrec.models.base import RunOptions
+from dynrec.models.retrieval import AnnConfig
 
 __all__ = ["ENV_PREFIX", "ServiceSettings"]
 
@@ -39,7 +41,16 @@ class ServiceSettings:
     to the store every this many of their events (1 = on every event); the events themselves are
     always stored before the 2xx, so a checkpoint only saves replaying them (at most
     ``persist_every - 1`` per user after a restart, or in another worker). Write-through costs one
-    state encoding and store write per user per request, most of an ingest request's time."""
+    state encoding and store write per user per request, most of an ingest request's time.
+
+    `ann`: ``hnsw`` or ``ivf`` = session (history) recommendations come from an approximate index
+    over the model's item table (`dynrec.models.retrieval`; the model needs the `QueryEmbeddings`
+    capability), built when a model is loaded and rebuilt with every new model (reload, update,
+    items added); `ann_options`: the index's ``key=value`` options (`AnnConfig`). A stored user's
+    recommendations come from their cached incremental state and stay exact. `precision`: ``int8``
+    / ``bf16`` = session recommendations from a reduced-precision scoring copy of a neural model
+    (`dynrec.models.neural.quantize`); cached states stay float32, since they are checkpointed in
+    the shared store under the model's version for every worker."""
 
     model_dir: str
     store_url: str | None = None
@@ -52,6 +63,9 @@ class ServiceSettings:
     model_dirs: tuple[str, ...] = ()
     cache_size: int = 10_000
     persist_every: int = 16
+    ann: str | None = None
+    ann_options: tuple[str, ...] = ()
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if not str(self.model_dir).strip():
@@ -64,6 +78,24 @@ class ServiceSettings:
             raise DynrecError(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms!r}")
         if self.api_key is not None and not self.api_key.strip():
             raise DynrecError("api_key must not be empty (leave it unset for no key)")
+        if self.ann is None and self.ann_options:
+            raise DynrecError("ann_options need ann (hnsw or ivf)")
+        self.ann_config()  # validates ann and ann_options
+        RunOptions(precision=self.precision)  # type: ignore[arg-type]  # validated there
+
+    def ann_config(self) -> AnnConfig | None:
+        """The index configuration of `ann` and `ann_options` (None = exact retrieval)."""
+        if self.ann is None:
+            return None
+        if self.ann not in ("hnsw", "ivf"):
+            raise DynrecError(f"ann must be 'hnsw' or 'ivf', got {self.ann!r}")
+        pairs: dict[str, str] = {}
+        for raw in self.ann_options:
+            k, eq, v = str(raw).partition("=")
+            if not eq or not k.strip():
+                raise DynrecError(f"ann_options expects key=value, got {raw!r}")
+            pairs[k.strip()] = v.strip()
+        return AnnConfig(kind=self.ann).with_overrides(pairs)  # type: ignore[arg-type]
 
     @property
     def store(self) -> str:
@@ -103,7 +135,7 @@ class ServiceSettings:
                     kw[f.name] = int(v)
                 elif f.name == "batch_wait_ms":
                     kw[f.name] = float(v)
-                elif f.name == "model_dirs":
+                elif f.name in ("model_dirs", "ann_options"):
                     kw[f.name] = tuple(str(x) for x in json.loads(v))
                 else:
                     kw[f.name] = v

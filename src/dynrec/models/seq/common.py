@@ -18,6 +18,8 @@ Losses over the item catalogue (`catalogue_loss`):
 * ``"sampled"`` — sampled softmax with negatives shared across the batch, drawn uniformly or by
   popularity, with the log-Q correction (Yi et al., RecSys 2019) and accidental hits masked: for
   catalogues too large for the full softmax.
+* ``"auto"`` — ``"ce"`` up to `SequenceConfig.sampled_above` items, ``"sampled"`` above
+  (`resolve_loss`); a model writes the resolved choice back into its config when it fits.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ __all__ = [
     "log_popularity",
     "next_item_pairs",
     "resolve_amp",
+    "resolve_loss",
     "sampled_softmax_loss",
     "training_sequences",
 ]
@@ -62,8 +65,21 @@ class SequenceConfig(NeuralConfig):
     window_stride: NonNegInt = 0
     """0: one training row per user (the last ``max_len + 1`` items). >0: also earlier windows of
     long users, ending every ``window_stride`` items back from the end (sliding windows)."""
-    loss: Literal["ce", "sampled"] = "ce"
-    """ce: full-catalogue cross-entropy | sampled: sampled softmax (big catalogues)."""
+    loss: Literal["ce", "sampled", "auto"] = "ce"
+    """ce: full-catalogue cross-entropy | sampled: sampled softmax (big catalogues) | auto: ce up to
+    `sampled_above` items, sampled above (`resolve_loss`)."""
+    sampled_above: PositiveInt = 100_000
+    """With ``loss="auto"``: catalogue size (items, padding excluded) above which training uses
+    sampled softmax. The full cross-entropy costs ``O(targets x n_items)`` FLOPs per batch (three
+    ``[chunk, d] x [d, n_items]`` products) and ``O(chunk x n_items)`` memory for a chunk's logits,
+    both growing with the catalogue, while sampled softmax stays ``O(targets x n_negatives)``. Full
+    CE is the more accurate loss (every item is a negative: the SASRec+CE result), and up to about
+    1e5 items its output layer is affordable: with the default 64-dimensional items, a chunk of at
+    least 128 rows (the chunk floor) holds at most ~13M logits (~50 MB float32), and the output
+    layer's cost per target stays within a few hundred times the sampled loss's. Beyond that
+    the output layer dominates a step and its logits outgrow cache and memory budgets, so the
+    sampled loss (log-Q corrected) takes over. Every registered dataset (ml-100k/1m, Amazon) is far
+    below it and keeps full CE."""
     n_negatives: PositiveInt = 256
     """Negatives per batch for ``loss="sampled"`` (shared by every position of the batch)."""
     negative_sampling: Literal["uniform", "popularity"] = "uniform"
@@ -321,6 +337,14 @@ def sampled_softmax_loss(
     return nn.functional.cross_entropy(logits, torch.zeros_like(targets))
 
 
+def resolve_loss(cfg: SequenceConfig, n_items: int) -> Literal["ce", "sampled"]:
+    """The loss `cfg.loss` stands for with a catalogue of `n_items` rows (padding row 0 included):
+    ``"auto"`` is ``"ce"`` up to ``cfg.sampled_above`` items and ``"sampled"`` above."""
+    if cfg.loss != "auto":
+        return cfg.loss
+    return "sampled" if n_items - 1 > cfg.sampled_above else "ce"
+
+
 def catalogue_loss(
     cfg: SequenceConfig,
     hidden: torch.Tensor,
@@ -330,13 +354,17 @@ def catalogue_loss(
     gen: torch.Generator | None = None,
     probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The loss `cfg.loss` names, over rows ``hidden [N, d]`` with next items ``targets [N]``."""
+    """The loss `cfg.loss` names, over rows ``hidden [N, d]`` with next items ``targets [N]``
+    (``"auto"`` resolved by `resolve_loss` over the rows of `weight`)."""
     bf16 = resolve_amp(cfg.amp, hidden.device)
-    if cfg.loss == "ce":
+    loss = resolve_loss(cfg, int(weight.shape[0]))
+    if loss == "ce":
         return full_ce_loss(hidden, weight, targets, chunk=cfg.ce_chunk, bf16=bf16)
-    if cfg.loss == "sampled":
+    if loss == "sampled":
         if gen is None:
             raise ValueError("sampled softmax needs a generator")
+        if cfg.negative_sampling == "popularity" and probs is None:
+            raise ValueError("popularity negative sampling needs the item probabilities")
         p = probs if cfg.negative_sampling == "popularity" else None
         with torch.autocast(hidden.device.type, dtype=torch.bfloat16, enabled=bf16):
             return sampled_softmax_loss(

@@ -68,6 +68,7 @@ from dynrec.models.seq.common import (
     log_popularity,
     next_item_pairs,
     resolve_amp,
+    resolve_loss,
     sampling_probs,
     training_sequences,
 )
@@ -110,6 +111,10 @@ class SASRecConfig(SequenceConfig):
     amp: Amp = "auto"
     """bf16 matrix products in training where the hardware has them (AVX512-BF16/AMX CPUs, bf16
     GPUs); scoring is always float32."""
+    loss: Literal["ce", "sampled", "auto"] = "auto"
+    """auto: full cross-entropy up to `sampled_above` catalogue items, sampled softmax (log-Q
+    corrected) above (`dynrec.models.seq.common.resolve_loss`); `fit` writes the choice back into
+    the config | ce | sampled."""
     optimizer: Optimizer = "adam"
     epochs: PositiveInt = 200
     """An upper bound: training runs at a constant learning rate (the Trainer's default schedule)
@@ -383,7 +388,9 @@ class SASRec(TorchRecommender):
         rows = int((np.diff(data.indptr) >= 2).sum())  # users with a training sequence
         d = c.dropout if c.dropout is not None else auto_dropout(rows)
         a = c.attn_dropout if c.attn_dropout is not None else d
-        self.config = dataclasses.replace(c, dropout=d, attn_dropout=a)  # config.json says what was trained
+        loss = resolve_loss(c, data.n_items)
+        # config.json says what was trained
+        self.config = dataclasses.replace(c, dropout=d, attn_dropout=a, loss=loss)
         text = known = None
         if self.wants_item_text():
             text = self._fit_text(data.n_items)
@@ -619,7 +626,7 @@ def flops_per_token(cfg: SASRecConfig, n_items: int, avg_len: float) -> float:
     d = cfg.embedding_dim
     ffn = cfg.ffn_dim or d
     per_layer = 2 * (4 * d * d + 2 * d * ffn) + 2 * 2 * avg_len * d  # projections + attention
-    head = 2 * d * n_items if cfg.loss == "ce" else 2 * d * (cfg.n_negatives + 1)
+    head = 2 * d * n_items if resolve_loss(cfg, n_items) == "ce" else 2 * d * (cfg.n_negatives + 1)
     return 3.0 * (cfg.num_layers * per_layer + head)
 
 
