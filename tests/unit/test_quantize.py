@@ -89,6 +89,8 @@ def test_refusals(sasrec: Recommender) -> None:
     pop = registry.create_model("pop").fit(clustered_data(n_users=10, n_items=8), options=OPTS)
     with pytest.raises(DynrecError, match="not a neural model"):
         quantize(pop, "int8")
+    with pytest.raises(DynrecError, match="quantised scoring copy"):  # no model file of packed layers
+        quantize(sasrec, "int8").tensors()
 
 
 def test_int8_keeps_the_item_tables_float32_with_item_text() -> None:

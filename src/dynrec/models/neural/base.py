@@ -197,7 +197,14 @@ class TorchRecommender(Recommender):
     def tensors(self) -> dict[str, torch.Tensor]:
         if self.net is None:
             raise NotFittedError(f"{self.name} is not fitted")
-        return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        state = self.net.state_dict()
+        packed = [k for k, v in state.items() if not isinstance(v, torch.Tensor) or v.is_quantized]
+        if packed:  # dynamic int8 layers keep packed parameters, which are no model file tensors
+            raise DynrecError(
+                f"{self.name}: this is a quantised scoring copy ({packed[0]!r} is packed); save or "
+                "version the float32 model it was made from"
+            )
+        return {k: v.detach().cpu() for k, v in state.items()}
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Rebuild the module from `meta` and the config, check `tensors` against its state_dict
