@@ -99,6 +99,21 @@ def evaluate(
                 tops[a:b] = topk_stable(scores, kmax)[0].cpu().numpy()
             bar.update(b - a)
     bar.close()
+    out = rank_report(ranks, tops, evalset, ks=ks, n_items=n_items, item_popularity=item_popularity)
+    return EvalResult(out, ranks, time.perf_counter() - t0)
+
+
+def rank_report(
+    ranks: np.ndarray,
+    tops: np.ndarray | None,
+    evalset: EvalSet,
+    *,
+    ks: Sequence[int],
+    n_items: int,
+    item_popularity: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The metric dict of an evaluation from 0-based target `ranks` (inf = missed) and, when given,
+    each query's top list `tops` (Coverage/Novelty): shared by exact and approximate evaluation."""
     out: dict[str, float] = {}
     for k in ks:
         for name, fn in M.ALL_RANK_METRICS.items():
@@ -108,8 +123,8 @@ def evaluate(
             if item_popularity is not None:
                 out[f"Novelty@{k}"] = M.novelty(tops[:, :k], item_popularity)
     out["n_users"] = float(np.unique(evalset.queries.users).size)
-    out["n_queries"] = float(n_q)
-    return EvalResult(out, ranks, time.perf_counter() - t0)
+    out["n_queries"] = float(len(evalset))
+    return out
 
 
 def user_popularity(train: Any) -> np.ndarray:

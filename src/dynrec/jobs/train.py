@@ -35,8 +35,7 @@ from dynrec.data.events import EventLog, ValidationReport
 from dynrec.data.io import ColumnMap, parse_columns, read_events
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DatasetNotFoundError, DynrecError
-from dynrec.evaluation import metrics as M
-from dynrec.evaluation.offline import EvalResult, evaluate, user_popularity
+from dynrec.evaluation.offline import EvalResult, evaluate, rank_report, user_popularity
 from dynrec.jobs import items as items_
 from dynrec.jobs import provenance as prov_
 from dynrec.jobs.provenance import Provenance
@@ -398,15 +397,7 @@ def evaluate_retrieved(
         tops[a:b, : idx.shape[1]] = idx.numpy()
         bar.update(b - a)
     bar.close()
-    out: dict[str, float] = {}
-    for k in ks:
-        for name, fn in M.ALL_RANK_METRICS.items():
-            out[f"{name}@{k}"] = fn(ranks, k)
-        out[f"Coverage@{k}"] = M.item_coverage(tops[:, :k], model.n_items - 1)
-        if item_popularity is not None:
-            out[f"Novelty@{k}"] = M.novelty(tops[:, :k], item_popularity)
-    out["n_users"] = float(np.unique(evalset.queries.users).size)
-    out["n_queries"] = float(n_q)
+    out = rank_report(ranks, tops, evalset, ks=ks, n_items=model.n_items, item_popularity=item_popularity)
     return EvalResult(out, ranks, time.perf_counter() - t0)
 
 

@@ -653,21 +653,7 @@ class Runtime:
                 self._forget_on_swap = set()
             try:
                 report = updater.update([e for _, e in taken])
-                scoring, index = self._scoring(updater.model)
-                new = ModelHolder(
-                    old.model_dir,
-                    updater.model,
-                    self.store,
-                    updater=updater,
-                    metadata=old.metadata,
-                    saved=old.saved,
-                    cache_size=self.settings.cache_size,
-                    persist_every=self.settings.persist_every,
-                    trained_memory=old.trained_memory,
-                    item_info=old.item_info,
-                    scoring=scoring,
-                    index=index,
-                )
+                new = self._successor(old, updater, old.item_info)
                 with self._memory_lock:
                     for user in self._forget_on_swap:
                         updater.forget_user(user)
@@ -688,6 +674,25 @@ class Runtime:
             report["model_version"] = new.version
             report["pending_events"] = n_pending
             return report
+
+    def _successor(self, old: ModelHolder, updater: IncrementalUpdater, item_info: ItemInfo) -> ModelHolder:
+        """The holder that replaces `old` once `updater` (a deep copy of old's) changed its model:
+        same directory, metadata and training memory, fresh scoring copy and index."""
+        scoring, index = self._scoring(updater.model)
+        return ModelHolder(
+            old.model_dir,
+            updater.model,
+            self.store,
+            updater=updater,
+            metadata=old.metadata,
+            saved=old.saved,
+            cache_size=self.settings.cache_size,
+            persist_every=self.settings.persist_every,
+            trained_memory=old.trained_memory,
+            item_info=item_info,
+            scoring=scoring,
+            index=index,
+        )
 
     def add_items(
         self, texts: ItemTexts, *, skip_existing: bool = False, encoder: Encoder | None = None
@@ -715,21 +720,7 @@ class Runtime:
                     return done, old.version
                 added_info = item_info_from_texts(texts, done.added)
                 save_model_dir(model, old.model_dir, {**_read_info(old.model_dir), **added_info})
-                scoring, index = self._scoring(model)
-                new = ModelHolder(
-                    old.model_dir,
-                    model,
-                    self.store,
-                    updater=updater,
-                    metadata=old.metadata,
-                    saved=old.saved,
-                    cache_size=self.settings.cache_size,
-                    persist_every=self.settings.persist_every,
-                    trained_memory=old.trained_memory,
-                    item_info={**old.item_info, **added_info},
-                    scoring=scoring,
-                    index=index,
-                )
+                new = self._successor(old, updater, {**old.item_info, **added_info})
                 with self._memory_lock:
                     for user in self._forget_on_swap:
                         updater.forget_user(user)

@@ -1,4 +1,4 @@
-"""Item text and text embeddings (issue 13): what items say about themselves, as vectors.
+"""Item text and text embeddings: what items say about themselves, as vectors.
 
 `dataset_item_texts` / `read_item_texts` give an `ItemTexts` (text, titles, tags per item id);
 `TextEncoder` turns texts into cached, L2-normalised sentence embeddings with a local
