@@ -35,7 +35,19 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = Path(os.environ.get("DYNREC_BENCH_RESULTS", HERE / "results"))  # a scratch store for trials
-QUESTIONS = ("quality", "speed", "replay", "latency", "peers", "serve", "text", "ann", "quantize")
+QUESTIONS = (
+    "quality",
+    "speed",
+    "replay",
+    "latency",
+    "peers",
+    "serve",
+    "text",
+    "ann",
+    "quantize",
+    "convergence",
+    "scale",
+)
 Record = dict[str, Any]
 
 

@@ -51,6 +51,7 @@ targets only. Peers (RecBole, implicit) ran on the same split with `benchmarks/p
 | peers on the same split | `bash benchmarks/peers/run.sh` | `results/peers.json` |
 | data / evaluation / training speed | `python -m benchmarks.speed data\\|eval\\|train` | `results/speed.json` |
 | data-parallel training speed-up | `python -m benchmarks.distributed` | `results/speed.json` |
+| time to quality (training configurations side by side) | `python -m benchmarks.convergence` | `results/convergence.json` |
 | streaming replay, four modes | `python -m benchmarks.replay` | `results/replay.json` |
 | state step + top-10 latency | `python -m benchmarks.latency` | `results/latency.json` |
 | the HTTP service under load | `python -m benchmarks.serve_load` | `results/serve.json` |
@@ -244,6 +245,13 @@ def peers_table(peers: list[Record]) -> str:
 # ---------------------------------------------------------------- speed
 
 
+def step_shares(m: dict[str, Any]) -> str:
+    if "share_output_ce" not in m:
+        return ""
+    shares = (m["share_output_ce"], m["share_network"], m["share_optimizer"])
+    return " / ".join(f"{100 * v:.0f}%" for v in shares)
+
+
 def speed_tables(speed: list[Record]) -> str:
     kinds = group(speed, lambda r: r["params"]["kind"])
     parts = ["## Speed"]
@@ -302,12 +310,16 @@ def speed_tables(speed: list[Record]) -> str:
         rows = [
             [r["params"]["dataset"], r["params"]["model"]]
             + [r["metrics"][k] for k in keys]
-            + [r.get("note", ""), cmd(r)]
+            + [step_shares(r["metrics"]), f"{r['machine']['cpu']}; {r.get('note', '')}", cmd(r)]
             for r in kinds["train"]
         ]
+        gpu = any(r["machine"].get("device", "cpu") != "cpu" for r in speed)
         parts.append(
             "### Training\n\nFLOPs counted with `torch.utils.flop_counter` on a real batch; peak = a measured "
-            "float32 matrix multiply on the same machine.\n\n"
+            "float32 matrix multiply on the same machine, in the same run. *Where a step goes*: shares of "
+            "a profiled training step — the output layer with its full-catalogue cross-entropy (forward and "
+            "gradient), the rest of the network (forward and backward), the optimiser (clipping, Adam, "
+            "weight average).\n\n"
             + table(
                 [
                     "dataset",
@@ -318,10 +330,18 @@ def speed_tables(speed: list[Record]) -> str:
                     "GFLOP/s",
                     "peak GFLOP/s",
                     "% of peak",
-                    "notes",
+                    "where a step goes (output+CE / network / optimiser)",
+                    "CPU; notes",
                     "reproduce",
                 ],
                 rows,
+            )
+            + (
+                ""
+                if gpu
+                else "\n\nNot checked: GPU training speed and data-parallel training over NCCL (no GPU "
+                "machine was lent to the sessions that measured this page; the code selects CUDA and NCCL "
+                "when a GPU is present)."
             )
         )
     if "distributed" in kinds:
@@ -808,6 +828,64 @@ def ann_tables(ann: list[Record]) -> str:
     )
 
 
+def convergence_tables(conv: list[Record]) -> str:
+    if not conv:
+        return ""
+    rows = []
+    for r in sorted(conv, key=lambda r: str(r["key"])):
+        p, m = r["params"], r["metrics"]
+        c = p["config"]
+        rows.append(
+            [
+                p["dataset"],
+                p["model"],
+                p["variant"],
+                p["seed"],
+                f"b={c.get('batch_size')} lr={c.get('learning_rate')} {c.get('schedule')} "
+                f"warmup={c.get('warmup_steps')} epochs<={c.get('epochs')} attn_drop={c.get('attn_dropout')}",
+                p["target"],
+                m.get("epochs_to_target", "not reached"),
+                fmt(m["s_to_target"] / 60) if m.get("s_to_target") else "not reached",
+                f"{fmt(m['speedup_to_target_vs_previous'])}x" if "speedup_to_target_vs_previous" in m else "",
+                m.get("s_per_epoch"),
+                m.get("final_NDCG@10"),
+                f"{m.get('kept_epoch')} / {m.get('epochs_run')}",
+                f"{m.get('variants_side_by_side')} side by side; load {m.get('loadavg')}",
+                cmd(r),
+            ]
+        )
+    plots = sorted(RESULTS.glob("convergence_*.png"))
+    return (
+        "## Time to quality\n\n"
+        "`benchmarks/convergence.py`: training configurations run side by side, each in its own\n"
+        "process on its own core with one thread. After every epoch that changes the kept checkpoint\n"
+        "(validation decides, as in a normal run) the kept model's test NDCG@10 is computed (not\n"
+        "counted in the clock). *min to target* = training minutes (batches + validation) until the\n"
+        "kept checkpoint first reaches the target; *final* = the kept model at the end of the run.\n"
+        "`previous` is SASRec's default before the time-to-quality work, pinned explicitly.\n\n"
+        + table(
+            [
+                "dataset",
+                "model",
+                "variant",
+                "seed",
+                "configuration",
+                "target",
+                "epochs to target",
+                "min to target",
+                "speed-up",
+                "s/epoch",
+                "final NDCG@10",
+                "kept / run epochs",
+                "conditions",
+                "reproduce",
+            ],
+            rows,
+        )
+        + "".join(f"\n\n![{p.stem}](results/{p.name})" for p in plots)
+    )
+
+
 def quantize_tables(quant: list[Record]) -> str:
     if not quant:
         return ""
@@ -866,6 +944,7 @@ def render() -> str:
         quality_tables(quality),
         peers_table(peers),
         speed_tables(load("speed")),
+        convergence_tables(load("convergence")),
         replay_table(load("replay")),
         latency_tables(load("latency")),
         serve_table(load("serve")),

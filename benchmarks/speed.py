@@ -7,7 +7,10 @@
             `--repeats` runs, users/s.
 ``train`` — seconds per epoch, tokens/s and achieved GFLOP/s of a neural model next to this machine's
             measured float32 matmul peak. FLOPs are counted (`FlopCounterMode` on one real batch, scaled
-            by the epoch's equal-shaped batches), not estimated.
+            by the epoch's batches), not estimated. Where a step's time goes (`step_breakdown`): a few
+            real steps under `torch.profiler`, split into the output layer + loss (the fused
+            full-catalogue cross-entropy, forward and gradient), the rest of the network (forward and
+            backward), the optimiser (step, clipping, weight average) and data movement.
 
     python -m benchmarks.speed data --datasets ml-100k,ml-1m
     python -m benchmarks.speed eval --datasets ml-100k --models pop,itemknn
@@ -137,6 +140,52 @@ def sgemm_peak(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / med / 1e9
 
 
+def step_breakdown(model: Any, batches: list[Any], steps: int = 4) -> dict[str, float]:
+    """Shares of a training step's wall time (see the module docstring), over `steps` batches
+    after one warm-up step, in the Trainer's order: loss, backward, clip, optimiser, average."""
+    import torch
+    from torch import nn
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    net = model.net
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    avg = [p.detach().clone() for p in net.parameters()]
+
+    def step(batch: dict[str, Any]) -> None:
+        with record_function("phase:loss"):
+            loss = model.loss(batch)
+        with record_function("phase:backward"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("phase:optimizer"):
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            with torch.no_grad():
+                for a, p in zip(avg, net.parameters(), strict=True):
+                    a.lerp_(p.detach(), 0.005)
+
+    net.train()
+    step(batches[0])
+    chosen = batches[1 : steps + 1] or batches[:1]
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for b in chosen:
+            step(b)
+    wall = time.perf_counter() - t0
+    tot = {e.key: e.cpu_time_total / 1e6 for e in prof.key_averages()}
+    ce = tot.get("_FusedLinearCE", 0.0)
+    loss_s, bwd_s, opt_s = (tot.get(f"phase:{k}", 0.0) for k in ("loss", "backward", "optimizer"))
+    prof_s = loss_s + bwd_s + opt_s
+    scale = wall / prof_s if prof_s > 0 else 1.0  # profiler totals -> this run's wall time
+    return {
+        "step_s": wall / len(chosen),
+        "share_output_ce": ce / prof_s if prof_s else 0.0,
+        "share_network": (loss_s - ce + bwd_s) / prof_s if prof_s else 0.0,
+        "share_optimizer": opt_s / prof_s if prof_s else 0.0,
+        "profiler_overhead": scale,
+    }
+
+
 def run_train(args: argparse.Namespace) -> None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -162,6 +211,7 @@ def run_train(args: argparse.Namespace) -> None:
             with FlopCounterMode(display=False) as fc:
                 model.loss(batches[0]).backward()  # type: ignore[no-untyped-call]
             flops_epoch = fc.get_total_flops() * len(batches)
+            breakdown = step_breakdown(model, batches)
             model.fit(train_data, None)
             epoch_s = statistics.median([h["seconds"] for h in model.meta["train_log"]])
             metrics = {
@@ -171,6 +221,7 @@ def run_train(args: argparse.Namespace) -> None:
                 "achieved_GFLOP_s": flops_epoch / epoch_s / 1e9,
                 "peak_GFLOP_s": peak,
                 "pct_of_peak": 100 * flops_epoch / epoch_s / 1e9 / peak,
+                **breakdown,
             }
             put(
                 record(
