@@ -121,3 +121,35 @@ def test_config_is_validated() -> None:
         AnnConfig.from_dict({"kind": "lsh"})
     assert AnnConfig().with_overrides({"ef_search": "64"}).ef_search == 64
     assert np.isfinite(AnnConfig().m)
+
+
+def test_search_without_exclusions_pads_unreachable_results() -> None:
+    # IVF with 2 cells, 1 probed: the query [1, 1] reaches only the cell of items 1 and 2
+    v = torch.tensor([[0.0, 0.0], [10.0, 0.0], [10.0, 0.1], [-10.0, 0.0], [-10.0, 0.1]])
+    index = AnnIndex.build(v, None, AnnConfig(kind="ivf", nlist=2, nprobe=1, num_threads=1))
+    idx, sc = index.search(torch.tensor([[1.0, 1.0]]), 3)
+    assert idx.tolist() == [[2, 1, 0]]
+    assert sc[0, :2].tolist() == pytest.approx([10.1, 10.0]) and torch.isinf(sc[0, 2])
+    index.config = index.config.replace(nprobe=2)  # both cells: everything reachable
+    assert index.search(torch.tensor([[1.0, 1.0]]), 4)[0].tolist() == [[2, 1, 4, 3]]
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_search_without_exclusions_equals_search_with_irrelevant_ones(kind: str) -> None:
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(300, 6, generator=g)
+    bias = torch.randn(300, generator=g)
+    q = torch.randn(9, 6, generator=g)
+    index = AnnIndex.build(v, bias, EXACT_HNSW.replace(kind=kind, nlist=4, nprobe=4))
+    plain_i, plain_s = index.search(q, 5)
+    want_i, _ = exact_search(v, bias, q, 6)
+    assert plain_i.tolist() == want_i[:, :5].tolist()  # every cell probed / a wide beam on 299 items
+    # padding and items past the table are never candidates (still no exclusion); each query's
+    # 6th item is, but excluding it leaves its top-5: the grouped path gives the same answer
+    for ex in [
+        (torch.tensor([0, 3]), torch.tensor([0, 300])),
+        (torch.arange(9), want_i[:, 5]),
+    ]:
+        other_i, other_s = index.search(q, 5, exclude=ex)
+        assert plain_i.tolist() == other_i.tolist()
+        torch.testing.assert_close(plain_s, other_s)

@@ -114,8 +114,11 @@ def _augment(vectors: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
 
 def _queries(q: torch.Tensor | np.ndarray, has_bias: bool) -> np.ndarray:
     a = _as_f32(q)
-    if has_bias:
-        a = np.ascontiguousarray(np.hstack([a, np.ones((a.shape[0], 1), dtype=np.float32)]))
+    if has_bias and a.ndim == 2:  # [q, 1] against the items' [v, b]
+        out = np.empty((a.shape[0], a.shape[1] + 1), dtype=np.float32)
+        out[:, :-1] = a
+        out[:, -1] = 1.0
+        return out
     return a
 
 
@@ -209,6 +212,7 @@ class AnnIndex:
         self.fingerprint = fingerprint
         """SHA-256 of the indexed table (`load` compares it with the model's)."""
         self.build_seconds = 0.0
+        self._search_params: dict[tuple[str, int, int], Any] = {}
 
     # ---- building ------------------------------------------------------------------------------
     @classmethod
@@ -282,8 +286,16 @@ class AnnIndex:
         ex_rows, ex_cols = _exclusions(exclude, b)
         inside = (ex_cols > 0) & (ex_cols < self.n_rows)  # others are never retrieved anyway
         ex_rows, ex_cols = ex_rows[inside], ex_cols[inside]
-        counts = np.bincount(ex_rows, minlength=b).astype(np.int64)
         _set_threads(self.config.num_threads)
+        if ex_rows.size == 0:  # nothing excluded: one search for k candidates, no regrouping
+            dist, lab = self.index.search(q, k, params=self._params(k))
+            missing = lab < 0  # fewer than k items reachable
+            lab += 1  # FAISS label j is item j + 1
+            if missing.any():
+                lab[missing] = 0
+                dist[missing] = -np.inf
+            return torch.from_numpy(lab), torch.from_numpy(dist)
+        counts = np.bincount(ex_rows, minlength=b).astype(np.int64)
         # queries grouped by how many candidates they need, so one long history does not widen
         # every query's search (groups: k + excluded rounded up to a power of two)
         need = np.minimum(k + counts, self.n_rows - 1)
@@ -298,13 +310,20 @@ class AnnIndex:
         return _drop_excluded(labels, scores, k, ex_rows, ex_cols)
 
     def _params(self, width: int) -> Any:
-        faiss = _faiss()
-        if self.config.kind == "hnsw":
-            p = faiss.SearchParametersHNSW()
-            p.efSearch = max(self.config.ef_search, width)
-            return p
-        p = faiss.SearchParametersIVF()
-        p.nprobe = self.config.nprobe
+        """FAISS search parameters for a search of `width` candidates (kept per setting: making
+        them costs more than a small search)."""
+        cfg = self.config
+        key = (cfg.kind, max(cfg.ef_search, width), cfg.nprobe)
+        p = self._search_params.get(key)
+        if p is None:
+            faiss = _faiss()
+            if cfg.kind == "hnsw":
+                p = faiss.SearchParametersHNSW()
+                p.efSearch = key[1]
+            else:
+                p = faiss.SearchParametersIVF()
+                p.nprobe = cfg.nprobe
+            self._search_params[key] = p
         return p
 
     # ---- persistence ---------------------------------------------------------------------------
