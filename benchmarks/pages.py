@@ -398,9 +398,9 @@ def replay_table(replay: list[Record]) -> str:
         p, m = r["params"], r["metrics"]
         ref = by_key.get(f"{p['dataset']}/{p['model']}/retrain")
         vs = m["NDCG@10"] / ref["metrics"]["NDCG@10"] if ref and ref["metrics"]["NDCG@10"] else None
-        mode = p["mode"] + (
-            f" ({p['variant']})" if p.get("variant") and p["mode"] in ("incremental", "retrain") else ""
-        )
+        keyed = bool(p.get("variant")) and str(r["key"]).endswith(f"({p['variant']})")  # a variant's own row
+        shown = keyed or p["mode"] in ("incremental", "retrain")
+        mode = p["mode"] + (f" ({p['variant']})" if p.get("variant") and shown else "")
         rows.append(
             [
                 p["dataset"],

@@ -14,6 +14,14 @@ validation targets before the replay and after its last update.
     python -m benchmarks.replay --dataset ml-100k --models itemknn,als,gru4rec,sasrec
     python -m benchmarks.replay --dataset ml-1m --models itemknn,als --n-updates 3
     dynrec data synth --out synth && python -m benchmarks.replay --dataset synth --models sasrec
+
+A model saved for this replay (`dynrec replay MODEL --dataset D --save-model DIR`) can be measured
+instead of the cached one with ``--model-dir DIR``; ``--variant LABEL`` then keys its records apart
+(``<dataset>/<model>/<mode> (LABEL)``, e.g. a speed check on another machine or with a cheaper
+model) so they never replace the main ones, and ``--note`` says how the model was trained:
+
+    python -m benchmarks.replay --dataset ml-1m --models sasrec --modes state \
+        --model-dir DIR --variant "1-epoch model, CPU" --note "sasrec trained 1 epoch"
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from benchmarks._common import RESULTS, load, put, record
 from dynrec.evaluation.offline import evaluate
 from dynrec.evaluation.report import plot_windows
 from dynrec.jobs import fit_for_replay, load_replay_data
+from dynrec.jobs.replay import check_replay_model
 from dynrec.models.base import Recommender
 from dynrec.online.updater import UpdateConfig
 from dynrec.replay import MODES, ReplayConfig, ReplayData, holdout_last, replay
@@ -84,7 +93,14 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dynrec-replay-models")
     ap.add_argument("--plot-dir", type=Path, default=RESULTS)
     ap.add_argument("--refit", action="store_true", help="ignore cached trained models")
+    ap.add_argument("--model-dir", type=Path, default=None, help="a model saved for this replay (one model)")
+    ap.add_argument("--variant", default="", help="label keying these records apart from the main ones")
+    ap.add_argument(
+        "--note", default="", help="note stored with each record (e.g. how the model was trained)"
+    )
     args = ap.parse_args()
+    if args.model_dir is not None and "," in args.models:
+        ap.error("--model-dir measures one model: pass a single name in --models")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     folder = Path(args.dataset) if Path(args.dataset).is_dir() else None
     dataset = str(folder / "events.csv") if folder is not None else args.dataset
@@ -101,7 +117,10 @@ def main() -> None:
             if s.split(".", 1)[0] == name
         }
         cache = args.cache / f"{ds_key}-{rd.protocol.replace('>=', 'ge')}-{name}"
-        if args.refit or not (cache / "config.json").exists():
+        if args.model_dir is not None:
+            cache = args.model_dir
+            check_replay_model(Recommender.load(cache), rd)
+        elif args.refit or not (cache / "config.json").exists():
             t0 = time.perf_counter()
             model = fit_for_replay(name, rd, overrides=overrides)
             model.save(cache)
@@ -143,20 +162,29 @@ def main() -> None:
                 ("--replay-ratio", args.replay_ratio, 1.0),
             ):
                 command += f" {flag} {value}" if value != default else ""
+            if args.model_dir is not None:
+                command += " --model-dir DIR"
             params = _params(label, name, mode, rd.protocol, args)
+            key = f"{label}/{name}/{mode}"
+            if args.variant:
+                params["variant"] = args.variant
+                key += f" ({args.variant})"
+                command += f' --variant "{args.variant}"'
             row = {
                 k: v for k, v in row.items() if k not in ("dataset", "model", "mode", "protocol", "updates")
             }
-            put(record("replay", f"{label}/{name}/{mode}", params, row, command, device=_device(model)))
+            put(record("replay", key, params, row, command, device=_device(model), note=args.note))
             print(
                 f"{name:8s} {mode:12s} HR@10 {row['HR@10']:.4f} NDCG@10 {row['NDCG@10']:.4f} "
                 f"{row['events_per_s']:.0f} ev/s, {row['seconds']:.0f}s (updates {row['update_seconds']:.0f}s)",
                 flush=True,
             )
+            if args.variant:
+                continue  # the plot shows the main records of this dataset and model
             stored = {
                 r["params"]["mode"]: r["metrics"]
                 for r in load("replay")
-                if r["key"].startswith(f"{label}/{name}/")
+                if r["key"].startswith(f"{label}/{name}/") and not r["params"].get("variant")
             }
             plot_windows(
                 [{"mode": m, **stored[m]} for m in MODES if m in stored],

@@ -122,15 +122,16 @@ def test_dropout_by_dataset_size(cycles: InteractionData, tmp_path: Path) -> Non
     assert auto_dropout(943) == 0.3 and auto_dropout(4095) == 0.3 and auto_dropout(6040) == 0.2
     cfg = SASRecConfig.from_dict({"embedding_dim": 16, "max_len": 6, "epochs": 1})
     model = SASRec(cfg).fit(leave_one_out(cycles).train, options=OPTS)  # 200 users: the small-data dropout
-    assert model.dropouts() == (0.3, 0.3) and (model.config.dropout, model.config.attn_dropout) == (0.3, 0.3)
+    # attention dropout is off by default (the fused attention kernel)
+    assert model.dropouts() == (0.3, 0.0) and (model.config.dropout, model.config.attn_dropout) == (0.3, 0.0)
     net = model.net
-    assert net is not None and {m.p for m in net.modules() if isinstance(m, Dropout)} == {0.3}
+    assert net is not None and {m.p for m in net.modules() if isinstance(m, Dropout)} == {0.3, 0.0}
     model.save(tmp_path / "m")
     loaded = Recommender.load(tmp_path / "m")
-    assert isinstance(loaded, SASRec) and loaded.dropouts() == (0.3, 0.3)
-    set_ = SASRec(SASRecConfig.from_dict({**cfg.to_dict(), "dropout": 0.1}))
+    assert isinstance(loaded, SASRec) and loaded.dropouts() == (0.3, 0.0)
+    set_ = SASRec(SASRecConfig.from_dict({**cfg.to_dict(), "dropout": 0.1, "attn_dropout": None}))
     set_.fit(leave_one_out(cycles).train, options=OPTS)
-    assert set_.dropouts() == (0.1, 0.1)  # attention dropout follows the set dropout
+    assert set_.dropouts() == (0.1, 0.1)  # attn_dropout=None follows the set dropout
 
 
 def test_optional_dropout_overrides() -> None:

@@ -95,10 +95,12 @@ class SASRecConfig(SequenceConfig):
     None = by dataset size (`auto_dropout`): 0.3 below 4,096 users with a training sequence, 0.2
     from there (small data overfits sooner); `fit` writes the value it chose back into the config.
     How the thresholds were chosen: docs/experiments/README.md."""
-    attn_dropout: Fraction | None = None
-    """Dropout on attention weights; None = the resolved `dropout` (written back by `fit`). (On CPU, training then runs
-    attention as explicit matrix products with the fast `dynrec.models.layers.Dropout`; CUDA uses
-    the fused SDPA kernel.)"""
+    attn_dropout: Fraction | None = 0.0
+    """Dropout on attention weights; None = the resolved `dropout` (written back by `fit`). Off by
+    default: training then runs the fused `scaled_dot_product_attention` kernel, which on CPU has
+    no dropout of its own (with dropout, attention runs as explicit matrix products with the fast
+    `dynrec.models.layers.Dropout`, a slower step), at no loss of quality on ml-1m (benchmarks:
+    time to quality)."""
     positional: Literal["rope", "absolute", "none"] = "rope"
     """rope (relative; enables the incremental KV-cache state) | absolute (learned) | none."""
     rope_base: PositiveFloat = 10000.0
@@ -106,8 +108,13 @@ class SASRecConfig(SequenceConfig):
     """none | gate: fuse the mean embedding of the whole history with the sequence state."""
     batch_size: NonNegInt = 0
     """Training rows per batch; 0 = by dataset size (written back by `fit`):
-    ``clamp(rows // 32, 32, 128)``, i.e. 128 from 4,096 users up, and at least ~32 steps per epoch
-    below that, so small datasets still get enough optimiser steps per epoch."""
+    ``clamp(rows // 32, 32, 64)``, i.e. 64 from 2,048 users up, and at least ~32 steps per epoch
+    below that. A training row holds a user's whole window (up to `max_len` next-item targets), so
+    64 rows are already thousands of targets per step; smaller batches give more optimiser steps per
+    epoch, which is what shortens training (with the learning rate below)."""
+    learning_rate: PositiveFloat = 2e-3
+    """Adam's learning rate, reached after `warmup_steps` of linear warm-up and then constant."""
+    warmup_steps: NonNegInt = 200
     amp: Amp = "auto"
     """bf16 matrix products in training where the hardware has them (AVX512-BF16/AMX CPUs, bf16
     GPUs); scoring is always float32."""
@@ -270,35 +277,61 @@ class SASRecNet(SeqTransformer):
 
     def prefill(self, hist: torch.Tensor, clen: torch.Tensor, length: torch.Tensor) -> SASRecState:
         """State after right-padded context ``hist [B, C]`` (`clen` real events per row) that ends a
-        history of `length` events; `lt_sum` is left 0 (the caller adds the whole-history sum)."""
+        history of `length` events; `lt_sum` is left 0 (the caller adds the whole-history sum).
+
+        Only what the state holds is computed: block ``i``'s cache is the keys/values of the last
+        ``max_len`` positions, made from the block below's output there, and the hidden state is
+        the top block's output at the last position. So block ``i`` of ``L`` needs queries at the
+        last ``(L-1-i)(max_len-1) + 1`` positions (``max_len`` for the block under the top, one for
+        the top), over keys at every position the block below produced — the pruning of
+        `_pruned_states`. Rows are re-aligned to the right (left padding) so that those positions
+        are shared columns; one band mask serves every row unless some row has padding keys in
+        reach (then padding keys are masked per row). Same function as running the whole context
+        through every block (tested equal to it and to stepping event by event).
+        """
         self._check_incremental()
         b, c = hist.shape
         w, dev = self.max_len, hist.device
-        offset = length - clen  # absolute position of column 0
+        blocks = self.block_list()
+        n_blocks = len(blocks)
         cols = torch.arange(c, device=dev)
-        pos = offset[:, None] + cols[None, :]  # [B, C]
-        rope = self.rope(pos)
-        x = self.embed(hist)
-        mask = None
-        is_causal = c <= w
-        if not is_causal:
-            d = cols[:, None] - cols[None, :]
+        shift = c - clen  # left padding of each row
+        real = cols[None, :] >= shift[:, None]  # [B, C]
+        src = (cols[None, :] - shift[:, None]).clamp(min=0)
+        x = self.embed(torch.where(real, hist.gather(1, src), torch.zeros_like(hist)))
+        rope = self.rope((length - c)[:, None] + cols[None, :])  # absolute positions [B, 1, C, h]
+        assert rope is not None  # positional == rope (checked above)
+        cos, sin = rope
+        m = min(c, w)  # cached positions present in the context: the last m columns
+        # ring slot s holds position p ≡ s (mod max_len) of the last max_len positions; as a column
+        # of those positions left-padded to max_len: (s - length) mod max_len
+        ring = (torch.arange(w, device=dev)[None, :] - length[:, None]) % w
+        ring = ring[:, None, :, None].expand(b, self.heads, w, self.head_dim)
+        # zero padding in the cache (only rows with fewer than m events have padding there)
+        keep = real[:, None, c - m :, None] if bool((clen < m).any()) else None  # [B, 1, m, 1]
+        keys = x.new_empty(n_blocks, b, self.heads, w, self.head_dim)
+        values = torch.empty_like(keys)
+        for i, blk in enumerate(blocks):
+            n = x.shape[1]
+            nq = min(n, (n_blocks - 1 - i) * (w - 1) + 1)
+            q, k, v = blk.project_last(x, nq, (cos[..., c - n :, :], sin[..., c - n :, :]))
+            for buf, t in ((keys, k), (values, v)):
+                t = t[:, :, n - m :]
+                if keep is not None:
+                    t = torch.where(keep, t, 0.0)
+                if m < w:
+                    t = F.pad(t, (0, 0, w - m, 0))
+                torch.gather(t, 2, ring, out=buf[i])
+            d = cols[c - nq :, None] - cols[None, c - n :]  # [nq, n] query - key distance
             mask = (d >= 0) & (d < w)
-        n_keep = clen.clamp(max=w)
-        keep = (cols[None, :] >= (clen - n_keep)[:, None]) & (cols[None, :] < clen[:, None])  # [B, C]
-        bi, ci = keep.nonzero(as_tuple=True)
-        slots = pos[bi, ci] % w
-        layers = len(self.blocks)
-        keys = torch.zeros(layers, b, self.heads, w, self.head_dim, device=dev, dtype=x.dtype)
-        values = torch.zeros_like(keys)
-        for li, blk in enumerate(self.block_list()):
-            q, k, v = blk.project(x, rope)
-            keys[li, bi, :, slots] = k[bi, :, ci]
-            values[li, bi, :, slots] = v[bi, :, ci]
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-            x = blk.finish(x, a)
-        h = self.ln_f(x)
-        hidden = h[torch.arange(b, device=dev), (clen - 1).clamp(min=0)]
+            # padding keys within some query's window: mask them per row (a query always sees itself)
+            reach = max(c - n, c - nq - (w - 1))  # leftmost column any query sees
+            if bool((shift > reach).any()):
+                mask = (mask[None] & real[:, None, c - n :]) | (d == 0)[None]
+                mask = mask[:, None]
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            x = blk.finish(x[:, n - nq :], a)
+        hidden = self.ln_f(x[:, -1])
         hidden = torch.where((length > 0)[:, None], hidden, torch.zeros_like(hidden))
         return SASRecState(keys, values, length.clone(), hidden, torch.zeros_like(hidden))
 
@@ -554,16 +587,35 @@ class SASRec(TorchRecommender):
     def init_state(self, batch: QueryBatch) -> StateBatch:
         """The incremental state of each history in `batch` (equal to replaying it with
         `step_state`): the per-layer key/value ring buffers of the last ``max_len`` events, the
-        event count, the last hidden state and the sum of the history's item embeddings."""
+        event count, the last hidden state and the sum of the history's item embeddings.
+
+        Histories are prefilled `score_batch` at a time, longest first, each group padded only to
+        its own longest context (bounds the activations; short histories cost little)."""
         with self._reading() as net:
+            n, w, dev = len(batch), net.max_len, self.device
             hist, clen = histories_right_padded(batch.indptr, batch.items, net.context_len())
-            width = max(1, int(clen.max()) if len(clen) else 1)
-            length = torch.from_numpy(batch.lengths).to(self.device)
-            st = net.prefill(hist[:, :width].to(self.device), clen.to(self.device), length)
-            ids = torch.from_numpy(batch.indptr).to(self.device)
-            mean = net.history_mean(ids, torch.from_numpy(batch.items).to(self.device), len(batch))
+            length = torch.from_numpy(batch.lengths).to(dev)
+            # every row is written by exactly one group below
+            keys = torch.empty(
+                len(net.blocks), n, net.heads, w, net.head_dim, device=dev, dtype=net.item_weight.dtype
+            )
+            values = torch.empty_like(keys)
+            hidden = torch.empty(n, net.dim, device=dev, dtype=net.item_weight.dtype)
+            order = torch.from_numpy(np.argsort(-clen.numpy(), kind="stable"))
+            step = max(1, self.config.score_batch)
+            for a in range(0, n, step):
+                idx = order[a : a + step]
+                cl = clen[idx]
+                width = max(1, int(cl.max()))
+                st = net.prefill(hist[idx, :width].to(dev), cl.to(dev), length[idx.to(dev)])
+                ix = idx.to(dev)
+                keys.index_copy_(1, ix, st.keys.to(keys.dtype))
+                values.index_copy_(1, ix, st.values.to(values.dtype))
+                hidden.index_copy_(0, ix, st.hidden.to(hidden.dtype))
+            ids = torch.from_numpy(batch.indptr).to(dev)
+            mean = net.history_mean(ids, torch.from_numpy(batch.items).to(dev), n)
             lt_sum = mean * length.clamp(min=1)[:, None].to(mean.dtype)
-            return SASRecState(st.keys, st.values, st.length, st.hidden, lt_sum).to_dict()
+            return SASRecState(keys, values, length.clone(), hidden, lt_sum).to_dict()
 
     def step_state(
         self, state: StateBatch, items: IntArray, timestamps: IntArray, *, inplace: bool = False
@@ -612,8 +664,8 @@ class SASRec(TorchRecommender):
 
 
 def auto_batch_size(n_rows: int) -> int:
-    """The default batch size for `n_rows` training rows: ``clamp(n_rows // 32, 32, 128)``."""
-    return int(min(128, max(32, n_rows // 32)))
+    """The default batch size for `n_rows` training rows: ``clamp(n_rows // 32, 32, 64)``."""
+    return int(min(64, max(32, n_rows // 32)))
 
 
 def auto_dropout(n_rows: int) -> float:
