@@ -52,6 +52,7 @@ targets only. Peers (RecBole, implicit) ran on the same split with `benchmarks/p
 | data / evaluation / training speed | `python -m benchmarks.speed data\\|eval\\|train` | `results/speed.json` |
 | data-parallel training speed-up | `python -m benchmarks.distributed` | `results/speed.json` |
 | time to quality (training configurations side by side) | `python -m benchmarks.convergence` | `results/convergence.json` |
+| cost at 1M / 3M / 10M synthetic events | `python -m benchmarks.scale` | `results/scale.json` |
 | streaming replay, four modes | `python -m benchmarks.replay` | `results/replay.json` |
 | state step + top-10 latency | `python -m benchmarks.latency` | `results/latency.json` |
 | the HTTP service under load | `python -m benchmarks.serve_load` | `results/serve.json` |
@@ -894,6 +895,88 @@ def convergence_tables(conv: list[Record]) -> str:
     )
 
 
+def scale_tables(records: list[Record]) -> list[str]:
+    """One row per size and stage of benchmarks/scale.py, and a link to the cost-vs-events plot."""
+    if not records:
+        return []
+    order = {"generate": 0, "prepare": 1, "model": 2, "replay": 3}
+    rows = []
+    for r in sorted(records, key=lambda r: (int(r["params"]["events"]), order.get(r["params"]["stage"], 9))):
+        p, m = r["params"], r["metrics"]
+        stage = p["stage"]
+        if stage == "prepare":
+            what = (
+                f"{fmt(m['n_events'])} events, {fmt(m['n_users'])} users, {fmt(m['n_items'])} items "
+                f"(read, validate, dedup, vocabularies, leave-one-out split, hash): "
+                f"{fmt(m['prepare_s'])} s, {fmt(m['events_per_s'])} events/s"
+            )
+        elif stage == "model":
+            what = (
+                f"ALS, {p['als_epochs']} sweeps over {fmt(m['n_train'])} events: "
+                f"{fmt(m['train_events_per_s'])} events/s; full-catalogue evaluation of "
+                f"{fmt(m['eval_users'])} sampled test users over {fmt(m['n_items'])} items: "
+                f"{fmt(m['eval_s'])} s (NDCG@10 {fmt(m['NDCG@10'])}); one user's top-10: "
+                f"median {fmt(m['recommend_ms_median'])} ms"
+            )
+        elif stage == "replay":
+            what = (
+                f"ALS, state mode after the {p['replay_quantile']} time cut: "
+                f"{fmt(m['events_per_s'])} events/s over {fmt(m['n_stream'])} events of "
+                f"{fmt(m['n_users_stream'])} users ({fmt(m['n_users_data'])} in the data; states built in "
+                f"{fmt(m['state_init_s'])} s; state budget {m['state_budget_mb']} MB)"
+            )
+        else:
+            what = f"{fmt(m['n_events'])} events, {fmt(m['events_csv_mib'])} MiB of CSV"
+        rows.append(
+            [
+                f"{p['events']:,}",
+                stage,
+                what,
+                m["wall_s"],
+                m["cpu_s"],
+                m["peak_rss_mib"],
+                f"{m['load_avg_before']:.1f} / {m['load_avg_after']:.1f}",
+                f"{r['machine']['cpu']} x{r['machine']['cpus']}, nice {p.get('nice', 0)}",
+                cmd(r),
+            ]
+        )
+    plots = sorted(RESULTS.glob("scale_*.png"))
+    lines = [
+        "## Scale: 1M, 3M and 10M events",
+        "",
+        "`benchmarks/scale.py` on the synthetic generator (`dynrec.data.synthetic`, its sampled simulator:",
+        "power-law popularity within item groups, drifting interests), 10 events per user on average",
+        "(so 1M events = 100k users, 10M = 1M users), a 200,000-item catalogue. Every stage runs in a",
+        "fresh process: *peak RSS* is that process's own (`ru_maxrss`, imports included), *CPU s* is",
+        "its user + system time. The wall time depends on how busy the machine was: the load average",
+        "(1 minute, before / after the stage) is given with it; on a loaded machine read the CPU",
+        "seconds. *prepare* is `dynrec.jobs.prepare` on the CSV file; *model* prepares again, then",
+        "trains and evaluates; *replay* cuts by time, fits ALS on the pre-cut events and replays the rest.",
+        "",
+        table(
+            [
+                "events",
+                "stage",
+                "what was measured",
+                "wall s",
+                "CPU s",
+                "peak RSS, MiB",
+                "load before / after",
+                "machine",
+                "reproduce",
+            ],
+            rows,
+        ),
+    ]
+    if plots:
+        lines += [
+            "",
+            "Cost against events (log-log; dotted: linear growth from the smallest size): "
+            + ", ".join(f"[{p.stem}](results/{p.name})" for p in plots),
+        ]
+    return lines
+
+
 def quantize_tables(quant: list[Record]) -> str:
     if not quant:
         return ""
@@ -959,6 +1042,7 @@ def render() -> str:
         text_tables(load("text")),
         ann_tables(load("ann")),
         quantize_tables(load("quantize")),
+        "\n".join(scale_tables(load("scale"))),
     ]
     return "\n\n".join(s.strip() for s in sections) + "\n"
 

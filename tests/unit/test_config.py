@@ -342,7 +342,7 @@ def test_cuda_on_a_host_without_cuda_is_a_clear_error(data: InteractionData) -> 
 
 def test_resolved_values_written_into_config(data: InteractionData, tmp_path: Path) -> None:
     split = leave_one_out(data)
-    cfg = SASRecConfig(embedding_dim=8, num_heads=2, ffn_dim=8, max_len=6, epochs=1, attn_dropout=None)
+    cfg = SASRecConfig(embedding_dim=8, num_heads=2, ffn_dim=8, max_len=6, epochs=1)
     assert (cfg.dropout, cfg.attn_dropout, cfg.batch_size) == (None, None, 0)
     model = SASRec(cfg).fit(split.train, options=OPTS)
     rows = int(

@@ -17,7 +17,7 @@ from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.layers import Dropout
 from dynrec.models.neural import EpochRecord, TorchRecommender
 from dynrec.models.seq.common import full_ce_loss, resolve_loss, training_sequences
-from dynrec.models.seq.sasrec import SASRec, SASRecConfig, auto_dropout
+from dynrec.models.seq.sasrec import SASRec, SASRecConfig, auto_batch_size, auto_dropout, auto_profile
 from dynrec.online.adapters import RecomputeAdapter, adapter_for
 from dynrec.preprocessing.split import leave_one_out
 
@@ -122,16 +122,51 @@ def test_dropout_by_dataset_size(cycles: InteractionData, tmp_path: Path) -> Non
     assert auto_dropout(943) == 0.3 and auto_dropout(4095) == 0.3 and auto_dropout(6040) == 0.2
     cfg = SASRecConfig.from_dict({"embedding_dim": 16, "max_len": 6, "epochs": 1})
     model = SASRec(cfg).fit(leave_one_out(cycles).train, options=OPTS)  # 200 users: the small-data dropout
-    # attention dropout is off by default (the fused attention kernel)
-    assert model.dropouts() == (0.3, 0.0) and (model.config.dropout, model.config.attn_dropout) == (0.3, 0.0)
+    assert model.dropouts() == (0.3, 0.3) and (model.config.dropout, model.config.attn_dropout) == (0.3, 0.3)
     net = model.net
-    assert net is not None and {m.p for m in net.modules() if isinstance(m, Dropout)} == {0.3, 0.0}
+    assert net is not None and {m.p for m in net.modules() if isinstance(m, Dropout)} == {0.3}
     model.save(tmp_path / "m")
     loaded = Recommender.load(tmp_path / "m")
-    assert isinstance(loaded, SASRec) and loaded.dropouts() == (0.3, 0.0)
-    set_ = SASRec(SASRecConfig.from_dict({**cfg.to_dict(), "dropout": 0.1, "attn_dropout": None}))
+    assert isinstance(loaded, SASRec) and loaded.dropouts() == (0.3, 0.3)
+    set_ = SASRec(SASRecConfig.from_dict({**cfg.to_dict(), "dropout": 0.1}))
     set_.fit(leave_one_out(cycles).train, options=OPTS)
-    assert set_.dropouts() == (0.1, 0.1)  # attn_dropout=None follows the set dropout
+    assert set_.dropouts() == (0.1, 0.1)  # attention dropout follows the set dropout
+
+
+def _uniform_lengths(n_users: int, events: int) -> InteractionData:
+    users = np.repeat(np.arange(1, n_users + 1), events)
+    items = np.tile(np.arange(1, events + 1), n_users)
+    uv = Vocabulary(f"u{i}" for i in range(1, n_users + 1))
+    iv = Vocabulary(f"i{i}" for i in range(1, events + 1))
+    return InteractionData.from_arrays(users, items, user_vocab=uv, item_vocab=iv)
+
+
+def test_training_profile_by_data() -> None:
+    # 4,096 rows of 51 events = 50 targets each: long; one target fewer, or one row fewer: standard
+    assert auto_profile(_uniform_lengths(4096, 51), max_len=200) == "long"
+    assert auto_profile(_uniform_lengths(4096, 50), max_len=200) == "standard"
+    assert auto_profile(_uniform_lengths(4095, 60), max_len=200) == "standard"
+    assert auto_profile(_uniform_lengths(4096, 60), max_len=20) == "standard"  # rows cut at max_len + 1
+    assert (auto_batch_size(6040, "long"), auto_batch_size(6040), auto_batch_size(943, "long")) == (
+        64,
+        128,
+        32,
+    )
+
+
+def test_training_profile_written_into_config(cycles: InteractionData) -> None:
+    base = {"embedding_dim": 16, "max_len": 6, "epochs": 1}
+    std = SASRec(SASRecConfig.from_dict(base)).fit(leave_one_out(cycles).train, options=OPTS).config
+    assert (std.profile, std.learning_rate, std.warmup_steps, std.attn_dropout) == ("standard", 1e-3, 0, 0.3)
+    long = SASRec(SASRecConfig.from_dict({**base, "profile": "long", "learning_rate": 5e-3}))
+    c = long.fit(leave_one_out(cycles).train, options=OPTS).config  # set values win over the profile
+    assert (c.profile, c.learning_rate, c.warmup_steps, c.attn_dropout, c.batch_size) == (
+        "long",
+        5e-3,
+        200,
+        0.0,
+        32,
+    )
 
 
 def test_optional_dropout_overrides() -> None:

@@ -18,6 +18,7 @@ SMALL = SynthConfig(n_users=50, n_items=60, n_groups=4, events_per_user=12, seed
 
 def test_deterministic_and_well_formed() -> None:
     a, b = generate(SMALL), generate(SMALL)
+    assert a.oracle is not None and b.oracle is not None
     assert a.events.equals(b.events) and a.oracle.equals(b.oracle)
     assert not generate(SynthConfig(**{**SMALL.__dict__, "seed": 4})).events.equals(a.events)
     ev = a.events
@@ -74,3 +75,64 @@ def test_bad_config() -> None:
         SynthConfig(n_groups=1)
     with pytest.raises(DynrecError):
         SynthConfig(switch_prob=1.5)
+
+
+SAMPLED = SynthConfig(**{**SMALL.__dict__, "oracle": False})
+
+
+def test_sampled_simulator_well_formed() -> None:
+    a, b = generate(SAMPLED), generate(SAMPLED)
+    assert a.oracle is None and a.events.equals(b.events)
+    ev = a.events
+    assert ev["timestamp"].is_sorted()
+    assert ev.group_by("user_id").agg(pl.col("item_id").n_unique() == pl.len()).to_series(1).all()
+    per_user = ev.group_by("user_id").agg(pl.col("timestamp").sort().diff().drop_nulls().min())
+    assert (per_user["timestamp"].drop_nulls() > 0).all()
+    # nothing is consumed before its release
+    rel = ev.join(a.items.select("item_id", "release_time"), on="item_id", how="left")
+    assert (rel["timestamp"] >= rel["release_time"]).all()
+    # every user's event count is within [events_per_user / 2, 1.5 x] (the catalogue is not exhausted)
+    counts = ev.group_by("user_id").len()["len"].to_numpy()
+    assert counts.min() >= 6 and counts.max() <= 18
+    assert set(a.summary()) == {"n_events", "n_users", "n_items"}
+
+
+def test_sampled_no_drift_no_noise_means_one_group_per_user() -> None:
+    cfg = {
+        **SAMPLED.__dict__,
+        "switch_prob": 0.0,
+        "noise": 0.0,
+        "new_item_fraction": 0.0,
+        "events_per_user": 8,
+    }
+    d = generate(SynthConfig(**cfg))
+    grp = {k: v[0] for k, v in zip(d.items["item_id"].to_list(), d.items["genres"].to_list(), strict=True)}
+    groups = d.events.with_columns(pl.col("item_id").replace_strict(grp).alias("g"))
+    assert (groups.group_by("user_id").agg(pl.col("g").n_unique())["g"] == 1).all()
+
+
+def test_sampled_exhausted_catalogue_falls_back_exactly() -> None:
+    # 6 items, up to 12 events per user: groups and then the catalogue run out. The dense fallback
+    # draws from what is left (uniformly once the group is empty) and skips events when nothing is.
+    d = generate(SynthConfig(n_users=30, n_items=6, n_groups=2, events_per_user=8, new_item_fraction=0.0,
+                             oracle=False, seed=1))  # fmt: skip
+    per_user = d.events.group_by("user_id").agg(pl.col("item_id").n_unique().alias("u"), pl.len().alias("n"))
+    assert (per_user["u"] == per_user["n"]).all() and per_user["n"].max() == 6
+    # users with 6+ scheduled events consume the whole catalogue
+    assert (per_user["n"] == 6).sum() > 0
+
+
+def test_sampled_follows_popularity() -> None:
+    # noise 0: within a group the Zipf-1 head item is drawn more often than the group's tail item
+    d = generate(SynthConfig(n_users=400, n_items=40, n_groups=2, events_per_user=4, noise=0.0,
+                             new_item_fraction=0.0, oracle=False, seed=2))  # fmt: skip
+    counts = d.events.group_by("item_id").len()["len"].to_numpy()
+    assert counts.max() >= 5 * max(1, int(counts.min()))
+
+
+def test_sampled_writes_no_oracle(tmp_path: Path) -> None:
+    summary = write_synthetic(tmp_path / "s", SAMPLED)
+    assert (tmp_path / "s" / "events.csv").exists() and not (tmp_path / "s" / "oracle.csv").exists()
+    assert "oracle_HR@10" not in summary and summary["n_events"] == len(
+        read_events(tmp_path / "s" / "events.csv")
+    )

@@ -38,6 +38,9 @@ from dynrec.errors import DynrecError
 
 log = logging.getLogger(__name__)
 
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
 __all__ = ["SynthConfig", "SynthData", "generate", "load_oracle", "oracle_ranks_for", "write_synthetic"]
 
 BASE_TIME = 1_600_000_000  # seconds UTC of the span's start
@@ -61,6 +64,11 @@ class SynthConfig:
     """Items released during the span (uniformly between 20% and 100% of it)."""
     duration_days: float = 100.0
     seed: int = 0
+    oracle: bool = True
+    """True: the exact simulation, which also ranks every event under the ideal distribution (time
+    and memory grow with users x items). False: the same generative story drawn by rejection
+    sampling (time and memory grow with events), without an oracle -- for large logs. The two
+    give different random streams for the same seed."""
 
     def __post_init__(self) -> None:
         if self.n_groups < 2 or self.n_items < self.n_groups:
@@ -75,22 +83,27 @@ class SynthConfig:
 class SynthData:
     events: pl.DataFrame  # user_id, item_id, timestamp, event_type (global time order)
     items: pl.DataFrame  # item_id, title, genres (list[str])
-    oracle: pl.DataFrame  # user_id, timestamp, oracle_rank
+    oracle: pl.DataFrame | None  # user_id, timestamp, oracle_rank (None: `SynthConfig.oracle` off)
     config: SynthConfig
 
     def summary(self, k: int = 10) -> dict[str, Any]:
-        r = self.oracle["oracle_rank"].to_numpy().astype(np.float64)
-        return {
+        out: dict[str, Any] = {
             "n_events": int(self.events.height),
             "n_users": int(self.events["user_id"].n_unique()),
             "n_items": int(self.events["item_id"].n_unique()),
-            f"oracle_HR@{k}": float(np.mean(r < k)),
-            f"oracle_NDCG@{k}": float(np.mean(np.where(r < k, 1.0 / np.log2(np.minimum(r, k) + 2.0), 0.0))),
         }
+        if self.oracle is not None:
+            r = self.oracle["oracle_rank"].to_numpy().astype(np.float64)
+            out[f"oracle_HR@{k}"] = float(np.mean(r < k))
+            out[f"oracle_NDCG@{k}"] = float(
+                np.mean(np.where(r < k, 1.0 / np.log2(np.minimum(r, k) + 2.0), 0.0))
+            )
+        return out
 
 
 def generate(config: SynthConfig | None = None) -> SynthData:
-    """Simulate the log (vectorised over users; one step per event index)."""
+    """Simulate the log (vectorised over users; one step per event index). See `SynthConfig.oracle`
+    for the two simulators."""
     cfg = config or SynthConfig()
     rng = np.random.default_rng(cfg.seed)
     n_u, n_i, n_g = cfg.n_users, cfg.n_items, cfg.n_groups
@@ -112,15 +125,60 @@ def generate(config: SynthConfig | None = None) -> SynthData:
     frac = np.sort(rng.uniform(0.0, 1.0, (n_u, t_max)), axis=1)
     times = np.floor(frac * (span - start)[:, None] + start[:, None]).astype(np.int64)
     times += np.arange(t_max, dtype=np.int64)[None, :]  # strictly increasing per user
+    del frac
+    sim = _simulate_exact if cfg.oracle else _simulate_sampled
+    users, items, ts, ranks = sim(cfg, rng, group, pop, release, lens, times)
+    ts = ts + BASE_TIME
+    order = np.lexsort((users, ts))
+    ids = pl.DataFrame({"u": users[order] + 1, "t": ts[order]})
+    ids = ids.select(pl.format("u{}", "u").alias("user_id"), pl.col("t").alias("timestamp"))
+    events = pl.DataFrame(
+        {
+            "user_id": ids["user_id"],
+            "item_id": pl.DataFrame({"i": items[order] + 1}).select(pl.format("i{}", "i"))[:, 0],
+            "timestamp": ids["timestamp"],
+        }
+    ).with_columns(pl.lit("click").alias("event_type"))
+    oracle = None if ranks is None else ids.with_columns(pl.Series("oracle_rank", ranks[order]))
+    item_df = pl.DataFrame(
+        {
+            "i": np.arange(1, n_i + 1, dtype=np.int64),
+            "g": group.astype(np.int64),
+            "r": release.astype(np.int64),
+        }
+    ).select(
+        pl.format("i{}", "i").alias("item_id"),
+        pl.format("item {} (group {})", "i", "g").alias("title"),
+        pl.concat_list(pl.format("group-{}", "g")).alias("genres"),
+        (pl.col("r") + BASE_TIME).alias("release_time"),
+    )
+    return SynthData(events, item_df, oracle, cfg)
+
+
+_Sim = tuple[IntArray, IntArray, IntArray, IntArray | None]  # users, items, times, oracle ranks
+
+
+def _simulate_exact(
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    group: IntArray,
+    pop: FloatArray,
+    release: FloatArray,
+    lens: IntArray,
+    times: IntArray,
+) -> _Sim:
+    """Dense simulation over [active users, items] per step, with the oracle rank of every event."""
+    n_u, n_i, n_g = cfg.n_users, cfg.n_items, cfg.n_groups
+    t_max = times.shape[1]
     onehot = np.zeros((n_i, n_g))
     onehot[np.arange(n_i), group] = 1.0
     pop_by_group = onehot * pop[:, None]  # [I, G]
     z = rng.integers(0, n_g, n_u)
     seen = np.zeros((n_u, n_i), dtype=bool)
-    out_u: list[npt.NDArray[np.int64]] = []
-    out_i: list[npt.NDArray[np.int64]] = []
-    out_t: list[npt.NDArray[np.int64]] = []
-    out_r: list[npt.NDArray[np.int64]] = []
+    out_u: list[IntArray] = []
+    out_i: list[IntArray] = []
+    out_t: list[IntArray] = []
+    out_r: list[IntArray] = []
     s, eps = cfg.switch_prob, cfg.noise
     for t in range(t_max):
         act = np.flatnonzero(lens > t)
@@ -169,31 +227,109 @@ def generate(config: SynthConfig | None = None) -> SynthData:
         out_i.append(item.astype(np.int64))
         out_t.append(times[act, t])
         out_r.append(rank.astype(np.int64))
-    users = np.concatenate(out_u)
-    items = np.concatenate(out_i)
-    ts = np.concatenate(out_t) + BASE_TIME
-    ranks = np.concatenate(out_r)
-    order = np.lexsort((users, ts))
-    uid = np.char.add("u", (users[order] + 1).astype(str))
-    iid = np.char.add("i", (items[order] + 1).astype(str))
-    events = pl.DataFrame(
-        {
-            "user_id": uid.tolist(),
-            "item_id": iid.tolist(),
-            "timestamp": ts[order],
-            "event_type": ["click"] * len(order),
-        }
-    )
-    oracle = pl.DataFrame({"user_id": uid.tolist(), "timestamp": ts[order], "oracle_rank": ranks[order]})
-    item_df = pl.DataFrame(
-        {
-            "item_id": [f"i{i + 1}" for i in range(n_i)],
-            "title": [f"item {i + 1} (group {group[i]})" for i in range(n_i)],
-            "genres": [[f"group-{group[i]}"] for i in range(n_i)],
-            "release_time": (release.astype(np.int64) + BASE_TIME).tolist(),
-        }
-    )
-    return SynthData(events, item_df, oracle, cfg)
+    return np.concatenate(out_u), np.concatenate(out_i), np.concatenate(out_t), np.concatenate(out_r)
+
+
+MAX_TRIES = 32
+"""Rejection rounds of the sampled simulator before the few rows left are drawn densely."""
+DENSE_ROWS = 256
+"""Rows per block of the dense fallback ([rows, items] masks)."""
+
+
+def _simulate_sampled(
+    cfg: SynthConfig,
+    rng: np.random.Generator,
+    group: IntArray,
+    pop: FloatArray,
+    release: FloatArray,
+    lens: IntArray,
+    times: IntArray,
+) -> _Sim:
+    """The same story as `_simulate_exact`, drawn without [users, items] arrays.
+
+    Per step every active user first switches group (probability ``switch_prob``), then picks the
+    component of the draw (uniform with probability ``noise``, else its group's popularity) and
+    draws from it, redrawing items that are not yet released or already consumed. Rejection from
+    a distribution restricted to the acceptable items is exact for that restriction; rows still
+    rejected after `MAX_TRIES` rounds (a nearly exhausted group) are drawn from dense masks, where
+    an empty group falls back to uniform as in the exact simulator, and a user with nothing left
+    to consume skips the event. Cost grows with events x steps, not with users x items.
+    """
+    n_u, n_i, n_g = cfg.n_users, cfg.n_items, cfg.n_groups
+    t_max = times.shape[1]
+    by_group = np.argsort(group, kind="stable")  # items ordered by group
+    bounds = np.searchsorted(group[by_group], np.arange(n_g + 1))
+    # key[j] = g + cumulative popularity within g (each group's mass is 1): one sorted array for
+    # inverse-CDF draws of every group at once
+    key = np.empty(n_i)
+    for g in range(n_g):
+        a, b = bounds[g], bounds[g + 1]
+        key[a:b] = g + np.cumsum(pop[by_group[a:b]])
+        key[b - 1] = g + 1.0
+    hist = np.full((n_u, t_max), -1, dtype=np.int32)  # items consumed so far, per user
+    z = rng.integers(0, n_g, n_u)
+    s, eps = cfg.switch_prob, cfg.noise
+    out_u: list[IntArray] = []
+    out_i: list[IntArray] = []
+    out_t: list[IntArray] = []
+    for t in range(t_max):
+        act = np.flatnonzero(lens > t)
+        if act.size == 0:
+            break
+        a = act.size
+        now = times[act, t].astype(np.float64)
+        switch = rng.random(a) < s
+        shift = rng.integers(1, n_g, a)
+        zt = np.where(switch, (z[act] + shift) % n_g, z[act])
+        z[act] = zt
+        noisy = rng.random(a) < eps
+        item = np.full(a, -1, dtype=np.int64)
+        todo = np.arange(a)
+        for _ in range(MAX_TRIES):
+            if todo.size == 0:
+                break
+            u = rng.random(todo.size)
+            pos = np.searchsorted(key, zt[todo] + u, side="right")
+            pos = np.clip(pos, bounds[zt[todo]], bounds[zt[todo] + 1] - 1)
+            draw = np.where(noisy[todo], rng.integers(0, n_i, todo.size), by_group[pos])
+            fine = (release[draw] <= now[todo]) & ~(hist[act[todo], :t] == draw[:, None]).any(1)
+            item[todo[fine]] = draw[fine]
+            todo = todo[~fine]
+        for lo in range(0, todo.size, DENSE_ROWS):
+            rows = todo[lo : lo + DENSE_ROWS]
+            item[rows] = _dense_draw(
+                rng, hist[act[rows], :t], now[rows], zt[rows], noisy[rows], group, pop, release
+            )
+        kept = item >= 0
+        hist[act[kept], t] = item[kept]
+        out_u.append(act[kept].astype(np.int64))
+        out_i.append(item[kept])
+        out_t.append(times[act[kept], t])
+    return np.concatenate(out_u), np.concatenate(out_i), np.concatenate(out_t), None
+
+
+def _dense_draw(
+    rng: np.random.Generator,
+    hist: npt.NDArray[np.int32],
+    now: FloatArray,
+    zt: IntArray,
+    noisy: npt.NDArray[np.bool_],
+    group: IntArray,
+    pop: FloatArray,
+    release: FloatArray,
+) -> IntArray:
+    """Exact draws for a few rows: -1 where the user has no released, unconsumed item left."""
+    r, n_i = hist.shape[0], group.shape[0]
+    avail = release[None, :] <= now[:, None]  # [r, I]
+    rr, cc = np.nonzero(hist >= 0)
+    avail[rr, hist[rr, cc]] = False
+    w = np.where(avail & (group[None, :] == zt[:, None]), pop[None, :], 0.0)
+    uniform = noisy | (w.sum(1) <= 0)
+    w[uniform] = avail[uniform]
+    cdf = np.cumsum(w, axis=1)
+    u = rng.random(r) * cdf[:, -1]
+    item = np.minimum((cdf <= u[:, None]).sum(1), n_i - 1)
+    return np.where(cdf[:, -1] > 0, item, -1).astype(np.int64)
 
 
 def write_synthetic(out: str | Path, config: SynthConfig | None = None) -> dict[str, Any]:
@@ -203,7 +339,8 @@ def write_synthetic(out: str | Path, config: SynthConfig | None = None) -> dict[
     p.mkdir(parents=True, exist_ok=True)
     d.events.write_csv(p / "events.csv")
     d.items.with_columns(pl.col("genres").list.join("|")).write_csv(p / "items.csv")
-    d.oracle.write_csv(p / "oracle.csv")
+    if d.oracle is not None:
+        d.oracle.write_csv(p / "oracle.csv")
     summary = {"config": dataclasses.asdict(d.config), **d.summary()}
     (p / "synth.json").write_text(json.dumps(summary, indent=2))
     log.info("synthetic data in %s: %s", p, summary)

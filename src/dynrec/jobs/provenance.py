@@ -133,7 +133,9 @@ def _update_strings(h: Any, s: pl.Series) -> None:
     """Length-prefixed UTF-8 strings (no separator can collide with an id's content)."""
     s = s.cast(pl.String).fill_null("")
     h.update(s.str.len_bytes().cast(pl.Int64).to_numpy().astype("<i8").tobytes())
-    h.update("".join(s.to_list()).encode("utf-8"))
+    step = 1 << 20  # in slices (SHA-256 streams): memory stays bounded on 10M-row logs
+    for a in range(0, s.len(), step):
+        h.update("".join(s.slice(a, step).to_list()).encode("utf-8"))
 
 
 def events_hash(log: EventLog) -> str:

@@ -43,9 +43,11 @@ import polars as pl
 from dynrec.data.events import ROW_FIELD, EventLog, validate_frame
 from dynrec.data.io.text import (
     INVALID_SCHEMA,
+    Text,
     count_check,
     fields_to_frame,
     header,
+    no_invalid,
     read_text,
     split_csv,
     split_plain,
@@ -489,19 +491,73 @@ def _read_with_header(
 ) -> EventLog:
     src = str(p)
     text = read_text(p, encoding, strict=strict)
-    parts = split_csv(text, sep) if quoted else split_plain(text, sep)
-    names, rows = header(parts, src)
+    table = _regular_table(text, sep, quoted=quoted)
+    if table is not None:
+        names, fields = table
+        wrong = no_invalid()
+    else:
+        parts = split_csv(text, sep) if quoted else split_plain(text, sep)
+        names, rows = header(parts, src)
+        fields, wrong = count_check(rows, exactly=len(names))
+    del text  # the decoded file is no longer needed: free it before validation
     if strip_types:
         names = [n.split(":", 1)[0] for n in names]
     cm = columns or _auto_columns(names)
     _check_event_types(cm, event_types, src)
-    ok, wrong = count_check(rows, exactly=len(names))
     wanted = cm.wanted()
     absent = [c for c in wanted if c not in names]
     if absent:
         raise DataError(f"column {absent[0]!r} not found (header: {names})", source=src, field=absent[0])
-    raw = _select_columns(fields_to_frame(ok, names, wanted), cm, src)
+    if table is not None:
+        index = {n: i for i, n in enumerate(names)}
+        raw_fields = fields.select("line", *[pl.col(f"c{index[w]}").alias(w) for w in wanted])
+    else:
+        raw_fields = fields_to_frame(fields, names, wanted)
+    raw = _select_columns(raw_fields, cm, src)
     return _validated(raw, cm, src, event_types=event_types, extra=wrong)
+
+
+def _regular_table(text: Text, sep: str, *, quoted: bool) -> tuple[list[str], pl.DataFrame] | None:
+    """Header names and string columns ``c0, c1, ...`` plus ``line`` of a *regular* file, parsed in
+    one pass by Polars' CSV reader; None when the file is not provably regular (then the general
+    record splitter decides and reports every irregular row).
+
+    Regular: decodable, a single-character separator, no ``\r``, no blank line, no quote character
+    when `quoted` (for plain formats quotes are literal text either way), at least two columns, and
+    as many separators in the whole file as ``lines x (columns - 1)``. Polars rejects a line with
+    more fields than the header, so with that total no line can have fewer either: every line has
+    exactly the header's field count, and data line k (0-based) is physical line k + 2.
+    Fields come out exactly as the splitter gives them (unstripped, empty ones as ``""``).
+    """
+    body = text.text
+    if text.bad_lines or len(sep) != 1 or sep == "\n" or "\r" in body or (quoted and '"' in body):
+        return None
+    if body.startswith("\n") or "\n\n" in body:
+        return None
+    first = body[: body.find("\n")]
+    width = first.count(sep) + 1
+    n_lines = body.count("\n") + (0 if body.endswith("\n") else 1)
+    if width < 2 or n_lines < 2 or body.count(sep) != n_lines * (width - 1):
+        return None
+    try:
+        frame = pl.read_csv(
+            body.encode("utf-8"),
+            separator=sep,
+            has_header=False,
+            skip_rows=1,
+            new_columns=[f"c{i}" for i in range(width)],
+            infer_schema=False,
+            quote_char=None,
+            empty_string_is_null=False,
+            raise_if_empty=False,
+        )
+    except pl.exceptions.PolarsError:
+        return None
+    if frame.height != n_lines - 1 or frame.width != width:
+        return None
+    names = [c.strip().strip('"') for c in first.split(sep)]
+    frame = frame.with_columns(pl.int_range(2, frame.height + 2, dtype=pl.Int64).alias("line"))
+    return names, frame
 
 
 def _read_recbole(
