@@ -130,13 +130,11 @@ class InteractionData:
         """Map ids through vocabularies (built from the log, in first-appearance order, if not given;
         given ones are grown with new ids) and order each user's events stably by time. Event-type
         weights default to the log's own (`EventLog.event_weights`)."""
-        frame = log.frame.sort("row")
+        frame = log.frame if log.frame["row"].is_sorted() else log.frame.sort("row")
         if event_weights is None:
             event_weights = log.event_weights
-        uv = _grow(user_vocab, frame["user_id"])
-        iv = _grow(item_vocab, frame["item_id"])
-        u = _map(uv, frame["user_id"])
-        i = _map(iv, frame["item_id"])
+        uv, u = _index_ids(user_vocab, frame["user_id"])
+        iv, i = _index_ids(item_vocab, frame["item_id"])
         if event_weights is not None:
             w = (
                 frame["event_type"]
@@ -157,21 +155,19 @@ class InteractionData:
         )
 
 
-def _grow(vocab: Vocabulary | None, ids: pl.Series) -> Vocabulary:
-    uniq = ids.unique(maintain_order=True).to_list()
-    if vocab is None:
-        return Vocabulary.from_unique(uniq)
-    vocab.add(u for u in uniq if u not in vocab)
-    return vocab
-
-
-def _map(vocab: Vocabulary, ids: pl.Series) -> IntArray:
-    """Vectorised id -> index through a join on the unique ids (no per-event Python)."""
+def _index_ids(vocab: Vocabulary | None, ids: pl.Series) -> tuple[Vocabulary, IntArray]:
+    """(vocabulary, index of every id): the unique ids in first-appearance order build a new
+    vocabulary or grow the given one (one pass over the unique ids), then a join maps every
+    event's id to its index (no per-event Python)."""
     uniq = ids.unique(maintain_order=True)
-    idx = vocab.lookup(uniq.to_list())
+    if vocab is None:
+        vocab = Vocabulary.from_unique(uniq.to_list())
+        idx = np.arange(1, uniq.len() + 1, dtype=np.int64)
+    else:
+        idx = vocab.add(uniq.to_list())  # adds the new ids, returns every id's index
     table = pl.DataFrame({"k": uniq, "v": idx})
     out = pl.DataFrame({"k": ids}).join(table, on="k", how="left", maintain_order="left")["v"]
-    return np.asarray(out.to_numpy(), dtype=np.int64)
+    return vocab, np.asarray(out.to_numpy(), dtype=np.int64)
 
 
 def ragged_from_lists(seqs: list[list[int]]) -> tuple[IntArray, IntArray]:
