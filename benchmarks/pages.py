@@ -859,7 +859,9 @@ def convergence_tables(conv: list[Record]) -> str:
                 m.get("s_per_epoch"),
                 m.get("final_NDCG@10"),
                 f"{m.get('kept_epoch')} / {m.get('epochs_run')}",
-                f"{m.get('variants_side_by_side')} side by side; load {m.get('loadavg')}",
+                f"{m.get('variants_side_by_side')} side by side"
+                + (f"; load {m['loadavg'][0]} -> {m['loadavg'][1]}" if m.get("loadavg") else "")
+                + f"; {r['machine']['cpu']}; {r.get('note', '')}",
                 cmd(r),
             ]
         )

@@ -96,10 +96,10 @@ class SASRecConfig(SequenceConfig):
     from there (small data overfits sooner); `fit` writes the value it chose back into the config.
     How the thresholds were chosen: docs/experiments/README.md."""
     attn_dropout: Fraction | None = None
-    """Dropout on attention weights; None = by the training profile (written back by `fit`): 0 for
-    ``long`` (training then runs the fused `scaled_dot_product_attention` kernel; on CPU, attention
-    with dropout runs as explicit matrix products with the fast `dynrec.models.layers.Dropout`, a
-    slower step), the resolved `dropout` for ``standard``."""
+    """Dropout on attention weights; None = the resolved `dropout` (written back by `fit`). At 0,
+    training runs the fused `scaled_dot_product_attention` kernel (a cheaper step on CPU, where
+    attention with dropout runs as explicit matrix products with the fast
+    `dynrec.models.layers.Dropout`)."""
     positional: Literal["rope", "absolute", "none"] = "rope"
     """rope (relative; enables the incremental KV-cache state) | absolute (learned) | none."""
     rope_base: PositiveFloat = 10000.0
@@ -115,12 +115,12 @@ class SASRecConfig(SequenceConfig):
     warmup_steps: NonNegInt | None = None  # type: ignore[assignment]  # resolved by fit
     """None = by the training profile (written back by `fit`): 200 for ``long``, 0 for ``standard``."""
     profile: Literal["auto", "long", "standard"] = "auto"
-    """Training profile that fills the options left to it (batch_size 0, learning_rate,
-    warmup_steps and attn_dropout None). ``long``: batch 64, Adam 2e-3 after 200 warm-up steps,
-    attention dropout off — for data whose training rows are long (many next-item targets per row):
+    """Training profile that fills the options left to it (batch_size 0, learning_rate and
+    warmup_steps None). ``long``: batch 64, Adam 2e-3 after 200 warm-up steps — for data whose
+    training rows are long (many next-item targets per row):
     64 rows already hold thousands of targets, and more optimiser steps per epoch reach a given
     quality in about a third of the epochs (ml-1m). ``standard``: batch up to 128, Adam 1e-3, no
-    warm-up, attention dropout = dropout — the schedule that stays better on small data (ml-100k)
+    warm-up — the schedule that stays better on small data (ml-100k)
     and on short rows (Amazon). ``auto`` (`auto_profile`): long from 4,096 training rows with a
     mean of at least 50 targets per row, else standard. Written back into the config by `fit`."""
     amp: Amp = "auto"
@@ -430,7 +430,7 @@ class SASRec(TorchRecommender):
         d = c.dropout if c.dropout is not None else auto_dropout(rows)
         prof = c.profile if c.profile != "auto" else auto_profile(data, c.max_len)
         long = prof == "long"
-        a = c.attn_dropout if c.attn_dropout is not None else (0.0 if long else d)
+        a = c.attn_dropout if c.attn_dropout is not None else d
         lr = c.learning_rate if c.learning_rate is not None else (2e-3 if long else 1e-3)
         warm = c.warmup_steps if c.warmup_steps is not None else (200 if long else 0)
         bs = c.batch_size or auto_batch_size(rows, prof)
