@@ -116,13 +116,13 @@ class SASRecConfig(SequenceConfig):
     """None = by the training profile (written back by `fit`): 200 for ``long``, 0 for ``standard``."""
     profile: Literal["auto", "long", "standard"] = "auto"
     """Training profile that fills the options left to it (batch_size 0, learning_rate and
-    warmup_steps None). ``long``: batch 64, Adam 2e-3 after 200 warm-up steps — for data whose
-    training rows are long (many next-item targets per row):
-    64 rows already hold thousands of targets, and more optimiser steps per epoch reach a given
-    quality in about a third of the epochs (ml-1m). ``standard``: batch up to 128, Adam 1e-3, no
-    warm-up — the schedule that stays better on small data (ml-100k)
-    and on short rows (Amazon). ``auto`` (`auto_profile`): long from 4,096 training rows with a
-    mean of at least 50 targets per row, else standard. Written back into the config by `fit`."""
+    warmup_steps None). ``long``: batch 64, Adam 2e-3 after 200 warm-up steps, for data whose
+    training rows are long (many next-item targets per row): 64 rows already hold thousands of
+    targets, and more optimiser steps per epoch reach a given quality in about a third of the
+    epochs (ml-1m). ``standard``: batch up to 128, Adam 1e-3, no warm-up, the schedule that stays
+    better on small data (ml-100k) and on short rows (Amazon). ``auto`` (`auto_profile`): long
+    from 4,096 training rows with a mean of at least 50 targets per row, else standard. Written
+    back into the config by `fit`."""
     amp: Amp = "auto"
     """bf16 matrix products in training where the hardware has them (AVX512-BF16/AMX CPUs, bf16
     GPUs); scoring is always float32."""
