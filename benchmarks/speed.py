@@ -6,8 +6,9 @@
 ``eval``  — full-ranking evaluation of the test users (`dynrec.jobs.evaluate_model`), median of
             `--repeats` runs, users/s.
 ``train`` — seconds per epoch, tokens/s and achieved GFLOP/s of a neural model next to this machine's
-            measured float32 matmul peak. FLOPs are counted (`FlopCounterMode` on one real batch, scaled
-            by the epoch's batches), not estimated. Where a step's time goes (`step_breakdown`): a few
+            measured float32 matmul peak. FLOPs are counted (`FlopCounterMode` on one real batch)
+            and scaled to the epoch by next-item targets (batches differ in length when rows of
+            similar length are bucketed together). Where a step's time goes (`step_breakdown`): a few
             real steps under `torch.profiler`, split into the output layer + loss (the fused
             full-catalogue cross-entropy, forward and gradient), the rest of the network (forward and
             backward), the optimiser (step, clipping, weight average) and data movement.
@@ -210,7 +211,9 @@ def run_train(args: argparse.Namespace) -> None:
             tokens = sum(int(b["n_tokens"].sum()) if "n_tokens" in b else 0 for b in batches)
             with FlopCounterMode(display=False) as fc:
                 model.loss(batches[0]).backward()  # type: ignore[no-untyped-call]
-            flops_epoch = fc.get_total_flops() * len(batches)
+            first = int(batches[0]["n_tokens"].sum()) if "n_tokens" in batches[0] else 0
+            scale = tokens / first if first and tokens else len(batches)
+            flops_epoch = fc.get_total_flops() * scale
             breakdown = step_breakdown(model, batches)
             model.fit(train_data, None)
             epoch_s = statistics.median([h["seconds"] for h in model.meta["train_log"]])
