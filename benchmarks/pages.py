@@ -897,10 +897,10 @@ def convergence_tables(conv: list[Record]) -> str:
     )
 
 
-def scale_tables(records: list[Record]) -> list[str]:
+def scale_tables(records: list[Record]) -> str:
     """One row per size and stage of benchmarks/scale.py, and a link to the cost-vs-events plot."""
     if not records:
-        return []
+        return ""
     order = {"generate": 0, "prepare": 1, "model": 2, "replay": 3}
     rows = []
     for r in sorted(records, key=lambda r: (int(r["params"]["events"]), order.get(r["params"]["stage"], 9))):
@@ -976,7 +976,7 @@ def scale_tables(records: list[Record]) -> list[str]:
             "Cost against events (log-log; dotted: linear growth from the smallest size): "
             + ", ".join(f"[{p.stem}](results/{p.name})" for p in plots),
         ]
-    return lines
+    return "\n".join(lines)
 
 
 def quantize_tables(quant: list[Record]) -> str:
@@ -1044,7 +1044,7 @@ def render() -> str:
         text_tables(load("text")),
         ann_tables(load("ann")),
         quantize_tables(load("quantize")),
-        "\n".join(scale_tables(load("scale"))),
+        scale_tables(load("scale")),
     ]
     return "\n\n".join(s.strip() for s in sections) + "\n"
 
