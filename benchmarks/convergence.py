@@ -6,7 +6,11 @@ same time, so they share the machine's conditions. After every epoch where the k
 changes (validation decides, as in a normal run), the kept model's test NDCG@10 is computed (full
 ranking, seen items excluded); that evaluation is not counted in the training clock. A variant's
 ``s_to_target`` is the training time (batches + validation) until the kept checkpoint first reaches
-the target, ``epochs_to_target`` the epoch it happened at.
+the target, ``epochs_to_target`` the epoch it happened at. ``--stop-at-target NAME`` ends that
+variant's training once its kept checkpoint reaches the target (its record then says
+``stopped_at_target`` and its "final" metrics are the kept checkpoint's at that epoch); use it for a
+configuration whose full-run final quality is already known and only its time to the target is
+wanted.
 
 Variants: ``previous`` is the configuration that was SASRec's default before the time-to-quality
 work (pinned here explicitly), ``default`` is today's default, and ``NAME:key=value,...`` adds any
@@ -83,6 +87,10 @@ def child(args: argparse.Namespace) -> None:
     model = create_model(args.model, overrides, None, RunOptions(num_threads=1, device="cpu"))
     curve: list[dict[str, Any]] = []
     state: dict[str, Any] = {"kept_epoch": None, "kept_test": None, "hit": None}
+
+    class TargetReached(Exception):
+        """Raised by the probe to end training once the kept checkpoint reaches the target."""
+
     log = open(args.log, "a") if args.log else None  # noqa: SIM115 - closed below
 
     def probe(rec: EpochRecord, m: Any) -> None:
@@ -104,23 +112,33 @@ def child(args: argparse.Namespace) -> None:
         if log is not None:
             log.write(json.dumps({"variant": args.name, **row}) + "\n")
             log.flush()
+        if args.stop and state["hit"] is not None:
+            raise TargetReached
 
     model.epoch_callbacks.append(probe)
-    model.fit(prepared.split.train, prepared.split.valid)
+    stopped = False
+    try:
+        model.fit(prepared.split.train, prepared.split.valid)
+    except TargetReached:
+        stopped = True
     if log is not None:
         log.close()
-    test = jobs.evaluate_model(model, prepared).metrics
-    if args.save:
-        jobs.save_model(model, args.save)
     hit = state["hit"]
+    if stopped:  # the model is mid-run; the kept checkpoint's test metrics were taken by the probe
+        test = {"NDCG@10": state["kept_test"], "HR@10": None}
+    else:
+        test = jobs.evaluate_model(model, prepared).metrics
+        if args.save:
+            jobs.save_model(model, args.save)
     out = {
         "config": model.config.to_dict(),
         "curve": curve,
+        "stopped_at_target": stopped,
         "final_NDCG@10": test["NDCG@10"],
         "final_HR@10": test["HR@10"],
-        "epochs_run": model.meta.get("epochs_run"),
-        "kept_epoch": model.meta.get("best_epoch"),
-        "train_s": model.meta.get("train_seconds"),
+        "epochs_run": len(curve) if stopped else model.meta.get("epochs_run"),
+        "kept_epoch": state["kept_epoch"] if stopped else model.meta.get("best_epoch"),
+        "train_s": curve[-1]["elapsed"] if stopped else model.meta.get("train_seconds"),
         "s_per_epoch": sorted(r["seconds"] for r in curve)[len(curve) // 2] if curve else None,
         "epochs_to_target": hit[0] if hit else None,
         "s_to_target": hit[1] if hit else None,
@@ -171,7 +189,15 @@ def main() -> None:
     ap.add_argument("--log-dir", default=None, help="keep each variant's JSON-lines epoch log here")
     ap.add_argument("--first-core", type=int, default=0, help="pin the first variant to this core")
     ap.add_argument("--save-dir", default=None, help="save each variant's final model under DIR/NAME")
+    ap.add_argument(
+        "--stop-at-target",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="end this variant once its kept checkpoint reaches the target (repeat)",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--stop", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--save", default="", help=argparse.SUPPRESS)
     ap.add_argument("--name", default="", help=argparse.SUPPRESS)
     ap.add_argument("--core", type=int, default=0, help=argparse.SUPPRESS)
@@ -183,6 +209,9 @@ def main() -> None:
         child(args)
         return
     variants = [parse_variant(s, args.model) for s in args.variant or ["previous", "default"]]
+    unknown = set(args.stop_at_target) - {name for name, _ in variants}
+    if unknown:
+        raise SystemExit(f"--stop-at-target names no variant of this run: {sorted(unknown)}")
     tmp = Path(tempfile.mkdtemp(prefix="dynrec-convergence-"))
     procs = []
     load0 = os.getloadavg()[0]
@@ -191,6 +220,8 @@ def main() -> None:
         cmd = [sys.executable, "-m", "benchmarks.convergence", "--child", "--dataset", args.dataset]
         cmd += ["--model", args.model, "--name", name, "--core", str(core + args.first_core)]
         cmd += ["--target", str(args.target)]
+        if name in args.stop_at_target:
+            cmd += ["--stop"]
         cmd += ["--overrides", json.dumps(overrides), "--out", str(tmp / f"{name}.json")]
         if args.seed is not None:
             cmd += ["--seed", str(args.seed)]
@@ -224,6 +255,7 @@ def main() -> None:
             f"python -m benchmarks.convergence --dataset {args.dataset} --model {args.model}"
             + "".join(f" --variant '{v}'" for v in args.variant or ["previous", "default"])
             + f" --target {args.target}"
+            + "".join(f" --stop-at-target {v}" for v in args.stop_at_target)
             + (f" --seed {args.seed}" if args.seed is not None else "")
         )
         rec = record(
