@@ -74,6 +74,7 @@ def child(args: argparse.Namespace) -> None:
 
     from dynrec import jobs
     from dynrec.models.base import RunOptions
+    from dynrec.models.neural import TorchRecommender
     from dynrec.models.neural.trainer import EpochRecord
     from dynrec.models.registry import create_model
 
@@ -85,6 +86,8 @@ def child(args: argparse.Namespace) -> None:
     if args.seed is not None:
         overrides["seed"] = str(args.seed)
     model = create_model(args.model, overrides, None, RunOptions(num_threads=1, device="cpu"))
+    if not isinstance(model, TorchRecommender):
+        raise SystemExit(f"{args.model} is not a neural model: no epochs to follow")
     curve: list[dict[str, Any]] = []
     state: dict[str, Any] = {"kept_epoch": None, "kept_test": None, "hit": None}
 
@@ -93,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
 
     log = open(args.log, "a") if args.log else None  # noqa: SIM115 - closed below
 
-    def probe(rec: EpochRecord, m: Any) -> None:
+    def probe(rec: EpochRecord, m: TorchRecommender) -> None:
         if m.meta.get("best_epoch") == rec.epoch:  # this epoch became the kept checkpoint
             state["kept_epoch"] = rec.epoch
             state["kept_test"] = jobs.evaluate_model(m, prepared).metrics["NDCG@10"]
