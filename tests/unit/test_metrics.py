@@ -12,7 +12,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.data.vocab import Vocabulary
 from dynrec.evaluation import metrics as M
-from dynrec.evaluation.offline import evaluate, target_ranks
+from dynrec.evaluation.offline import evaluate, row_counts, target_ranks
 from dynrec.models.base import ModelConfig, Recommender
 from dynrec.preprocessing.split import EvalSet
 
@@ -41,6 +41,30 @@ def test_target_ranks_break_ties_by_index() -> None:
     assert target_ranks(s, torch.tensor([3])).tolist() == [1.0]  # item 2 ties and has lower index
     assert target_ranks(s, torch.tensor([1])).tolist() == [3.0]
     assert target_ranks(s, torch.tensor([0])).tolist() == [math.inf]  # -inf target = unranked
+
+
+def test_target_ranks_wide_catalogue_and_row_blocks() -> None:
+    """More columns than one int16 span counts (70,000 > 32,767) and more rows than one block:
+    every rank equals the target's position in a stable descending sort, ties included."""
+    g = torch.Generator().manual_seed(3)
+    s = torch.randint(0, 500, (40, 70_000), generator=g).float()  # ~140 copies of every value
+    s[:, 0] = -torch.inf
+    s[5, 1:] = 7.0  # a row of one value: rank = the target's index - 1 (column 0 is -inf)
+    targets = torch.randint(1, 70_000, (40,), generator=g)
+    targets[6] = 0  # masked target
+    ranks = target_ranks(s, targets)
+    order = torch.sort(-s, dim=1, stable=True).indices
+    expected = (order == targets[:, None]).float().argmax(1).double()
+    expected[6] = math.inf
+    assert torch.equal(ranks, expected)
+    assert ranks[5] == targets[5] - 1
+
+
+def test_row_counts_spans() -> None:
+    m = torch.zeros(3, 100_000, dtype=torch.bool)
+    m[0] = True
+    m[1, ::3] = True
+    assert row_counts(m).tolist() == [100_000, 33_334, 0]
 
 
 def test_topk_stable_tie_order() -> None:

@@ -52,13 +52,45 @@ class Scorer(Protocol):
     def score(self, batch: QueryBatch) -> torch.Tensor: ...
 
 
+_SPAN = 32_767
+"""Columns one int16 accumulator counts over in `row_counts` (0/1 values: it cannot overflow)."""
+_BLOCK = 1 << 20
+"""Score elements per row block in `target_ranks`: the comparison masks stay small and in cache."""
+
+
+def row_counts(mask: torch.Tensor) -> torch.Tensor:
+    """Number of True values in each row of a bool matrix ``[B, N]``, as int64.
+
+    Summing bool promotes every element to int64 one by one; the uint8 view summed into an int16
+    accumulator vectorises (several times faster over a wide catalogue), so the columns go in
+    spans an int16 cannot overflow on."""
+    u8 = mask.view(torch.uint8)
+    out = torch.zeros(mask.shape[0], dtype=torch.int64, device=mask.device)
+    for a in range(0, mask.shape[1], _SPAN):
+        out += u8[:, a : a + _SPAN].sum(1, dtype=torch.int16)
+    return out
+
+
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each target: #items scoring higher + #equal-scoring items with a lower index."""
+    """0-based rank of each target: #items scoring higher + #equal-scoring items with a lower index
+    (the order `recommend` lists them in); inf when the target scores -inf (masked) or NaN.
+
+    Rows go in blocks of about `_BLOCK` scores; the lower-index tie count is taken only for rows
+    where another item scores exactly the target's score."""
+    n, m = scores.shape
     s_t = scores.gather(1, targets[:, None])
-    higher = (scores > s_t).sum(1)
-    idx = torch.arange(scores.shape[1], device=scores.device)[None, :]
-    ties = ((scores == s_t) & (idx < targets[:, None])).sum(1)
-    rank = (higher + ties).to(torch.float64)
+    higher = torch.empty(n, dtype=torch.int64, device=scores.device)
+    equal = torch.empty_like(higher)
+    step = max(1, _BLOCK // max(1, m))
+    for a in range(0, n, step):
+        blk, t = scores[a : a + step], s_t[a : a + step]
+        higher[a : a + step] = row_counts(blk > t)
+        equal[a : a + step] = row_counts(blk == t)
+    tied = torch.nonzero(equal > 1).squeeze(1)
+    if tied.numel():
+        idx = torch.arange(m, device=scores.device)[None, :]
+        higher[tied] += row_counts((scores[tied] == s_t[tied]) & (idx < targets[tied, None]))
+    rank = higher.to(torch.float64)
     # only a -inf (masked) or NaN target is unranked; a +inf target is ranked like any other score
     ranked = s_t[:, 0] > -torch.inf
     return torch.where(ranked, rank, torch.full_like(rank, float("inf")))

@@ -41,6 +41,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError
 from dynrec.evaluation import metrics as M
+from dynrec.evaluation.offline import target_ranks
 from dynrec.models.base import Recommender
 from dynrec.online.adapters import StateAdapter, adapter_for
 from dynrec.online.updater import IncrementalUpdater, UpdateConfig
@@ -263,21 +264,6 @@ def _windows(ranks: npt.NDArray[np.float64], k: int, n: int) -> list[dict[str, f
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         out.append({"start": float(a), "end": float(b), **_metrics(ranks[a:b], k)})
     return out
-
-
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each target (ties broken by lower item index, as `recommend`); inf when the
-    target scores -inf (masked). Same result as `offline.target_ranks`, one pass fewer when no ties."""
-    s_t = scores.gather(1, targets[:, None])
-    rank = (scores > s_t).sum(1)
-    eq = (scores == s_t).sum(1)
-    tie_rows = torch.nonzero(eq > 1).squeeze(1)
-    if tie_rows.numel():
-        sub = scores[tie_rows]
-        idx = torch.arange(scores.shape[1])[None, :]
-        rank[tie_rows] += ((sub == s_t[tie_rows]) & (idx < targets[tie_rows, None])).sum(1)
-    out = rank.to(torch.float64)
-    return torch.where(torch.isfinite(s_t[:, 0]), out, torch.full_like(out, float("inf")))
 
 
 def _run_segment(
