@@ -10,12 +10,19 @@ results/quantize.json per dataset/model/overrides.
 
     python -m benchmarks.quantize --dataset ml-1m --set epochs=2 --threads 1
     python -m benchmarks.quantize --dataset ml-100k --threads 1
+
+``--widths 64,128,256,512`` instead times the layers int8 replaces, alone: a Transformer block's
+position-wise feed-forward (``Linear(d, d) -> ReLU -> Linear(d, d)``, SASRec's shape) over
+``--rows`` positions (a 256-user scoring batch of 200-item histories by default), float32 against
+the same dynamic int8 quantisation, the two taking turns. It shows from which width int8 pays on
+this CPU. One record per width, key ``linear/d=D``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from typing import Any
@@ -37,6 +44,37 @@ def time_scoring(model: Recommender, queries: Any, repeats: int) -> float:
     return statistics.median(ms)
 
 
+def linear_widths(widths: list[int], rows: int, threads: int, repeats: int) -> None:
+    """float32 vs dynamic int8 on a feed-forward block of each width (see the module docstring)."""
+    torch.manual_seed(0)
+    for d in widths:
+        ffn = torch.nn.Sequential(torch.nn.Linear(d, d), torch.nn.ReLU(), torch.nn.Linear(d, d)).eval()
+        spec = dict.fromkeys(["0", "2"], torch.ao.quantization.default_dynamic_qconfig)
+        q8 = torch.ao.quantization.quantize_dynamic(ffn, spec, dtype=torch.qint8)
+        x = torch.randn(rows, d)
+        load0 = os.getloadavg()[0]
+        times: dict[str, list[float]] = {"float32": [], "int8": []}
+        with torch.no_grad():
+            for _ in range(repeats):
+                for name, m in (("float32", ffn), ("int8", q8)):
+                    t0 = time.perf_counter()
+                    m(x)
+                    times[name].append(time.perf_counter() - t0)
+            err = float((q8(x) - ffn(x)).abs().max() / ffn(x).abs().max())
+        out = {p: statistics.median(t) for p, t in times.items()}
+        metrics = {
+            "float32_s": out["float32"],
+            "int8_s": out["int8"],
+            "speedup": out["float32"] / out["int8"],
+        }
+        metrics["max_rel_error"] = err
+        metrics["loadavg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        print(f"d={d}", json.dumps(metrics), flush=True)
+        params = {"d": d, "rows": rows, "threads": threads}
+        command = f"python -m benchmarks.quantize --widths {d} --rows {rows} --threads {threads}"
+        put(record("quantize", f"linear/d={d}", params, metrics, command))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="ml-1m")
@@ -48,8 +86,13 @@ def main() -> None:
     ap.add_argument(
         "--model-dir", default=None, help="a saved model trained on --dataset (instead of training)"
     )
+    ap.add_argument("--widths", default="", help="comma-separated widths: time the int8 layers alone")
+    ap.add_argument("--rows", type=int, default=256 * 200, help="positions per call with --widths")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.widths:
+        linear_widths([int(w) for w in args.widths.split(",")], args.rows, args.threads, max(5, args.repeats))
+        return
     overrides = dict(s.split("=", 1) for s in args.set)
     prepared = prepare(args.dataset)
     t0 = time.perf_counter()
