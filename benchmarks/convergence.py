@@ -21,7 +21,9 @@ other overrides.
 
 Records go to results/convergence.json, one per (dataset, model, variant, seed); the epoch-by-epoch
 curves are stored in the record. ``--log-dir`` keeps each child's JSON-lines epoch log for watching
-a long run.
+a long run; when such a run is cut short (the machine's time runs out), the same command with
+``--from-logs`` records every variant from its log, final quality read at the last logged epoch
+(``cut_at_epoch``).
 """
 
 from __future__ import annotations
@@ -179,6 +181,79 @@ def plot(dataset: str, model: str, target: float) -> Path | None:
     return path
 
 
+def record_cut_run(args: argparse.Namespace, variants: list[tuple[str, dict[str, str]]]) -> None:
+    """Records for the variants of a run that ended before its children did (e.g. a machine's time
+    ran out), from each variant's JSON-lines epoch log: the curve, the epoch and training time at
+    which the kept checkpoint first reached the target, and the kept checkpoint's test NDCG@10 at
+    the last logged epoch (``cut_at_epoch``; not a finished run's final model)."""
+    from dynrec.models.registry import create_model
+
+    if not args.log_dir:
+        raise SystemExit("--from-logs reads the epoch logs of --log-dir")
+    done: list[tuple[str, dict[str, str], Any, dict[str, Any]]] = []
+    for name, overrides in variants:
+        log = Path(args.log_dir) / f"{args.dataset}-{args.model}-{name}.jsonl"
+        curve = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        if not curve:
+            raise SystemExit(f"{log}: no epoch logged")
+        for row in curve:
+            row.pop("variant", None)
+        hit = next((r for r in curve if (r["kept_test_ndcg"] or 0.0) >= args.target), None)
+        ov = dict(overrides, **({"seed": str(args.seed)} if args.seed is not None else {}))
+        seed = create_model(args.model, ov).config.to_dict().get("seed")
+        metrics = {
+            "curve": curve,
+            "cut_at_epoch": curve[-1]["epoch"],
+            "stopped_at_target": hit is not None and name in args.stop_at_target,
+            "final_NDCG@10": curve[-1]["kept_test_ndcg"],
+            "epochs_run": curve[-1]["epoch"],
+            "kept_epoch": curve[-1]["kept_epoch"],
+            "train_s": curve[-1]["elapsed"],
+            "s_per_epoch": sorted(r["seconds"] for r in curve)[len(curve) // 2],
+            "variants_side_by_side": len(variants),
+        }
+        if hit is not None:
+            metrics["epochs_to_target"] = hit["epoch"]
+            metrics["s_to_target"] = hit["elapsed"]
+        done.append((name, overrides, seed, metrics))
+    base = next((m for n, _, _, m in done if n == "previous"), None)
+    for name, overrides, seed, metrics in done:
+        if base is not None and name != "previous" and "s_to_target" in base and "s_to_target" in metrics:
+            metrics["speedup_to_target_vs_previous"] = base["s_to_target"] / metrics["s_to_target"]
+        cut = metrics["cut_at_epoch"]
+        put(
+            record(
+                "convergence",
+                f"{args.dataset}/{args.model}/{name}/seed={seed}",
+                {
+                    "dataset": args.dataset,
+                    "model": args.model,
+                    "variant": name,
+                    "overrides": overrides,
+                    "seed": seed,
+                    "target": args.target,
+                    "config": {},
+                },
+                metrics,
+                _command(args),
+                note="one process per variant, each pinned to its own core with one torch thread; "
+                f"recorded from the epoch logs of a run cut at epoch {cut}",
+            )
+        )
+        print(json.dumps({"variant": name, **{k: v for k, v in metrics.items() if k != "curve"}}), flush=True)
+    print(f"wrote {plot(args.dataset, args.model, args.target)}")
+
+
+def _command(args: argparse.Namespace) -> str:
+    return (
+        f"python -m benchmarks.convergence --dataset {args.dataset} --model {args.model}"
+        + "".join(f" --variant '{v}'" for v in args.variant or ["previous", "default"])
+        + f" --target {args.target}"
+        + "".join(f" --stop-at-target {v}" for v in args.stop_at_target)
+        + (f" --seed {args.seed}" if args.seed is not None else "")
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="ml-1m")
@@ -199,6 +274,11 @@ def main() -> None:
         metavar="NAME",
         help="end this variant once its kept checkpoint reaches the target (repeat)",
     )
+    ap.add_argument(
+        "--from-logs",
+        action="store_true",
+        help="record the variants of a run that was cut short from their --log-dir epoch logs",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--stop", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--save", default="", help=argparse.SUPPRESS)
@@ -215,6 +295,9 @@ def main() -> None:
     unknown = set(args.stop_at_target) - {name for name, _ in variants}
     if unknown:
         raise SystemExit(f"--stop-at-target names no variant of this run: {sorted(unknown)}")
+    if args.from_logs:
+        record_cut_run(args, variants)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="dynrec-convergence-"))
     procs = []
     load0 = os.getloadavg()[0]
@@ -254,13 +337,7 @@ def main() -> None:
         metrics["wall_s"] = wall
         if base is not None and name != "previous" and base["s_to_target"] and r["s_to_target"]:
             metrics["speedup_to_target_vs_previous"] = base["s_to_target"] / r["s_to_target"]
-        command = (
-            f"python -m benchmarks.convergence --dataset {args.dataset} --model {args.model}"
-            + "".join(f" --variant '{v}'" for v in args.variant or ["previous", "default"])
-            + f" --target {args.target}"
-            + "".join(f" --stop-at-target {v}" for v in args.stop_at_target)
-            + (f" --seed {args.seed}" if args.seed is not None else "")
-        )
+        command = _command(args)
         rec = record(
             "convergence",
             f"{args.dataset}/{args.model}/{name}/seed={seed}",

@@ -850,8 +850,12 @@ def convergence_tables(conv: list[Record]) -> str:
                 p["model"],
                 p["variant"],
                 p["seed"],
-                f"b={c.get('batch_size')} lr={c.get('learning_rate')} {c.get('schedule')} "
-                f"warmup={c.get('warmup_steps')} epochs<={c.get('epochs')} attn_drop={c.get('attn_dropout')}",
+                (
+                    f"b={c.get('batch_size')} lr={c.get('learning_rate')} {c.get('schedule')} "
+                    f"warmup={c.get('warmup_steps')} epochs<={c.get('epochs')} attn_drop={c.get('attn_dropout')}"
+                )
+                if c
+                else ", ".join(f"{k}={v}" for k, v in sorted(p["overrides"].items())) or "today's defaults",
                 p["target"],
                 m.get("epochs_to_target", "not reached"),
                 fmt(m["s_to_target"] / 60) if m.get("s_to_target") else "not reached",
@@ -859,6 +863,8 @@ def convergence_tables(conv: list[Record]) -> str:
                 m.get("s_per_epoch"),
                 f"{fmt(m['final_NDCG@10'])} (stopped at the target)"
                 if m.get("stopped_at_target")
+                else f"{fmt(m['final_NDCG@10'])} (run cut at epoch {m['cut_at_epoch']})"
+                if "cut_at_epoch" in m
                 else m.get("final_NDCG@10"),
                 f"{m.get('kept_epoch')} / {m.get('epochs_run')}",
                 f"{m.get('variants_side_by_side')} side by side"
