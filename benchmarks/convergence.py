@@ -237,7 +237,12 @@ def record_cut_run(args: argparse.Namespace, variants: list[tuple[str, dict[str,
                 metrics,
                 _command(args),
                 note="one process per variant, each pinned to its own core with one torch thread; "
-                f"recorded from the epoch logs of a run cut at epoch {cut}",
+                "recorded from the epoch logs"
+                + (
+                    f" (stopped at the target at epoch {cut})"
+                    if metrics["stopped_at_target"]
+                    else f" (cut at epoch {cut})"
+                ),
             )
         )
         print(json.dumps({"variant": name, **{k: v for k, v in metrics.items() if k != "curve"}}), flush=True)
