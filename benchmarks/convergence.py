@@ -221,32 +221,40 @@ def record_cut_run(args: argparse.Namespace, variants: list[tuple[str, dict[str,
         if base is not None and name != "previous" and "s_to_target" in base and "s_to_target" in metrics:
             metrics["speedup_to_target_vs_previous"] = base["s_to_target"] / metrics["s_to_target"]
         cut = metrics["cut_at_epoch"]
-        put(
-            record(
-                "convergence",
-                f"{args.dataset}/{args.model}/{name}/seed={seed}",
-                {
-                    "dataset": args.dataset,
-                    "model": args.model,
-                    "variant": name,
-                    "overrides": overrides,
-                    "seed": seed,
-                    "target": args.target,
-                    "config": {},
-                },
-                metrics,
-                _command(args),
-                note="one process per variant, each pinned to its own core with one torch thread; "
-                "recorded from the epoch logs"
-                + (
-                    f" (stopped at the target at epoch {cut})"
-                    if metrics["stopped_at_target"]
-                    else f" (cut at epoch {cut})"
-                ),
-            )
+        how = (
+            f"stopped at the target at epoch {cut}" if metrics["stopped_at_target"] else f"cut at epoch {cut}"
         )
-        print(json.dumps({"variant": name, **{k: v for k, v in metrics.items() if k != "curve"}}), flush=True)
+        _put_variant(
+            args, name, overrides, seed, {}, metrics, f"{NOTE}; recorded from the epoch logs ({how})"
+        )
     print(f"wrote {plot(args.dataset, args.model, args.target)}")
+
+
+NOTE = "one process per variant, each pinned to its own core with one torch thread"
+
+
+def _put_variant(
+    args: argparse.Namespace,
+    name: str,
+    overrides: dict[str, str],
+    seed: Any,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    note: str,
+) -> None:
+    """Store one variant's record (key dataset/model/variant/seed) and print its summary."""
+    params = {
+        "dataset": args.dataset,
+        "model": args.model,
+        "variant": name,
+        "overrides": overrides,
+        "seed": seed,
+        "target": args.target,
+        "config": config,
+    }
+    key = f"{args.dataset}/{args.model}/{name}/seed={seed}"
+    put(record("convergence", key, params, metrics, _command(args), note=note))
+    print(json.dumps({"variant": name, **{k: v for k, v in metrics.items() if k != "curve"}}), flush=True)
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -342,25 +350,7 @@ def main() -> None:
         metrics["wall_s"] = wall
         if base is not None and name != "previous" and base["s_to_target"] and r["s_to_target"]:
             metrics["speedup_to_target_vs_previous"] = base["s_to_target"] / r["s_to_target"]
-        command = _command(args)
-        rec = record(
-            "convergence",
-            f"{args.dataset}/{args.model}/{name}/seed={seed}",
-            {
-                "dataset": args.dataset,
-                "model": args.model,
-                "variant": name,
-                "overrides": overrides,
-                "seed": seed,
-                "target": args.target,
-                "config": r["config"],
-            },
-            metrics,
-            command,
-            note="one process per variant, each pinned to its own core with one torch thread",
-        )
-        put(rec)
-        print(json.dumps({"variant": name, **{k: v for k, v in metrics.items() if k != "curve"}}), flush=True)
+        _put_variant(args, name, overrides, seed, r["config"], metrics, NOTE)
     print(f"wrote {plot(args.dataset, args.model, args.target)}")
 
 
