@@ -432,7 +432,7 @@ class SASRec(TorchRecommender):
         long = prof == "long"
         a = c.attn_dropout if c.attn_dropout is not None else d
         lr = c.learning_rate if c.learning_rate is not None else (2e-3 if long else 1e-3)
-        warm = c.warmup_steps if c.warmup_steps is not None else (200 if long else 0)
+        warm = c.warmup_steps if c.warmup_steps is not None else (400 if long else 0)
         bs = c.batch_size or auto_batch_size(rows, prof)
         loss = resolve_loss(c, data.n_items)
         # config.json says what was trained
@@ -688,7 +688,7 @@ class SASRec(TorchRecommender):
 def auto_batch_size(n_rows: int, profile: str = "standard") -> int:
     """The default batch size for `n_rows` training rows: ``clamp(n_rows // 32, 32, cap)`` with cap
     64 for the ``long`` training profile, 128 for ``standard``."""
-    return int(min(64 if profile == "long" else 128, max(32, n_rows // 32)))
+    return int(min(32 if profile == "long" else 128, max(32, n_rows // 32)))
 
 
 def auto_profile(data: InteractionData, max_len: int) -> Literal["long", "standard"]:
