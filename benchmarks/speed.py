@@ -233,7 +233,8 @@ def run_train(args: argparse.Namespace) -> None:
                     {"kind": "train", "dataset": ds, "model": name, "epochs": args.epochs},
                     metrics,
                     f"python -m benchmarks.speed train --datasets {ds} --models {name}",
-                    note=f"amp {getattr(model.config, 'amp', 'none')}, {torch.get_num_threads()} threads",
+                    note=f"batch {getattr(model.config, 'batch_size', '-')}, amp {getattr(model.config, 'amp', 'none')}, "
+                    f"{torch.get_num_threads()} threads",
                 )
             )
             print(ds, name, metrics, flush=True)

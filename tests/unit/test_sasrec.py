@@ -147,11 +147,7 @@ def test_training_profile_by_data() -> None:
     assert auto_profile(_uniform_lengths(4096, 50), max_len=200) == "standard"
     assert auto_profile(_uniform_lengths(4095, 60), max_len=200) == "standard"
     assert auto_profile(_uniform_lengths(4096, 60), max_len=20) == "standard"  # rows cut at max_len + 1
-    assert (auto_batch_size(6040, "long"), auto_batch_size(6040), auto_batch_size(943, "long")) == (
-        64,
-        128,
-        32,
-    )
+    assert (auto_batch_size(6040, "long"), auto_batch_size(6040), auto_batch_size(943)) == (32, 128, 32)
 
 
 def test_training_profile_written_into_config(cycles: InteractionData) -> None:
@@ -163,7 +159,7 @@ def test_training_profile_written_into_config(cycles: InteractionData) -> None:
     assert (c.profile, c.learning_rate, c.warmup_steps, c.attn_dropout, c.batch_size) == (
         "long",
         5e-3,
-        200,
+        400,
         0.3,  # attention dropout follows dropout in every profile
         32,
     )

@@ -107,19 +107,19 @@ class SASRecConfig(SequenceConfig):
     """none | gate: fuse the mean embedding of the whole history with the sequence state."""
     batch_size: NonNegInt = 0
     """Training rows per batch; 0 = by the training profile (written back by `fit`, `auto_batch_size`):
-    ``clamp(rows // 32, 32, 64)`` for ``long``, ``clamp(rows // 32, 32, 128)`` for ``standard``
-    (at least ~32 steps per epoch on small data)."""
+    32 for ``long``, ``clamp(rows // 32, 32, 128)`` for ``standard`` (at least ~32 steps per epoch
+    on small data)."""
     learning_rate: PositiveFloat | None = None  # type: ignore[assignment]  # resolved by fit
     """Adam's learning rate after `warmup_steps` of linear warm-up, then constant; None = by the
     training profile (written back by `fit`): 2e-3 for ``long``, 1e-3 for ``standard``."""
     warmup_steps: NonNegInt | None = None  # type: ignore[assignment]  # resolved by fit
-    """None = by the training profile (written back by `fit`): 200 for ``long``, 0 for ``standard``."""
+    """None = by the training profile (written back by `fit`): 400 for ``long``, 0 for ``standard``."""
     profile: Literal["auto", "long", "standard"] = "auto"
     """Training profile that fills the options left to it (batch_size 0, learning_rate and
-    warmup_steps None). ``long``: batch 64, Adam 2e-3 after 200 warm-up steps, for data whose
-    training rows are long (many next-item targets per row): 64 rows already hold thousands of
-    targets, and more optimiser steps per epoch reach a given quality in about a third of the
-    epochs (ml-1m). ``standard``: batch up to 128, Adam 1e-3, no warm-up, the schedule that stays
+    warmup_steps None). ``long``: batch 32, Adam 2e-3 after 400 warm-up steps, for data whose
+    training rows are long (many next-item targets per row): 32 rows already hold thousands of
+    targets, and more optimiser steps per epoch reach a given quality in a fraction of the epochs
+    (ml-1m). ``standard``: batch up to 128, Adam 1e-3, no warm-up, the schedule that stays
     better on small data (ml-100k) and on short rows (Amazon). ``auto`` (`auto_profile`): long
     from 4,096 training rows with a mean of at least 50 targets per row, else standard. Written
     back into the config by `fit`."""
@@ -686,9 +686,9 @@ class SASRec(TorchRecommender):
 
 
 def auto_batch_size(n_rows: int, profile: str = "standard") -> int:
-    """The default batch size for `n_rows` training rows: ``clamp(n_rows // 32, 32, cap)`` with cap
-    64 for the ``long`` training profile, 128 for ``standard``."""
-    return int(min(32 if profile == "long" else 128, max(32, n_rows // 32)))
+    """The default batch size for `n_rows` training rows: 32 for the ``long`` training profile,
+    ``clamp(n_rows // 32, 32, 128)`` for ``standard``."""
+    return 32 if profile == "long" else int(min(128, max(32, n_rows // 32)))
 
 
 def auto_profile(data: InteractionData, max_len: int) -> Literal["long", "standard"]:
