@@ -144,7 +144,7 @@ def child(args: argparse.Namespace) -> None:
         "epochs_run": len(curve) if stopped else model.meta.get("epochs_run"),
         "kept_epoch": state["kept_epoch"] if stopped else model.meta.get("best_epoch"),
         "train_s": curve[-1]["elapsed"] if stopped else model.meta.get("train_seconds"),
-        "s_per_epoch": sorted(r["seconds"] for r in curve)[len(curve) // 2] if curve else None,
+        "s_per_epoch": _median_seconds(curve),
         "epochs_to_target": hit[0] if hit else None,
         "s_to_target": hit[1] if hit else None,
     }
@@ -209,7 +209,7 @@ def record_cut_run(args: argparse.Namespace, variants: list[tuple[str, dict[str,
             "epochs_run": curve[-1]["epoch"],
             "kept_epoch": curve[-1]["kept_epoch"],
             "train_s": curve[-1]["elapsed"],
-            "s_per_epoch": sorted(r["seconds"] for r in curve)[len(curve) // 2],
+            "s_per_epoch": _median_seconds(curve),
             "variants_side_by_side": len(variants),
         }
         if hit is not None:
@@ -218,19 +218,22 @@ def record_cut_run(args: argparse.Namespace, variants: list[tuple[str, dict[str,
         done.append((name, overrides, seed, metrics))
     base = next((m for n, _, _, m in done if n == "previous"), None)
     for name, overrides, seed, metrics in done:
-        if base is not None and name != "previous" and "s_to_target" in base and "s_to_target" in metrics:
-            metrics["speedup_to_target_vs_previous"] = base["s_to_target"] / metrics["s_to_target"]
         cut = metrics["cut_at_epoch"]
         how = (
             f"stopped at the target at epoch {cut}" if metrics["stopped_at_target"] else f"cut at epoch {cut}"
         )
         _put_variant(
-            args, name, overrides, seed, {}, metrics, f"{NOTE}; recorded from the epoch logs ({how})"
+            args, name, overrides, seed, {}, metrics, f"{NOTE}; recorded from the epoch logs ({how})", base
         )
     print(f"wrote {plot(args.dataset, args.model, args.target)}")
 
 
 NOTE = "one process per variant, each pinned to its own core with one torch thread"
+
+
+def _median_seconds(curve: list[dict[str, Any]]) -> float | None:
+    """The upper median of the epochs' training seconds (None for an empty curve)."""
+    return sorted(r["seconds"] for r in curve)[len(curve) // 2] if curve else None
 
 
 def _put_variant(
@@ -241,8 +244,17 @@ def _put_variant(
     config: dict[str, Any],
     metrics: dict[str, Any],
     note: str,
+    previous: dict[str, Any] | None,
 ) -> None:
-    """Store one variant's record (key dataset/model/variant/seed) and print its summary."""
+    """Store one variant's record (key dataset/model/variant/seed) and print its summary; with the
+    `previous` variant's metrics, the record also gets its speed-up to the target against it."""
+    if (
+        previous is not None
+        and name != "previous"
+        and previous.get("s_to_target")
+        and metrics.get("s_to_target")
+    ):
+        metrics["speedup_to_target_vs_previous"] = previous["s_to_target"] / metrics["s_to_target"]
     params = {
         "dataset": args.dataset,
         "model": args.model,
@@ -348,9 +360,7 @@ def main() -> None:
         metrics["variants_side_by_side"] = len(procs)
         metrics["loadavg"] = [round(load0, 2), round(load1, 2)]
         metrics["wall_s"] = wall
-        if base is not None and name != "previous" and base["s_to_target"] and r["s_to_target"]:
-            metrics["speedup_to_target_vs_previous"] = base["s_to_target"] / r["s_to_target"]
-        _put_variant(args, name, overrides, seed, r["config"], metrics, NOTE)
+        _put_variant(args, name, overrides, seed, r["config"], metrics, NOTE, base)
     print(f"wrote {plot(args.dataset, args.model, args.target)}")
 
 
