@@ -36,6 +36,7 @@ import numbers
 import sqlite3
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -51,6 +52,7 @@ from safetensors.torch import save as st_save
 
 from dynrec.data.events import DEFAULT_EVENT_TYPE
 from dynrec.errors import DataError, DynrecError
+from dynrec.online.versions import InMemoryVersions, Lease, Tombstone, VersionRecord
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +240,19 @@ class StateStore(Protocol):
         ...
 
     def delete_user(self, user: str) -> bool:
-        """Remove the user's history and state and end the generation; True if anything was held."""
+        """Remove the user's history and state, end the generation and record a tombstone for the
+        user (`dynrec.online.versions.Tombstone`) in the same transaction — also when the store
+        held nothing of the user (they may be in a model's training data). True if anything was held."""
+        ...
+
+    def event_seq(self) -> int:
+        """The sequence number of the last event appended (0 when none): every appended event
+        gets the next one, store-wide, never reused."""
+        ...
+
+    def events_since(self, seq: int, upto: int | None = None) -> list[tuple[int, Event]]:
+        """The held events with sequence number in (`seq`, `upto`] (`upto` None = all), in
+        sequence (arrival) order, with their numbers; deleted users' events are gone."""
         ...
 
     def users(self, limit: int | None = None) -> list[str]:
@@ -315,6 +329,7 @@ def decode_state(blob: bytes) -> CachedState:
 class _MemUser:
     generation: int
     n_events: int = 0
+    seqs: list[int] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
     ts: list[int] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
@@ -356,6 +371,8 @@ class InMemoryStore:
         self.max_history = max_history
         self._users: dict[str, _MemUser] = {}
         self._generations = 0  # the last generation handed out; never reused
+        self._seq = 0  # the last event sequence number handed out
+        self._versions = InMemoryVersions()
         self._lock = threading.Lock()
 
     def append(self, events: Iterable[Event]) -> dict[str, UserStamp]:
@@ -367,6 +384,8 @@ class InMemoryStore:
                 if u is None:
                     self._generations += 1
                     u = self._users[e.user_id] = _MemUser(self._generations)
+                self._seq += 1
+                u.seqs.append(self._seq)
                 u.items.append(e.item_id)
                 u.ts.append(e.timestamp)
                 u.types.append(e.event_type)
@@ -374,7 +393,7 @@ class InMemoryStore:
                 u.n_events += 1
                 if self.max_history is not None and len(u.items) > 2 * self.max_history:
                     cut = len(u.items) - self.max_history
-                    del u.items[:cut], u.ts[:cut], u.types[:cut], u.weights[:cut]
+                    del u.items[:cut], u.ts[:cut], u.types[:cut], u.weights[:cut], u.seqs[:cut]
                 out[e.user_id] = UserStamp(u.generation, u.n_events)
         return out
 
@@ -427,7 +446,64 @@ class InMemoryStore:
 
     def delete_user(self, user: str) -> bool:
         with self._lock:
+            self._versions.add_tombstone(user)
             return self._users.pop(user, None) is not None
+
+    def event_seq(self) -> int:
+        with self._lock:
+            return self._seq
+
+    def events_since(self, seq: int, upto: int | None = None) -> list[tuple[int, Event]]:
+        hi = self._seq if upto is None else upto
+        out: list[tuple[int, Event]] = []
+        with self._lock:
+            for user, u in self._users.items():
+                for j, s in enumerate(u.seqs):
+                    if seq < s <= hi:
+                        out.append((s, Event(user, u.items[j], u.ts[j], u.types[j], u.weights[j])))
+        out.sort(key=lambda p: p[0])
+        return out
+
+    # -- VersionStore ----------------------------------------------------------------------------
+    def add_version(self, record: VersionRecord) -> bool:
+        with self._lock:
+            return self._versions.add_version(record)
+
+    def get_version(self, version_id: str) -> VersionRecord | None:
+        with self._lock:
+            return self._versions.get_version(version_id)
+
+    def list_versions(self) -> list[VersionRecord]:
+        with self._lock:
+            return self._versions.list_versions()
+
+    def discard_version(self, version_id: str) -> bool:
+        with self._lock:
+            return self._versions.discard_version(version_id)
+
+    def current_version(self) -> str | None:
+        with self._lock:
+            return self._versions.current_version()
+
+    def set_current(self, expected: str | None, version_id: str) -> bool:
+        with self._lock:
+            return self._versions.set_current(expected, version_id)
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float, note: str = "") -> Lease:
+        with self._lock:
+            return self._versions.acquire_lease(name, owner, ttl_s, note)
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        with self._lock:
+            return self._versions.release_lease(name, owner)
+
+    def tombstones(self, after_generation: int = 0) -> list[Tombstone]:
+        with self._lock:
+            return self._versions.tombstones(after_generation)
+
+    def deletion_generation(self) -> int:
+        with self._lock:
+            return self._versions.deletion_generation()
 
     def users(self, limit: int | None = None) -> list[str]:
         with self._lock:
@@ -469,6 +545,12 @@ _SCHEMA = [
     generation INTEGER NOT NULL,
     state BLOB NOT NULL
 )""",
+    "CREATE TABLE IF NOT EXISTS versions (id TEXT PRIMARY KEY, created REAL NOT NULL, record TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS pointers (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS tombstones (generation INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "user_id TEXT NOT NULL, deleted_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL, "
+    "note TEXT NOT NULL)",
 ]
 _INDEX = "CREATE INDEX IF NOT EXISTS events_by_user_pos ON events (user_id, pos)"
 
@@ -681,7 +763,107 @@ class SQLiteStore:
             n1 = self._conn.execute("DELETE FROM events WHERE user_id = ?", (user,)).rowcount
             n2 = self._conn.execute("DELETE FROM states WHERE user_id = ?", (user,)).rowcount
             n3 = self._conn.execute("DELETE FROM users WHERE user_id = ?", (user,)).rowcount
+            self._conn.execute(
+                "INSERT INTO tombstones (user_id, deleted_at) VALUES (?, ?)", (user, time.time())
+            )
         return (n1 + n2 + n3) > 0
+
+    def event_seq(self) -> int:
+        with self._lock:
+            # AUTOINCREMENT keeps the largest number ever handed out in sqlite_sequence, also
+            # after the rows holding it were deleted
+            row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def events_since(self, seq: int, upto: int | None = None) -> list[tuple[int, Event]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, user_id, item_id, ts, event_type, weight FROM events "
+                "WHERE seq > ? AND (? IS NULL OR seq <= ?) ORDER BY seq",
+                (int(seq), upto, upto),
+            ).fetchall()
+        return [(int(q), Event(str(u), str(i), int(t), str(et), float(w))) for q, u, i, t, et, w in rows]
+
+    # -- VersionStore ----------------------------------------------------------------------------
+    def add_version(self, record: VersionRecord) -> bool:
+        with self._lock, self._write():
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO versions (id, created, record) VALUES (?, ?, ?)",
+                (record.id, record.created, record.to_json()),
+            )
+            return cur.rowcount > 0
+
+    def get_version(self, version_id: str) -> VersionRecord | None:
+        with self._lock:
+            row = self._conn.execute("SELECT record FROM versions WHERE id = ?", (version_id,)).fetchone()
+        return None if row is None else VersionRecord.from_json(row[0])
+
+    def list_versions(self) -> list[VersionRecord]:
+        with self._lock:
+            rows = self._conn.execute("SELECT record FROM versions ORDER BY created, id").fetchall()
+        return [VersionRecord.from_json(r[0]) for r in rows]
+
+    def discard_version(self, version_id: str) -> bool:
+        with self._lock, self._write():
+            cur = self._conn.execute(
+                "DELETE FROM versions WHERE id = ? AND id IS NOT "
+                "(SELECT value FROM pointers WHERE key = 'current')",
+                (version_id,),
+            )
+            return cur.rowcount > 0
+
+    def current_version(self) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM pointers WHERE key = 'current'").fetchone()
+        return None if row is None else str(row[0])
+
+    def set_current(self, expected: str | None, version_id: str) -> bool:
+        with self._lock, self._write():
+            row = self._conn.execute("SELECT value FROM pointers WHERE key = 'current'").fetchone()
+            held = None if row is None else str(row[0])
+            known = self._conn.execute("SELECT 1 FROM versions WHERE id = ?", (version_id,)).fetchone()
+            if held != expected or known is None:
+                return False
+            self._conn.execute(
+                "INSERT INTO pointers (key, value) VALUES ('current', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (version_id,),
+            )
+            return True
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float, note: str = "") -> Lease:
+        now = time.time()
+        with self._lock, self._write():
+            row = self._conn.execute(
+                "SELECT owner, expires, note FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None or float(row[1]) <= now or row[0] == owner:
+                self._conn.execute(
+                    "INSERT INTO leases (name, owner, expires, note) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, expires = excluded.expires, "
+                    "note = excluded.note",
+                    (name, owner, now + ttl_s, note),
+                )
+                return Lease(name, owner, now + ttl_s, note)
+            return Lease(name, str(row[0]), float(row[1]), str(row[2]))
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        with self._lock, self._write():
+            cur = self._conn.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+            return cur.rowcount > 0
+
+    def tombstones(self, after_generation: int = 0) -> list[Tombstone]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT user_id, deleted_at, generation FROM tombstones WHERE generation > ? ORDER BY generation",
+                (int(after_generation),),
+            ).fetchall()
+        return [Tombstone(str(u), float(t), int(g)) for u, t, g in rows]
+
+    def deletion_generation(self) -> int:
+        with self._lock:
+            row = self._conn.execute("SELECT MAX(generation) FROM tombstones").fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
 
     def users(self, limit: int | None = None) -> list[str]:
         lim = _limit(limit)
