@@ -6,6 +6,7 @@ recommendable, reload under concurrent load, micro-batch == one-by-one, metrics.
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,7 +107,7 @@ def test_health_docs_page_and_static(client: TestClient, trained: dict[str, Path
     h = client.get("/healthz").json()
     model = Recommender.load(trained["itemknn"])
     assert h["status"] == "ok" and h["model"] == "itemknn" and h["store"] == "sqlite"
-    assert h["model_version"] == OnlineRecommender(model).version
+    assert h["model_version"].startswith(OnlineRecommender(model).version[:12]) and h["model_kind"] == "initial"
     assert client.get("/docs").status_code == 200
     paths = set(client.get("/openapi.json").json()["paths"])
     assert {
@@ -360,21 +361,25 @@ def test_delete_removes_everything_and_lists_trained_models(
     r = client.delete("/v1/users/u1", headers=AUTH).json()
     assert r["deleted"] is True and r["deleted_events"] == 1
     dirs = {(m["model_dir"], m["version"]) for m in r["model_versions_with_user"]}
-    saved = OnlineRecommender(Recommender.load(trained["itemknn"])).version
-    assert (str(trained["itemknn"].resolve()), saved) in dirs
-    assert "u1" not in rt.holder.updater.memory.user_vocab or not np.any(
-        rt.holder.updater.memory.users == rt.holder.updater.memory.user_vocab.index("u1")
-    )
+    first = rt.versions.list_versions()[0]
+    assert first.path == "." and (".", first.id) in dirs  # the root's own model, and the update
+    assert (f"versions/{report['model_version']}", report["model_version"]) in dirs
+    # the next update honours the deletion: a refit without u1's events, and no version is listed
+    refit = client.post("/v1/admin/update", headers=AUTH).json()
+    assert refit["method"] == "refit" and refit["n_events"] == 0
+    assert client.get("/healthz").json()["model_kind"] == "refit"
+    again = client.delete("/v1/users/u1", headers=AUTH).json()
+    assert {m["version"] for m in again["model_versions_with_user"]} == {v for _, v in dirs}  # not the refit
     assert client.delete("/v1/users/ivy", headers=AUTH).json()["deleted"] is False
 
 
 def test_delete_lists_other_saved_models_with_the_user(trained: dict[str, Path], tmp_path: Path) -> None:
     with TestClient(create_app(_settings(trained, tmp_path, model_dirs=(str(trained["pop"]),)))) as c:
         r = c.delete("/v1/users/u2", headers=AUTH).json()
-        memory = _runtime(c).holder.updater.memory
-    assert r["deleted"] is True and r["deleted_events"] == 0  # no stored events; the training memory rows
-    assert not np.any(memory.users == memory.user_vocab.index("u2"))
-    assert {Path(m["model_dir"]).name for m in r["model_versions_with_user"]} == {"itemknn", "pop"}
+        tomb = _runtime(c).versions.tombstones()
+    assert r["deleted"] is False and r["deleted_events"] == 0  # no stored events: a tombstone only
+    assert [t.user_id for t in tomb] == ["u2"]
+    assert {m["model_dir"] for m in r["model_versions_with_user"]} == {".", str(trained["pop"])}
 
 
 # ---- update and reload ---------------------------------------------------------------------------------------
@@ -405,7 +410,15 @@ def test_update_makes_a_new_item_recommendable(client: TestClient) -> None:
     assert again["n_events"] == 0 and again["model_version"] == report["model_version"]
 
 
-def test_reload_under_load_fails_no_request(client: TestClient, trained: dict[str, Path]) -> None:
+def test_reload_under_load_fails_no_request(trained: dict[str, Path], tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(trained["itemknn"], root)
+    shutil.copytree(trained["pop"], root / "candidates" / "pop")
+    with TestClient(create_app(_settings(trained, tmp_path, model_dir=str(root)))) as client:
+        _reload_under_load(client, trained, tmp_path)
+
+
+def _reload_under_load(client: TestClient, trained: dict[str, Path], tmp_path: Path) -> None:
     _post(client, [{"user_id": f"load{j}", "item_id": f"i{j + 1}"} for j in range(4)])
     errors: list[str] = []
     versions: set[str] = set()
@@ -423,21 +436,24 @@ def test_reload_under_load_fails_no_request(client: TestClient, trained: dict[st
     for t in threads:
         t.start()
     try:
-        v_pop = client.post("/v1/admin/reload", json={"model_dir": str(trained["pop"])}, headers=AUTH).json()
-        v_knn = client.post(
-            "/v1/admin/reload", json={"model_dir": str(trained["itemknn"])}, headers=AUTH
-        ).json()
-        v_pop2 = client.post("/v1/admin/reload", json={"model_dir": str(trained["pop"])}, headers=AUTH).json()
+        v_knn = client.get("/healthz").json()["model_version"]
+        # a directory under the root becomes a new version; a version id makes that one current again
+        v_pop = client.post("/v1/admin/reload", json={"model_dir": "candidates/pop"}, headers=AUTH).json()
+        back = client.post("/v1/admin/reload", json={"version": v_knn}, headers=AUTH).json()
+        v_pop2 = client.post("/v1/admin/reload", json={"version": v_pop["model_version"]}, headers=AUTH).json()
     finally:
         stop.set()
         for t in threads:
             t.join()
     assert not errors, errors[:3]
-    assert v_pop == v_pop2 and v_pop["model_version"] != v_knn["model_version"]
+    assert back["model_version"] == v_knn and v_pop == v_pop2 and v_pop["model_version"] != v_knn
     assert client.get("/healthz").json()["model"] == "pop"
     assert versions  # requests were served throughout
-    bad = client.post("/v1/admin/reload", json={"model_dir": str(trained["items"])}, headers=AUTH)
-    assert bad.status_code == 400 and client.get("/healthz").json()["model"] == "pop"
+    for ref in ({"model_dir": str(trained["pop"])}, {"model_dir": "../pop"}, {"version": "nope"}):
+        bad = client.post("/v1/admin/reload", json=ref, headers=AUTH)
+        assert bad.status_code == 400 and client.get("/healthz").json()["model"] == "pop"
+        if not ref.get("model_dir", "").startswith("/"):
+            assert str(tmp_path) not in bad.text  # no resolved server path in the error
 
 
 # ---- micro-batching ---------------------------------------------------------------------------------------------
@@ -575,10 +591,13 @@ def test_post_items_adds_to_the_live_model(
             c.post("/v1/items", json={"items": [{"item_id": "y", "text": " "}]}, headers=AUTH).status_code
             == 422
         )
-    # saved: a fresh load of the directory has the item, its title and tag
-    saved = Recommender.load(tmp_path / "toy")
+    # published: a new immutable version directory has the item, its title and tag; the root is untouched
+    version = tmp_path / "toy" / "versions" / got["model_version"]
+    saved = Recommender.load(version)
     assert saved.item_vocab is not None and "x1" in saved.item_vocab
-    assert jobs.read_item_info(tmp_path / "toy")["x1"] == {"title": "Rocket", "tags": ["scifi"]}
+    assert jobs.read_item_info(version)["x1"] == {"title": "Rocket", "tags": ["scifi"]}
+    root = Recommender.load(tmp_path / "toy")
+    assert root.item_vocab is not None and "x1" not in root.item_vocab
 
 
 def test_post_items_refused_for_models_without_item_text(client: TestClient) -> None:

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from dynrec.data.query import QueryBatch, topk_stable
-from dynrec.errors import DynrecError
+from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.models.base import ModelConfig, NonNegInt, PositiveInt, Recommender
-from dynrec.models.capabilities import QueryEmbeddings
+from dynrec.models.capabilities import ItemEmbeddings, QueryEmbeddings
 
 __all__ = [
     "AnnConfig",
@@ -50,6 +50,8 @@ __all__ = [
     "AnnUnavailable",
     "exact_search",
     "retrieve",
+    "similar_items",
+    "unit_item_vectors",
 ]
 
 AnnKind = Literal["hnsw", "ivf"]
@@ -432,3 +434,41 @@ def retrieve(
             idx[pos, : i2.shape[1]] = i2
             scores[pos, : s2.shape[1]] = s2.to(scores.dtype)
     return idx, scores
+
+
+# ---- similar items ------------------------------------------------------------------------------------
+
+
+def unit_item_vectors(model: ItemEmbeddings) -> torch.Tensor | None:
+    """[n_items, d] float32 L2-normalised item vectors of `model` (row 0 = padding), or None when
+    its item table does not have one row per catalogue item."""
+    v = model.item_embeddings().detach().float().cpu()
+    if v.dim() != 2 or v.shape[0] != model.n_items:
+        return None
+    return torch.nn.functional.normalize(v, dim=1)
+
+
+def similar_items(
+    model: Recommender, item: str, k: int, *, unit: torch.Tensor | None = None
+) -> tuple[list[str], list[float]]:
+    """The `k` items most like `item` (never itself): cosine of the model's item vectors when it
+    has them (`ItemEmbeddings`; `unit` = precomputed `unit_item_vectors`), else the model's scores
+    for a one-item history. `UnknownIdError` for an item the model lacks."""
+    assert model.item_vocab is not None
+    i = model.item_vocab.index(item, policy="skip")
+    if i == 0:
+        raise UnknownIdError(f"item {item!r} is not in the model's catalogue")
+    if k < 1:
+        raise DynrecError(f"k must be >= 1, got {k}")
+    if unit is None and isinstance(model, ItemEmbeddings):
+        unit = unit_item_vectors(model)
+    if unit is not None:
+        s = unit @ unit[i]
+    else:
+        q = QueryBatch(np.zeros(1, np.int64), np.array([0, 1], np.int64), np.array([i], np.int64))
+        s = model.score(q)[0].clone()
+    s[0] = -torch.inf
+    s[i] = -torch.inf
+    top, vals = topk_stable(s[None, :].float(), min(k, s.shape[0]))
+    keep = torch.isfinite(vals[0])
+    return model.item_vocab.to_ids(top[0][keep].numpy()), [float(v) for v in vals[0][keep]]

@@ -110,8 +110,13 @@ class IncrementalUpdater:
         return found
 
     # -- the public update ----------------------------------------------------------------------
-    def update(self, events: EventLog | Iterable[Event] | None = None) -> UpdateReport:
-        """Learn from `events` (external ids; None = the events queued by `remember`)."""
+    def update(
+        self, events: EventLog | Iterable[Event] | None = None, *, refit: bool = False
+    ) -> UpdateReport:
+        """Learn from `events` (external ids; None = the events queued by `remember`). `refit`:
+        fit the model from scratch on the whole memory (the new events included) even when it
+        could continue training — so that nothing forgotten since (`forget_user`, or a memory
+        built without deleted users) stays in its weights."""
         if events is None:
             evs: EventLog | Iterable[Event] = self._pending
             self._pending = []
@@ -125,7 +130,7 @@ class IncrementalUpdater:
             elog, event_weights=elog.event_weights, user_vocab=uv, item_vocab=iv
         )
         return self.update_indexed(
-            new.users, new.items, new.timestamps, new.weights, item_vocab=iv, user_vocab=uv
+            new.users, new.items, new.timestamps, new.weights, item_vocab=iv, user_vocab=uv, refit=refit
         )
 
     def update_indexed(
@@ -137,6 +142,7 @@ class IncrementalUpdater:
         *,
         item_vocab: Vocabulary | None = None,
         user_vocab: Vocabulary | None = None,
+        refit: bool = False,
     ) -> UpdateReport:
         """Learn from events already in index space. Indices beyond the model's vocabulary are new
         ids; `item_vocab` / `user_vocab` (a superset of the model's, same order) name them."""
@@ -160,10 +166,12 @@ class IncrementalUpdater:
             "new_items": n_items - old_items,
             "new_users": n_users - old_users,
         }
-        if len(items) == 0:
+        if len(items) == 0 and not refit:
             report.update(method="none", seconds=time.perf_counter() - t0)
             return report
-        report["method"], report["work_events"] = self._dispatch(prev, users, items, old_items, old_users)
+        report["method"], report["work_events"] = self._dispatch(
+            prev, users, items, old_items, old_users, refit=refit
+        )
         self.n_updates += 1
         report["seconds"] = time.perf_counter() - t0
         log.info("update %d of %s: %s", self.n_updates, model.name, report)
@@ -171,12 +179,19 @@ class IncrementalUpdater:
 
     # -- the model's own step, or a refit ----------------------------------------------------
     def _dispatch(
-        self, prev: InteractionData, users: IntArray, items: IntArray, old_items: int, old_users: int
+        self,
+        prev: InteractionData,
+        users: IntArray,
+        items: IntArray,
+        old_items: int,
+        old_users: int,
+        *,
+        refit: bool = False,
     ) -> tuple[str, int]:
         """Apply the update; returns (method, work) where work = events processed x passes over
         them, a device-independent measure of the update's compute."""
         model, mem = self.model, self.memory
-        if isinstance(model, PartialFit):
+        if isinstance(model, PartialFit) and not refit:
             batch = UpdateBatch(
                 memory=mem,
                 previous=prev,

@@ -1,35 +1,32 @@
-"""The live model behind the service and everything the routes do with it.
+"""The service's state and everything the routes do with it.
 
-`ModelHolder` is one loaded model with what is derived from it: its `OnlineRecommender` over the
-shared store, its `IncrementalUpdater` (the model's memory: the training history when the model
-records its provenance and the data is reachable, else empty), titles and item vectors. A holder
-is never changed after it is built except through its session (hot per-user states, under
-``holder.lock``) and its updater's memory (user deletions, under the runtime's memory lock).
+The pieces, one concern each:
 
-`Runtime` holds the *current* holder as one reference. Every request reads that reference once
-and finishes on the holder it got, so swapping in a new one is atomic for requests:
+* `dynrec.service.holder.ModelHolder` — one model version as this process holds it;
+* `dynrec.service.follower.VersionFollower` — which holder is current: the version the store's
+  pointer names, followed within a poll interval whoever published it (any worker, any host, the
+  CLI's ``dynrec items add``);
+* `dynrec.jobs.model_root.publish` — the one way a new version is made current (compare-and-set
+  on the store's pointer, rebuilt on the newer version when another publisher won the race): used
+  by ``update``, ``add_items`` and ``reload`` alike;
+* `dynrec.service.popularity.Popularity` — the popular fallback's counts from the store;
+* the store itself — events, per-user states, model versions, tombstones and leases.
 
-* ``reload(dir)`` loads the new model completely, then swaps the reference;
-* ``update()`` trains a *copy* of the current model (its updater deep-copied, model included) on
-  the events observed since the last update while the current one keeps serving, then swaps.
-  Events that arrive during the update stay pending for the next one; users deleted during it are
-  forgotten by the new memory before the swap.
-
-Popular fallback (users with no stored events, sessions with no item the model knows): items
-ranked by their count in the model's memory (its training history, see above) plus the events
-this process has ingested since the last update; without a recorded training history that is the
-popularity among ingested events only (ties by item index).
-
-With several worker processes each has its own holder and pending events: the store is shared
-(every read checks it), while ``update`` and ``reload`` act on the worker that serves them.
+`Runtime` wires them for the routes. Pending events are not kept in memory: an update trains on
+the store's events after the current version's event sequence number, so events ingested by any
+process are learned by the next update wherever it runs, and none is lost on a restart. An update
+runs once per store (a lease with expiry: a second request gets `UpdateRunning`, a crashed updater
+frees it when the lease expires). A deletion is a tombstone in the store (written with the deletion
+of the user's events): every update leaves the user's events out — those of the original training
+data too — and the first update after a deletion of a user the current version was trained with
+refits the model from scratch, so the version it publishes is free of the user.
 
 Approximate retrieval and precision (`ServiceSettings.ann` / ``precision``): each holder has a
 *scoring* model (the model itself, or its int8/bf16 copy) and, with ``ann``, a FAISS index over
-that model's item table, both made when the holder is built — so the index is rebuilt with every
-new model (reload, update, items added). They serve the stateless session path
-(`recommend_history`). A stored user's recommendations come from their cached incremental state
-(`OnlineRecommender`), which stays exact and float32: states are checkpointed in the shared store
-under the model's version and read back by every worker.
+that model's item table, both made when the holder is built — so every new version gets its own.
+They serve the stateless session path (`recommend_history`). A stored user's recommendations come
+from their cached incremental state (`OnlineRecommender`), which stays exact and float32: states
+are checkpointed in the shared store under the model's version and read back by every worker.
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -51,32 +48,36 @@ import torch
 
 from dynrec.data import registry
 from dynrec.data.dataset import InteractionData
-from dynrec.data.items import ItemMetadata
 from dynrec.data.query import QueryBatch, topk_stable
-from dynrec.data.vocab import Vocabulary
-from dynrec.errors import DynrecError, UnknownIdError
+from dynrec.errors import DynrecError
 from dynrec.jobs.explain import EXPLAIN_TOP, explain_items, interest_profile
-from dynrec.jobs.items import (
-    AddedItems,
-    ItemInfo,
-    add_items_to_model,
-    encoder_for,
-    item_info_from_texts,
-    read_item_info,
-    save_model_dir,
+from dynrec.jobs.items import AddedItems, add_items_to_model, encoder_for, item_info_from_texts
+from dynrec.jobs.model_root import (
+    Built,
+    events_digest,
+    is_model_dir,
+    open_version,
+    publish,
+    register_initial,
+    training_memory,
+    version_memory,
+    version_path,
 )
-from dynrec.jobs.provenance import from_meta
-from dynrec.jobs.train import ann_index, training_history
+from dynrec.jobs.train import ann_index
 from dynrec.models.base import Recommender
-from dynrec.models.capabilities import Explainer, ItemEmbeddings, ItemText, PartialFit
+from dynrec.models.capabilities import Explainer, ItemText, PartialFit
 from dynrec.models.neural.quantize import quantize
-from dynrec.models.retrieval import AnnIndex, retrieve
-from dynrec.online.session import Interests, OnlineRecommender
-from dynrec.online.state import Event, History, StateStore, validate_events
+from dynrec.models.retrieval import AnnIndex, retrieve, similar_items
+from dynrec.online.session import Interests, model_version
+from dynrec.online.state import Event, History, validate_events
 from dynrec.online.stores import open_store, store_kind
 from dynrec.online.updater import IncrementalUpdater, UpdateReport
+from dynrec.online.versions import Lease, VersionRecord, VersionStore, new_owner_id
 from dynrec.service.batching import MicroBatcher, Pending
+from dynrec.service.follower import VersionFollower
+from dynrec.service.holder import ModelHolder, dataset_items, read_info
 from dynrec.service.metrics import ServiceMetrics
+from dynrec.service.popularity import Popularity
 from dynrec.service.settings import ServiceSettings
 from dynrec.text import Encoder, ItemTexts
 
@@ -88,7 +89,7 @@ __all__ = [
     "ModelHolder",
     "Recommended",
     "Runtime",
-    "SavedModel",
+    "UpdateRunning",
     "default_event",
     "serving_threads",
 ]
@@ -96,106 +97,21 @@ __all__ = [
 HTTP_EVENT_TYPE = "view"
 """Event type of an HTTP event that names none."""
 
-
-# ---- one loaded model -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SavedModel:
-    """A saved model directory as loaded: its version and user vocabulary (who it was trained on)."""
-
-    model_dir: str
-    version: str
-    users: Vocabulary
-    mtime: float
+UPDATE_LEASE = "update"
+UPDATE_LEASE_S = 3600.0
+"""How long an update may hold the store's update lease before another may take it over (a
+crashed updater frees it then)."""
 
 
-class ModelHolder:
-    """One model and what is derived from it (see the module docstring)."""
+class UpdateRunning(DynrecError):
+    """Another update holds the store's update lease."""
 
-    def __init__(
-        self,
-        model_dir: str,
-        model: Recommender,
-        store: StateStore,
-        *,
-        updater: IncrementalUpdater,
-        metadata: ItemMetadata | None,
-        saved: SavedModel,
-        cache_size: int,
-        trained_memory: bool,
-        persist_every: int = 1,
-        item_info: ItemInfo | None = None,
-        scoring: Recommender | None = None,
-        index: AnnIndex | None = None,
-    ) -> None:
-        self.model_dir = model_dir
-        self.trained_memory = trained_memory
-        """Whether the updater's memory starts from the model's training history."""
-        self.model = model
-        self.scoring = scoring if scoring is not None else model
-        """The model session recommendations are scored with (`model` or its reduced-precision copy)."""
-        self.index = index
-        """The approximate index over `scoring`'s item table (None = exact)."""
-        self.updater = updater
-        self.saved = saved
-        self.metadata = metadata
-        # the session does not remember events for the updater: the runtime keeps the pending
-        # events itself, so they survive the holder being swapped
-        self.online = OnlineRecommender(
-            model, store, item_metadata=metadata, cache_size=cache_size, persist_every=persist_every
+    def __init__(self, lease: Lease) -> None:
+        left = max(0.0, lease.expires - time.time())
+        super().__init__(
+            f"an update is already running ({lease.note or lease.owner}; its lease expires in {left:.0f} s)"
         )
-        self.version = self.online.version
-        self.lock = threading.Lock()
-        """Guards the session's hot per-user states (observe, recommend, interests, delete)."""
-        self.item_info: ItemInfo = {**(item_info or {}), **_metadata_info(metadata)}
-        """Titles and tags per item: the model directory's item_info.json, then the metadata."""
-        self.titles: dict[str, str] = {
-            i: r["title"] for i, r in self.item_info.items() if isinstance(r.get("title"), str)
-        }
-        self._unit: torch.Tensor | None = None
-        self._memory_counts: torch.Tensor | None = None
-        self._counts_lock = threading.Lock()
-
-    @property
-    def item_vocab(self) -> Vocabulary:
-        assert self.model.item_vocab is not None
-        return self.model.item_vocab
-
-    def title(self, item: str) -> str | None:
-        return self.titles.get(item)
-
-    def unit_vectors(self) -> torch.Tensor | None:
-        """L2-normalised item vectors of an `ItemEmbeddings` model (None otherwise)."""
-        if self._unit is None and isinstance(self.model, ItemEmbeddings):
-            v = self.model.item_embeddings().detach().float().cpu()
-            if v.dim() == 2 and v.shape[0] == self.model.n_items:
-                self._unit = torch.nn.functional.normalize(v, dim=1)
-        return self._unit
-
-    def memory_counts(self) -> torch.Tensor:
-        """[n_items] float64 event count of each item in the updater's memory."""
-        with self._counts_lock:
-            if self._memory_counts is None:
-                mem = self.updater.memory
-                counts = np.bincount(mem.items, minlength=self.model.n_items)[: self.model.n_items]
-                self._memory_counts = torch.from_numpy(counts.astype(np.float64))
-            return self._memory_counts
-
-    def memory_changed(self) -> None:
-        with self._counts_lock:
-            self._memory_counts = None
-
-
-def _metadata_info(metadata: ItemMetadata | None) -> ItemInfo:
-    """Titles and genres (as tags) of item metadata, in the form of ``item_info.json``."""
-    if metadata is None:
-        return {}
-    f = metadata.frame
-    return {
-        str(i): {"title": None if t is None else str(t), "tags": [str(g) for g in (gs or [])]}
-        for i, t, gs in zip(f["item_id"].to_list(), f["title"].to_list(), f["genres"].to_list(), strict=True)
-    }
+        self.lease = lease
 
 
 # ---- results ----------------------------------------------------------------------------------------
@@ -225,6 +141,9 @@ class _RecRequest:
 
 @dataclass(frozen=True)
 class DeleteResult:
+    """What a deletion removed, and the model versions still trained with the user's data (by
+    relative path under the model root and id): the next update publishes a version free of them."""
+
     deleted: bool
     deleted_events: int
     model_versions: list[tuple[str, str]]
@@ -234,31 +153,49 @@ class DeleteResult:
 
 
 class Runtime:
-    """The service's state: the store, the current `ModelHolder`, pending events, the batcher."""
+    """The service's state: the store, the version follower, the popular fallback, the batcher."""
 
-    def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics) -> None:
+    def __init__(self, settings: ServiceSettings, metrics: ServiceMetrics, *, follow_s: float = 0.25) -> None:
         self.settings = settings
         self.metrics = metrics
+        root = Path(settings.model_dir)
+        if not root.is_dir():
+            raise DynrecError(f"model directory {settings.model_dir!r} does not exist")
+        self.root = root.resolve()
         self.items_override = (
             registry.load_items(settings.items_file) if settings.items_file is not None else None
         )
         self.store = open_store(settings.store)
+        if not isinstance(self.store, VersionStore):
+            raise DynrecError(f"the state store {settings.store!r} keeps no model versions")
+        self.versions: VersionStore = self.store
         self.store_kind = store_kind(self.store)
-        self._saved: dict[str, SavedModel] = {}
-        self._holder = self._load(settings.model_dir)
-        self._admin_lock = threading.Lock()  # one update or reload at a time
-        self._memory_lock = threading.Lock()  # the current updater's memory: copy vs forget
-        self._forget_on_swap: set[str] | None = None  # users deleted while an update runs
-        self._pending: list[tuple[int, Event]] = []  # events observed since the last update
-        self._pending_counts: Counter[str] = Counter()
-        self._pending_seq = 0
-        self._pending_lock = threading.Lock()
-        self._pop_cache: tuple[tuple[int, int], torch.Tensor] | None = None
+        self.owner = new_owner_id(f"{os.uname().nodename}:{os.getpid()}:")
+        self._admin_lock = threading.Lock()  # one publication at a time in this process
+        self._user_vocabs: dict[str, frozenset[str]] = {}  # version id -> its users (immutable)
         self._recent: OrderedDict[str, None] = OrderedDict()  # users seen by this process, newest last
+        self._recent_lock = threading.Lock()
         self._retired = (0, 0)  # cache hits/misses of swapped-out sessions
+        self._base: InteractionData | None = None
+        self._base_ready = False
         self.text_encoder: Encoder | None = None
         """The encoder `add_items` uses (loaded on first use; set it to inject another)."""
-        self.metrics.set_model(self._holder.model.name, self._holder.version)
+        first = register_initial(self.store, self.root)
+        holder = self._load(first)
+        root_rec = self.versions.get_version(self._root_id(first)) or first
+        self.popularity = Popularity(
+            self.store, self.versions, self._base_memory(holder.model), root_rec.base_seq
+        )
+        self.follower = VersionFollower(
+            self.store,
+            self.versions,
+            holder,
+            self._load,
+            poll_s=follow_s,
+            on_swap=self._swapped,
+            on_tick=self._tick,
+        )
+        self.metrics.set_model(holder.model.name, holder.version)
         self.metrics.watch_cache(self.cache_stats)
         self.batcher: MicroBatcher[_RecRequest, Recommended] = MicroBatcher(
             self._handle_batch,
@@ -266,62 +203,77 @@ class Runtime:
             max_size=settings.batch_size,
             on_batch=self.metrics.batch_size.observe,
         )
+        self.follower.start()
 
     # -- lifecycle -------------------------------------------------------------------------------
     @property
     def holder(self) -> ModelHolder:
         """The current model; read it once per request and finish on it."""
-        return self._holder
+        return self.follower.holder
 
     def close(self) -> None:
+        self.follower.stop()
         self.batcher.stop()
         self.store.close()
 
     def cache_stats(self) -> tuple[int, int]:
-        h = self._holder
+        h = self.holder
         return self._retired[0] + h.online.cache_hits, self._retired[1] + h.online.cache_misses
 
-    def _load(self, model_dir: str | Path) -> ModelHolder:
-        """A holder for a saved model, loaded completely (model, training memory, titles)."""
-        path = str(Path(model_dir).resolve())
-        model = Recommender.load(path)
-        assert model.user_vocab is not None
-        memory = _training_memory(model)
-        updater = IncrementalUpdater(model, memory)
-        metadata = self.items_override if self.items_override is not None else _dataset_items(model)
-        version = OnlineRecommender(model, self.store, cache_size=0).version
-        saved = SavedModel(path, version, model.user_vocab, _mtime(path))
-        self._saved[path] = saved
+    def _root_id(self, rec: VersionRecord) -> str:
+        """The id of the lineage's first version (walks the parents)."""
+        seen: set[str] = set()
+        while rec.parent is not None and rec.parent not in seen:
+            seen.add(rec.id)
+            parent = self.versions.get_version(rec.parent)
+            if parent is None:
+                break
+            rec = parent
+        return rec.id
+
+    def _load(self, record: VersionRecord) -> ModelHolder:
+        """A holder for the version `record`, loaded completely (model, titles, scoring, index)."""
+        return self._holder_for(record, open_version(self.root, record))
+
+    def _holder_for(self, record: VersionRecord, model: Recommender) -> ModelHolder:
+        metadata = self.items_override if self.items_override is not None else dataset_items(model)
         scoring, index = self._scoring(model)
         return ModelHolder(
-            path,
+            record,
+            version_path(self.root, record),
             model,
             self.store,
-            updater=updater,
             metadata=metadata,
-            saved=saved,
             cache_size=self.settings.cache_size,
             persist_every=self.settings.persist_every,
-            trained_memory=memory is not None,
-            item_info=_read_info(path),
+            item_info=read_info(version_path(self.root, record)),
             scoring=scoring,
             index=index,
         )
 
     def _scoring(self, model: Recommender) -> tuple[Recommender, AnnIndex | None]:
-        """(scoring model at the settings' precision, approximate index over it or None) for a
-        holder of `model` (see the module docstring)."""
+        """(scoring model at the settings' precision, approximate index over it or None)."""
         scoring = quantize(model, self.settings.precision)
         return scoring, ann_index(scoring, self.settings.ann_config())
 
-    def _swap(self, new: ModelHolder) -> None:
-        old = self._holder
-        self._holder = new
+    def _base_memory(self, model: Recommender) -> InteractionData | None:
+        """The original training history (computed once per process)."""
+        if not self._base_ready:
+            self._base = training_memory(model)
+            self._base_ready = True
+        return self._base
+
+    def _swapped(self, old: ModelHolder, new: ModelHolder) -> None:
         self._retired = (
             self._retired[0] + old.online.cache_hits,
             self._retired[1] + old.online.cache_misses,
         )
         self.metrics.set_model(new.model.name, new.version)
+
+    def _tick(self) -> None:
+        """The follower's periodic work besides the pointer: popularity and the pending gauge."""
+        self.popularity.refresh()
+        self.metrics.pending.set(max(0, self.store.event_seq() - self.holder.record.event_seq))
 
     # -- events ----------------------------------------------------------------------------------------
     def ingest(self, events: Sequence[Event]) -> tuple[int, int]:
@@ -334,19 +286,14 @@ class Runtime:
         with holder.lock:
             holder.online.observe(evs)
         unknown = int((holder.item_vocab.lookup([e.item_id for e in evs], policy="skip") == 0).sum())
-        with self._pending_lock:
+        with self._recent_lock:
             for e in evs:
-                self._pending_seq += 1
-                self._pending.append((self._pending_seq, e))
-                self._pending_counts[e.item_id] += 1
                 self._recent[e.user_id] = None
                 self._recent.move_to_end(e.user_id)
             while len(self._recent) > 1000:
                 self._recent.popitem(last=False)
-            n_pending = len(self._pending)
         self.metrics.events.inc(len(evs))
         self.metrics.unknown_items.inc(unknown)
-        self.metrics.pending.set(n_pending)
         return len(evs), unknown
 
     # -- recommendations ----------------------------------------------------------------------------
@@ -427,31 +374,13 @@ class Runtime:
         return Recommended(items, scores, expl, False, holder.version, holder)
 
     def _popular(self, holder: ModelHolder, k: int) -> Recommended:
-        s = self._popularity(holder).clone()
+        s = self.popularity.scores(holder).clone()
         s[0] = -torch.inf
         top, vals = topk_stable(s[None, :].float(), min(k, s.shape[0]))
         keep = torch.isfinite(vals[0])
         items = holder.item_vocab.to_ids(top[0][keep].numpy())
         self.metrics.fallbacks.inc()
         return Recommended(items, [float(v) for v in vals[0][keep]], None, True, holder.version, holder)
-
-    def _popularity(self, holder: ModelHolder) -> torch.Tensor:
-        """[n_items] counts: the model's memory plus the events pending since the last update."""
-        with self._pending_lock:
-            key = (id(holder), self._pending_seq)
-            cached = self._pop_cache
-            if cached is not None and cached[0] == key and cached[1].shape[0] == holder.model.n_items:
-                return cached[1]
-            ids = list(self._pending_counts)
-            counts = np.array([self._pending_counts[i] for i in ids], dtype=np.float64)
-        s = holder.memory_counts().clone()
-        if ids:
-            idx = holder.item_vocab.lookup(ids, policy="skip")
-            ok = idx > 0
-            s.index_add_(0, torch.from_numpy(idx[ok]), torch.from_numpy(counts[ok]))
-        with self._pending_lock:
-            self._pop_cache = (key, s)
-        return s
 
     # -- explanations ----------------------------------------------------------------------------------
     def _explain_user(
@@ -494,24 +423,226 @@ class Runtime:
 
     # -- items -------------------------------------------------------------------------------------
     def similar(self, item: str, k: int) -> tuple[list[str], list[float], ModelHolder]:
-        """Items most like `item`: cosine of the model's item vectors (`ItemEmbeddings`), else the
-        model's scores for a one-item history. `UnknownIdError` for an item the model lacks."""
+        """Items most like `item` (`dynrec.models.retrieval.similar_items`)."""
         holder = self.holder
-        i = holder.item_vocab.index(item, policy="skip")
-        if i == 0:
-            raise UnknownIdError(f"item {item!r} is not in the model's catalogue")
-        unit = holder.unit_vectors()
-        if unit is not None:
-            s = unit @ unit[i]
-        else:
-            q = QueryBatch(np.zeros(1, np.int64), np.array([0, 1], np.int64), np.array([i], np.int64))
-            s = holder.model.score(q)[0].clone()
-        s[0] = -torch.inf
-        s[i] = -torch.inf
-        top, vals = topk_stable(s[None, :].float(), min(k, s.shape[0]))
-        keep = torch.isfinite(vals[0])
-        return holder.item_vocab.to_ids(top[0][keep].numpy()), [float(v) for v in vals[0][keep]], holder
+        items, scores = similar_items(holder.model, item, k, unit=holder.unit_vectors())
+        return items, scores, holder
 
+    # -- privacy -----------------------------------------------------------------------------------
+    def delete_user(self, user: str) -> DeleteResult:
+        """Privacy: the user's events and cached state leave the store together with a tombstone
+        (one transaction), the hot state leaves this process (other processes check the store's
+        generation on every read); the popular fallback stops counting the user at once (other
+        processes within a follower poll). Lists the model versions still trained with the user."""
+        holder = self.holder
+        held = len(self.store.history(user))
+        with holder.lock:
+            found = holder.online.delete_user(user)  # the store's deletion and tombstone included
+        with self._recent_lock:
+            self._recent.pop(user, None)
+        self.popularity.refresh()
+        return DeleteResult(found or held > 0, held, self.versions_with(user))
+
+    def versions_with(self, user: str) -> list[tuple[str, str]]:
+        """(path under the root, id) of every recorded version trained with `user`'s data: the user
+        is in its user vocabulary and it honours no tombstone of the user (a version published
+        after a deletion of the user was refitted without their events; events of a user re-created
+        after a deletion are not told apart). Then the operator's further saved models
+        (`ServiceSettings.model_dirs`) holding the user, by the path configured."""
+        tombs = [t.generation for t in self.versions.tombstones() if t.user_id == user]
+        out: list[tuple[str, str]] = []
+        for rec in self.versions.list_versions():
+            if any(g <= rec.deletion_generation for g in tombs):
+                continue
+            if user in self._users_of(rec):
+                out.append((rec.path, rec.id))
+        for d in self.settings.model_dirs:  # saved models outside the root the operator named
+            users = self._users_of_dir(d)
+            if users is not None and user in users[1]:
+                out.append((d, users[0]))
+        return out
+
+    def _users_of_dir(self, model_dir: str) -> tuple[str, frozenset[str]] | None:
+        """(content fingerprint, users) of the saved model at `model_dir`, None when unreadable."""
+        try:
+            model = Recommender.load(model_dir)
+        except DynrecError as exc:
+            log.warning("cannot check saved model %s for a deleted user: %s", model_dir, exc)
+            return None
+        assert model.user_vocab is not None
+        return model_version(model), frozenset(model.user_vocab.ids)
+
+    def _users_of(self, rec: VersionRecord) -> frozenset[str]:
+        users = self._user_vocabs.get(rec.id)
+        if users is None:
+            try:
+                model = open_version(self.root, rec)
+            except DynrecError as exc:
+                log.warning("cannot check model version %s for a deleted user: %s", rec.id, exc)
+                return frozenset()
+            assert model.user_vocab is not None
+            users = self._user_vocabs[rec.id] = frozenset(model.user_vocab.ids)
+        return users
+
+    # -- publishing new versions --------------------------------------------------------------------
+    def _publish(self, built: Any) -> tuple[VersionRecord, bool]:
+        """`publish` on this root, then the new version swapped in here at once."""
+        rec, new = publish(self.store, self.root, built)
+        if new or rec.id != self.holder.version:
+            self.follower.swap(self._load(rec))
+        return rec, new
+
+    def _parent_model(self, parent: VersionRecord) -> Recommender:
+        """A private copy of `parent`'s model to build on (the held one when it is `parent`)."""
+        holder = self.holder
+        if holder.version == parent.id:
+            return copy.deepcopy(holder.model)
+        return open_version(self.root, parent)
+
+    def update(self) -> UpdateReport:
+        """Incremental training on the store's events since the current version (whichever process
+        ingested them), on a copy of the model while the current one serves; the result is
+        published as a new version (see the module docstring). One per store: `UpdateRunning`
+        when another holds the lease."""
+        with self._admin_lock:
+            lease = self.versions.acquire_lease(
+                UPDATE_LEASE, self.owner, UPDATE_LEASE_S, note=f"update by {self.owner}"
+            )
+            if not lease.held_by(self.owner):
+                raise UpdateRunning(lease)
+            t0 = time.perf_counter()
+            reports: list[UpdateReport] = []
+            try:
+                rec, new = self._publish(lambda parent: self._build_update(parent, reports))
+            finally:
+                self.versions.release_lease(UPDATE_LEASE, self.owner)
+        self.metrics.updates.inc()
+        n_pending = max(0, self.store.event_seq() - rec.event_seq)
+        self.metrics.pending.set(n_pending)
+        report: UpdateReport = (
+            dict(reports[-1])
+            if new and reports
+            else {"n_events": 0, "new_items": 0, "new_users": 0, "method": "none"}
+        )
+        report["seconds"] = time.perf_counter() - t0
+        report["model_version"] = rec.id
+        report["pending_events"] = n_pending
+        return report
+
+    def _build_update(self, parent: VersionRecord, reports: list[UpdateReport]) -> Built | None:
+        seq = self.store.event_seq()
+        pending = [e for _, e in self.store.events_since(parent.event_seq, seq)]
+        generation = self.versions.deletion_generation()
+        tombstones = self.versions.tombstones()
+        deleted = {t.user_id for t in tombstones}
+        model = self._parent_model(parent)
+        assert model.user_vocab is not None
+        unhonoured = {t.user_id for t in tombstones if t.generation > parent.deletion_generation}
+        forget = any(u in model.user_vocab for u in unhonoured)
+        if not pending and not forget:
+            return None
+        memory = version_memory(model, self.store, parent, self._base_memory(model), deleted)
+        if memory is None and not isinstance(model, PartialFit):
+            raise DynrecError(
+                f"{model.name} retrains from scratch on an update and its training history is not "
+                "available (no provenance, or the data is missing): an update would fit it to the new "
+                "events alone. Retrain it with the new events instead"
+            )
+        if forget and memory is None:
+            raise DynrecError(
+                "deleted users are in the model but its training history is not available to refit "
+                "without them: retrain the model from data without them"
+            )
+        updater = IncrementalUpdater(model, memory)
+        report = updater.update(pending, refit=forget)
+        reports.append(report)
+        return Built(
+            model,
+            read_info(version_path(self.root, parent)),
+            "refit" if forget else "update",
+            events_hash=events_digest(pending),
+            n_events=len(pending),
+            event_seq=seq,
+            deletion_generation=generation,
+            note=f"{report.get('method', '')}",
+        )
+
+    def add_items(
+        self, texts: ItemTexts, *, skip_existing: bool = False, encoder: Encoder | None = None
+    ) -> tuple[AddedItems, str]:
+        """Add items without events to the live model from their text (`dynrec.jobs.items`): built
+        on a copy of the current version and published as a new one (concurrent additions from
+        any process are all kept: each builds on the current version and retries its
+        compare-and-set). `encoder` (default: the one the model recorded) must be the model's.
+        Returns (what was added, the version serving now)."""
+        with self._admin_lock:
+            done: list[AddedItems] = []
+
+            def build(parent: VersionRecord) -> Built | None:
+                model = self._parent_model(parent)
+                enc = self._encoder(model, encoder)
+                added = add_items_to_model(model, texts, enc, skip_existing=skip_existing)
+                done.append(added)
+                if not added.added:
+                    return None
+                info = {
+                    **read_info(version_path(self.root, parent)),
+                    **item_info_from_texts(texts, added.added),
+                }
+                return Built(model, info, "items", note=f"{len(added.added)} item(s) added")
+
+            rec, _ = self._publish(build)
+            return done[-1], rec.id
+
+    def _encoder(self, model: Recommender, encoder: Encoder | None) -> Encoder:
+        cached = self.text_encoder
+        if encoder is None and cached is not None:
+            recorded = model.item_text_encoder() if isinstance(model, ItemText) else None
+            encoder = cached if cached.name == recorded else None
+        enc = encoder_for(model, encoder)
+        self.text_encoder = enc  # loading an encoder is slow: keep it for the next request
+        return enc
+
+    def reload(self, ref: str) -> str:
+        """Make `ref` the current version: a recorded version id (a rollback), or a model directory
+        under the model root (relative to it), published as a new version. Errors name `ref` as
+        given, never a server path."""
+        with self._admin_lock:
+            rec = self.versions.get_version(ref)
+            if rec is not None:
+                cur = self.versions.current_version()
+                if cur != rec.id:
+                    open_version(self.root, rec)  # it must load before it is published
+                    if not self.versions.set_current(cur, rec.id):
+                        raise DynrecError("the current model version changed meanwhile; try again")
+                    self.follower.swap(self._load(rec))
+                return rec.id
+            path = self._under_root(ref)
+            model = Recommender.load(path)
+            new, _ = self._publish(
+                lambda parent: Built(
+                    model, read_info(path), "reload", deletion_generation=0, note=f"reloaded {ref}"
+                )
+            )
+            return new.id
+
+    def _under_root(self, ref: str) -> Path:
+        """The model directory `ref` names under the root (relative, or absolute inside it)."""
+        bad = DynrecError(
+            f"{ref!r} is neither a model version id (see GET /healthz, `dynrec models list`) nor a saved "
+            "model directory under the served model root"
+        )
+        if not ref.strip() or "\x00" in ref:
+            raise bad
+        p = Path(ref)
+        target = (p if p.is_absolute() else self.root / p).resolve()
+        if target != self.root and self.root not in target.parents:
+            raise bad
+        if not is_model_dir(target):
+            raise bad
+        return target
+
+    # -- users -------------------------------------------------------------------------------------
     def search_items(self, query: str, limit: int) -> list[tuple[str, str | None]]:
         """Catalogue items whose title or id contains `query` (case-insensitive), in catalogue
         order; the first `limit` items when `query` is empty."""
@@ -529,7 +660,7 @@ class Runtime:
     # -- users -------------------------------------------------------------------------------------
     def users(self, limit: int) -> list[str]:
         """Users with stored events: those this process saw most recently first, then the store's."""
-        with self._pending_lock:
+        with self._recent_lock:
             recent = list(reversed(self._recent))
         out: list[str] = []
         seen: set[str] = set()
@@ -560,183 +691,6 @@ class Runtime:
             interests = holder.online.interests(user)
         return n, hist, holder, interests
 
-    def delete_user(self, user: str) -> DeleteResult:
-        """Privacy: the user's events and cached state (store), hot state, the updater's memory rows
-        and pending events; lists the model versions trained with the user's data."""
-        holder = self.holder
-        held = len(self.store.history(user))
-        with holder.lock:
-            found = holder.online.delete_user(user)
-        with self._memory_lock:
-            found = holder.updater.forget_user(user) or found
-            holder.memory_changed()
-            if self._forget_on_swap is not None:
-                self._forget_on_swap.add(user)
-        with self._pending_lock:
-            kept = [(s, e) for s, e in self._pending if e.user_id != user]
-            if len(kept) != len(self._pending):
-                found = True
-                for _, e in self._pending:
-                    if e.user_id == user:
-                        self._pending_counts[e.item_id] -= 1
-                self._pending_counts = +self._pending_counts  # drop zero counts
-                self._pending = kept
-                self._pending_seq += 1  # invalidates the cached popularity
-            self._recent.pop(user, None)
-        return DeleteResult(found, held, self.versions_with(user, holder))
-
-    def versions_with(self, user: str, holder: ModelHolder) -> list[tuple[str, str]]:
-        """(model dir, version) of every model known to this process whose user vocabulary holds
-        `user` (it was trained on the user's events): the loaded model as saved, the in-memory
-        model when updates since made it differ, the dirs in ``settings.model_dirs`` and those
-        served earlier (reloads)."""
-        out: list[tuple[str, str]] = []
-        if user in holder.saved.users:
-            out.append((holder.saved.model_dir, holder.saved.version))
-        assert holder.model.user_vocab is not None
-        if holder.version != holder.saved.version and user in holder.model.user_vocab:
-            out.append((holder.model_dir, holder.version))
-        dirs = [str(Path(d).resolve()) for d in self.settings.model_dirs]
-        dirs += [d for d in self._saved if d not in dirs]
-        for d in dirs:
-            if d == holder.saved.model_dir:
-                continue
-            saved = self._saved_model(d)
-            if saved is not None and user in saved.users:
-                out.append((saved.model_dir, saved.version))
-        return out
-
-    def _saved_model(self, model_dir: str) -> SavedModel | None:
-        mtime = _mtime(model_dir)
-        saved = self._saved.get(model_dir)
-        if saved is not None and saved.mtime == mtime:
-            return saved
-        try:
-            model = Recommender.load(model_dir)
-        except DynrecError as exc:
-            log.warning("cannot check saved model %s for a deleted user: %s", model_dir, exc)
-            return None
-        assert model.user_vocab is not None
-        saved = SavedModel(
-            model_dir, OnlineRecommender(model, self.store, cache_size=0).version, model.user_vocab, mtime
-        )
-        self._saved[model_dir] = saved
-        return saved
-
-    # -- admin ---------------------------------------------------------------------------------------
-    def update(self) -> UpdateReport:
-        """Incremental training on the events observed since the last update, on a copy of the
-        model while the current one serves; then the copy is swapped in."""
-        with self._admin_lock:
-            old = self.holder
-            with self._pending_lock:
-                taken = list(self._pending)
-            if not taken:
-                return {
-                    "n_events": 0,
-                    "new_items": 0,
-                    "new_users": 0,
-                    "method": "none",
-                    "seconds": 0.0,
-                    "model_version": old.version,
-                    "pending_events": 0,
-                }
-            if not old.trained_memory and not isinstance(old.model, PartialFit):
-                raise DynrecError(
-                    f"{old.model.name} retrains from scratch on an update and its training history is not "
-                    "available (no provenance, or the data is missing): an update would fit it to the new "
-                    "events alone. Retrain it with the new events instead"
-                )
-            t0 = time.perf_counter()
-            with self._memory_lock:
-                updater = copy.deepcopy(old.updater)  # the model comes along (the updater holds it)
-                self._forget_on_swap = set()
-            try:
-                report = updater.update([e for _, e in taken])
-                new = self._successor(old, updater, old.item_info)
-                with self._memory_lock:
-                    for user in self._forget_on_swap:
-                        updater.forget_user(user)
-                    new.memory_changed()
-                    last = taken[-1][0]
-                    with self._pending_lock:
-                        self._pending = [(s, e) for s, e in self._pending if s > last]
-                        self._pending_counts = Counter(e.item_id for _, e in self._pending)
-                        self._pending_seq += 1
-                        n_pending = len(self._pending)
-                    self._swap(new)
-            finally:
-                self._forget_on_swap = None
-            self.metrics.updates.inc()
-            self.metrics.pending.set(n_pending)
-            report = dict(report)
-            report["seconds"] = time.perf_counter() - t0
-            report["model_version"] = new.version
-            report["pending_events"] = n_pending
-            return report
-
-    def _successor(self, old: ModelHolder, updater: IncrementalUpdater, item_info: ItemInfo) -> ModelHolder:
-        """The holder that replaces `old` once `updater` (a deep copy of old's) changed its model:
-        same directory, metadata and training memory, fresh scoring copy and index."""
-        scoring, index = self._scoring(updater.model)
-        return ModelHolder(
-            old.model_dir,
-            updater.model,
-            self.store,
-            updater=updater,
-            metadata=old.metadata,
-            saved=old.saved,
-            cache_size=self.settings.cache_size,
-            persist_every=self.settings.persist_every,
-            trained_memory=old.trained_memory,
-            item_info=item_info,
-            scoring=scoring,
-            index=index,
-        )
-
-    def add_items(
-        self, texts: ItemTexts, *, skip_existing: bool = False, encoder: Encoder | None = None
-    ) -> tuple[AddedItems, str]:
-        """Add items without events to the live model from their text (`dynrec.jobs.items`): a copy
-        of the current model (its updater deep-copied, model included) gets the items while the
-        current one serves; the copy is saved over the model directory (each file replaced
-        atomically) and swapped in. One at a time with updates and reloads. `encoder` (default:
-        the one the model recorded) must be the model's. Returns (what was added, new version)."""
-        with self._admin_lock:
-            old = self.holder
-            cached = self.text_encoder
-            if encoder is None and cached is not None:
-                recorded = old.model.item_text_encoder() if isinstance(old.model, ItemText) else None
-                encoder = cached if cached.name == recorded else None
-            enc = encoder_for(old.model, encoder)
-            self.text_encoder = enc  # loading an encoder is slow: keep it for the next request
-            with self._memory_lock:
-                updater = copy.deepcopy(old.updater)  # the model comes along (the updater holds it)
-                self._forget_on_swap = set()
-            try:
-                model = updater.model
-                done = add_items_to_model(model, texts, enc, skip_existing=skip_existing)
-                if not done.added:
-                    return done, old.version
-                added_info = item_info_from_texts(texts, done.added)
-                save_model_dir(model, old.model_dir, {**_read_info(old.model_dir), **added_info})
-                new = self._successor(old, updater, {**old.item_info, **added_info})
-                with self._memory_lock:
-                    for user in self._forget_on_swap:
-                        updater.forget_user(user)
-                    new.memory_changed()
-                    self._swap(new)
-            finally:
-                self._forget_on_swap = None
-            return done, new.version
-
-    def reload(self, model_dir: str) -> str:
-        """Swap in the saved model at `model_dir` (loaded completely first); its version."""
-        with self._admin_lock:
-            new = self._load(model_dir)
-            self._swap(new)
-            return new.version
-
 
 # ---- helpers ---------------------------------------------------------------------------------------------
 
@@ -753,53 +707,6 @@ def serving_threads() -> int:
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     return torch.get_num_threads()
-
-
-def _mtime(model_dir: str) -> float:
-    try:
-        return os.stat(Path(model_dir) / "model.safetensors").st_mtime
-    except OSError:
-        return 0.0
-
-
-def _training_memory(model: Recommender) -> InteractionData | None:
-    """The model's training history when its provenance is recorded and the data is reachable
-    (checked unchanged), else None (the updater's memory then starts empty)."""
-    try:
-        return training_history(model).data
-    except (DynrecError, OSError) as exc:
-        log.warning(
-            "no training history for %s (%s): incremental updates learn from new events only and the "
-            "popular fallback counts ingested events",
-            model.name,
-            exc,
-        )
-        return None
-
-
-def _read_info(model_dir: str) -> ItemInfo:
-    """The model directory's item_info.json, best effort ({} when missing or damaged)."""
-    try:
-        return read_item_info(model_dir)
-    except (DynrecError, OSError) as exc:
-        log.warning("ignoring %s/item_info.json: %s", model_dir, exc)
-        return {}
-
-
-def _dataset_items(model: Recommender) -> ItemMetadata | None:
-    """Item metadata of the model's registered dataset, when the data registry has it."""
-    try:
-        prov = from_meta(model.meta)
-    except DynrecError:
-        prov = None
-    name = prov.dataset if prov is not None else model.meta.get("dataset")
-    if not isinstance(name, str) or name not in registry.DATASETS:
-        return None
-    try:
-        return registry.load_items(name)
-    except (DynrecError, OSError) as exc:
-        log.info("no item metadata for %s: %s", name, exc)
-        return None
 
 
 def default_event(

@@ -1,0 +1,126 @@
+"""`ModelHolder`: one model version as a serving process holds it.
+
+A holder is the model of one `VersionRecord` with what is derived from it: its `OnlineRecommender`
+over the shared store (hot per-user states, under ``holder.lock``), the scoring copy and
+approximate index of the settings' precision and ANN options, titles and item vectors. It is
+never changed after it is built except through its session's hot states; a newer model version is
+a new holder (`dynrec.service.follower.VersionFollower` swaps them).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import torch
+
+from dynrec.data import registry
+from dynrec.data.items import ItemMetadata
+from dynrec.data.vocab import Vocabulary
+from dynrec.errors import DynrecError
+from dynrec.jobs.items import ItemInfo, read_item_info
+from dynrec.jobs.provenance import from_meta
+from dynrec.models.base import Recommender
+from dynrec.models.capabilities import ItemEmbeddings
+from dynrec.models.retrieval import AnnIndex, unit_item_vectors
+from dynrec.online.session import OnlineRecommender
+from dynrec.online.state import StateStore
+from dynrec.online.versions import VersionRecord
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ModelHolder", "dataset_items", "metadata_info", "read_info"]
+
+
+class ModelHolder:
+    """One model version and what is derived from it (see the module docstring)."""
+
+    def __init__(
+        self,
+        record: VersionRecord,
+        model_dir: Path,
+        model: Recommender,
+        store: StateStore,
+        *,
+        metadata: ItemMetadata | None,
+        cache_size: int,
+        persist_every: int = 1,
+        item_info: ItemInfo | None = None,
+        scoring: Recommender | None = None,
+        index: AnnIndex | None = None,
+    ) -> None:
+        self.record = record
+        self.model_dir = model_dir
+        self.model = model
+        self.scoring = scoring if scoring is not None else model
+        """The model session recommendations are scored with (`model` or its reduced-precision copy)."""
+        self.index = index
+        """The approximate index over `scoring`'s item table (None = exact)."""
+        self.metadata = metadata
+        self.online = OnlineRecommender(
+            model, store, item_metadata=metadata, cache_size=cache_size, persist_every=persist_every
+        )
+        self.lock = threading.Lock()
+        """Guards the session's hot per-user states (observe, recommend, interests, delete)."""
+        self.item_info: ItemInfo = {**(item_info or {}), **metadata_info(metadata)}
+        """Titles and tags per item: the version directory's item_info.json, then the metadata."""
+        self.titles: dict[str, str] = {
+            i: r["title"] for i, r in self.item_info.items() if isinstance(r.get("title"), str)
+        }
+        self._unit: torch.Tensor | None = None
+
+    @property
+    def version(self) -> str:
+        """The model version id (the store's record id; the model's content fingerprint)."""
+        return self.record.id
+
+    @property
+    def item_vocab(self) -> Vocabulary:
+        assert self.model.item_vocab is not None
+        return self.model.item_vocab
+
+    def title(self, item: str) -> str | None:
+        return self.titles.get(item)
+
+    def unit_vectors(self) -> torch.Tensor | None:
+        """L2-normalised item vectors of an `ItemEmbeddings` model (None otherwise)."""
+        if self._unit is None and isinstance(self.model, ItemEmbeddings):
+            self._unit = unit_item_vectors(self.model)
+        return self._unit
+
+
+def metadata_info(metadata: ItemMetadata | None) -> ItemInfo:
+    """Titles and genres (as tags) of item metadata, in the form of ``item_info.json``."""
+    if metadata is None:
+        return {}
+    f = metadata.frame
+    return {
+        str(i): {"title": None if t is None else str(t), "tags": [str(g) for g in (gs or [])]}
+        for i, t, gs in zip(f["item_id"].to_list(), f["title"].to_list(), f["genres"].to_list(), strict=True)
+    }
+
+
+def read_info(model_dir: str | Path) -> ItemInfo:
+    """The model directory's item_info.json, best effort ({} when missing or damaged)."""
+    try:
+        return read_item_info(model_dir)
+    except (DynrecError, OSError) as exc:
+        log.warning("ignoring the item_info.json of a model version: %s", exc)
+        return {}
+
+
+def dataset_items(model: Recommender) -> ItemMetadata | None:
+    """Item metadata of the model's registered dataset, when the data registry has it."""
+    try:
+        prov = from_meta(model.meta)
+    except DynrecError:
+        prov = None
+    name = prov.dataset if prov is not None else model.meta.get("dataset")
+    if not isinstance(name, str) or name not in registry.DATASETS:
+        return None
+    try:
+        return registry.load_items(name)
+    except (DynrecError, OSError) as exc:
+        log.info("no item metadata for %s: %s", name, exc)
+        return None
