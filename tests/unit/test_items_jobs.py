@@ -27,7 +27,8 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
-from dynrec.jobs.items import ITEM_INFO_FILE, add_items, read_item_info
+from dynrec.jobs.catalogue import add_items
+from dynrec.jobs.items import ITEM_INFO_FILE, read_item_info
 from dynrec.jobs.recommend import recommend_for
 from dynrec.models import registry
 from dynrec.models.base import ModelConfig, Recommender, expect, expect_only

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
@@ -22,6 +23,11 @@ store_app = typer.Typer(
     no_args_is_help=True, help="Online state stores: seed with training histories, export the event log."
 )
 app.add_typer(store_app, name="store")
+models_app = typer.Typer(
+    no_args_is_help=True,
+    help="Model versions of a served model root, as its store records them (list, show, rollback).",
+)
+app.add_typer(models_app, name="models")
 items_app = typer.Typer(
     no_args_is_help=True, help="Item catalogue: add items to a saved model from their text."
 )
@@ -211,7 +217,9 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", help="TOML config file")] = None,
     split: SplitOpt = "loo",
     data_dir: DataDirOpt = None,
-    strict: Annotated[bool, typer.Option("--strict", help="fail on the first invalid row")] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="fail on the first invalid row (of the events and of --items)")
+    ] = False,
     columns: ColumnsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print validation metrics as JSON")] = False,
     resume: Annotated[
@@ -285,6 +293,7 @@ def train(
         options=options,
         out=out if main_rank else None,
         items=items,
+        strict=strict,
     )
     ddp.finish()
     if not main_rank:
@@ -485,6 +494,136 @@ def profile(
     typer.echo(f"rising: {shift}")
 
 
+StoreForRoot = Annotated[
+    str | None,
+    typer.Option(
+        "--store", help="the root's store URL (default: sqlite:///MODEL_ROOT/events.db, as `serve` uses)"
+    ),
+]
+
+
+def _root_store(model_root: Path, store: str | None) -> Any:
+    from dynrec.jobs.catalogue import served_store_url
+    from dynrec.online.stores import open_store
+
+    url = served_store_url(model_root, store)
+    if url is None:
+        _fail(f"{model_root} has no store (never served): pass --store URL")
+    return open_store(str(url))
+
+
+def _version_row(rec: Any, current: str | None) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {**asdict(rec), "current": rec.id == current}
+
+
+@models_app.command("list")
+@handled
+def models_list(
+    model_root: Annotated[Path, typer.Argument(help="a served model root")],
+    store: StoreForRoot = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Every recorded model version, oldest first; the current one marked with *."""
+    st = _root_store(model_root, store)
+    try:
+        current = st.current_version()
+        rows = [_version_row(r, current) for r in st.list_versions()]
+    finally:
+        st.close()
+    if as_json:
+        typer.echo(json.dumps({"versions": rows, "current": current}))
+        return
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created"]))
+        mark = "*" if r["current"] else " "
+        typer.echo(
+            f"{mark} {r['id']:<20} {r['kind']:<8} {when}  parent {r['parent'] or '-':<20} "
+            f"{r['n_events']:>7} events  {r['path']}"
+        )
+
+
+@models_app.command("show")
+@handled
+def models_show(
+    model_root: Annotated[Path, typer.Argument(help="a served model root")],
+    version: Annotated[str | None, typer.Argument(help="version id (default: the current one)")] = None,
+    store: StoreForRoot = None,
+) -> None:
+    """One version's record as JSON (default: the current version)."""
+    st = _root_store(model_root, store)
+    try:
+        current = st.current_version()
+        ref = version or current
+        rec = st.get_version(ref) if ref is not None else None
+    finally:
+        st.close()
+    if rec is None:
+        _fail(f"no model version {ref!r} in the store (see `dynrec models list`)")
+    typer.echo(json.dumps(_version_row(rec, current), indent=2))
+
+
+@models_app.command("rollback")
+@handled
+def models_rollback(
+    model_root: Annotated[Path, typer.Argument(help="a served model root")],
+    version: Annotated[str, typer.Argument(help="the version id to make current")],
+    store: StoreForRoot = None,
+) -> None:
+    """Make an earlier version current again (compare-and-set); every server on the store follows
+    within a second. Warns when the version is still trained with users deleted since."""
+    from dynrec.jobs.model_root import open_version
+
+    st = _root_store(model_root, store)
+    try:
+        rec = st.get_version(version)
+        if rec is None:
+            _fail(f"no model version {version!r} in the store (see `dynrec models list`)")
+        model = open_version(model_root, rec)  # it must load before it is made current
+        assert model.user_vocab is not None
+        deleted = {t.user_id for t in st.tombstones(rec.deletion_generation)}
+        held = sorted(u for u in deleted if u in model.user_vocab)
+        current = st.current_version()
+        if not st.set_current(current, rec.id):
+            _fail("the current model version changed meanwhile; run the rollback again")
+    finally:
+        st.close()
+    if held:
+        typer.secho(
+            f"warning: version {rec.id} was trained with {len(held)} user(s) deleted since; the next "
+            "`POST /v1/admin/update` refits without them",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    typer.echo(f"current model version: {rec.id} (was {current})")
+
+
+@app.command()
+@handled
+def similar(
+    model_dir: Annotated[Path, typer.Argument(help="saved model directory")],
+    item: Annotated[str, typer.Argument(help="an item id of the model's catalogue")],
+    k: Annotated[int, typer.Option("--k", min=1)] = 10,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The k items most like ITEM: cosine of the model's item vectors when it has them, else the
+    model's scores for a one-item history."""
+    from dynrec.jobs.items import read_item_info
+    from dynrec.models.base import Recommender
+    from dynrec.models.retrieval import similar_items
+
+    model = Recommender.load(model_dir)
+    items, scores = similar_items(model, item, k)
+    if as_json:
+        typer.echo(json.dumps({"item_id": item, "items": items, "scores": scores}))
+        return
+    info = read_item_info(model_dir) if (model_dir / "item_info.json").is_file() else {}
+    for i, s in zip(items, scores, strict=True):
+        title = (info.get(i) or {}).get("title")
+        typer.echo(f"{i}\t{s:.4f}" + (f"\t{title}" if title else ""))
+
+
 @items_app.command("add")
 @handled
 def items_add(
@@ -497,14 +636,30 @@ def items_add(
         typer.Option("--skip-existing", help="skip ids already in the catalogue (default: refuse the file)"),
     ] = False,
     strict: Annotated[bool, typer.Option("--strict", help="fail on the first invalid row")] = False,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="the store of a served model root (default: MODEL_DIR/events.db when it exists): the items "
+            "are published as a new model version that every server on the store follows",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Add items without events to a saved model from their text alone (encoded with the encoder
     the model recorded); they are recommendable at once. Ids already in the catalogue refuse the
-    whole file unless --skip-existing. The model directory is rewritten only when all is done."""
-    from dynrec.jobs.items import add_items
+    whole file unless --skip-existing. On a served model root the items become a new model version
+    published through the store (servers follow it within a second); a model directory never
+    served is rewritten in place, only when all is done, each file atomically."""
+    from dynrec.jobs.catalogue import add_items
+    from dynrec.jobs.items import ExistingItemsError
 
-    report = add_items(model_dir, items, strict=strict, skip_existing=skip_existing, progress=not as_json)
+    try:
+        report = add_items(
+            model_dir, items, strict=strict, skip_existing=skip_existing, progress=not as_json, store_url=store
+        )
+    except ExistingItemsError as exc:
+        raise DynrecError(f"{exc} (pass --skip-existing to add only the new ones)") from None
     if as_json:
         typer.echo(json.dumps(report))
         return

@@ -3,7 +3,8 @@ the model registry and the file system (datasets, saved models, event files)."""
 
 from dynrec.jobs.explain import explain_items, interest_profile
 from dynrec.jobs.export import export_events
-from dynrec.jobs.items import add_items, read_item_info
+from dynrec.jobs.catalogue import add_items
+from dynrec.jobs.items import read_item_info
 from dynrec.jobs.provenance import Provenance
 from dynrec.jobs.recommend import history_batch, profile_for, recommend_for, seed_store
 from dynrec.jobs.replay import check_replay_model, fit_for_replay, load_replay_data, run_replay

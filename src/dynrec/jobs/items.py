@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from dynrec.data import registry
+from dynrec.data.ids import check_item_id
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
 from dynrec.models.base import Recommender
@@ -53,8 +55,8 @@ __all__ = [
     "ITEM_INFO_FILE",
     "AddedItems",
     "Encoder",
+    "ExistingItemsError",
     "ItemInfo",
-    "add_items",
     "add_items_to_model",
     "attach_item_text",
     "item_info_from_texts",
@@ -119,7 +121,10 @@ def write_item_info(model_dir: str | Path, info: Mapping[str, Mapping[str, Any]]
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # created like any new file (mode 0666 less the umask), not mkstemp's 0600: the model
+    # directory's other files are readable by whoever may read the model
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -168,12 +173,18 @@ class TrainingTexts:
 
 
 def training_texts(
-    dataset: str, location: str, items: str | Path | None = None, *, with_dataset: bool = True
+    dataset: str,
+    location: str,
+    items: str | Path | None = None,
+    *,
+    with_dataset: bool = True,
+    strict: bool = False,
 ) -> TrainingTexts:
     """Item text for a training run on `dataset` (read from `location`): the item file `items`
-    when given (its errors are the caller's), and with `with_dataset` the registered dataset's own
-    text when dynrec has it (best effort: a dataset without item metadata gives None)."""
-    file_texts = read_item_texts(items) if items is not None else None
+    when given (its errors are the caller's; with `strict` its first invalid row is one), and with
+    `with_dataset` the registered dataset's own text when dynrec has it (best effort: a dataset
+    without item metadata gives None)."""
+    file_texts = read_item_texts(items, strict=strict) if items is not None else None
     file_path = str(Path(items).resolve()) if items is not None else None
     ds_texts: ItemTexts | None = None
     if with_dataset and dataset in registry.DATASETS:
@@ -234,6 +245,21 @@ def attach_item_text(
 # ---- adding items ----------------------------------------------------------------------------------
 
 
+class ExistingItemsError(DynrecError):
+    """Items to add are already in the model's catalogue; nothing was added. The message says
+    which; each door (CLI option, HTTP field) adds how to skip them instead."""
+
+    def __init__(self, source: str, present: tuple[str, ...]) -> None:
+        shown = ", ".join(repr(i) for i in present[:SHOWN_ROWS])
+        more = f" and {len(present) - SHOWN_ROWS} more" if len(present) > SHOWN_ROWS else ""
+        super().__init__(
+            f"{source}: {len(present)} item id(s) already in the model's catalogue ({shown}{more}); "
+            "nothing was added"
+        )
+        self.source = source
+        self.present = present
+
+
 @dataclass(frozen=True)
 class AddedItems:
     """What `add_items_to_model` did: the ids appended and the ids skipped (already present)."""
@@ -282,19 +308,17 @@ def add_items_to_model(
     model: Recommender, texts: ItemTexts, encoder: Encoder, *, skip_existing: bool = False
 ) -> AddedItems:
     """Append the items of `texts` to `model` (in memory), encoded with `encoder` (see
-    `encoder_for`). Ids already in the catalogue are refused (`DynrecError`, the model is not
-    changed) unless `skip_existing`, which leaves them as they are and lists them."""
+    `encoder_for`). Ids already in the catalogue are refused (`ExistingItemsError`, the model is
+    not changed) unless `skip_existing`, which leaves them as they are and lists them; an id that
+    breaks the id rule (`dynrec.data.ids`) is a `DataError`."""
     m = _require_item_text(model)
     assert model.item_vocab is not None
     ids = list(texts.texts)
+    for i in ids:  # the id rule of every door (files are checked row by row when read)
+        check_item_id(i, source=texts.source)
     present = [i for i in ids if i in model.item_vocab]
     if present and not skip_existing:
-        shown = ", ".join(repr(i) for i in present[:SHOWN_ROWS])
-        more = f" and {len(present) - SHOWN_ROWS} more" if len(present) > SHOWN_ROWS else ""
-        raise DynrecError(
-            f"{texts.source}: {len(present)} item id(s) already in the model's catalogue ({shown}{more}); "
-            "nothing was added (pass --skip-existing to add only the new ones)"
-        )
+        raise ExistingItemsError(texts.source, tuple(present))
     known = set(present)
     new = [i for i in ids if i not in known]
     if new:
@@ -328,43 +352,3 @@ def save_model_dir(model: Recommender, model_dir: str | Path, item_info: ItemInf
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def add_items(
-    model_dir: str | Path,
-    items_file: str | Path,
-    *,
-    encoder: Encoder | None = None,
-    strict: bool = False,
-    skip_existing: bool = False,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Add the items of `items_file` (CSV/TSV/JSONL: item_id + text columns, read by
-    `dynrec.text.read_item_texts`; invalid rows are skipped and reported with line and field, or
-    fail at once with `strict`) to the saved model at `model_dir`, from their text alone, and save
-    it (see `save_model_dir`). Ids already in the catalogue: see `add_items_to_model`.
-
-    Returns a report: model, added / skipped ids, catalogue size, invalid rows, encoder."""
-    model = Recommender.load(model_dir)
-    _require_item_text(model)
-    texts = read_item_texts(items_file, strict=strict)
-    rep = texts.report
-    if len(texts) == 0:
-        why = f"; first: {rep.invalid[0]}" if rep.invalid else ""
-        raise DynrecError(f"{items_file}: no valid item rows ({rep.n_invalid} invalid{why})")
-    enc = encoder_for(model, encoder, progress=progress)
-    done = add_items_to_model(model, texts, enc, skip_existing=skip_existing)
-    if done.added:
-        info = read_item_info(model_dir)
-        info.update(item_info_from_texts(texts, done.added))
-        save_model_dir(model, model_dir, info)
-    return {
-        "model": model.name,
-        "model_dir": str(model_dir),
-        "added": done.added,
-        "skipped": done.skipped,
-        "n_items": model.n_items - 1,
-        "invalid_rows": rep.n_invalid,
-        "invalid": [str(r) for r in rep.invalid[:SHOWN_ROWS]],
-        "encoder": enc.name,
-    }

@@ -1,0 +1,121 @@
+"""`dynrec items add`: items join a saved model from their text alone.
+
+On a *served* model root (a store is given, or the root holds the service's default store,
+``ROOT/events.db``) the new catalogue is published as a new model version through the store
+(`dynrec.jobs.model_root.publish`): every serving process follows it within a second and later
+additions (``POST /v1/items``, another ``items add``) build on it. A model directory that was
+never served is saved in place, each file replaced atomically (`dynrec.jobs.items.save_model_dir`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dynrec.errors import DynrecError
+from dynrec.jobs.items import (
+    SHOWN_ROWS,
+    AddedItems,
+    add_items_to_model,
+    encoder_for,
+    item_info_from_texts,
+    read_item_info,
+    reads_item_text,
+    save_model_dir,
+)
+from dynrec.jobs.model_root import Built, open_version, publish, version_path
+from dynrec.models.base import Recommender
+from dynrec.online.stores import open_store
+from dynrec.online.versions import VersionRecord
+from dynrec.text import Encoder, read_item_texts
+
+__all__ = ["SERVED_STORE", "add_items", "served_store_url"]
+
+SERVED_STORE = "events.db"
+"""The store `dynrec serve ROOT` opens by default (``sqlite:///ROOT/events.db``)."""
+
+
+def served_store_url(model_dir: str | Path, store_url: str | None) -> str | None:
+    """The store a served root publishes through: `store_url`, else the service's default store
+    when the root holds one, else None (the root was never served)."""
+    if store_url:
+        return store_url if "://" in store_url else f"sqlite:///{Path(store_url).resolve()}"
+    default = Path(model_dir) / SERVED_STORE
+    return f"sqlite:///{default.resolve()}" if default.is_file() else None
+
+
+def add_items(
+    model_dir: str | Path,
+    items_file: str | Path,
+    *,
+    encoder: Encoder | None = None,
+    strict: bool = False,
+    skip_existing: bool = False,
+    progress: bool = False,
+    store_url: str | None = None,
+) -> dict[str, Any]:
+    """Add the items of `items_file` (CSV/TSV/JSONL: item_id + text columns, read by
+    `dynrec.text.read_item_texts`; invalid rows are skipped and reported with line and field, or
+    fail at once with `strict`) to the model at `model_dir` from their text alone — published as
+    a new version on a served root (see the module docstring), else saved in place. Ids already in
+    the catalogue: see `add_items_to_model`.
+
+    Returns a report: model, added / skipped ids, catalogue size, invalid rows, encoder, and on a
+    served root the model version now current."""
+    texts = read_item_texts(items_file, strict=strict)
+    rep = texts.report
+    if len(texts) == 0:
+        why = f"; first: {rep.invalid[0]}" if rep.invalid else ""
+        raise DynrecError(f"{items_file}: no valid item rows ({rep.n_invalid} invalid{why})")
+    url = served_store_url(model_dir, store_url)
+    version: str | None = None
+    encoders: list[Encoder] = []
+    results: list[tuple[Recommender, AddedItems]] = []
+    if url is None:
+        model = Recommender.load(model_dir)
+        enc = encoder_for(model, encoder, progress=progress)
+        done = add_items_to_model(model, texts, enc, skip_existing=skip_existing)
+        if done.added:
+            info = read_item_info(model_dir)
+            info.update(item_info_from_texts(texts, done.added))
+            save_model_dir(model, model_dir, info)
+        results.append((model, done))
+        encoders.append(enc)
+    else:
+        store = open_store(url)
+        try:
+
+            def build(parent: VersionRecord) -> Built | None:
+                model = open_version(model_dir, parent)
+                if not reads_item_text(model):
+                    raise DynrecError(f"{model.name} reads no item text: items cannot be added from text")
+                enc = encoders[0] if encoders else encoder_for(model, encoder, progress=progress)
+                encoders[:1] = [enc]
+                done = add_items_to_model(model, texts, enc, skip_existing=skip_existing)
+                results.append((model, done))
+                if not done.added:
+                    return None
+                info = read_item_info(version_path(model_dir, parent))
+                info.update(item_info_from_texts(texts, done.added))
+                return Built(
+                    model, info, "items", note=f"{len(done.added)} item(s) added by `dynrec items add`"
+                )
+
+            rec, _ = publish(store, model_dir, build)
+            version = rec.id
+        finally:
+            store.close()
+    model, done = results[-1]
+    out: dict[str, Any] = {
+        "model": model.name,
+        "model_dir": str(model_dir),
+        "added": done.added,
+        "skipped": done.skipped,
+        "n_items": model.n_items - 1,
+        "invalid_rows": rep.n_invalid,
+        "invalid": [str(r) for r in rep.invalid[:SHOWN_ROWS]],
+        "encoder": encoders[-1].name,
+    }
+    if version is not None:
+        out["model_version"] = version
+    return out
