@@ -236,3 +236,29 @@ def test_a_cli_edit_of_a_served_root_is_kept(
     server.add_items(ItemTexts(texts={"http1": "space"}, titles={}, tags={}, source="test"))
     vocab = server.holder.item_vocab
     assert "cli1" in vocab and "http1" in vocab
+
+
+def test_evaluate_refuses_a_version_that_learned_test_targets(
+    runtimes: Callable[[], Runtime], root: Path
+) -> None:
+    """Post every test target of the model's split as an event and update: the published version
+    records it and `evaluate` refuses it; the root's own model still evaluates."""
+    from dynrec.errors import DynrecError
+    from dynrec.jobs.provenance import from_meta, target_frame
+
+    a = runtimes()
+    th = training_history(Recommender.load(root))
+    targets = target_frame(th.prepared.data, th.prepared.split.test)
+    a.ingest(
+        [
+            Event(u, i, int(t))
+            for u, i, t in zip(targets["user_id"], targets["item_id"], targets["timestamp"], strict=True)
+        ]
+    )
+    version = a.update()["model_version"]
+    served = Recommender.load(root / f"versions/{version}")
+    prov = from_meta(served.meta)
+    assert prov is not None and prov.served[-1].n_test_targets == targets.height
+    with pytest.raises(DynrecError, match="test target"):
+        jobs.evaluate_saved(root / f"versions/{version}")
+    jobs.evaluate_saved(root)

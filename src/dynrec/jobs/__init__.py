@@ -1,9 +1,9 @@
 """Jobs: what the CLI, the demo, the service and the benchmarks call. The only layer that touches
 the model registry and the file system (datasets, saved models, event files)."""
 
+from dynrec.jobs.catalogue import add_items
 from dynrec.jobs.explain import explain_items, interest_profile
 from dynrec.jobs.export import export_events
-from dynrec.jobs.catalogue import add_items
 from dynrec.jobs.items import read_item_info
 from dynrec.jobs.provenance import Provenance
 from dynrec.jobs.recommend import history_batch, profile_for, recommend_for, seed_store

@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 from dynrec.data.dataset import InteractionData
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
 from dynrec.jobs.items import ItemInfo, write_item_info
-from dynrec.jobs.train import training_history
+from dynrec.jobs.train import TrainingHistory, training_history
 from dynrec.models.base import Recommender
 from dynrec.online.session import model_version
 from dynrec.online.state import Event, StateStore
@@ -46,6 +47,7 @@ __all__ = [
     "VERSIONS_DIR",
     "Built",
     "PublishConflict",
+    "count_target_events",
     "events_digest",
     "is_model_dir",
     "new_version_id",
@@ -259,14 +261,30 @@ def without_users(data: InteractionData, users: set[str]) -> InteractionData:
     return data.select(~np.isin(data.users, idx))
 
 
-def training_memory(model: Recommender, data_dir: str | Path | None = None) -> InteractionData | None:
+def training_memory(model: Recommender, data_dir: str | Path | None = None) -> TrainingHistory | None:
     """The model's original training history (its recorded provenance, the data checked unchanged)
-    in the model's vocabulary, or None when it cannot be rebuilt (no provenance, data missing)."""
+    in the model's vocabulary, with the split it was prepared with; None when it cannot be rebuilt
+    (no provenance, data missing)."""
     try:
-        return training_history(model, data_dir).data
+        return training_history(model, data_dir)
     except (DynrecError, OSError) as exc:
         log.warning("no training history for %s (%s): updates learn from served events only", model.name, exc)
         return None
+
+
+def count_target_events(events: Sequence[Event], targets: pl.DataFrame) -> int:
+    """How many of `events` are one of `targets` (same user, item and timestamp)."""
+    if not events or targets.height == 0:
+        return 0
+    frame = pl.DataFrame(
+        {
+            "user_id": [e.user_id for e in events],
+            "item_id": [e.item_id for e in events],
+            "timestamp": [e.timestamp for e in events],
+        },
+        schema={"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Int64},
+    )
+    return int(frame.join(targets.unique(), on=["user_id", "item_id", "timestamp"], how="semi").height)
 
 
 def version_memory(

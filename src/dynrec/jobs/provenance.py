@@ -34,6 +34,7 @@ __all__ = [
     "PROVENANCE_KEY",
     "Provenance",
     "ResumedFile",
+    "ServedEvents",
     "count_targets",
     "events_hash",
     "from_meta",
@@ -60,6 +61,22 @@ class ResumedFile:
 
 
 @dataclass(frozen=True)
+class ServedEvents:
+    """Events a served model version learned (an update on the events the service ingested)."""
+
+    version: str  # the model version that learned them
+    events_hash: str
+    n_events: int
+    n_test_targets: int = 0  # events equal to a test target (user, item, timestamp) of the split
+    n_valid_targets: int = 0
+
+    @property
+    def path(self) -> str:
+        """How `evaluate`'s refusal names it."""
+        return f"served events learned by model version {self.version}"
+
+
+@dataclass(frozen=True)
 class Provenance:
     """What a model was trained on (see the module docstring)."""
 
@@ -73,6 +90,7 @@ class Provenance:
     n_test: int
     columns: str | None = None  # the --columns spec used to read the file, if any
     resumes: tuple[ResumedFile, ...] = field(default=())
+    served: tuple[ServedEvents, ...] = field(default=())
     version: int = FORMAT_VERSION
 
     @property
@@ -82,13 +100,18 @@ class Provenance:
     def with_resume(self, entry: ResumedFile) -> Provenance:
         return replace(self, resumes=(*self.resumes, entry))
 
-    def leaked(self) -> list[ResumedFile]:
-        """Resumed files holding test targets of the recorded split."""
-        return [r for r in self.resumes if r.n_test_targets > 0]
+    def with_served(self, entry: ServedEvents) -> Provenance:
+        return replace(self, served=(*self.served, entry))
+
+    def leaked(self) -> list[ResumedFile | ServedEvents]:
+        """Resumed files and served events holding test targets of the recorded split."""
+        files: list[ResumedFile | ServedEvents] = [r for r in self.resumes if r.n_test_targets > 0]
+        return files + [s for s in self.served if s.n_test_targets > 0]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["resumes"] = [asdict(r) for r in self.resumes]
+        d["served"] = [asdict(r) for r in self.served]
         return d
 
     @classmethod
@@ -115,9 +138,12 @@ class Provenance:
             )
         try:
             resumes = tuple(ResumedFile(**r) for r in d.get("resumes", []))
+            served = tuple(ServedEvents(**r) for r in d.get("served", []))
         except TypeError as exc:
-            raise DynrecError(f"{source}: bad 'provenance.resumes' entry: {exc}") from exc
-        return cls(**{**d, "resumes": resumes, "version": version})
+            raise DynrecError(
+                f"{source}: bad 'provenance.resumes' or 'provenance.served' entry: {exc}"
+            ) from exc
+        return cls(**{**d, "resumes": resumes, "served": served, "version": version})
 
 
 def from_meta(meta: dict[str, Any], *, source: str = "config.json") -> Provenance | None:

@@ -172,6 +172,8 @@ def load_config_file(path: str | Path) -> tuple[str | None, dict[str, Any]]:
             doc = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise DynrecError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DynrecError(f"{path}: not a TOML config file (not UTF-8 text: {exc.reason})") from None
     except OSError as exc:
         raise DynrecError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
     model = doc.pop("model", None)
@@ -198,6 +200,7 @@ def train(
     out: str | Path | None = None,
     items: str | Path | None = None,
     encoder: Encoder | None = None,
+    strict: bool = False,
 ) -> Recommender:
     """Fit `model_name` on the split's training part (validation for model selection only), record
     where it came from (``meta``: dataset, split, provenance) and save it to `out`. Run-option keys
@@ -207,11 +210,14 @@ def train(
     from the item file `items` when given, else the dataset's own item text; encoded with `encoder`
     when given, else the model's configured text encoder), recorded in ``meta["item_text"]``. With
     `out`, the titles and tags of the model's items (the dataset's metadata and `items`) are saved
-    as ``item_info.json`` when there are any."""
+    as ``item_info.json`` when there are any. `strict`: the first invalid row of `items` is an
+    error (else invalid rows are reported and skipped)."""
     model = create_model(model_name, overrides, config, options)
     # the dataset's own text feeds the model's table and item_info.json: read it only for those
     with_dataset = out is not None or items_.reads_item_text(model)
-    texts = items_.training_texts(prepared.name, prepared.location, items, with_dataset=with_dataset)
+    texts = items_.training_texts(
+        prepared.name, prepared.location, items, with_dataset=with_dataset, strict=strict
+    )
     vocab = prepared.split.train.item_vocab
     text_meta = items_.attach_item_text(model, vocab, texts, encoder=encoder, progress=model.options.progress)
     t0 = time.perf_counter()
@@ -503,8 +509,8 @@ def evaluate_saved(
         if leaked:
             n = sum(r.n_test_targets for r in leaked)
             raise DynrecError(
-                f"{path}: its training included {n} test target(s) of its {provenance.split!r} split (resumed "
-                f"on {', '.join(r.path for r in leaked)}): evaluating it on that split would test on "
+                f"{path}: its training included {n} test target(s) of its {provenance.split!r} split (in "
+                f"{', '.join(r.path for r in leaked)}): evaluating it on that split would test on "
                 "training events; evaluate the model saved before that resume, or retrain"
             )
         prepared = prepare_recorded(provenance, data_dir, dataset=dataset, columns=columns)

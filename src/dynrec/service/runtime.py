@@ -54,6 +54,7 @@ from dynrec.jobs.explain import EXPLAIN_TOP, explain_items, interest_profile
 from dynrec.jobs.items import AddedItems, add_items_to_model, encoder_for, item_info_from_texts
 from dynrec.jobs.model_root import (
     Built,
+    count_target_events,
     events_digest,
     is_model_dir,
     open_version,
@@ -63,7 +64,8 @@ from dynrec.jobs.model_root import (
     version_memory,
     version_path,
 )
-from dynrec.jobs.train import ann_index
+from dynrec.jobs.provenance import PROVENANCE_KEY, ServedEvents, from_meta, target_frame
+from dynrec.jobs.train import TrainingHistory, ann_index
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import Explainer, ItemText, PartialFit
 from dynrec.models.neural.quantize import quantize
@@ -176,7 +178,7 @@ class Runtime:
         self._recent: OrderedDict[str, None] = OrderedDict()  # users seen by this process, newest last
         self._recent_lock = threading.Lock()
         self._retired = (0, 0)  # cache hits/misses of swapped-out sessions
-        self._base: InteractionData | None = None
+        self._base: TrainingHistory | None = None
         self._base_ready = False
         self.text_encoder: Encoder | None = None
         """The encoder `add_items` uses (loaded on first use; set it to inject another)."""
@@ -258,6 +260,10 @@ class Runtime:
 
     def _base_memory(self, model: Recommender) -> InteractionData | None:
         """The original training history (computed once per process)."""
+        history = self._history(model)
+        return None if history is None else history.data
+
+    def _history(self, model: Recommender) -> TrainingHistory | None:
         if not self._base_ready:
             self._base = training_memory(model)
             self._base_ready = True
@@ -556,6 +562,7 @@ class Runtime:
         updater = IncrementalUpdater(model, memory)
         report = updater.update(pending, refit=forget)
         reports.append(report)
+        self._record_served(model, pending)
         return Built(
             model,
             read_info(version_path(self.root, parent)),
@@ -566,6 +573,32 @@ class Runtime:
             deletion_generation=generation,
             note=f"{report.get('method', '')}",
         )
+
+    def _record_served(self, model: Recommender, events: Sequence[Event]) -> None:
+        """Record in `model`'s provenance the served events it learned and how many of them are
+        validation/test targets of its recorded split (`evaluate` refuses a model that learned test
+        targets of the split it is evaluated on)."""
+        history = self._history(model)
+        provenance = from_meta(model.meta)
+        if history is None or provenance is None or not events:
+            return
+        split = history.prepared.split
+        data = history.prepared.data
+        entry = ServedEvents(
+            version=model_version(model),
+            events_hash=events_digest(events),
+            n_events=len(events),
+            n_test_targets=count_target_events(events, target_frame(data, split.test)),
+            n_valid_targets=count_target_events(events, target_frame(data, split.valid)),
+        )
+        if entry.n_test_targets:
+            log.warning(
+                "the update learned %d test target(s) of the model's %r split: `dynrec evaluate` will refuse "
+                "the new version",
+                entry.n_test_targets,
+                split.kind,
+            )
+        model.meta[PROVENANCE_KEY] = provenance.with_served(entry).to_dict()
 
     def add_items(
         self, texts: ItemTexts, *, skip_existing: bool = False, encoder: Encoder | None = None
