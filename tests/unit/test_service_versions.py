@@ -20,10 +20,12 @@ import pytest
 import torch
 
 from dynrec import jobs
+from dynrec.errors import DynrecError
 from dynrec.jobs.model_root import is_model_dir, without_users
 from dynrec.jobs.train import training_history
 from dynrec.models.base import Recommender
 from dynrec.online.state import Event
+from dynrec.online.versions import VersionRecord
 from dynrec.service.metrics import ServiceMetrics
 from dynrec.service.runtime import Runtime, UpdateRunning
 from dynrec.service.settings import ServiceSettings
@@ -243,7 +245,6 @@ def test_evaluate_refuses_a_version_that_learned_test_targets(
 ) -> None:
     """Post every test target of the model's split as an event and update: the published version
     records it and `evaluate` refuses it; the root's own model still evaluates."""
-    from dynrec.errors import DynrecError
     from dynrec.jobs.provenance import from_meta, target_frame
 
     a = runtimes()
@@ -262,3 +263,42 @@ def test_evaluate_refuses_a_version_that_learned_test_targets(
     with pytest.raises(DynrecError, match="test target"):
         jobs.evaluate_saved(root / f"versions/{version}")
     jobs.evaluate_saved(root)
+
+
+def test_resume_on_a_served_root_publishes_and_leaves_deleted_users_out(
+    runtimes: Callable[[], Runtime], root: Path, tmp_path: Path, store_url: str
+) -> None:
+    """`train --resume ROOT --events F` on a served root: deleted users' events are left out of the
+    training history and of F (a refit, since the model was trained with one of them), the result is
+    a new version every server follows, the root's own files are untouched."""
+    from dynrec.jobs.resume import resume_training
+
+    a = runtimes()
+    before = (root / "model.safetensors").read_bytes()
+    a.delete_user("u1")  # in the training data
+    a.delete_user("ghost")  # never seen: only a tombstone
+    events = tmp_path / "new.csv"
+    events.write_text("user_id,item_id,timestamp\nghost,i1,99999\nghost,i2,100000\nnewbie,i3,100001\n")
+    model, report = resume_training(root, events, store_url=store_url)
+    assert report["method"] == "refit" and report["n_events"] == 1 and report["deleted_users_left_out"] == 2
+    assert model.user_vocab is not None and "ghost" not in model.user_vocab and "newbie" in model.user_vocab
+    assert (root / "model.safetensors").read_bytes() == before
+    assert _wait(lambda: a.holder.version == report["model_version"], 1.0)
+    assert a.holder.record.kind == "refit"
+
+
+def test_seeding_never_brings_a_deleted_user_back(root: Path, tmp_path: Path) -> None:
+    from dynrec.jobs.recommend import seed_store
+    from dynrec.online.state import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "seed.db")
+    try:
+        store.delete_user("u1")
+        report = seed_store(root, store)
+        assert "u1" not in store.users() and "u2" in store.users() and report["users"] == len(store.users())
+        store.add_version(VersionRecord("v", ".", None, 0.0, "initial"))
+        store.set_current(None, "v")
+        with pytest.raises(DynrecError, match="already serves model versions"):
+            seed_store(root, store, replace=True)
+    finally:
+        store.close()

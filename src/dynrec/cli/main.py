@@ -226,6 +226,14 @@ def train(
         Path | None, typer.Option("--resume", help="warm-start this saved model on --events (transfer)")
     ] = None,
     events: Annotated[Path | None, typer.Option("--events", help="new events file for --resume")] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="with --resume: the store of a served model root (default: DIR/events.db when it exists); "
+            "deleted users are left out and the result is published as a new model version",
+        ),
+    ] = None,
     update_epochs: Annotated[int, typer.Option("--update-epochs", help="epochs over the new events")] = 1,
     replay_ratio: Annotated[
         float, typer.Option("--replay-ratio", help="old users replayed per user with new events")
@@ -252,9 +260,11 @@ def train(
 
     With --resume DIR --events NEW.csv: continue training the saved model from its current weights
     on the new events mixed with a replay sample of older ones (new users/items are added); saved to
-    --out (default: DIR, in place). The replayed history is the training part of the model's
-    recorded split plus earlier resumes, never its validation/test targets. --strict and --columns
-    apply to the --events file. Nothing is saved when the data has no valid event.
+    --out (default: DIR, in place, each file replaced atomically; on a served root a new model version
+    published through the store). The replayed history is the training part of the model's
+    recorded split plus earlier resumes, never its validation/test targets; users deleted through
+    the root's store are left out (a refit when the model was trained with them). --strict and
+    --columns apply to the --events file. Nothing is saved when the data has no valid event.
 
     --nproc N re-runs this command under ``torchrun --standalone --nproc_per_node N``: every batch
     is split across the processes (same effective batch), rank 0 validates, checkpoints and saves.
@@ -267,7 +277,9 @@ def train(
     if nproc > 1 and (resume is not None or events is not None):
         _fail("--nproc trains from --dataset; --resume runs in one process")
     if resume is not None or events is not None:
-        _train_resume(resume, events, out, data_dir, update_epochs, replay_ratio, as_json, strict, columns)
+        _train_resume(
+            resume, events, out, data_dir, update_epochs, replay_ratio, as_json, strict, columns, store
+        )
         return
     if model is None or dataset is None or out is None:
         _fail("give MODEL, --dataset and --out (or --resume DIR --events FILE)")
@@ -412,7 +424,8 @@ def recommend(
     ann_sets: AnnSetOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Top-k items for a user or for an explicit history (seen items excluded).
+    """Top-k items for a user or for an explicit history (seen items excluded); an empty
+    --history gets the popular fallback (flagged, as the service does).
 
     --ann hnsw|ivf takes the top-k from an approximate index over the model's item table (built
     here; --ann-set ef_search=... etc.); --set precision=int8 scores with an int8 copy of a
@@ -443,6 +456,8 @@ def recommend(
     if as_json:
         typer.echo(json.dumps(recs))
         return
+    if recs.get("fallback") == "popular":
+        typer.echo("(empty history: the popular fallback, scored by training events per item)")
     if explain and recs["because"] is None:
         typer.echo(f"(no explanations: {recs['explanation_unavailable']})")
     for rank, (item, score) in enumerate(zip(recs["items"], recs["scores"], strict=True), 1):
@@ -656,7 +671,12 @@ def items_add(
 
     try:
         report = add_items(
-            model_dir, items, strict=strict, skip_existing=skip_existing, progress=not as_json, store_url=store
+            model_dir,
+            items,
+            strict=strict,
+            skip_existing=skip_existing,
+            progress=not as_json,
+            store_url=store,
         )
     except ExistingItemsError as exc:
         raise DynrecError(f"{exc} (pass --skip-existing to add only the new ones)") from None
@@ -680,7 +700,12 @@ def items_add(
 def store_seed(
     model_dir: Annotated[Path, typer.Argument(help="saved model directory")],
     store: Annotated[
-        str, typer.Option("--store", help="SQLite state store: sqlite:///path/to/store.db or a file path")
+        str,
+        typer.Option(
+            "--store",
+            help="state store URL: sqlite:///path/to/store.db (or a file path), redis://host:port/db, "
+            "unix:///path.sock, memory://",
+        ),
     ],
     replace: Annotated[
         bool, typer.Option("--replace", help="replace the histories of users the store already holds")
@@ -689,17 +714,22 @@ def store_seed(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Load every user's training history as the model records it (the training part of its split
-    plus resumed events; never validation/test targets) into an online state store, so an
-    OnlineRecommender over the store starts where `dynrec recommend --user` is."""
+    plus resumed events; never validation/test targets) into an online state store (any store
+    `serve --store` takes), so an OnlineRecommender over the store starts where `dynrec recommend
+    --user` is."""
     from dynrec.jobs.recommend import seed_store
-    from dynrec.online.state import SQLiteStore
+    from dynrec.online.redis_store import redact_url
+    from dynrec.online.stores import open_store
 
-    path = store.removeprefix("sqlite:///") if store.startswith("sqlite:///") else store
-    if "://" in path:
-        _fail(f"--store must be sqlite:///PATH or a file path, got {store!r}")
-    with SQLiteStore(path) as st:
+    url = store if "://" in store else f"sqlite:///{store}"  # a bare path: SQLite
+    st = open_store(url)
+    try:
         report = seed_store(model_dir, st, data_dir=data_dir, replace=replace)
-    report["store"] = str(Path(path))
+    finally:
+        st.close()
+    report["store"] = (
+        str(Path(url.removeprefix("sqlite:///"))) if url.startswith("sqlite:///") else redact_url(url)
+    )
     if as_json:
         typer.echo(json.dumps(report))
     else:
@@ -744,6 +774,7 @@ def _train_resume(
     as_json: bool,
     strict: bool = False,
     columns: str | None = None,
+    store: str | None = None,
 ) -> None:
     from dynrec.jobs.resume import resume_training
     from dynrec.online.updater import UpdateConfig
@@ -755,7 +786,14 @@ def _train_resume(
         _fail(f"{resume} is not a saved model directory")
     cfg = UpdateConfig(epochs=update_epochs, replay_ratio=replay_ratio)
     _, report = resume_training(
-        resume, events, out=out, data_dir=data_dir, config=cfg, strict=strict, columns=columns
+        resume,
+        events,
+        out=out,
+        data_dir=data_dir,
+        config=cfg,
+        strict=strict,
+        columns=columns,
+        store_url=store,
     )
     if as_json:
         typer.echo(json.dumps(report))
@@ -890,9 +928,27 @@ def replay(
             )
 
 
+def _api_key(ctx: typer.Context, value: str | None) -> str | None:
+    """The API key of ``serve``: None only when neither ``--api-key`` nor ``DYNREC_API_KEY`` is
+    given; an empty or malformed one is an error naming where it came from (never "no key")."""
+    import os
+
+    from click.core import ParameterSource
+
+    from dynrec.service.settings import API_KEY_ENV, check_api_key
+
+    if value is None:
+        if API_KEY_ENV in os.environ:  # click skips an empty variable: it is not "unset"
+            check_api_key(os.environ[API_KEY_ENV], API_KEY_ENV)
+        return None
+    from_env = ctx.get_parameter_source("api_key") == ParameterSource.ENVIRONMENT
+    return check_api_key(value, API_KEY_ENV if from_env else "--api-key")
+
+
 @app.command()
 @handled
 def serve(
+    ctx: typer.Context,
     model_dir: Annotated[Path, typer.Argument(help="saved model directory")],
     store: Annotated[
         str | None,
@@ -905,6 +961,14 @@ def serve(
     host: Annotated[
         str, typer.Option("--host", help="address to bind (non-loopback: set an API key)")
     ] = "127.0.0.1",
+    allowed_hosts: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="a Host name clients reach the service by, besides the bound address (and localhost "
+            "for a loopback bind); repeatable; * = any Host (no check). Others get 421",
+        ),
+    ] = None,
     port: Annotated[int, typer.Option("--port")] = 8000,
     workers: Annotated[
         int, typer.Option("--workers", help="worker processes (> 1 needs a shared store: sqlite or redis)")
@@ -914,7 +978,8 @@ def serve(
         typer.Option(
             "--api-key",
             envvar="DYNREC_API_KEY",
-            help="required as X-API-Key on writes, deletes and admin routes",
+            help="required as X-API-Key on writes, deletes and admin routes (without a key, writes must "
+            "be Content-Type: application/json); an empty key is an error, not 'no key'",
         ),
     ] = None,
     items: Annotated[
@@ -934,10 +999,21 @@ def serve(
     --ann hnsw|ivf: session (history) recommendations come from an approximate index over the
     model's item table, built at start and rebuilt on reload, update and item additions; a stored
     user's recommendations (their cached state) stay exact. --set precision=int8: session
-    recommendations from an int8 scoring copy (cached states stay float32)."""
+    recommendations from an int8 scoring copy (cached states stay float32).
+
+    Only requests whose Host header names the service are answered (DNS rebinding): the bound
+    address, localhost and the loopback addresses for a loopback bind, and each --allowed-host
+    (behind a proxy that forwards its own Host, name it; a 0.0.0.0 bind checks only those)."""
     from dynrec.service import ServiceSettings
     from dynrec.service.serve import serve as run_service
 
+    key = _api_key(ctx, api_key)
+    if not model_dir.is_dir():
+        _fail(
+            f"model directory {model_dir} does not exist"
+            if not model_dir.exists()
+            else f"{model_dir} is not a directory"
+        )
     pairs = _parse_sets(sets)
     if set(pairs) - {"precision"}:
         _fail(f"serve --set takes precision=... only, got {sorted(set(pairs) - {'precision'})}")
@@ -947,11 +1023,13 @@ def serve(
     settings = ServiceSettings(
         model_dir=str(model_dir),
         store_url=store,
-        api_key=api_key or None,
+        api_key=key,
         items_file=str(items) if items is not None else None,
         ann=ann,
         ann_options=tuple(ann_sets or ()),
         precision=options.precision,
+        bind_host=host,
+        allowed_hosts=tuple(allowed_hosts or ()),
     )
     run_service(settings, host=host, port=port, workers=workers)
 

@@ -6,6 +6,13 @@ events of earlier resumes — never the split's validation or test targets, so a
 evaluable on its split. The resume is recorded in the model's provenance (file, content hash, and
 how many of its events are validation/test targets of the split: `evaluate` refuses a model whose
 training included test targets).
+
+Deleted users: with a store (``--store``, or the service's default store ``MODEL_DIR/events.db``
+of a served root) every tombstoned user's events are left out — of the training history and of
+the new events file — and when the model was trained with any of them the resume refits it from
+scratch instead of continuing, so the result is free of them. On a served root (the store records
+model versions) the result is published as a new version instead of overwriting a directory;
+elsewhere the model is saved in place (or to `out`), each file replaced atomically.
 """
 
 from __future__ import annotations
@@ -14,12 +21,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
+from dynrec.data.events import EventLog
 from dynrec.data.io import read_events
 from dynrec.errors import DynrecError
 from dynrec.jobs import provenance as prov_
+from dynrec.jobs.catalogue import served_store_url
+from dynrec.jobs.items import read_item_info, save_model_dir
+from dynrec.jobs.model_root import Built, publish, version_path, without_users
 from dynrec.jobs.train import column_map, training_history
 from dynrec.models.base import Recommender
+from dynrec.online.state import StateStore
+from dynrec.online.stores import open_store
 from dynrec.online.updater import IncrementalUpdater, UpdateConfig
+from dynrec.online.versions import VersionRecord, VersionStore
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +51,11 @@ def resume_training(
     config: UpdateConfig | None = None,
     strict: bool = False,
     columns: str | None = None,
+    store_url: str | None = None,
 ) -> tuple[Recommender, dict[str, Any]]:
     """Load a saved model, continue training it on the events in `events_file` (transfer / warm
-    start: new users and items are added), save it to `out` (default: in place).
+    start: new users and items are added), save it to `out` (default: in place, or a new version
+    on a served root; see the module docstring).
 
     `strict` fails on the first invalid row; `columns` maps the file's columns. Refuses (nothing
     saved, the model untouched) a file with no valid events and data changed since training."""
@@ -52,14 +70,69 @@ def resume_training(
         )
     if new_log.report.n_invalid:
         log.warning("%s: %s", events_path, new_log.report.summary())
-    model = Recommender.load(src)
+    url = served_store_url(src, store_url)
+    store: StateStore | None = open_store(url) if url is not None else None
+    try:
+        served = isinstance(store, VersionStore) and store.current_version() is not None and out is None
+        deleted: set[str] = {t.user_id for t in store.tombstones()} if isinstance(store, VersionStore) else set()
+        if not served:
+            model, report = _resume(src, new_log, events_path, deleted, data_dir, config, columns)
+            dest = Path(out) if out is not None else src
+            save_model_dir(model, dest, read_item_info(src) if (src / "item_info.json").is_file() else None)
+            report["out"] = str(dest)
+            return model, report
+        assert store is not None
+        results: list[tuple[Recommender, dict[str, Any]]] = []
+
+        def build(parent: VersionRecord) -> Built:
+            vdir = version_path(src, parent)
+            results.append(_resume(vdir, new_log, events_path, deleted, data_dir, config, columns))
+            model, report = results[-1]
+            info = read_item_info(vdir) if (vdir / "item_info.json").is_file() else None
+            assert isinstance(store, VersionStore)
+            return Built(
+                model,
+                info,
+                "refit" if report["method"] == "refit" and deleted else "update",
+                events_hash=prov_.events_hash(new_log),
+                n_events=len(new_log),
+                deletion_generation=store.deletion_generation(),
+                note=f"train --resume on {events_path.name}",
+            )
+
+        rec, _ = publish(store, src, build)
+        model, report = results[-1]
+        report["out"] = str(src / rec.path)
+        report["model_version"] = rec.id
+        return model, report
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _resume(
+    load_dir: Path,
+    new_log: EventLog,
+    events_path: Path,
+    deleted: set[str],
+    data_dir: str | Path | None,
+    config: UpdateConfig | None,
+    columns: str | None,
+) -> tuple[Recommender, dict[str, Any]]:
+    """The model at `load_dir` trained on `new_log`, `deleted` users left out (see the module
+    docstring); returns it with the update's report."""
+    model = Recommender.load(load_dir)
     assert model.item_vocab is not None and model.user_vocab is not None
+    if deleted:
+        new_log = new_log.with_frame(new_log.frame.filter(~pl.col("user_id").is_in(sorted(deleted))))
     history = None
-    provenance = prov_.from_meta(model.meta, source=f"{src}/config.json")
+    provenance = prov_.from_meta(model.meta, source=f"{load_dir.name}/config.json")
     entry: prov_.ResumedFile | None = None
+    forget = False
     if provenance is not None or model.meta.get("dataset"):
         th = training_history(model, data_dir)
-        history = th.data
+        history = without_users(th.data, deleted)
+        forget = history.n_events != th.data.n_events
         prepared = th.prepared
         n_test = prov_.count_targets(new_log, prov_.target_frame(prepared.data, prepared.split.test))
         n_valid = prov_.count_targets(new_log, prov_.target_frame(prepared.data, prepared.split.valid))
@@ -77,16 +150,17 @@ def resume_training(
         # an older model (no provenance) gets none now either: its training data was never hashed,
         # and `evaluate` must keep refusing it once resumed (older resumes leaked test targets)
     else:
-        log.warning("resume: %s records no dataset; the update learns from the new events only", src)
+        log.warning(
+            "resume: %s records no dataset; the update learns from the new events only", load_dir.name
+        )
     updater = IncrementalUpdater(model, history, config)
-    report = updater.update(new_log)
+    report: dict[str, Any] = dict(updater.update(new_log, refit=forget))
     model.meta["update_files"] = [*model.meta.get("update_files", []), str(events_path)]
     if provenance is not None and entry is not None:
         model.meta[prov_.PROVENANCE_KEY] = provenance.with_resume(entry).to_dict()
         report["n_test_targets"] = entry.n_test_targets
-    dest = Path(out) if out is not None else src
-    model.save(dest)
-    report["out"] = str(dest)
     if new_log.report.exact_duplicates:
         report["n_duplicates"] = new_log.report.exact_duplicates
+    if deleted:
+        report["deleted_users_left_out"] = len(deleted)
     return model, report
