@@ -10,6 +10,7 @@ test_online_trust.py are parametrised over memory, SQLite and Redis (`make_store
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sqlite3
@@ -36,8 +37,10 @@ from dynrec.online.state import (
     SQLiteStore,
     StateStore,
     UserStamp,
+    encode_state,
 )
 from dynrec.online.stores import open_store, store_kind
+from dynrec.online.versions import VersionRecord
 from tests.conftest import clustered_data
 from tests.redis_server import RedisServer, require_redis_server
 from tests.serve_process import free_port
@@ -232,11 +235,38 @@ def test_key_layout_under_the_prefix(redis_url: str) -> None:
         s.append([Event("u:1", "i", 1, weight=2.0)])  # a ':' in an id is just part of the key
         s.put_state("u:1", CachedState({"x": torch.ones(1)}, "v", 1, s.stamp("u:1").generation))
         keys = sorted(k.decode() for k in raw.keys("*"))
-        assert keys == ["app:e:u:1", "app:generation", "app:n_events", "app:s:u:1", "app:u:u:1", "app:users"]
-        assert raw.lrange("app:e:u:1", 0, -1) == [b'["i",1,"interaction",2.0]']
+        assert keys == [
+            "app:e:u:1",
+            "app:generation",
+            "app:journal",
+            "app:n_events",
+            "app:s:u:1",
+            "app:seq",
+            "app:u:u:1",
+            "app:users",
+        ]
+        assert raw.lrange("app:e:u:1", 0, -1) == [b'["i",1,"interaction",2.0,1]']  # seq last
+        assert raw.zrange("app:journal", 0, -1, withscores=True) == [
+            (b'[1,"u:1","i",1,"interaction",2.0]', 1.0)
+        ]
         assert raw.hgetall("app:u:u:1") == {b"gen": b"1", b"n": b"1"}
         s.delete_user("u:1")
-        assert sorted(k.decode() for k in raw.keys("*")) == ["app:generation", "app:n_events"]
+        assert sorted(k.decode() for k in raw.keys("*")) == [
+            "app:deletions",
+            "app:generation",
+            "app:n_events",
+            "app:seq",
+            "app:tombstones",
+        ]
+        assert raw.get("app:seq") == b"1" and raw.get("app:deletions") == b"1"
+        (member,) = raw.zrange("app:tombstones", 0, -1)
+        assert json.loads(member)[:2] == [1, "u:1"]
+        v = VersionRecord("v1", "versions/v1", None, 5.0, "initial")
+        assert s.add_version(v) and s.set_current(None, "v1")
+        assert s.acquire_lease("update", "me", 10.0).held_by("me")
+        assert raw.hgetall("app:versions") == {b"v1": v.to_json().encode()}
+        assert raw.get("app:current") == b"v1"
+        assert raw.hget("app:lease:update", "owner") == b"me"
     raw.close()
 
 
@@ -399,3 +429,85 @@ def test_operations_on_a_stopped_server_raise_store_errors(tmp_path: Path) -> No
             with pytest.raises(RedisStoreError, match=f"127.0.0.1:{srv.port}"):
                 call()
         s.close()
+
+
+# ---- Redis: a database written by the release before sequence numbers and versions ------------------
+
+# The append script of the release before event sequence numbers (git show d2cb253~1:
+# src/dynrec/online/redis_store.py), verbatim: a database it wrote must open with today's code.
+OLD_APPEND = """
+local out = {}
+local a = 1
+local total = 0
+for k = 4, #KEYS, 2 do
+  local user = ARGV[a]
+  local m = tonumber(ARGV[a + 1])
+  a = a + 2
+  local gen = redis.call('HGET', KEYS[k], 'gen')
+  if not gen then
+    gen = redis.call('INCR', KEYS[1])
+    redis.call('HSET', KEYS[k], 'gen', gen)
+    redis.call('ZADD', KEYS[2], 0, user)
+  end
+  local n = redis.call('HINCRBY', KEYS[k], 'n', m)
+  local last = a + m - 1
+  for s = a, last, 1000 do
+    redis.call('RPUSH', KEYS[k + 1], unpack(ARGV, s, math.min(s + 999, last)))
+  end
+  a = a + m
+  total = total + m
+  out[#out + 1] = tonumber(gen)
+  out[#out + 1] = n
+end
+redis.call('INCRBY', KEYS[3], total)
+return out
+"""
+
+
+def _old_append(raw: redis.Redis, events: list[Event], prefix: str = "dynrec:") -> list[int]:
+    """Append as the old release did: its script, its keys and its encoding of an event."""
+    by_user: dict[str, list[bytes]] = {}
+    for e in events:
+        row = [e.item_id, e.timestamp, e.event_type, e.weight]
+        by_user.setdefault(e.user_id, []).append(json.dumps(row, separators=(",", ":")).encode())
+    keys = [prefix + "generation", prefix + "users", prefix + "n_events"]
+    args: list[Any] = []
+    for user, encoded in by_user.items():
+        keys += [f"{prefix}u:{user}", f"{prefix}e:{user}"]
+        args += [user, len(encoded), *encoded]
+    return [int(x) for x in raw.register_script(OLD_APPEND)(keys=keys, args=args)]
+
+
+def test_a_database_of_the_previous_release_opens_and_works(redis_url: str) -> None:
+    raw = redis.Redis.from_url(redis_url)
+    old_a = [Event("a", "i1", 10, weight=2.0), Event("a", "i2", 11, "click")]
+    assert _old_append(raw, [*old_a, Event("b", "i3", 12)]) == [1, 2, 2, 1]
+    state = CachedState({"h": torch.arange(3.0)}, "m1", 2, 1)
+    raw.hset("dynrec:s:a", mapping={"version": "m1", "n": 2, "gen": 1, "blob": encode_state(state)})
+    with RedisStore(redis_url) as s:
+        assert s.stamp("a") == UserStamp(1, 2) and s.stamp("b") == UserStamp(2, 1)
+        h = s.history("a")
+        assert h.items == ("i1", "i2") and h.timestamps.tolist() == [10, 11]
+        assert h.event_types == ("interaction", "click") and h.weights.tolist() == [2.0, 1.0]
+        got = s.get_state("a")
+        assert got is not None and (got.version, got.n_events, got.generation) == ("m1", 2, 1)
+        assert torch.equal(got.tensors["h"], torch.arange(3.0))
+        assert (
+            s.users() == ["a", "b"]
+            and s.n_events() == 3
+            and list(s.iter_events()) == [*old_a, Event("b", "i3", 12)]
+        )
+        assert s.event_seq() == 0 and s.events_since(0) == []  # old events count as sequence 0
+        assert s.list_versions() == [] and s.current_version() is None and s.tombstones() == []
+        new_a, new_c = Event("a", "i4", 13), Event("c", "i5", 14)
+        assert s.append([new_a, new_c]) == {"a": UserStamp(1, 3), "c": UserStamp(3, 1)}
+        st, tail = s.since("a", 2)
+        assert st == UserStamp(1, 3) and tail.items == ("i4",) and tail.timestamps.tolist() == [13]
+        assert s.history("a").items == ("i1", "i2", "i4")  # old and new elements side by side
+        assert s.events_since(0) == [(1, new_a), (2, new_c)] and s.event_seq() == 2
+        assert s.n_events() == 5
+        assert s.delete_user("a")  # old elements (no seq) and new ones together
+        assert s.n_events() == 2 and s.users() == ["b", "c"] and s.events_since(0) == [(2, new_c)]
+        assert [(t.user_id, t.generation) for t in s.tombstones()] == [("a", 1)]
+        assert s.history("b").items == ("i3",) and s.get_state("a") is None
+    raw.close()

@@ -1,14 +1,19 @@
-"""`RedisStore`: the `StateStore` on a Redis server, shared by every worker and host using it.
+"""`RedisStore`: the `StateStore` and `VersionStore` on a Redis server, shared by every worker and
+host using it.
 
-Semantics are exactly those of `SQLiteStore` (see `dynrec.online.state`): validated, all-or-nothing
-appends that return each user's `UserStamp`; per-user generations taken from a store-wide counter
-that only grows (a deleted and re-created user never gets an old generation back); a
-compare-and-set ``put_state``; ``since`` as one consistent read; a corrupt cached state is a
-logged cache miss, never an exception.
+Semantics are exactly those of `SQLiteStore` (see `dynrec.online.state` and
+`dynrec.online.versions`): validated, all-or-nothing appends that return each user's `UserStamp`;
+per-user generations taken from a store-wide counter that only grows (a deleted and re-created
+user never gets an old generation back); a compare-and-set ``put_state``; ``since`` as one
+consistent read; a corrupt cached state is a logged cache miss, never an exception; a store-wide
+event sequence number (``event_seq``, ``events_since``); model versions with a current-version
+pointer changed only by compare-and-set; leases; tombstones written with the deletion.
 
 Every write is one Lua script (Redis runs a script atomically: no other client's command runs in
 between), every multi-key read one ``MULTI``/``EXEC`` transaction, so several processes can append,
-read, cache states and delete concurrently and each sees the store between two whole operations.
+read, cache states, delete and publish versions concurrently and each sees the store between two
+whole operations. Lease expiry and tombstone times are the Redis server's clock (``TIME``), the
+one clock every host sharing the store agrees on.
 
 Key layout (all under `prefix`, default ``"dynrec:"``, so several stores can share one server;
 give them prefixes of which none starts another, e.g. ``"shop-a:"`` and ``"shop-b:"``):
@@ -21,14 +26,30 @@ key                          type     content
 ``{prefix}users``            zset     ids of the users holding events (all scores 0: ordered by bytes)
 ``{prefix}u:{user}``         hash     ``gen`` (the user's generation), ``n`` (events appended in it)
 ``{prefix}e:{user}``         list     the user's events in arrival order (element i = position i+1),
-                                      each the JSON array ``[item_id, timestamp, event_type, weight]``
+                                      each the JSON array ``[item_id, timestamp, event_type, weight,
+                                      seq]`` (events written before sequence numbers existed have no
+                                      ``seq``: they count as sequence 0 and are in no journal)
 ``{prefix}s:{user}``         hash     the cached state: ``version``, ``n``, ``gen``, ``blob``
                                       (`dynrec.online.state.encode_state` bytes)
+``{prefix}seq``              string   the last event sequence number handed out (never decreases)
+``{prefix}journal``          zset     every held event by sequence number: score ``seq``, member the
+                                      JSON array ``[seq, user_id, item_id, timestamp, event_type,
+                                      weight]``; a user's entries leave with the user
+``{prefix}versions``         hash     version id -> `VersionRecord` JSON
+``{prefix}current``          string   the current version's id (absent before the first publication)
+``{prefix}lease:{name}``     hash     ``owner``, ``expires`` (server clock, microseconds), ``note``
+``{prefix}deletions``        string   the last deletion generation handed out (``INCR``)
+``{prefix}tombstones``       zset     score the deletion generation, member the JSON array
+                                      ``[generation, user_id, deleted_at]`` (seconds, server clock)
 ===========================  =======  ================================================================
+
+A database written before the sequence numbers, versions and tombstones existed opens as it is:
+its events keep their positions and generations and count as sequence 0 (``events_since`` never
+returns them: they are not served events of any model version); the new keys appear on the first
+write that needs them.
 
 Durability is the server's: with ``appendonly yes`` and ``appendfsync always`` an append is on disk
 when it returns; with the default ``everysec`` up to a second of writes can be lost in a crash.
-Redis Cluster is not supported (an append touches the keys of several users in one script).
 """
 
 from __future__ import annotations
@@ -53,6 +74,7 @@ from dynrec.online.state import (
     encode_state,
     validate_events,
 )
+from dynrec.online.versions import Lease, Tombstone, VersionRecord
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +82,27 @@ __all__ = ["DEFAULT_PREFIX", "RedisStore", "RedisStoreError", "redact_url"]
 
 DEFAULT_PREFIX = "dynrec:"
 
-_PUSH_CHUNK = 1000  # values per RPUSH inside a script (Lua's unpack has a stack limit of ~8000)
+_PUSH_CHUNK = 1000  # values per RPUSH/ZADD inside a script (Lua's unpack has a stack limit of ~8000)
+_PAGE = 10_000  # journal entries per round trip of events_since
 
-# KEYS: generation counter, users zset, n_events counter, then per user its stamp hash and event
-# list. ARGV: per user its id, its number of events m, then its m encoded events.
-# Returns per user: generation, event count after the batch.
+# Sequence numbers, generations and times travel between Lua and Python as strings formatted
+# with %d: a Lua number returned to Redis is truncated to an integer and tostring() switches to
+# exponent notation above 1e14.
+
+# KEYS: generation counter, users zset, n_events counter, seq counter, journal, then per user its
+# stamp hash and event list. ARGV: the batch's number of events, then per user: its id, its id as
+# a JSON string, its number of events m, the m events' positions in the batch (0-based), its m
+# encoded events (`_encode`). Event i of the batch gets sequence number seq0 + i + 1.
+# Returns the batch's first sequence number - 1, then per user: generation, event count after.
 _APPEND = f"""
-local out = {{}}
-local a = 1
-local total = 0
-for k = 4, #KEYS, 2 do
-  local user = ARGV[a]
-  local m = tonumber(ARGV[a + 1])
-  a = a + 2
+local total = tonumber(ARGV[1])
+local seq0 = redis.call('INCRBY', KEYS[4], total) - total
+local out = {{string.format('%d', seq0)}}
+local journal = {{}}
+local a = 2
+for k = 6, #KEYS, 2 do
+  local user, ujson, m = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
   local gen = redis.call('HGET', KEYS[k], 'gen')
   if not gen then
     gen = redis.call('INCR', KEYS[1])
@@ -80,14 +110,23 @@ for k = 4, #KEYS, 2 do
     redis.call('ZADD', KEYS[2], 0, user)
   end
   local n = redis.call('HINCRBY', KEYS[k], 'n', m)
-  local last = a + m - 1
-  for s = a, last, {_PUSH_CHUNK} do
-    redis.call('RPUSH', KEYS[k + 1], unpack(ARGV, s, math.min(s + {_PUSH_CHUNK - 1}, last)))
+  local elems = {{}}
+  for j = 0, m - 1 do
+    local seq = string.format('%d', seq0 + tonumber(ARGV[a + j]) + 1)
+    local enc = ARGV[a + m + j]
+    elems[j + 1] = string.sub(enc, 1, -2) .. ',' .. seq .. ']'
+    journal[#journal + 1] = seq
+    journal[#journal + 1] = '[' .. seq .. ',' .. ujson .. ',' .. string.sub(enc, 2)
   end
-  a = a + m
-  total = total + m
+  for s = 1, m, {_PUSH_CHUNK} do
+    redis.call('RPUSH', KEYS[k + 1], unpack(elems, s, math.min(s + {_PUSH_CHUNK - 1}, m)))
+  end
+  a = a + 2 * m
   out[#out + 1] = tonumber(gen)
   out[#out + 1] = n
+end
+for s = 1, #journal, {2 * _PUSH_CHUNK} do
+  redis.call('ZADD', KEYS[5], unpack(journal, s, math.min(s + {2 * _PUSH_CHUNK - 1}, #journal)))
 end
 redis.call('INCRBY', KEYS[3], total)
 return out
@@ -108,15 +147,41 @@ redis.call('HSET', KEYS[2], 'version', ARGV[1], 'n', ARGV[2], 'gen', ARGV[3], 'b
 return 1
 """
 
-# KEYS: users zset, n_events counter, the user's stamp hash, event list, state hash. ARGV: user.
-# Returns how many of the three keys existed.
-_DELETE = """
+# Records a tombstone: KEYS[t] the deletion counter, KEYS[t + 1] the tombstones zset; `ujson` the
+# user id as a JSON string. Shared by the delete scripts.
+_TOMBSTONE = """
+local function tombstone(t, ujson)
+  local now = redis.call('TIME')
+  local g = redis.call('INCR', KEYS[t])
+  local at = string.format('%d.%06d', now[1], now[2])
+  redis.call('ZADD', KEYS[t + 1], g, '[' .. string.format('%d', g) .. ',' .. ujson .. ',' .. at .. ']')
+end
+"""
+
+# KEYS: users zset, n_events counter, the user's stamp hash, event list, state hash, the journal,
+# the deletion counter, the tombstones zset. ARGV: user, user as a JSON string, "1" to record a
+# tombstone ("0": a history replaced, not a person forgotten).
+# Returns how many of the user's three keys existed.
+_DELETE = (
+    _TOMBSTONE
+    + """
 local held = redis.call('LLEN', KEYS[4])
+if held > 0 then
+  for _, e in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+    local seq = cjson.decode(e)[5]
+    if seq then
+      seq = string.format('%d', seq)
+      redis.call('ZREMRANGEBYSCORE', KEYS[6], seq, seq)
+    end
+  end
+end
 local n = redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 redis.call('ZREM', KEYS[1], ARGV[1])
 if held > 0 then redis.call('DECRBY', KEYS[2], held) end
+if ARGV[3] == '1' then tombstone(7, ARGV[2]) end
 return n
 """
+)
 
 # KEYS: the user's state hash. ARGV: the unreadable blob. Drops only that blob (a good state
 # written since stays).
@@ -124,6 +189,48 @@ _DROP_STATE = """
 if redis.call('HGET', KEYS[1], 'blob') == ARGV[1] then
   redis.call('DEL', KEYS[1])
   return 1
+end
+return 0
+"""
+
+# KEYS: versions hash, current pointer. ARGV: version id. 1 when removed (not current, known).
+_DISCARD_VERSION = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+
+# KEYS: current pointer, versions hash. ARGV: "1" when a current version is expected ("0": none),
+# the expected id, the new id. Compare-and-set: 1 when set.
+_SET_CURRENT = """
+local held = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if held ~= ARGV[2] then return 0 end
+elseif held then
+  return 0
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then return 0 end
+redis.call('SET', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS: the lease hash. ARGV: owner, ttl (microseconds), note. Returns the lease as it stands:
+# owner, expires (microseconds, server clock), note.
+_ACQUIRE_LEASE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local held = redis.call('HMGET', KEYS[1], 'owner', 'expires', 'note')
+if not held[1] or tonumber(held[2]) <= t or held[1] == ARGV[1] then
+  local expires = string.format('%d', t + tonumber(ARGV[2]))
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'expires', expires, 'note', ARGV[3])
+  return {ARGV[1], expires, ARGV[3]}
+end
+return held
+"""
+
+# KEYS: the lease hash. ARGV: owner. 1 when released.
+_RELEASE_LEASE = """
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -147,6 +254,10 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _json(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
 def _encode(e: Event) -> bytes:
     return json.dumps(
         [e.item_id, e.timestamp, e.event_type, e.weight], ensure_ascii=False, separators=(",", ":")
@@ -154,6 +265,7 @@ def _encode(e: Event) -> bytes:
 
 
 def _history(values: Sequence[bytes]) -> History:
+    """Elements ``[item, ts, type, weight]`` or ``[item, ts, type, weight, seq]``."""
     if not values:
         return History()
     rows = [json.loads(v) for v in values]
@@ -165,12 +277,22 @@ def _history(values: Sequence[bytes]) -> History:
     )
 
 
+def _journal_entry(value: bytes) -> tuple[int, Event]:
+    seq, user, item, ts, et, w = json.loads(value)
+    return int(seq), Event(str(user), str(item), int(ts), str(et), float(w))
+
+
 def _int(value: object) -> int:
     return 0 if value is None else int(cast("bytes | str | int", value))
 
 
+def _str(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 class RedisStore:
-    """A `StateStore` on Redis (see the module docstring for the key layout and guarantees).
+    """A `StateStore` and `VersionStore` on Redis (see the module docstring for the key layout and
+    guarantees).
 
     `url_or_client`: a ``redis://``, ``rediss://`` or ``unix://`` URL (any form
     ``redis.Redis.from_url`` takes), or a `redis.Redis` client (without ``decode_responses``)
@@ -197,20 +319,25 @@ class RedisStore:
             ) + f"/{kw.get('db', 0)}"
             self._client = url_or_client
             self._owns = False
-        if self._client.connection_pool.connection_kwargs.get("decode_responses"):
+        if self._client.get_encoder().decode_responses:
             raise DynrecError("RedisStore needs a client without decode_responses (states are bytes)")
-        self._k_generation = prefix + "generation"
-        self._k_n_events = prefix + "n_events"
-        self._k_users = prefix + "users"
         c = self._client
         self._append = c.register_script(_APPEND)
         self._put_state = c.register_script(_PUT_STATE)
         self._delete = c.register_script(_DELETE)
         self._drop_state = c.register_script(_DROP_STATE)
+        self._discard_version = c.register_script(_DISCARD_VERSION)
+        self._set_current = c.register_script(_SET_CURRENT)
+        self._acquire_lease = c.register_script(_ACQUIRE_LEASE)
+        self._release_lease = c.register_script(_RELEASE_LEASE)
         with self._errors():
             c.ping()
 
     # -- keys and errors --------------------------------------------------------------------
+    def _k(self, name: str) -> str:
+        """A store-wide key."""
+        return self.prefix + name
+
     def _k_user(self, user: str) -> str:
         return f"{self.prefix}u:{user}"
 
@@ -239,24 +366,32 @@ class RedisStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"RedisStore({self.where!r}, prefix={self.prefix!r})"
+        return f"{type(self).__name__}({self.where!r}, prefix={self.prefix!r})"
 
     # -- the StateStore protocol --------------------------------------------------------------
     def append(self, events: Iterable[Event]) -> dict[str, UserStamp]:
         evs = validate_events(events)
         if not evs:
             return {}
-        by_user: dict[str, list[bytes]] = {}
-        for e in evs:
-            by_user.setdefault(e.user_id, []).append(_encode(e))
-        keys = [self._k_generation, self._k_users, self._k_n_events]
-        args: list[str | bytes | int] = []
-        for user, encoded in by_user.items():
+        by_user: dict[str, tuple[list[int], list[bytes]]] = {}
+        for i, e in enumerate(evs):
+            where, encoded = by_user.setdefault(e.user_id, ([], []))
+            where.append(i)
+            encoded.append(_encode(e))
+        keys = [
+            self._k("generation"),
+            self._k("users"),
+            self._k("n_events"),
+            self._k("seq"),
+            self._k("journal"),
+        ]
+        args: list[str | bytes | int] = [len(evs)]
+        for user, (where, encoded) in by_user.items():
             keys += [self._k_user(user), self._k_events(user)]
-            args += [user, len(encoded), *encoded]
+            args += [user, _json(user), len(encoded), *where, *encoded]
         with self._errors():
-            res = cast("list[int]", self._append(keys=keys, args=args))
-        return {user: UserStamp(int(res[2 * j]), int(res[2 * j + 1])) for j, user in enumerate(by_user)}
+            res = cast("list[int | bytes]", self._append(keys=keys, args=args))
+        return {user: UserStamp(_int(res[1 + 2 * j]), _int(res[2 + 2 * j])) for j, user in enumerate(by_user)}
 
     def history(self, user: str, max_len: int | None = None) -> History:
         if max_len is not None and max_len <= 0:
@@ -305,28 +440,52 @@ class RedisStore:
         with self._errors():
             return bool(self._put_state(keys=[self._k_user(user), self._k_state(user)], args=args))
 
-    def delete_user(self, user: str) -> bool:
+    def delete_user(self, user: str, *, tombstone: bool = True) -> bool:
         keys = [
-            self._k_users,
-            self._k_n_events,
+            self._k("users"),
+            self._k("n_events"),
             self._k_user(user),
             self._k_events(user),
             self._k_state(user),
+            self._k("journal"),
+            self._k("deletions"),
+            self._k("tombstones"),
         ]
         with self._errors():
-            return int(cast("int", self._delete(keys=keys, args=[user]))) > 0
+            args = [user, _json(user), "1" if tombstone else "0"]
+            return int(cast("int", self._delete(keys=keys, args=args))) > 0
+
+    def event_seq(self) -> int:
+        with self._errors():
+            return _int(self._client.get(self._k("seq")))
+
+    def events_since(self, seq: int, upto: int | None = None) -> list[tuple[int, Event]]:
+        """See `StateStore.events_since`: read from the journal in pages of `_PAGE` entries (a
+        page is one command; a delete between pages removes the user's later entries only)."""
+        out: list[tuple[int, Event]] = []
+        low, high = int(seq), "+inf" if upto is None else int(upto)
+        while True:
+            with self._errors():
+                page = cast(
+                    "list[bytes]",
+                    self._client.zrangebyscore(self._k("journal"), f"({low}", high, start=0, num=_PAGE),
+                )
+            out += [_journal_entry(v) for v in page]
+            if len(page) < _PAGE:
+                return out
+            low = out[-1][0]
 
     def users(self, limit: int | None = None) -> list[str]:
         if limit is not None and limit <= 0:
             return []
         end = -1 if limit is None else int(limit) - 1
         with self._errors():
-            members = cast("list[bytes]", self._client.zrange(self._k_users, 0, end))
+            members = cast("list[bytes]", self._client.zrange(self._k("users"), 0, end))
         return [m.decode() for m in members]
 
     def n_events(self) -> int:
         with self._errors():
-            return _int(self._client.get(self._k_n_events))
+            return _int(self._client.get(self._k("n_events")))
 
     def iter_events(self, chunk: int = 500) -> Iterator[Event]:
         """See `StateStore.iter_events`: `chunk` users per round trip (their lists read in one
@@ -337,7 +496,8 @@ class RedisStore:
                 users = [
                     m.decode()
                     for m in cast(
-                        "list[bytes]", self._client.zrangebylex(self._k_users, low, "+", start=0, num=chunk)
+                        "list[bytes]",
+                        self._client.zrangebylex(self._k("users"), low, "+", start=0, num=chunk),
                     )
                 ]
                 pipe = self._client.pipeline(transaction=False)
@@ -353,3 +513,63 @@ class RedisStore:
             if len(users) < chunk:
                 return
             low = "(" + users[-1]
+
+    # -- the VersionStore protocol ------------------------------------------------------------
+    def add_version(self, record: VersionRecord) -> bool:
+        with self._errors():
+            return bool(self._client.hsetnx(self._k("versions"), record.id, record.to_json()))
+
+    def get_version(self, version_id: str) -> VersionRecord | None:
+        with self._errors():
+            raw = cast("bytes | None", self._client.hget(self._k("versions"), version_id))
+        return None if raw is None else VersionRecord.from_json(raw)
+
+    def list_versions(self) -> list[VersionRecord]:
+        with self._errors():
+            raw = cast("list[bytes]", self._client.hvals(self._k("versions")))
+        return sorted((VersionRecord.from_json(r) for r in raw), key=lambda r: (r.created, r.id))
+
+    def discard_version(self, version_id: str) -> bool:
+        keys = [self._k("versions"), self._k("current")]
+        with self._errors():
+            return bool(self._discard_version(keys=keys, args=[version_id]))
+
+    def current_version(self) -> str | None:
+        with self._errors():
+            raw = self._client.get(self._k("current"))
+        return None if raw is None else _str(raw)
+
+    def set_current(self, expected: str | None, version_id: str) -> bool:
+        keys = [self._k("current"), self._k("versions")]
+        args = ["0", ""] if expected is None else ["1", expected]
+        with self._errors():
+            return bool(self._set_current(keys=keys, args=[*args, version_id]))
+
+    def acquire_lease(self, name: str, owner: str, ttl_s: float, note: str = "") -> Lease:
+        ttl_us = round(float(ttl_s) * 1e6)
+        with self._errors():
+            held = cast(
+                "list[bytes]",
+                self._acquire_lease(keys=[self._k(f"lease:{name}")], args=[owner, ttl_us, note]),
+            )
+        return Lease(name, _str(held[0]), _int(held[1]) / 1e6, _str(held[2]))
+
+    def release_lease(self, name: str, owner: str) -> bool:
+        with self._errors():
+            return bool(self._release_lease(keys=[self._k(f"lease:{name}")], args=[owner]))
+
+    def tombstones(self, after_generation: int = 0) -> list[Tombstone]:
+        with self._errors():
+            raw = cast(
+                "list[bytes]",
+                self._client.zrangebyscore(self._k("tombstones"), f"({int(after_generation)}", "+inf"),
+            )
+        out = []
+        for r in raw:
+            g, user, at = json.loads(r)
+            out.append(Tombstone(str(user), float(at), int(g)))
+        return out
+
+    def deletion_generation(self) -> int:
+        with self._errors():
+            return _int(self._client.get(self._k("deletions")))
