@@ -1,25 +1,19 @@
-"""The service's state and everything the routes do with it.
-
-The pieces, one concern each:
+"""The service's state and everything the routes do with it; one concern per module:
 
 * `dynrec.service.holder.ModelHolder` — one model version as this process holds it;
 * `dynrec.service.follower.VersionFollower` — which holder is current: the version the store's
   pointer names, followed within a poll interval whoever published it (any worker, any host, the
   CLI's ``dynrec items add``);
-* `dynrec.jobs.model_root.publish` — the one way a new version is made current (compare-and-set
-  on the store's pointer, rebuilt on the newer version when another publisher won the race): used
-  by ``update``, ``add_items`` and ``reload`` alike;
+* `dynrec.service.publisher.Publisher` — updates, item additions and reloads, each published
+  through `dynrec.jobs.model_root.publish` (compare-and-set on the store's pointer);
 * `dynrec.service.popularity.Popularity` — the popular fallback's counts from the store;
+* `dynrec.service.privacy.TrainedWith` — the model versions still trained with a deleted user;
 * the store itself — events, per-user states, model versions, tombstones and leases.
 
-`Runtime` wires them for the routes. Pending events are not kept in memory: an update trains on
-the store's events after the current version's event sequence number, so events ingested by any
-process are learned by the next update wherever it runs, and none is lost on a restart. An update
-runs once per store (a lease with expiry: a second request gets `UpdateRunning`, a crashed updater
-frees it when the lease expires). A deletion is a tombstone in the store (written with the deletion
-of the user's events): every update leaves the user's events out — those of the original training
-data too — and the first update after a deletion of a user the current version was trained with
-refits the model from scratch, so the version it publishes is free of the user.
+`Runtime` wires them for the routes and answers the reads: ingest, recommendations (micro-batched),
+explanations, users and items. Pending events are not kept in memory: an update trains on the
+store's events after the current version's event sequence number, so events ingested by any
+process are learned by the next update wherever it runs, and none is lost on a restart.
 
 Approximate retrieval and precision (`ServiceSettings.ann` / ``precision``): each holder has a
 *scoring* model (the model itself, or its int8/bf16 copy) and, with ``ann``, a FAISS index over
@@ -31,7 +25,6 @@ are checkpointed in the shared store under the model's version and read back by 
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import threading
@@ -51,35 +44,30 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.errors import DynrecError
 from dynrec.jobs.explain import EXPLAIN_TOP, explain_items, interest_profile
-from dynrec.jobs.items import AddedItems, add_items_to_model, encoder_for, item_info_from_texts
+from dynrec.jobs.items import AddedItems
 from dynrec.jobs.model_root import (
-    Built,
-    count_target_events,
-    events_digest,
-    is_model_dir,
     open_version,
-    publish,
     register_initial,
     training_memory,
-    version_memory,
     version_path,
 )
-from dynrec.jobs.provenance import PROVENANCE_KEY, ServedEvents, from_meta, target_frame
 from dynrec.jobs.train import TrainingHistory, ann_index
 from dynrec.models.base import Recommender
-from dynrec.models.capabilities import Explainer, ItemText, PartialFit
+from dynrec.models.capabilities import Explainer
 from dynrec.models.neural.quantize import quantize
 from dynrec.models.retrieval import AnnIndex, retrieve, similar_items
-from dynrec.online.session import Interests, model_version
+from dynrec.online.session import Interests
 from dynrec.online.state import Event, History, validate_events
 from dynrec.online.stores import open_store, store_kind
-from dynrec.online.updater import IncrementalUpdater, UpdateReport
-from dynrec.online.versions import Lease, VersionRecord, VersionStore, new_owner_id
+from dynrec.online.updater import UpdateReport
+from dynrec.online.versions import VersionRecord, VersionStore, new_owner_id
 from dynrec.service.batching import MicroBatcher, Pending
 from dynrec.service.follower import VersionFollower
 from dynrec.service.holder import ModelHolder, dataset_items, read_info
 from dynrec.service.metrics import ServiceMetrics
 from dynrec.service.popularity import Popularity
+from dynrec.service.privacy import TrainedWith
+from dynrec.service.publisher import Publisher, UpdateRunning
 from dynrec.service.settings import ServiceSettings
 from dynrec.text import Encoder, ItemTexts
 
@@ -98,23 +86,6 @@ __all__ = [
 
 HTTP_EVENT_TYPE = "view"
 """Event type of an HTTP event that names none."""
-
-UPDATE_LEASE = "update"
-UPDATE_LEASE_S = 3600.0
-"""How long an update may hold the store's update lease before another may take it over (a
-crashed updater frees it then)."""
-
-
-class UpdateRunning(DynrecError):
-    """Another update holds the store's update lease."""
-
-    def __init__(self, lease: Lease) -> None:
-        left = max(0.0, lease.expires - time.time())
-        super().__init__(
-            f"an update is already running ({lease.note or lease.owner}; its lease expires in {left:.0f} s)"
-        )
-        self.lease = lease
-
 
 # ---- results ----------------------------------------------------------------------------------------
 
@@ -173,15 +144,11 @@ class Runtime:
         self.versions: VersionStore = self.store
         self.store_kind = store_kind(self.store)
         self.owner = new_owner_id(f"{os.uname().nodename}:{os.getpid()}:")
-        self._admin_lock = threading.Lock()  # one publication at a time in this process
-        self._user_vocabs: dict[str, frozenset[str]] = {}  # version id -> its users (immutable)
         self._recent: OrderedDict[str, None] = OrderedDict()  # users seen by this process, newest last
         self._recent_lock = threading.Lock()
         self._retired = (0, 0)  # cache hits/misses of swapped-out sessions
         self._base: TrainingHistory | None = None
         self._base_ready = False
-        self.text_encoder: Encoder | None = None
-        """The encoder `add_items` uses (loaded on first use; set it to inject another)."""
         first = register_initial(self.store, self.root)
         holder = self._load(first)
         root_rec = self.versions.get_version(self._root_id(first)) or first
@@ -205,6 +172,17 @@ class Runtime:
             max_size=settings.batch_size,
             on_batch=self.metrics.batch_size.observe,
         )
+        self.publisher = Publisher(
+            self.store,
+            self.versions,
+            self.root,
+            self.follower,
+            self._load,
+            self._history,
+            self.metrics,
+            self.owner,
+        )
+        self.trained_with = TrainedWith(self.versions, self.root, settings.model_dirs)
         self.follower.start()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -447,233 +425,35 @@ class Runtime:
         with self._recent_lock:
             self._recent.pop(user, None)
         self.popularity.refresh()
-        return DeleteResult(found or held > 0, held, self.versions_with(user))
+        return DeleteResult(found or held > 0, held, self.trained_with.versions_with(user))
 
-    def versions_with(self, user: str) -> list[tuple[str, str]]:
-        """(path under the root, id) of every recorded version trained with `user`'s data: the user
-        is in its user vocabulary and it honours no tombstone of the user (a version published
-        after a deletion of the user was refitted without their events; events of a user re-created
-        after a deletion are not told apart). Then the operator's further saved models
-        (`ServiceSettings.model_dirs`) holding the user, by the path configured."""
-        tombs = [t.generation for t in self.versions.tombstones() if t.user_id == user]
-        out: list[tuple[str, str]] = []
-        for rec in self.versions.list_versions():
-            if any(g <= rec.deletion_generation for g in tombs):
-                continue
-            if user in self._users_of(rec):
-                out.append((rec.path, rec.id))
-        for d in self.settings.model_dirs:  # saved models outside the root the operator named
-            users = self._users_of_dir(d)
-            if users is not None and user in users[1]:
-                out.append((d, users[0]))
-        return out
-
-    def _users_of_dir(self, model_dir: str) -> tuple[str, frozenset[str]] | None:
-        """(content fingerprint, users) of the saved model at `model_dir`, None when unreadable."""
-        try:
-            model = Recommender.load(model_dir)
-        except DynrecError as exc:
-            log.warning("cannot check saved model %s for a deleted user: %s", model_dir, exc)
-            return None
-        assert model.user_vocab is not None
-        return model_version(model), frozenset(model.user_vocab.ids)
-
-    def _users_of(self, rec: VersionRecord) -> frozenset[str]:
-        users = self._user_vocabs.get(rec.id)
-        if users is None:
-            try:
-                model = open_version(self.root, rec)
-            except DynrecError as exc:
-                log.warning("cannot check model version %s for a deleted user: %s", rec.id, exc)
-                return frozenset()
-            assert model.user_vocab is not None
-            users = self._user_vocabs[rec.id] = frozenset(model.user_vocab.ids)
-        return users
-
-    # -- publishing new versions --------------------------------------------------------------------
-    def _publish(self, built: Any) -> tuple[VersionRecord, bool]:
-        """`publish` on this root, then the new version swapped in here at once."""
-        rec, new = publish(self.store, self.root, built)
-        if new or rec.id != self.holder.version:
-            self.follower.swap(self._load(rec))
-        return rec, new
-
-    def _parent_model(self, parent: VersionRecord) -> Recommender:
-        """A private copy of `parent`'s model to build on (the held one when it is `parent`)."""
-        holder = self.holder
-        if holder.version == parent.id:
-            return copy.deepcopy(holder.model)
-        return open_version(self.root, parent)
-
+    # -- publishing (dynrec.service.publisher) ---------------------------------------------------------
     def update(self) -> UpdateReport:
-        """Incremental training on the store's events since the current version (whichever process
-        ingested them), on a copy of the model while the current one serves; the result is
-        published as a new version (see the module docstring). One per store: `UpdateRunning`
-        when another holds the lease."""
-        with self._admin_lock:
-            lease = self.versions.acquire_lease(
-                UPDATE_LEASE, self.owner, UPDATE_LEASE_S, note=f"update by {self.owner}"
-            )
-            if not lease.held_by(self.owner):
-                raise UpdateRunning(lease)
-            t0 = time.perf_counter()
-            reports: list[UpdateReport] = []
-            try:
-                rec, new = self._publish(lambda parent: self._build_update(parent, reports))
-            finally:
-                self.versions.release_lease(UPDATE_LEASE, self.owner)
-        self.metrics.updates.inc()
-        n_pending = max(0, self.store.event_seq() - rec.event_seq)
-        self.metrics.pending.set(n_pending)
-        report: UpdateReport = (
-            dict(reports[-1])
-            if new and reports
-            else {"n_events": 0, "new_items": 0, "new_users": 0, "method": "none"}
-        )
-        report["seconds"] = time.perf_counter() - t0
-        report["model_version"] = rec.id
-        report["pending_events"] = n_pending
-        return report
-
-    def _build_update(self, parent: VersionRecord, reports: list[UpdateReport]) -> Built | None:
-        seq = self.store.event_seq()
-        pending = [e for _, e in self.store.events_since(parent.event_seq, seq)]
-        generation = self.versions.deletion_generation()
-        tombstones = self.versions.tombstones()
-        deleted = {t.user_id for t in tombstones}
-        model = self._parent_model(parent)
-        assert model.user_vocab is not None
-        unhonoured = {t.user_id for t in tombstones if t.generation > parent.deletion_generation}
-        forget = any(u in model.user_vocab for u in unhonoured)
-        if not pending and not forget:
-            return None
-        memory = version_memory(model, self.store, parent, self._base_memory(model), deleted)
-        if memory is None and not isinstance(model, PartialFit):
-            raise DynrecError(
-                f"{model.name} retrains from scratch on an update and its training history is not "
-                "available (no provenance, or the data is missing): an update would fit it to the new "
-                "events alone. Retrain it with the new events instead"
-            )
-        if forget and memory is None:
-            raise DynrecError(
-                "deleted users are in the model but its training history is not available to refit "
-                "without them: retrain the model from data without them"
-            )
-        updater = IncrementalUpdater(model, memory)
-        report = updater.update(pending, refit=forget)
-        reports.append(report)
-        self._record_served(model, pending)
-        return Built(
-            model,
-            read_info(version_path(self.root, parent)),
-            "refit" if forget else "update",
-            events_hash=events_digest(pending),
-            n_events=len(pending),
-            event_seq=seq,
-            deletion_generation=generation,
-            note=f"{report.get('method', '')}",
-        )
-
-    def _record_served(self, model: Recommender, events: Sequence[Event]) -> None:
-        """Record in `model`'s provenance the served events it learned and how many of them are
-        validation/test targets of its recorded split (`evaluate` refuses a model that learned test
-        targets of the split it is evaluated on)."""
-        history = self._history(model)
-        provenance = from_meta(model.meta)
-        if history is None or provenance is None or not events:
-            return
-        split = history.prepared.split
-        data = history.prepared.data
-        entry = ServedEvents(
-            version=model_version(model),
-            events_hash=events_digest(events),
-            n_events=len(events),
-            n_test_targets=count_target_events(events, target_frame(data, split.test)),
-            n_valid_targets=count_target_events(events, target_frame(data, split.valid)),
-        )
-        if entry.n_test_targets:
-            log.warning(
-                "the update learned %d test target(s) of the model's %r split: `dynrec evaluate` will refuse "
-                "the new version",
-                entry.n_test_targets,
-                split.kind,
-            )
-        model.meta[PROVENANCE_KEY] = provenance.with_served(entry).to_dict()
+        """See `Publisher.update`."""
+        return self.publisher.update()
 
     def add_items(
         self, texts: ItemTexts, *, skip_existing: bool = False, encoder: Encoder | None = None
     ) -> tuple[AddedItems, str]:
-        """Add items without events to the live model from their text (`dynrec.jobs.items`): built
-        on a copy of the current version and published as a new one (concurrent additions from
-        any process are all kept: each builds on the current version and retries its
-        compare-and-set). `encoder` (default: the one the model recorded) must be the model's.
-        Returns (what was added, the version serving now)."""
-        with self._admin_lock:
-            done: list[AddedItems] = []
-
-            def build(parent: VersionRecord) -> Built | None:
-                model = self._parent_model(parent)
-                enc = self._encoder(model, encoder)
-                added = add_items_to_model(model, texts, enc, skip_existing=skip_existing)
-                done.append(added)
-                if not added.added:
-                    return None
-                info = {
-                    **read_info(version_path(self.root, parent)),
-                    **item_info_from_texts(texts, added.added),
-                }
-                return Built(model, info, "items", note=f"{len(added.added)} item(s) added")
-
-            rec, _ = self._publish(build)
-            return done[-1], rec.id
-
-    def _encoder(self, model: Recommender, encoder: Encoder | None) -> Encoder:
-        cached = self.text_encoder
-        if encoder is None and cached is not None:
-            recorded = model.item_text_encoder() if isinstance(model, ItemText) else None
-            encoder = cached if cached.name == recorded else None
-        enc = encoder_for(model, encoder)
-        self.text_encoder = enc  # loading an encoder is slow: keep it for the next request
-        return enc
+        """See `Publisher.add_items`."""
+        return self.publisher.add_items(texts, skip_existing=skip_existing, encoder=encoder)
 
     def reload(self, ref: str) -> str:
-        """Make `ref` the current version: a recorded version id (a rollback), or a model directory
-        under the model root (relative to it), published as a new version. Errors name `ref` as
-        given, never a server path."""
-        with self._admin_lock:
-            rec = self.versions.get_version(ref)
-            if rec is not None:
-                cur = self.versions.current_version()
-                if cur != rec.id:
-                    open_version(self.root, rec)  # it must load before it is published
-                    if not self.versions.set_current(cur, rec.id):
-                        raise DynrecError("the current model version changed meanwhile; try again")
-                    self.follower.swap(self._load(rec))
-                return rec.id
-            path = self._under_root(ref)
-            model = Recommender.load(path)
-            new, _ = self._publish(
-                lambda parent: Built(
-                    model, read_info(path), "reload", deletion_generation=0, note=f"reloaded {ref}"
-                )
-            )
-            return new.id
+        """See `Publisher.reload`."""
+        return self.publisher.reload(ref)
 
-    def _under_root(self, ref: str) -> Path:
-        """The model directory `ref` names under the root (relative, or absolute inside it)."""
-        bad = DynrecError(
-            f"{ref!r} is neither a model version id (see GET /healthz, `dynrec models list`) nor a saved "
-            "model directory under the served model root"
-        )
-        if not ref.strip() or "\x00" in ref:
-            raise bad
-        p = Path(ref)
-        target = (p if p.is_absolute() else self.root / p).resolve()
-        if target != self.root and self.root not in target.parents:
-            raise bad
-        if not is_model_dir(target):
-            raise bad
-        return target
+    def versions_with(self, user: str) -> list[tuple[str, str]]:
+        """See `TrainedWith.versions_with`."""
+        return self.trained_with.versions_with(user)
+
+    @property
+    def text_encoder(self) -> Encoder | None:
+        """The encoder item additions use (set it to inject another)."""
+        return self.publisher.text_encoder
+
+    @text_encoder.setter
+    def text_encoder(self, encoder: Encoder | None) -> None:
+        self.publisher.text_encoder = encoder
 
     # -- users -------------------------------------------------------------------------------------
     def search_items(self, query: str, limit: int) -> list[tuple[str, str | None]]:
