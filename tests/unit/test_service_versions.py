@@ -302,3 +302,39 @@ def test_seeding_never_brings_a_deleted_user_back(root: Path, tmp_path: Path) ->
             seed_store(root, store, replace=True)
     finally:
         store.close()
+
+
+def test_models_cli_lists_shows_and_rolls_back(
+    runtimes: Callable[[], Runtime], root: Path, store_url: str
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from dynrec.cli.main import app
+
+    a = runtimes()
+    first = a.holder.version
+    a.ingest([Event("x", "i1", 1), Event("x", "i2", 2)])
+    second = str(a.update()["model_version"])
+    cli = CliRunner()
+    listed = cli.invoke(app, ["models", "list", str(root), "--store", store_url, "--json"])
+    assert listed.exit_code == 0, listed.output
+    got = json.loads(listed.output)
+    assert [v["id"] for v in got["versions"]] == [first, second] and got["current"] == second
+    shown = json.loads(cli.invoke(app, ["models", "show", str(root), "--store", store_url]).output)
+    assert shown["id"] == second and shown["parent"] == first and shown["n_events"] == 2 and shown["current"]
+    back = cli.invoke(app, ["models", "rollback", str(root), first, "--store", store_url])
+    assert back.exit_code == 0 and first in back.output
+    assert _wait(lambda: a.holder.version == first, 1.0)  # the server follows the CLI's rollback
+    bad = cli.invoke(app, ["models", "rollback", str(root), "nope", "--store", store_url])
+    assert bad.exit_code == 1 and "no model version 'nope'" in bad.output
+    sim = cli.invoke(app, ["similar", str(root), "i1", "--k", "3", "--json"])
+    assert sim.exit_code == 0, sim.output
+    out = json.loads(sim.output)
+    assert (
+        len(out["items"]) == 3
+        and "i1" not in out["items"]
+        and out["scores"] == sorted(out["scores"], reverse=True)
+    )
+    assert out["items"] == a.similar("i1", 3)[0]
