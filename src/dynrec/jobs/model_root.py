@@ -162,6 +162,7 @@ def register_initial(store: StateStore, root: str | Path) -> VersionRecord:
     )
     vs.add_version(rec)
     if not vs.set_current(None, rec.id):  # another process registered first: follow it
+        vs.discard_version(rec.id)
         return register_initial(store, root)
     return rec
 
