@@ -55,7 +55,7 @@ def data_dir() -> Path:
     return Path(os.environ["DYNREC_DATA_DIR"])
 
 
-# ---- state stores (memory, SQLite, a real Redis server) ------------------------------------------
+# ---- state stores (memory, SQLite, a real Redis server, a real Redis Cluster) -----------------
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +82,34 @@ def redis_url(redis_server_url: str) -> str:
     return redis_server_url
 
 
-STORE_KINDS = ("memory", "sqlite", "redis")
+@pytest.fixture(scope="session")
+def redis_cluster_server_url() -> Iterator[str]:
+    """One throw-away 3-node Redis Cluster for the whole session (tests/redis_server.py: three
+    ``redis-server --cluster-enabled yes`` joined by ``redis-cli --cluster create``), as a
+    ``redis+cluster://`` URL; skips the test when redis-server or redis-cli is not installed."""
+    from tests.redis_server import redis_cluster, require_redis_server
+
+    require_redis_server(cluster=True)
+    with redis_cluster() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_server_url: str) -> str:
+    """The session's Redis Cluster, every node emptied for this test."""
+    from redis.cluster import RedisCluster
+
+    from dynrec.online.redis_cluster import cluster_node_url
+
+    client = RedisCluster.from_url(cluster_node_url(redis_cluster_server_url))
+    try:
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    finally:
+        client.close()
+    return redis_cluster_server_url
+
+
+STORE_KINDS = ("memory", "sqlite", "redis", "redis-cluster")
 
 
 @pytest.fixture(params=STORE_KINDS)
@@ -90,11 +117,12 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
     """A factory of clients of ONE store of each kind (the test runs once per kind): every call
     opens another client of the same data, as another worker would (memory: the same object,
     which is all one process can share). Closed after the test."""
+    from dynrec.online.redis_cluster import RedisClusterStore
     from dynrec.online.redis_store import RedisStore
     from dynrec.online.state import InMemoryStore, SQLiteStore
 
     kind = request.param
-    url = request.getfixturevalue("redis_url") if kind == "redis" else ""
+    url = request.getfixturevalue(kind.replace("-", "_") + "_url") if kind.startswith("redis") else ""
     memory = InMemoryStore()
     opened: list[StateStore] = []
 
@@ -104,8 +132,10 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
             store = memory
         elif kind == "sqlite":
             store = SQLiteStore(tmp_path / "store.db")
-        else:
+        elif kind == "redis":
             store = RedisStore(url)
+        else:
+            store = RedisClusterStore(url)
         opened.append(store)
         return store
 

@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 import redis
 import torch
+from redis.cluster import RedisCluster
 
 from dynrec.data.dataset import InteractionData
 from dynrec.errors import DynrecError
+from dynrec.online.redis_cluster import cluster_node_url
 from dynrec.online.redis_store import RedisStore, RedisStoreError
 from dynrec.online.session import OnlineRecommender
 from dynrec.online.state import (
@@ -47,6 +49,34 @@ from tests.serve_process import free_port
 from tests.unit.test_online_trust import assert_scores, model_of, reference_scores
 
 MakeStore = Callable[[], StateStore]
+
+
+REDIS_KINDS = ("redis", "redis-cluster")
+
+
+@pytest.fixture(params=REDIS_KINDS)
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """An emptied Redis server (``redis://``) or 3-node Redis Cluster (``redis+cluster://``): the
+    test runs once on each; `open_store` opens either."""
+    return str(request.getfixturevalue(request.param.replace("-", "_") + "_url"))
+
+
+def raw_client(url: str) -> redis.Redis | RedisCluster:
+    """A plain client of the server or cluster behind a store URL (to look at or damage keys)."""
+    if url.startswith("redis+cluster://"):
+        return RedisCluster.from_url(cluster_node_url(url))
+    return redis.Redis.from_url(url)
+
+
+def state_key(url: str, user: str) -> str:
+    """The key of `user`'s cached state (the layouts in the modules' docstrings)."""
+    return f"{{dynrec:u:{user}}}s" if url.startswith("redis+cluster://") else f"dynrec:s:{user}"
+
+
+def open_redis(url: str) -> RedisStore:
+    store = open_store(url)
+    assert isinstance(store, RedisStore)
+    return store
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +148,7 @@ def test_users_n_events_and_iteration(make_store: MakeStore) -> None:
     assert [e.user_id for e in store.iter_events()] == ["a", "a", "é"]
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "redis-cluster"])
 def test_iteration_in_chunks_sees_every_user(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -126,7 +156,7 @@ def test_iteration_in_chunks_sees_every_user(
     if kind == "sqlite":
         store = SQLiteStore(tmp_path / "i.db")
     else:
-        store = RedisStore(request.getfixturevalue("redis_url"))
+        store = open_redis(request.getfixturevalue(kind.replace("-", "_") + "_url"))
     with store:
         store.append(Event(f"u{j % 23:02d}", f"i{j}", j) for j in range(100))
         got = list(store.iter_events(chunk=5))  # 23 users: 5 chunks, the last one short
@@ -270,11 +300,11 @@ def test_key_layout_under_the_prefix(redis_url: str) -> None:
     raw.close()
 
 
-def test_two_workers_appending_concurrently_lose_nothing(redis_url: str) -> None:
+def test_two_workers_appending_concurrently_lose_nothing(any_redis_url: str) -> None:
     """Two clients (as two worker processes would hold), each from its own thread, append batches
     for the same users: every event is kept, each worker's events stay in its order, and every
     append got its own consistent stamp (counter and list moved together)."""
-    workers = [RedisStore(redis_url), RedisStore(redis_url)]
+    workers = [open_redis(any_redis_url), open_redis(any_redis_url)]
     users = ["u0", "u1", "u2"]
     stamps: list[list[dict[str, UserStamp]]] = [[], []]
 
@@ -306,10 +336,10 @@ def test_two_workers_appending_concurrently_lose_nothing(redis_url: str) -> None
         w.close()
 
 
-def test_a_reader_never_sees_part_of_a_batch(redis_url: str) -> None:
+def test_a_reader_never_sees_part_of_a_batch(any_redis_url: str) -> None:
     """Batches larger than one RPUSH inside the script (chunks of 1000): a concurrent reader on
     another client sees each user's history at batch boundaries only."""
-    writer, reader = RedisStore(redis_url), RedisStore(redis_url)
+    writer, reader = open_redis(any_redis_url), open_redis(any_redis_url)
     size, rounds = 1500, 5
     done = threading.Event()
     observed: list[tuple[int, int]] = []
@@ -334,8 +364,8 @@ def test_a_reader_never_sees_part_of_a_batch(redis_url: str) -> None:
     reader.close()
 
 
-def test_delete_by_one_worker_ends_the_generation_for_all(redis_url: str) -> None:
-    a, b = RedisStore(redis_url), RedisStore(redis_url)
+def test_delete_by_one_worker_ends_the_generation_for_all(any_redis_url: str) -> None:
+    a, b = open_redis(any_redis_url), open_redis(any_redis_url)
     a.append([Event("u", "i1", 1), Event("u", "i2", 2)])
     g = a.stamp("u").generation
     state = CachedState({"h": torch.zeros(3)}, "v", 2, g)  # built by worker A before the delete
@@ -354,36 +384,40 @@ def test_delete_by_one_worker_ends_the_generation_for_all(redis_url: str) -> Non
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "bitflip", "fields"])
 def test_corrupt_redis_state_is_a_cache_miss(
-    redis_url: str, data: InteractionData, damage: str, caplog: pytest.LogCaptureFixture
+    any_redis_url: str, data: InteractionData, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     model = model_of("sasrec", data)
     assert model.item_vocab is not None
     items = list(model.item_vocab.ids[:4])
-    OnlineRecommender(model, RedisStore(redis_url)).observe([Event("u", i, t) for t, i in enumerate(items)])
-    raw = redis.Redis.from_url(redis_url)
-    blob = raw.hget("dynrec:s:u", "blob")
+    OnlineRecommender(model, open_redis(any_redis_url)).observe(
+        [Event("u", i, t) for t, i in enumerate(items)]
+    )
+    raw = raw_client(any_redis_url)
+    key = state_key(any_redis_url, "u")
+    blob = raw.hget(key, "blob")
     assert blob is not None
     if damage == "fields":  # a good blob whose fields disagree with its header
-        raw.hset("dynrec:s:u", "version", "another")
+        raw.hset(key, "version", "another")
     else:
         bad = {"truncate": blob[:7], "garbage": b"\x00" * 50, "bitflip": blob[:-1] + bytes([blob[-1] ^ 1])}
-        raw.hset("dynrec:s:u", "blob", bad[damage])
-    fresh = OnlineRecommender(model, RedisStore(redis_url))
+        raw.hset(key, "blob", bad[damage])
+    fresh = OnlineRecommender(model, open_redis(any_redis_url))
     with caplog.at_level(logging.WARNING):
         got = fresh.scores("u", exclude_seen=False)
     assert any("unreadable cached state" in r.getMessage() for r in caplog.records)
     assert_scores(got, reference_scores(model, "u", items, list(range(4))))
-    c = RedisStore(redis_url).get_state("u")  # the bad state was replaced by the rebuilt one
+    c = open_redis(any_redis_url).get_state("u")  # the bad state was replaced by the rebuilt one
     assert c is not None and c.n_events == 4 and c.version == fresh.version
     raw.close()
 
 
-def test_a_state_written_after_the_damage_is_not_dropped(redis_url: str) -> None:
-    s = RedisStore(redis_url)
+def test_a_state_written_after_the_damage_is_not_dropped(any_redis_url: str) -> None:
+    s = open_redis(any_redis_url)
     s.append([Event("u", "i", 1)])
-    raw = redis.Redis.from_url(redis_url)
-    raw.hset("dynrec:s:u", mapping={"version": "v", "n": 1, "gen": s.stamp("u").generation, "blob": b"junk"})
-    assert s.get_state("u") is None and raw.exists("dynrec:s:u") == 0
+    raw = raw_client(any_redis_url)
+    key = state_key(any_redis_url, "u")
+    raw.hset(key, mapping={"version": "v", "n": 1, "gen": s.stamp("u").generation, "blob": b"junk"})
+    assert s.get_state("u") is None and raw.exists(key) == 0
     good = CachedState({"x": torch.ones(2)}, "v", 1, s.stamp("u").generation)
     assert s.put_state("u", good)
     got = s.get_state("u")

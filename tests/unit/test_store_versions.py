@@ -271,7 +271,7 @@ def _race(url: str, name: str, lease_log: str, start: Any, out: Any) -> None:
         out.put(("error", name, repr(exc), 0))
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "redis-cluster"])
 def test_processes_racing_publications_and_a_lease(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -281,7 +281,7 @@ def test_processes_racing_publications_and_a_lease(
 
         SQLiteStore(tmp_path / "store.db").close()  # create the file before the processes race to
     else:
-        url = request.getfixturevalue("redis_url")
+        url = request.getfixturevalue(kind.replace("-", "_") + "_url")
     from dynrec.online.stores import open_store
 
     lease_log = tmp_path / "lease.log"

@@ -50,6 +50,10 @@ write that needs them.
 
 Durability is the server's: with ``appendonly yes`` and ``appendfsync always`` an append is on disk
 when it returns; with the default ``everysec`` up to a second of writes can be lost in a crash.
+
+On a Redis Cluster the same store is `dynrec.online.redis_cluster.RedisClusterStore`
+(``redis+cluster://``): a layout with one hash tag per user and one for the store-wide keys, and
+appends and deletes in two steps (that module's docstring says what is atomic there).
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from dynrec.errors import DynrecError
 from dynrec.online.state import (
@@ -282,6 +288,11 @@ def _journal_entry(value: bytes) -> tuple[int, Event]:
     return int(seq), Event(str(user), str(item), int(ts), str(et), float(w))
 
 
+def _check_prefix(prefix: object) -> None:
+    if not isinstance(prefix, str) or not prefix:
+        raise DynrecError(f"the Redis key prefix must be a non-empty string, not {prefix!r}")
+
+
 def _int(value: object) -> int:
     return 0 if value is None else int(cast("bytes | str | int", value))
 
@@ -302,36 +313,39 @@ class RedisStore:
     """
 
     def __init__(self, url_or_client: str | redis.Redis, *, prefix: str = DEFAULT_PREFIX) -> None:
-        if not isinstance(prefix, str) or not prefix:
-            raise DynrecError(f"the Redis key prefix must be a non-empty string, not {prefix!r}")
-        self.prefix = prefix
+        _check_prefix(prefix)
         if isinstance(url_or_client, str):
-            self.where = redact_url(url_or_client)
+            where = redact_url(url_or_client)
             try:
-                self._client: redis.Redis = redis.Redis.from_url(url_or_client)
+                client = redis.Redis.from_url(url_or_client)
             except ValueError as exc:
-                raise DynrecError(f"bad Redis URL {self.where!r}: {exc}") from exc
-            self._owns = True
+                raise DynrecError(f"bad Redis URL {where!r}: {exc}") from exc
+            self._setup(client, where, True, prefix)
         else:
             kw = url_or_client.connection_pool.connection_kwargs
-            self.where = (
+            where = (
                 f"unix://{kw['path']}" if "path" in kw else f"redis://{kw.get('host')}:{kw.get('port')}"
             ) + f"/{kw.get('db', 0)}"
-            self._client = url_or_client
-            self._owns = False
-        if self._client.get_encoder().decode_responses:
+            self._setup(url_or_client, where, False, prefix)
+
+    def _setup(self, client: redis.Redis | RedisCluster, where: str, owns: bool, prefix: str) -> None:
+        """Take `client` (closed by `close` when `owns`), register the scripts, ping the server."""
+        self.prefix = prefix
+        self.where = where
+        self._client = client
+        self._owns = owns
+        if client.get_encoder().decode_responses:
             raise DynrecError("RedisStore needs a client without decode_responses (states are bytes)")
-        c = self._client
-        self._append = c.register_script(_APPEND)
-        self._put_state = c.register_script(_PUT_STATE)
-        self._delete = c.register_script(_DELETE)
-        self._drop_state = c.register_script(_DROP_STATE)
-        self._discard_version = c.register_script(_DISCARD_VERSION)
-        self._set_current = c.register_script(_SET_CURRENT)
-        self._acquire_lease = c.register_script(_ACQUIRE_LEASE)
-        self._release_lease = c.register_script(_RELEASE_LEASE)
+        self._append = client.register_script(_APPEND)
+        self._put_state = client.register_script(_PUT_STATE)
+        self._delete = client.register_script(_DELETE)
+        self._drop_state = client.register_script(_DROP_STATE)
+        self._discard_version = client.register_script(_DISCARD_VERSION)
+        self._set_current = client.register_script(_SET_CURRENT)
+        self._acquire_lease = client.register_script(_ACQUIRE_LEASE)
+        self._release_lease = client.register_script(_RELEASE_LEASE)
         with self._errors():
-            c.ping()
+            client.ping()
 
     # -- keys and errors --------------------------------------------------------------------
     def _k(self, name: str) -> str:
@@ -351,7 +365,7 @@ class RedisStore:
     def _errors(self) -> Iterator[None]:
         try:
             yield
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:
             raise RedisStoreError(f"Redis state store {self.where} (prefix {self.prefix!r}): {exc}") from exc
 
     def close(self) -> None:

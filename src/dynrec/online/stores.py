@@ -7,11 +7,14 @@ URL                                    store
 ``sqlite:////absolute/path.db``        `SQLiteStore` on ``/absolute/path.db``
 ``redis://[:password@]host:port/db``   `RedisStore` (``rediss://`` with TLS; any ``redis.Redis.from_url``
 ``unix:///path/redis.sock?db=N``       query option such as ``socket_timeout`` passes through)
+``redis+cluster://host:port``          `RedisClusterStore` on the Redis Cluster that node belongs to
+                                       (``rediss+cluster://`` with TLS; ``RedisCluster.from_url`` options)
 ``memory://``                          `InMemoryStore` (this process only; gone when it exits)
 =====================================  ==================================================================
 
 Options in the query string: SQLite ``synchronous`` (OFF, NORMAL, FULL) and ``timeout`` (seconds to
-wait for another process's write lock); Redis ``prefix`` (the key prefix, default ``dynrec:``);
+wait for another process's write lock); Redis and Redis Cluster ``prefix`` (the key prefix,
+default ``dynrec:``);
 memory ``max_history`` (events kept per user). A SQLite path is taken literally (no %-decoding).
 """
 
@@ -20,13 +23,17 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from dynrec.errors import DynrecError
+from dynrec.online.redis_cluster import CLUSTER_SCHEMES, RedisClusterStore
 from dynrec.online.redis_store import RedisStore, redact_url
 from dynrec.online.state import InMemoryStore, SQLiteStore, StateStore
 
 __all__ = ["SCHEMES", "open_store", "store_kind"]
 
-SCHEMES = ("sqlite", "redis", "rediss", "unix", "memory")
-_FORMS = "sqlite:///relative/path.db, sqlite:////absolute/path.db, redis://host:port/db, rediss://..., unix:///path/to/redis.sock, memory://"
+SCHEMES = ("sqlite", "redis", "rediss", "unix", *CLUSTER_SCHEMES, "memory")
+_FORMS = (
+    "sqlite:///relative/path.db, sqlite:////absolute/path.db, redis://host:port/db, rediss://..., "
+    "unix:///path/to/redis.sock, redis+cluster://host:port, memory://"
+)
 
 
 def _bad(url: str, problem: str) -> DynrecError:
@@ -79,22 +86,26 @@ def open_store(url: str) -> StateStore:
         if not 0 <= timeout < float("inf"):
             raise _bad(url, f"timeout must be a number of seconds >= 0, got {opts['timeout']!r}")
         return SQLiteStore(path, synchronous=opts.get("synchronous", "NORMAL"), timeout=timeout)
-    # redis, rediss, unix: redis-py parses the URL; only our own option is taken out
+    # redis, rediss, unix and the cluster schemes: redis-py parses the URL; only our own option
+    # is taken out
+    cls = RedisClusterStore if scheme in CLUSTER_SCHEMES else RedisStore
     query = parse_qsl(parts.query, keep_blank_values=True)
     prefixes = [value for key, value in query if key == "prefix"]
     if not prefixes:
-        return RedisStore(url)
+        return cls(url)
     if not prefixes[-1]:
         raise _bad(url, "prefix must not be empty")
     rest = urlencode([(key, value) for key, value in query if key != "prefix"])
-    return RedisStore(url.split("?", 1)[0] + (f"?{rest}" if rest else ""), prefix=prefixes[-1])
+    return cls(url.split("?", 1)[0] + (f"?{rest}" if rest else ""), prefix=prefixes[-1])
 
 
 def store_kind(store: StateStore) -> str:
-    """``"sqlite"``, ``"redis"`` or ``"memory"`` for the stores `open_store` opens; another
-    implementation's class name, lower-cased."""
+    """``"sqlite"``, ``"redis"``, ``"redis-cluster"`` or ``"memory"`` for the stores `open_store`
+    opens; another implementation's class name, lower-cased."""
     if isinstance(store, SQLiteStore):
         return "sqlite"
+    if isinstance(store, RedisClusterStore):
+        return "redis-cluster"
     if isinstance(store, RedisStore):
         return "redis"
     if isinstance(store, InMemoryStore):
