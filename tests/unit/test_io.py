@@ -144,19 +144,19 @@ def test_tsv_crlf_blank_lines_and_separator_override(tmp_path: Path) -> None:
 
 
 def test_quoted_csv_with_embedded_separator_and_newline(tmp_path: Path) -> None:
-    text = 'user_id,item_id,timestamp,note\nu1,"i,1",10,"two\nlines"\nu2,i2,11,x,y\nu3,"i3",12,"ok"\n'
+    text = 'user_id,item_id,timestamp,note\n"u,1",i1,10,"two\nlines"\nu2,i2,11,x,y\nu3,"i3",12,"ok"\n'
     log = read_events(write(tmp_path, "q.csv", text))
-    assert rows(log) == [("u1", "i,1", 10, "interaction", 1.0), ("u3", "i3", 12, "interaction", 1.0)]
+    assert rows(log) == [("u,1", "i1", 10, "interaction", 1.0), ("u3", "i3", 12, "interaction", 1.0)]
     # the quoted record spans lines 2-3, so the ragged row is on line 4 and the last on line 5
     assert log.frame["line"].to_list() == [2, 5]
     assert [(r.line, r.reason) for r in log.report.invalid] == [(4, "expected 4 fields, found 5")]
 
 
 def test_quoted_csv_single_line_records_escapes_and_ragged_rows(tmp_path: Path) -> None:
-    text = '"user_id","item_id","timestamp"\n"u1","say ""hi"", ok",1\n"u2","a,b",2,9\nu3,"",3\nu4,plain,4\n'
+    text = '"user_id","item_id","timestamp"\n"say ""hi"", ok","i1",1\n"u2","a,b",2,9\nu3,"",3\nu4,plain,4\n'
     log = read_events(write(tmp_path, "q.csv", text))
     assert rows(log) == [
-        ("u1", 'say "hi", ok', 1, "interaction", 1.0),
+        ('say "hi", ok', "i1", 1, "interaction", 1.0),
         ("u4", "plain", 4, "interaction", 1.0),
     ]
     assert log.frame["line"].to_list() == [2, 5]

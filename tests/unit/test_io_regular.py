@@ -14,7 +14,7 @@ from dynrec.data.io import read_events
 REGULAR = (
     "user_id,item_id,timestamp,event_type,rating\n"
     "u1,i1,10,click,1\n"
-    "u2, i2 ,11,,2.5\n"  # unstripped id, empty event type
+    "u2, i2 ,11,,2.5\n"  # a whitespace-padded id: refused by both paths (the id rule)
     "u1,i3,12,view,3\n"
     "u1,i1,10,click,1\n"  # exact duplicate of line 2
     "u3,,13,click,1\n"  # missing item
@@ -45,13 +45,18 @@ def test_regular_csv_same_as_general(tmp_path: Path, monkeypatch: pytest.MonkeyP
     fast, slow, took = both(p, monkeypatch)
     assert took
     assert fast.frame.equals(slow.frame) and fast.report == slow.report
-    # hand-checked: lines 2, 3, 4 kept, line 5 a dropped duplicate of 2, 6 and 7 invalid
-    assert fast.frame["line"].to_list() == [2, 3, 4]
-    assert fast.frame["item_id"].to_list() == ["i1", "i2", "i3"]
-    assert fast.frame["event_type"].to_list() == ["click", "", "view"]
-    assert fast.frame["value"].to_list() == [1.0, 2.5, 3.0]
-    assert [(r.line, r.field) for r in fast.report.invalid] == [(6, "item_id"), (7, "timestamp")]
-    assert fast.report.invalid[0].reason == MISSING_ITEM
+    # hand-checked: lines 2 and 4 kept, line 5 a dropped duplicate of 2, 3, 6 and 7 invalid
+    assert fast.frame["line"].to_list() == [2, 4]
+    assert fast.frame["item_id"].to_list() == ["i1", "i3"]
+    assert fast.frame["event_type"].to_list() == ["click", "view"]
+    assert fast.frame["value"].to_list() == [1.0, 3.0]
+    assert [(r.line, r.field) for r in fast.report.invalid] == [
+        (3, "item_id"),
+        (6, "item_id"),
+        (7, "timestamp"),
+    ]
+    assert fast.report.invalid[0].reason == "item id has leading or trailing whitespace"
+    assert fast.report.invalid[1].reason == MISSING_ITEM
     assert fast.report.exact_duplicates == 1 and fast.report.duplicate_lines == ((5, 2),)
 
 

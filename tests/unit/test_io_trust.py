@@ -52,12 +52,12 @@ def test_two_stray_quotes_do_not_pair_up_and_swallow_the_rows_between(tmp_path: 
 
 
 def test_text_after_a_closing_quote_is_malformed_but_a_quoted_newline_is_fine(tmp_path: Path) -> None:
-    text = 'user_id,item_id,timestamp\nu1,"ab"c,1\nu2,"multi\nline",2\nu3,i3,3\n'
+    text = 'user_id,item_id,timestamp\nu1,"ab"c,1\n"multi\nline",i2,2\nu3,i3,3\n'
     p = tmp_path / "m.csv"
     p.write_text(text)
     log = read_events(p)
     assert log.frame.select("user_id", "item_id", "line").rows() == [
-        ("u2", "multi\nline", 3),
+        ("multi\nline", "i2", 3),
         ("u3", "i3", 5),
     ]
     [bad] = log.report.invalid

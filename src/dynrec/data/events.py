@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from dynrec.data.ids import EMPTY, id_problem_expr
 from dynrec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -196,13 +197,15 @@ def empty_frame() -> pl.DataFrame:
     return pl.DataFrame(schema=SCHEMA)
 
 
-def _as_string(col: str, dtype: pl.DataType) -> pl.Expr:
-    """An id column as stripped strings; integral floats (pandas ints with NaN) lose their ``.0``."""
+def _as_string(col: str, dtype: pl.DataType, *, strip: bool = True) -> pl.Expr:
+    """A column as strings (stripped unless `strip` is False: ids are checked as they are);
+    integral floats (pandas ints with NaN) lose their ``.0``."""
     e = pl.col(col)
     if dtype.is_float():
         e = pl.when(e.is_finite() & (e == e.round(0))).then(e.cast(pl.Int64, strict=False).cast(pl.String))
         e = e.otherwise(pl.col(col).cast(pl.String))
-    return e.cast(pl.String).str.strip_chars()
+    e = e.cast(pl.String)
+    return e.str.strip_chars() if strip else e
 
 
 def _as_float(col: str, dtype: pl.DataType) -> pl.Expr:
@@ -246,7 +249,9 @@ def validate_frame(
 ) -> tuple[pl.DataFrame, ValidationReport]:
     """Split `raw` (columns named as SCHEMA, any dtype, plus ``line``) into valid rows and a report.
 
-    Checks, vectorised, first failing check wins: missing/empty user or item id; timestamp missing,
+    Checks, vectorised, first failing check wins: missing/empty user or item id; an id that breaks
+    the id rule (`dynrec.data.ids`: leading/trailing whitespace, too long, a comma/newline in an
+    item id — ids are never stripped, so ``" u1"`` cannot merge with ``"u1"``); timestamp missing,
     not a number, not finite or negative (fractional seconds are truncated); value missing, NaN,
     not a number or infinite; event type not in `event_types` (when given). `extra_invalid` carries
     rows the reader already rejected (columns ``line``, ``field``, ``reason``), e.g. wrong column
@@ -264,16 +269,21 @@ def validate_frame(
     schema = df.schema
     ts_expr, ts_finite = _timestamp_exprs(schema["timestamp"])
     df = df.with_columns(
-        _as_string("user_id", schema["user_id"]).alias("user_id"),
-        _as_string("item_id", schema["item_id"]).alias("item_id"),
+        _as_string("user_id", schema["user_id"], strip=False).alias("user_id"),
+        _as_string("item_id", schema["item_id"], strip=False).alias("item_id"),
         _as_string("event_type", schema["event_type"]).alias("event_type"),
         ts_expr.alias("_ts"),
         ts_finite.alias("_ts_finite"),
         _as_float("value", schema["value"]).alias("_val"),
     )
-    checks: list[tuple[str, str, pl.Expr]] = [
-        ("user_id", MISSING_USER, pl.col("user_id").is_null() | (pl.col("user_id") == "")),
-        ("item_id", MISSING_ITEM, pl.col("item_id").is_null() | (pl.col("item_id") == "")),
+    user_problem = id_problem_expr("user_id", "user")
+    item_problem = id_problem_expr("item_id", "item")
+    blank = pl.lit(EMPTY)
+    checks: list[tuple[str, str | pl.Expr, pl.Expr]] = [
+        ("user_id", MISSING_USER, pl.col("user_id").is_null() | user_problem.eq_missing(blank)),
+        ("user_id", pl.lit("user id ") + user_problem, user_problem.is_not_null()),
+        ("item_id", MISSING_ITEM, pl.col("item_id").is_null() | item_problem.eq_missing(blank)),
+        ("item_id", pl.lit("item id ") + item_problem, item_problem.is_not_null()),
         ("timestamp", NONFINITE_TIMESTAMP, ~pl.col("_ts_finite")),
         ("timestamp", BAD_TIMESTAMP, pl.col("_ts").is_null()),
         ("timestamp", NEGATIVE_TIMESTAMP, pl.col("_ts") < 0),
@@ -294,7 +304,8 @@ def validate_frame(
     field_expr: pl.Expr = pl.lit(None, dtype=pl.String)
     for fld, reason, cond in reversed(checks):  # first failing check wins
         hit = cond.fill_null(True)
-        reason_expr = pl.when(hit).then(pl.lit(reason)).otherwise(reason_expr)
+        why = pl.lit(reason) if isinstance(reason, str) else reason
+        reason_expr = pl.when(hit).then(why).otherwise(reason_expr)
         field_expr = pl.when(hit).then(pl.lit(names.get(fld, fld))).otherwise(field_expr)
     df = df.with_columns(reason_expr.alias("_reason"), field_expr.alias("_field"))
     bad = df.filter(pl.col("_reason").is_not_null()).select("line", "_field", "_reason")

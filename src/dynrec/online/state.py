@@ -51,6 +51,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from dynrec.data.events import DEFAULT_EVENT_TYPE
+from dynrec.data.ids import IdKind, id_problem
 from dynrec.errors import DataError, DynrecError
 from dynrec.online.versions import InMemoryVersions, Lease, Tombstone, VersionRecord
 
@@ -104,12 +105,17 @@ class InvalidEventError(DataError):
         self.index = index
 
 
-def _check_id(index: int, name: str, value: object) -> str:
-    """A non-empty, not only-whitespace string; an integer (not a bool) is converted with str()."""
+def _check_id(index: int, name: str, value: object, kind: IdKind) -> str:
+    """A string that follows the id rule (`dynrec.data.ids`: not blank, no leading/trailing
+    whitespace, <= 512 characters, no comma/newline in item ids); an integer (not a bool) is
+    converted with str()."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
         return str(int(value))
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
         raise InvalidEventError(index, name, "must be a non-empty string (or an integer)", value)
+    problem = id_problem(value, kind)
+    if problem is not None:
+        raise InvalidEventError(index, name, problem, value)
     return str(value)
 
 
@@ -156,8 +162,8 @@ def validate_events(events: Event | Iterable[Event]) -> list[Event]:
             raise InvalidEventError(i, "event_type", "must be a non-empty string", et)
         out.append(
             Event(
-                _check_id(i, "user_id", e.user_id),
-                _check_id(i, "item_id", e.item_id),
+                _check_id(i, "user_id", e.user_id, "user"),
+                _check_id(i, "item_id", e.item_id, "item"),
                 _check_timestamp(i, e.timestamp),
                 str(et),
                 _check_weight(i, e.weight),

@@ -27,6 +27,7 @@ import polars as pl
 
 from dynrec.data import registry
 from dynrec.data.events import ROW_FIELD, InvalidRow, ValidationReport
+from dynrec.data.ids import EMPTY, id_problem_expr
 from dynrec.data.io.text import (
     INVALID_SCHEMA,
     count_check,
@@ -247,10 +248,11 @@ def read_item_texts(
     sentence-like string: title/description-like columns as they are, ``genres``/``tags``/
     ``categories`` (``|``- or ``,``-separated, or JSON lists) as ``"Genres: a, b"``, others as
     ``"<Column>: value"``. ``title`` and the first tag column also fill `ItemTexts.titles`/`tags`.
-    Rows with a missing id, no text, a repeated id (the first valid row wins), broken quoting, bad
-    JSON or bytes that are not UTF-8 are reported with line and field and skipped — or, under
-    `strict`, the first of them (by line) raises `DataError`. A file without any valid row is a
-    `DataError`.
+    Rows with a missing id, an id that breaks the id rule (`dynrec.data.ids`: leading/trailing
+    whitespace, over 512 characters, a comma or newline), no text, a repeated id (the first valid
+    row wins), broken quoting, bad JSON or bytes that are not UTF-8 are reported with line and
+    field and skipped — or, under `strict`, the first of them (by line) raises `DataError`. A file
+    without any valid row is a `DataError`.
     """
     p = Path(path)
     src = str(p)
@@ -365,9 +367,15 @@ def _validated_texts(
             raise DataError(f"text column {c!r} not found (columns: {available})", source=source, field=c)
     if not cols:
         raise DataError("no text columns (only item_id)", source=source)
+    id_problem = id_problem_expr(ID_COLUMN, "item")  # ids are checked as they are, never stripped
     table = table.with_columns(
-        pl.when(pl.col(c).str.strip_chars() != "").then(pl.col(c).str.strip_chars()).alias(c)
-        for c in (ID_COLUMN, *available)
+        pl.when(~pl.col(ID_COLUMN).is_null() & ~id_problem.eq_missing(pl.lit(EMPTY)))
+        .then(pl.col(ID_COLUMN))
+        .alias(ID_COLUMN),
+        *(
+            pl.when(pl.col(c).str.strip_chars() != "").then(pl.col(c).str.strip_chars()).alias(c)
+            for c in available
+        ),
     )
     tag_col = next((c for c in TAG_COLUMNS if c in available), None)
     tag_lists = {c: f"_tags_{c}" for c in cols if c in TAG_COLUMNS}
@@ -392,6 +400,8 @@ def _validated_texts(
     table = table.with_columns(
         pl.when(pl.col(ID_COLUMN).is_null())
         .then(pl.lit(f"{ID_COLUMN}\t{MISSING_ID}"))
+        .when(id_problem.is_not_null())
+        .then(pl.lit(f"{ID_COLUMN}\titem id ") + id_problem)
         .when(pl.col("text").is_null())
         .then(pl.lit(f"{text_field}\t{EMPTY_TEXT}"))
         .alias("_why")
