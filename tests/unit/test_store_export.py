@@ -51,6 +51,18 @@ def test_export_round_trips_through_the_reader(make_store: Callable[[], StateSto
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_export_quotes_carriage_returns(make_store: Callable[[], StateStore], tmp_path: Path) -> None:
+    """A lone "\r" ends a line for the readers; csv's minimal quoting (terminator "\n") left it bare,
+    so the row was rejected on re-read. Item ids may not hold one; user ids and event types may."""
+    store = make_store()
+    evs = [Event("u\r1", "i1", 5, "view"), Event("u2", "i2", 6, "a\rb"), Event("u\r\n3", "i3", 7)]
+    store.append(evs)
+    export_events(store, tmp_path / "events.csv")
+    log = read_events(tmp_path / "events.csv", strict=True)
+    got = {(r["user_id"], r["item_id"], r["event_type"]) for r in log.frame.iter_rows(named=True)}
+    assert got == {(e.user_id, e.item_id, e.event_type) for e in evs}
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_posted_events_train_the_next_model(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest

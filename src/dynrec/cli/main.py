@@ -933,15 +933,14 @@ def _api_key(ctx: typer.Context, value: str | None) -> str | None:
     given; an empty or malformed one is an error naming where it came from (never "no key")."""
     import os
 
-    from click.core import ParameterSource
-
     from dynrec.service.settings import API_KEY_ENV, check_api_key
 
     if value is None:
         if API_KEY_ENV in os.environ:  # click skips an empty variable: it is not "unset"
             check_api_key(os.environ[API_KEY_ENV], API_KEY_ENV)
         return None
-    from_env = ctx.get_parameter_source("api_key") == ParameterSource.ENVIRONMENT
+    source = ctx.get_parameter_source("api_key")  # typer's own copy of click's ParameterSource
+    from_env = source is not None and source.name == "ENVIRONMENT"
     return check_api_key(value, API_KEY_ENV if from_env else "--api-key")
 
 

@@ -45,12 +45,17 @@ def export_events(store: StateStore, path: str | Path) -> dict[str, int | str]:
     try:
         with _open(tmp) as f:
             w = csv.writer(f, lineterminator="\n")
+            # QUOTE_MINIMAL quotes a field holding the line terminator ("\n") but not a lone "\r",
+            # which the readers take as a line end: such a row is written with every field quoted
+            quoted = csv.writer(f, lineterminator="\n", quoting=csv.QUOTE_ALL)
             w.writerow(EXPORT_COLUMNS)
             for e in store.iter_events():
                 if e.user_id != last_user:
                     n_users += 1
                     last_user = e.user_id
-                w.writerow((e.user_id, e.item_id, e.timestamp, e.event_type, repr(float(e.weight))))
+                row = (e.user_id, e.item_id, e.timestamp, e.event_type, repr(float(e.weight)))
+                cr = "\r" in e.user_id or "\r" in e.item_id or "\r" in e.event_type
+                (quoted if cr else w).writerow(row)
                 n_events += 1
         os.replace(tmp, out)
     finally:

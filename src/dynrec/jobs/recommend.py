@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from dynrec.data.dataset import InteractionData
-from dynrec.data.query import QueryBatch
+from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.jobs.explain import because, explain_items, explanation_unavailable, interest_profile
 from dynrec.jobs.items import ItemInfo, read_item_info
@@ -29,7 +30,14 @@ from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.retrieval import AnnConfig, AnnIndex, retrieve
 from dynrec.online.state import Event, StateStore
 
-__all__ = ["history_batch", "profile_for", "recommend_for", "seed_store", "user_history_batch"]
+__all__ = [
+    "history_batch",
+    "popular_items",
+    "profile_for",
+    "recommend_for",
+    "seed_store",
+    "user_history_batch",
+]
 
 
 def history_batch(model: Recommender, items: list[str], user: str | None = None) -> QueryBatch:
@@ -81,21 +89,40 @@ def recommend_for(
     With `explain`: ``"because"`` holds, per recommended item, the history items that drove it
     (`dynrec.jobs.explain.because`: ``[{"item", "title", "weight"}, ...]``, titles from the model
     directory's ``item_info.json``), or is None with ``"explanation_unavailable"`` saying why
-    (a model that is no `Explainer`)."""
+    (a model that is no `Explainer`).
+
+    An empty `history` gets the popular fallback, as the service answers an anonymous session
+    with no known item: `popular_items`, flagged ``"fallback": "popular"`` (else None)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise DynrecError(f"--k must be an integer >= 1, got {k!r}")
     model = scoring_model(Recommender.load(model_dir, options=options))
     assert model.item_vocab is not None
+    if user is None and history is not None and not history:
+        popular, counts = popular_items(model, k, data_dir)
+        out: dict[str, Any] = {
+            "user": None,
+            "items": popular,
+            "scores": counts,
+            "model": model.name,
+            "fallback": "popular",
+        }
+        if explain:
+            info = read_item_info(model_dir)
+            out["titles"] = [_title(info, i) for i in popular]
+            out["because"] = None
+            out["explanation_unavailable"] = "the popular fallback (an empty history) has no explanations"
+        return out
     q = _query(model, user, history, data_dir)
     index = ann_index(model, ann)
     idx, scores = model.recommend(q, k=k) if index is None else retrieve(model, q, k, index)
     keep = np.isfinite(scores[0].numpy())
     items = model.item_vocab.to_ids(idx[0].numpy()[keep])
-    out: dict[str, Any] = {
+    out = {
         "user": user,
         "items": items,
         "scores": [float(s) for s in scores[0].numpy()[keep]],
         "model": model.name,
+        "fallback": None,
     }
     if index is not None:
         out["retrieval"] = index.config.kind
@@ -108,6 +135,27 @@ def recommend_for(
         out["because"] = because(expl, info) if expl is not None else None
         out["explanation_unavailable"] = explanation_unavailable(model)
     return out
+
+
+def popular_items(
+    model: Recommender, k: int, data_dir: str | Path | None = None
+) -> tuple[list[str], list[float]]:
+    """The popular fallback: the `k` items most frequent in the model's training history (see
+    the module docstring; ties by item index), with their counts as scores — what the service
+    answers for a history it knows nothing of, before any event was posted to it."""
+    assert model.item_vocab is not None
+    try:
+        hist = training_history(model, data_dir).data
+    except (DynrecError, OSError) as exc:
+        raise DynrecError(
+            f"an empty history gets the popular fallback, which counts the model's training data: {exc}"
+        ) from exc
+    counts = np.bincount(hist.items, minlength=model.n_items)[: model.n_items].astype(np.float64)
+    scores = torch.from_numpy(counts)[None, :].clone()
+    scores[0, 0] = -torch.inf  # the padding index
+    top, vals = topk_stable(scores, min(k, model.n_items))
+    keep = torch.isfinite(vals[0])
+    return model.item_vocab.to_ids(top[0][keep].numpy()), [float(v) for v in vals[0][keep]]
 
 
 def _title(info: ItemInfo, item: str) -> str | None:

@@ -20,7 +20,10 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
+import secrets
+import stat
 import types
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -54,6 +57,7 @@ __all__ = [
     "expect",
     "expect_only",
     "expect_state_dict",
+    "save_tensors",
     "split_overrides",
 ]
 
@@ -495,7 +499,7 @@ class Recommender(ABC):
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors().items()}
-        save_file(tensors, str(out / "model.safetensors"))
+        save_tensors(tensors, out / "model.safetensors")
         (out / "config.json").write_text(
             json.dumps({"model": self.name, "config": self.config.to_dict(), "meta": self.meta}, indent=2)
         )
@@ -551,6 +555,27 @@ class Recommender(ABC):
         except DynrecError as exc:  # e.g. sizes in meta that do not fit the vocabularies
             raise DynrecError(f"{cfg_file}: {exc}") from None
         return model
+
+
+def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path) -> Path:
+    """safetensors' `save_file`, then the permission bits any new file gets here (0666 less the
+    umask): its writer creates files 0600, unlike every other file of a model directory."""
+    p = Path(path)
+    save_file(dict(tensors), str(p))
+    os.chmod(p, _new_file_mode(p.parent))
+    return p
+
+
+def _new_file_mode(folder: Path) -> int:
+    """The permission bits a file created in `folder` gets now, read from a probe file (reading
+    the umask itself, `os.umask`, would change it for every thread of the process meanwhile)."""
+    probe = folder / f".mode-probe.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        return stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> Any:

@@ -20,6 +20,7 @@ memory ``max_history`` (events kept per user). A SQLite path is taken literally 
 
 from __future__ import annotations
 
+import sqlite3
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from dynrec.errors import DynrecError
@@ -85,7 +86,10 @@ def open_store(url: str) -> StateStore:
             timeout = -1.0
         if not 0 <= timeout < float("inf"):
             raise _bad(url, f"timeout must be a number of seconds >= 0, got {opts['timeout']!r}")
-        return SQLiteStore(path, synchronous=opts.get("synchronous", "NORMAL"), timeout=timeout)
+        try:
+            return SQLiteStore(path, synchronous=opts.get("synchronous", "NORMAL"), timeout=timeout)
+        except sqlite3.Error as exc:  # e.g. "file is not a database": name the file
+            raise DynrecError(f"cannot open state store {path}: {exc}") from None
     # redis, rediss, unix and the cluster schemes: redis-py parses the URL; only our own option
     # is taken out
     cls = RedisClusterStore if scheme in CLUSTER_SCHEMES else RedisStore

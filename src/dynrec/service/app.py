@@ -18,7 +18,10 @@ Routes (JSON in and out; the page at ``/``, its files under ``/static``):
 * ``GET /healthz``, ``GET /metrics`` (Prometheus text).
 
 With an API key set, ``X-API-Key`` must carry it on writes, deletes and admin routes (401
-otherwise); reads and anonymous-session recommendations stay open. Bodies above
+otherwise); reads and anonymous-session recommendations stay open. Without one, every POST needs
+``Content-Type: application/json`` (415), so that no form on another site can post here; a
+service that knows its bound address answers only the ``Host`` names that reach it (421; see
+`dynrec.service.edge` and ``--allowed-host``). Bodies above
 ``max_body_bytes`` (by ``Content-Length`` or by the bytes actually sent) and event batches above
 ``max_batch`` get 413; invalid input 422 naming the field (for events its index too).
 """
@@ -43,7 +46,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dynrec.errors import DynrecError, UnknownIdError
+from dynrec.jobs.items import ExistingItemsError
 from dynrec.online.state import InvalidEventError
+from dynrec.service.edge import EdgeGuardMiddleware, json_safe, redact_paths
 from dynrec.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from dynrec.service.runtime import ModelHolder, Recommended, Runtime, default_event, serving_threads
 from dynrec.service.schemas import (
@@ -72,6 +77,7 @@ from dynrec.service.schemas import (
     SimilarOut,
     UserOut,
     UsersOut,
+    id_rule,
 )
 from dynrec.service.settings import ServiceSettings
 from dynrec.text import ItemTexts
@@ -82,8 +88,8 @@ __all__ = ["BodyLimitMiddleware", "app_from_env", "create_app"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
-UserId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
-ItemId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
+UserId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH), id_rule("user")]
+ItemId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH), id_rule("item")]
 K = Annotated[int, Query(ge=1, le=1000, description="list length; above the catalogue size: every item")]
 
 
@@ -204,18 +210,26 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Host checking; without a key, JSON-only writes (dynrec.service.edge): before any body is read
+    app.add_middleware(EdgeGuardMiddleware, hosts=settings.host_names(), json_only=settings.api_key is None)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: also counts 413s
     write = [Depends(_key_check(settings.api_key))]
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        """FastAPI's own 422, except that an offending input given as bytes that are not UTF-8 (a
-        body sent without a JSON content type) is shown with replacement characters: FastAPI's
-        handler fails to encode it and answers 500 (found by tests/unit/test_service_fuzz.py)."""
+        """FastAPI's own 422, except that offending inputs its handler fails to encode (answering
+        500, found by tests/unit/test_service_fuzz.py) are shown safely: bytes that are not UTF-8
+        (a body sent without a JSON content type) with replacement characters, ``NaN`` /
+        ``Infinity`` / ``1e400`` as strings, lone surrogates escaped (`edge.json_safe`)."""
         detail = jsonable_encoder(
             exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}
         )
-        return JSONResponse({"detail": detail}, status_code=422)
+        return JSONResponse({"detail": json_safe(detail)}, status_code=422)
+
+    @app.exception_handler(ExistingItemsError)
+    async def existing_items(_: Request, exc: ExistingItemsError) -> JSONResponse:
+        detail = f'{exc}; send "skip_existing": true to add only the new ones'
+        return JSONResponse({"detail": detail}, status_code=400)
 
     @app.exception_handler(InvalidEventError)
     async def invalid_event(_: Request, exc: InvalidEventError) -> JSONResponse:
@@ -228,9 +242,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def unknown_id(_: Request, exc: UnknownIdError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
+    server_dirs = [Path(settings.model_dir).resolve(), Path.cwd().resolve()]
+
     @app.exception_handler(DynrecError)
     async def dynrec_error(_: Request, exc: DynrecError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        """400 with the error's message, the server's own folders (the model root, the working
+        directory) left out of the paths it names (`edge.redact_paths`)."""
+        return JSONResponse({"detail": redact_paths(str(exc), server_dirs)}, status_code=400)
 
     @app.post(
         "/v1/events",

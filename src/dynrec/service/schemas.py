@@ -1,19 +1,33 @@
 """Request and response bodies of the HTTP API (pydantic, at the edge only).
 
-Validation is strict: ids are non-empty strings (no numbers, no whitespace-only), timestamps and
-weights finite numbers (no strings, no booleans), unknown fields refused. FastAPI turns a failure
-into a 422 whose ``loc`` names the field (for events: ``["body", "events", INDEX, FIELD]``).
+Validation is strict: ids follow the one id rule of every door (`dynrec.data.ids`: non-empty
+strings, no numbers, no leading/trailing whitespace, at most 512 characters, no comma or newline
+in item ids), timestamps and weights finite numbers (no strings, no booleans; ``NaN``,
+``Infinity`` and ``1e400`` refused), no string holds a lone surrogate (``"\\ud800"``: not UTF-8),
+unknown fields refused. FastAPI turns a failure into a 422 whose ``loc`` names the field (for
+events: ``["body", "events", INDEX, FIELD]``).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
+from dynrec.data.ids import MAX_ID_LENGTH, IdKind, id_problem
 from dynrec.online.state import MAX_TIMESTAMP
 
 __all__ = [
+    "MAX_ID_LENGTH",
     "DeleteOut",
     "EventIn",
     "EventsIn",
@@ -23,6 +37,7 @@ __all__ = [
     "HistoryEventOut",
     "InterestProfileOut",
     "InterestsOut",
+    "ItemId",
     "ItemTextIn",
     "ItemsAddIn",
     "ItemsAddOut",
@@ -38,25 +53,42 @@ __all__ = [
     "SessionIn",
     "SimilarItemOut",
     "SimilarOut",
+    "UserId",
     "UserOut",
     "UsersOut",
+    "id_rule",
 ]
 
-MAX_ID_LENGTH = 512
+def id_rule(kind: IdKind) -> AfterValidator:
+    """The id rule of `dynrec.data.ids` as a pydantic validator (a 422 naming the field)."""
 
-Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
-"""An external id: a non-empty string with a non-space character."""
+    def check(value: str) -> str:
+        problem = id_problem(value, kind)
+        if problem is not None:
+            raise ValueError(f"{kind} id {problem}")
+        return value
+
+    return AfterValidator(check)
+
+
+UserId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH), id_rule("user")]
+"""A user id (`dynrec.data.ids`)."""
+ItemId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH), id_rule("item")]
+"""An item id (`dynrec.data.ids`): also no comma, newline or carriage return."""
 
 Number = StrictInt | StrictFloat
 
 
 class _Strict(BaseModel):
+    """Unknown fields refused. (A string holding a lone surrogate never validates: pydantic
+    refuses it as "unable to parse raw data as a unicode string", naming the field.)"""
+
     model_config = ConfigDict(extra="forbid")
 
 
 class EventIn(_Strict):
-    user_id: Id
-    item_id: Id
+    user_id: UserId
+    item_id: ItemId
     timestamp: Annotated[Number, Field(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)] | None = Field(
         default=None, description="seconds UTC (fractions truncated); default: now"
     )
@@ -97,7 +129,7 @@ class RecommendationsOut(BaseModel):
 
 
 class SessionIn(_Strict):
-    history: Annotated[list[Id], Field(max_length=10_000)] = Field(description="item ids, oldest first")
+    history: Annotated[list[ItemId], Field(max_length=10_000)] = Field(description="item ids, oldest first")
     k: Annotated[StrictInt, Field(ge=1, le=1000)] = 10
     exclude_seen: StrictBool = True
     explain: StrictBool = False
@@ -180,7 +212,7 @@ class HealthOut(BaseModel):
 
 
 class ItemTextIn(_Strict):
-    item_id: Id
+    item_id: ItemId
     text: Annotated[StrictStr, Field(min_length=1, max_length=20_000, pattern=r"\S")] = Field(
         description="the text the model's encoder embeds (title, description, categories, ...)"
     )

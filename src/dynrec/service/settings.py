@@ -7,20 +7,65 @@ imports an app factory by name and cannot pass Python objects.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from dynrec.errors import DynrecError
 from dynrec.models.base import RunOptions
 from dynrec.models.retrieval import AnnConfig
+from dynrec.service.edge import ANY_HOST, allowed_host_names
 
-__all__ = ["ENV_PREFIX", "ServiceSettings"]
+__all__ = ["API_KEY_ENV", "ENV_PREFIX", "ServiceSettings", "check_allowed_host", "check_api_key"]
 
 ENV_PREFIX = "DYNREC_SERVICE_"
 """Prefix of the environment variables that carry the settings to worker processes (the API key
 also honours the documented ``DYNREC_API_KEY``)."""
+
+API_KEY_ENV = "DYNREC_API_KEY"
+"""The documented environment variable of the API key."""
+
+
+def check_api_key(key: str, name: str) -> str:
+    """`key` when it can be an API key, else `DynrecError` naming `name` (the option or variable
+    it came from): not empty or only whitespace (that is not "no key": leave it unset for that), no
+    leading or trailing whitespace (HTTP strips it from a header value, so the key could never
+    match), printable ASCII only (header values are not UTF-8)."""
+    if not key.strip():
+        raise DynrecError(f"{name} is empty: give a key, or leave {name} unset to serve without one")
+    if key != key.strip():
+        raise DynrecError(
+            f"{name} starts or ends with whitespace, which HTTP strips from the X-API-Key header: "
+            "the key could never match"
+        )
+    if not all(" " <= c <= "~" for c in key):
+        raise DynrecError(f"{name} must be printable ASCII (it travels in an HTTP header)")
+    return key
+
+
+def check_allowed_host(host: str) -> str:
+    """`host` when it can be an allowed ``Host`` name: ``*``, a host name or an IP address (IPv6
+    with or without brackets), without a port; else `DynrecError`."""
+    h = host.strip()
+    if h == ANY_HOST:
+        return host
+    bare = h[1:-1] if h.startswith("[") and h.endswith("]") else h
+    try:
+        ipaddress.ip_address(bare)
+        return host
+    except ValueError:
+        pass
+    if ":" in h:
+        raise DynrecError(f"allowed host {host!r}: give a host name or address without a port")
+    if not _HOST_NAME.fullmatch(h):
+        raise DynrecError(f"allowed host {host!r} is not a host name (letters, digits, '-', '.', '_')")
+    return host
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252}[A-Za-z0-9_])?\.?")
 
 
 @dataclass(frozen=True)
@@ -29,7 +74,9 @@ class ServiceSettings:
 
     `store_url`: ``sqlite:///path``, ``redis://host:port/db`` or ``memory://``; None =
     ``sqlite:///<model_dir>/events.db``. `api_key`: when set, the ``X-API-Key`` header must carry
-    it on every write (POST /v1/events, DELETE, admin routes). `max_batch`: events per POST;
+    it on every write (POST /v1/events, DELETE, admin routes); None = no key, and then writes take
+    only ``Content-Type: application/json`` bodies (`dynrec.service.edge`). An empty or
+    whitespace-padded key is refused (`check_api_key`), never taken as "no key". `max_batch`: events per POST;
     `max_body_bytes`: request body size. `items_file`: item metadata (titles, genres) — else the
     model's dataset's metadata when the data registry has it. `batch_wait_ms` / `batch_size`: the
     micro-batcher waits at most this long (or until this many requests) before one scoring call;
@@ -42,6 +89,12 @@ class ServiceSettings:
     always stored before the 2xx, so a checkpoint only saves replaying them (at most
     ``persist_every - 1`` per user after a restart, or in another worker). Write-through costs one
     state encoding and store write per user per request, most of an ingest request's time.
+
+    `bind_host`: the address the service is bound to (``dynrec serve --host``); with
+    `allowed_hosts` (``--allowed-host``, ``*`` = any) it decides which ``Host`` headers are
+    answered (`dynrec.service.edge`: the bound address, plus ``localhost`` and the loopback
+    addresses for a loopback bind, plus the allowed hosts; 421 for others). None and no allowed
+    hosts: no Host check (an app built directly, as in tests).
 
     `ann`: ``hnsw`` or ``ivf`` = session (history) recommendations come from an approximate index
     over the model's item table (`dynrec.models.retrieval`; the model needs the `QueryEmbeddings`
@@ -66,6 +119,8 @@ class ServiceSettings:
     ann: str | None = None
     ann_options: tuple[str, ...] = ()
     precision: str = "float32"
+    bind_host: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not str(self.model_dir).strip():
@@ -76,8 +131,12 @@ class ServiceSettings:
                 raise DynrecError(f"{name} must be an integer >= 1, got {v!r}")
         if not 0 <= float(self.batch_wait_ms) <= 1000:
             raise DynrecError(f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms!r}")
-        if self.api_key is not None and not self.api_key.strip():
-            raise DynrecError("api_key must not be empty (leave it unset for no key)")
+        if self.api_key is not None:
+            check_api_key(self.api_key, "api_key")
+        for h in self.allowed_hosts:
+            check_allowed_host(h)
+        if self.bind_host is not None and not isinstance(self.bind_host, str):
+            raise DynrecError(f"bind_host must be a host name or address, got {self.bind_host!r}")
         if self.ann is None and self.ann_options:
             raise DynrecError("ann_options need ann (hnsw or ivf)")
         self.ann_config()  # validates ann and ann_options
@@ -96,6 +155,10 @@ class ServiceSettings:
                 raise DynrecError(f"ann_options expects key=value, got {raw!r}")
             pairs[k.strip()] = v.strip()
         return AnnConfig(kind=self.ann).with_overrides(pairs)  # type: ignore[arg-type]
+
+    def host_names(self) -> frozenset[str] | None:
+        """The ``Host`` names answered (`dynrec.service.edge.allowed_host_names`; None = any)."""
+        return allowed_host_names(self.bind_host, self.allowed_hosts)
 
     @property
     def store(self) -> str:
@@ -123,8 +186,12 @@ class ServiceSettings:
         raw = {f.name: e.get(ENV_PREFIX + f.name.upper()) for f in fields(cls)}
         if raw["model_dir"] is None:
             raise DynrecError(f"{ENV_PREFIX}MODEL_DIR is not set")
-        if raw["api_key"] is None and e.get("DYNREC_API_KEY"):
-            raw["api_key"] = e["DYNREC_API_KEY"]
+        key_var = ENV_PREFIX + "API_KEY"
+        if raw["api_key"] is None and API_KEY_ENV in e:
+            key_var = API_KEY_ENV
+            raw["api_key"] = e[API_KEY_ENV]
+        if raw["api_key"] is not None:
+            check_api_key(raw["api_key"], key_var)  # a set but empty variable is an error, not "no key"
         kw: dict[str, object] = {}
         try:
             for f in fields(cls):
@@ -135,7 +202,7 @@ class ServiceSettings:
                     kw[f.name] = int(v)
                 elif f.name == "batch_wait_ms":
                     kw[f.name] = float(v)
-                elif f.name in ("model_dirs", "ann_options"):
+                elif f.name in ("model_dirs", "ann_options", "allowed_hosts"):
                     kw[f.name] = tuple(str(x) for x in json.loads(v))
                 else:
                     kw[f.name] = v

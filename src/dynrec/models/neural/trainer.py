@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from dynrec.data.dataset import InteractionData
 from dynrec.evaluation.metrics import ndcg_standard_error
-from dynrec.models.base import RunOptions
+from dynrec.models.base import RunOptions, save_tensors
 from dynrec.models.neural.distributed import (
     SINGLE,
     Dist,
@@ -349,7 +349,7 @@ class Trainer:
                 if d.is_main:
                     if ema is not None:  # before trainer.json, which marks the checkpoint complete
                         ckpt.mkdir(parents=True, exist_ok=True)
-                        save_file(ema.state(), str(ckpt / "ema.safetensors"))
+                        save_tensors(ema.state(), ckpt / "ema.safetensors")
                     _save_checkpoint(ckpt, model, opt, sched, gen, epoch + 1, sel, history, best_state, rngs)
             if stop:
                 break
@@ -403,18 +403,18 @@ def _save_checkpoint(
     net = model.net
     assert net is not None
     d.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(d / "last.safetensors")
+    save_tensors(
+        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, d / "last.safetensors"
     )
     if best_state is not None:
-        save_file(best_state, str(d / "best.safetensors"))
+        save_tensors(best_state, d / "best.safetensors")
     ot, ometa = _flatten_optimizer(opt)
-    save_file(ot, str(d / "optimizer.safetensors"))
+    save_tensors(ot, d / "optimizer.safetensors")
     rng = {"rng": gen.get_state()} | _rng_states(model)  # torch: dropout's generator
     for r, states in enumerate(rank_rngs or []):
         if r > 0:
             rng |= {f"rank{r}.{k}": v for k, v in states.items()}
-    save_file(rng, str(d / "rng.safetensors"))
+    save_tensors(rng, d / "rng.safetensors")
     state = {
         "epoch": epoch,
         "best": sel.best,
