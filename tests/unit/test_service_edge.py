@@ -124,6 +124,25 @@ def test_allowed_hosts_add_names(model_dir: Path, tmp_path: Path) -> None:
         assert c.get("/healthz", headers={"Host": "anything.example"}).status_code == 200
 
 
+def test_serve_carries_the_bound_address_into_the_app(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import dynrec.service.serve as serve_mod
+
+    served: dict[str, Any] = {}
+    monkeypatch.setattr(serve_mod.uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    settings = ServiceSettings(
+        model_dir=str(model_dir), store_url=f"sqlite:///{tmp_path / 's.db'}", api_key=KEY
+    )
+    serve_mod.serve(settings, host="127.0.0.1", port=0)
+    with TestClient(served["app"]) as c:
+        assert c.get("/healthz", headers={"Host": "evil.example"}).status_code == 421
+        assert c.get("/healthz", headers={"Host": "localhost:8000"}).status_code == 200
+    assert "without checking the Host header" not in caplog.text
+    serve_mod.serve(settings, host="0.0.0.0", port=0)  # the names clients use are not known here
+    assert "without checking the Host header" in caplog.text and "--allowed-host" in caplog.text
+
+
 def test_app_without_a_bind_address_checks_no_host(keyed: TestClient) -> None:
     assert keyed.get("/healthz").status_code == 200  # TestClient's Host: testserver
 

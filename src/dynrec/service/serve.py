@@ -17,7 +17,7 @@ on a keep-alive connection.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import dataclasses
 import logging
 import os
 import socket
@@ -28,6 +28,7 @@ import uvicorn
 from dynrec.errors import DynrecError
 from dynrec.online.stores import open_store, store_kind
 from dynrec.service.app import create_app
+from dynrec.service.edge import ANY_HOST, is_loopback
 from dynrec.service.runtime import serving_threads
 from dynrec.service.settings import ServiceSettings
 
@@ -52,26 +53,24 @@ class NoDelayHTTPProtocol(_HTTPProtocol):
         super().connection_made(transport)
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` only accepts connections from this machine."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to any interface
-
-
 def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Serve `settings` on host:port until interrupted (see the module docstring)."""
     if workers < 1:
         raise DynrecError(f"--workers must be >= 1, got {workers}")
     if not 0 <= port <= 65535:
         raise DynrecError(f"--port must be in 0..65535, got {port}")
+    if settings.bind_host is None:  # the bound address decides which Host headers are answered
+        settings = dataclasses.replace(settings, bind_host=host)
     if settings.api_key is None and not is_loopback(host):
         log.warning(
             "!!! SERVING ON %s WITHOUT AN API KEY: anyone who can reach this address can write events, "
             "delete users and replace the model. Set --api-key or DYNREC_API_KEY. !!!",
+            host,
+        )
+    if settings.host_names() is None and ANY_HOST not in settings.allowed_hosts:
+        log.warning(
+            "serving on %s without checking the Host header (the names clients use are not known for "
+            "this address): name them with --allowed-host to refuse DNS-rebinding pages",
             host,
         )
     if workers == 1:
