@@ -45,10 +45,12 @@ def knn_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "itemknn"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "redis":
         return str(request.getfixturevalue("redis_url"))
+    if request.param == "redis-cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
