@@ -235,6 +235,8 @@ def test_open_redis_store_by_url(redis_url: str) -> None:
         ("memory://somewhere", "takes no host or path"),
         ("memory://?max_history=0", "max_history must be"),
         ("redis://:secret@127.0.0.1:1/0?prefix=", "prefix must not be empty"),
+        ("redis+cluster://:secret@127.0.0.1:1?prefix=", "prefix must not be empty"),
+        ("redis+sentinel://h:1", "unknown scheme 'redis\\+sentinel'"),
     ],
 )
 def test_open_store_rejects_bad_urls(
@@ -247,6 +249,7 @@ def test_open_store_rejects_bad_urls(
     assert "secret" not in msg
     if "synchronous" not in problem:  # SQLiteStore's own message for that one
         assert "accepted: sqlite:///" in msg and "redis://host:port/db" in msg and "memory://" in msg
+        assert "redis+cluster://host:port" in msg
 
 
 def test_unreachable_redis_is_one_clear_error() -> None:

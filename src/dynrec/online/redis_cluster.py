@@ -2,32 +2,29 @@
 scale where one Redis server is not enough.
 
 A Lua script or a ``MULTI`` transaction in a cluster may only touch keys of one hash slot. The
-layout therefore gives each user one hash tag and the store-wide keys another:
+layout therefore gives each user one hash tag and the store-wide keys another (shown for the
+default prefix ``dynrec:``; the part in braces is the hash tag, so a prefix may not contain braces):
 
-===========================================  =======  ==================================================
-key                                          type     content
-===========================================  =======  ==================================================
-``{{prefix}u:{user}}u``                      hash     ``gen``, ``n`` as `RedisStore`'s ``u:{user}``; after a
-                                                      delete only ``floor`` (see below), for a day
-``{{prefix}u:{user}}e``                      list     the user's events, as `RedisStore`'s ``e:{user}``
-``{{prefix}u:{user}}s``                      hash     the cached state, as `RedisStore`'s ``s:{user}``
-``{{prefix}}generation``                     string   the last generation handed out
-``{{prefix}}gens``                           hash     user -> their current generation (the authority)
-``{{prefix}}users``                          zset     the users holding events (lexicographic)
-``{{prefix}}n_events``                       string   the number of journalled events
-``{{prefix}}seq``                            string   the last event sequence number handed out
-``{{prefix}}journal``                        zset     the events by sequence number, as `RedisStore`'s
-``{{prefix}}uj:{user}``                      list     the sequence numbers of the user's journal entries
-``{{prefix}}versions``, ``current``,         ...      as `RedisStore`'s (versions, the current-version
-``lease:{name}``, ``deletions``,                      pointer, leases, tombstones)
-``tombstones``
-===========================================  =======  ==================================================
+=================================  =======  ==============================================================
+key                                type     content
+=================================  =======  ==============================================================
+``{dynrec:u:<user>}u``             hash     ``gen``, ``n`` (as `RedisStore`'s ``u:<user>``); after a delete
+                                            only ``floor`` (see below), expiring after a day
+``{dynrec:u:<user>}e``             list     the user's events (as `RedisStore`'s ``e:<user>``, with seq)
+``{dynrec:u:<user>}s``             hash     the cached state (as `RedisStore`'s ``s:<user>``)
+``{dynrec:}gens``                  hash     user -> current generation: the authority on generations
+``{dynrec:}uj:<user>``             list     the sequence numbers of the user's journal entries
+``{dynrec:}generation``, ``seq``,  ...      as `RedisStore`'s keys of those names: counters, the users
+``n_events``, ``users``,                    index, the journal, model versions, the current-version
+``journal``, ``versions``,                  pointer, leases, tombstones
+``current``, ``lease:<name>``,
+``deletions``, ``tombstones``
+=================================  =======  ==============================================================
 
-(``{{prefix}}`` is the literal prefix in braces, e.g. ``{dynrec:}seq`` and ``{dynrec:u:alice}e``:
-the part in braces is the hash tag; a prefix may not contain braces.) A user's keys share one slot,
-so ``put_state``'s compare-and-set, ``since`` and ``get_state`` are one script or transaction as on
-one server; the store-wide keys share another, so the version pointer's compare-and-set, leases,
-tombstones and the journal are too.
+A user's keys share one slot, so ``put_state``'s compare-and-set, ``since`` and ``get_state`` are one
+script or transaction as on one server; the store-wide keys share another, so the version pointer's
+compare-and-set, leases, tombstones and the journal are too. Users spread over the cluster's nodes;
+the store-wide slot (the journal: one entry per held event) lives on one node.
 
 What is atomic. An append is two steps:
 
@@ -48,9 +45,11 @@ step 1 came before the delete cannot bring the deleted generation back in step 2
 dropped: they left the journal with the delete; the append's stamp for the user is
 ``UserStamp()``). A history of a generation older than ``gens``' is dropped by the next append.
 
-What a crash between the steps leaves behind (the call that crashed raised; repeating it is
-safe): after an append's step 1, journalled events missing from the user's history (they are
-trained on, they are not served; a repeated append journals them again); after a delete's step 1,
+What a crash between the steps leaves behind (the call that crashed raised): after an append's
+step 1, journalled events missing from the user's history (``events_since`` returns them, so an
+update trains on them; the history does not serve them); repeating the append brings them into
+the history and journals them a second time (an acknowledged write is never lost, an
+unacknowledged one may count twice in training). After a delete's step 1,
 the tombstone and the store-wide removal are done but the user's history and state stay readable
 by ``history``/``stamp``/``since`` until the delete is repeated or the user appends again. Nothing
 of either step ever lets a deleted user's events back into the journal, ``users``,
