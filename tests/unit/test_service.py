@@ -68,9 +68,11 @@ def _settings(trained: dict[str, Path], tmp_path: Path, **kw: Any) -> ServiceSet
     return ServiceSettings(**{**base, **kw})
 
 
-@pytest.fixture
-def client(trained: dict[str, Path], tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(_settings(trained, tmp_path))) as c:
+@pytest.fixture(params=["sqlite", "redis-cluster"])
+def client(request: pytest.FixtureRequest, trained: dict[str, Path], tmp_path: Path) -> Iterator[TestClient]:
+    """The service on the itemknn model, on SQLite and on a 3-node Redis Cluster."""
+    store = {} if request.param == "sqlite" else {"store_url": request.getfixturevalue("redis_cluster_url")}
+    with TestClient(create_app(_settings(trained, tmp_path, **store))) as c:
         yield c
 
 
@@ -106,8 +108,14 @@ def _reference(model: Recommender, history: list[str], k: int) -> tuple[list[str
 def test_health_docs_page_and_static(client: TestClient, trained: dict[str, Path]) -> None:
     h = client.get("/healthz").json()
     model = Recommender.load(trained["itemknn"])
-    assert h["status"] == "ok" and h["model"] == "itemknn" and h["store"] == "sqlite"
-    assert h["model_version"].startswith(OnlineRecommender(model).version[:12]) and h["model_kind"] == "initial"
+    assert (
+        h["status"] == "ok"
+        and h["model"] == "itemknn"
+        and h["store"] == _runtime(client).store_kind in ("sqlite", "redis-cluster")
+    )
+    assert (
+        h["model_version"].startswith(OnlineRecommender(model).version[:12]) and h["model_kind"] == "initial"
+    )
     assert client.get("/docs").status_code == 200
     paths = set(client.get("/openapi.json").json()["paths"])
     assert {
@@ -440,7 +448,9 @@ def _reload_under_load(client: TestClient, trained: dict[str, Path], tmp_path: P
         # a directory under the root becomes a new version; a version id makes that one current again
         v_pop = client.post("/v1/admin/reload", json={"model_dir": "candidates/pop"}, headers=AUTH).json()
         back = client.post("/v1/admin/reload", json={"version": v_knn}, headers=AUTH).json()
-        v_pop2 = client.post("/v1/admin/reload", json={"version": v_pop["model_version"]}, headers=AUTH).json()
+        v_pop2 = client.post(
+            "/v1/admin/reload", json={"version": v_pop["model_version"]}, headers=AUTH
+        ).json()
     finally:
         stop.set()
         for t in threads:
@@ -532,7 +542,7 @@ def test_metrics_per_route_template(client: TestClient, trained: dict[str, Path]
     assert _sample(text, "dynrec_state_cache_hits_total") >= 1
     assert "dynrec_state_cache_misses_total" in text
     assert "dynrec_recommend_fallbacks_total 1.0" in text
-    with TestClient(create_app(_settings(trained, tmp_path))) as other:  # same store, its own registry
+    with TestClient(create_app(_runtime(client).settings)) as other:  # same store, its own registry
         assert other.get("/v1/users/kim/recommendations").json()["fallback"] is None
         scrape = other.get("/metrics").text
     assert _sample(scrape, "dynrec_events_ingested_total") == 0
