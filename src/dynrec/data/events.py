@@ -276,8 +276,11 @@ def validate_frame(
         ts_finite.alias("_ts_finite"),
         _as_float("value", schema["value"]).alias("_val"),
     )
-    user_problem = id_problem_expr("user_id", "user")
-    item_problem = id_problem_expr("item_id", "item")
+    df = df.with_columns(  # once per column: several checks read them
+        id_problem_expr("user_id", "user").alias("_user_problem"),
+        id_problem_expr("item_id", "item").alias("_item_problem"),
+    )
+    user_problem, item_problem = pl.col("_user_problem"), pl.col("_item_problem")
     blank = pl.lit(EMPTY)
     checks: list[tuple[str, str | pl.Expr, pl.Expr]] = [
         ("user_id", MISSING_USER, pl.col("user_id").is_null() | user_problem.eq_missing(blank)),

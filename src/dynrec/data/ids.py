@@ -101,16 +101,21 @@ def check_item_id(
     return _check(value, "item", field, source, line)
 
 
+_WS_CLASS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]"
+"""`WHITESPACE` as a regular-expression character class (Polars' regex syntax)."""
+
+
 def id_problem_expr(column: str, kind: IdKind) -> pl.Expr:
     """Per row of the String column `column`: the `id_problem` reason, or null when the id is
     valid (a null id is left to the caller: it is null here too). Strings from files hold no lone
-    surrogates (decoding refuses them), so that check is not repeated here."""
+    surrogates (decoding refuses them), so that check is not repeated here. Anchored regular
+    expressions rather than a strip and a comparison: about 0.06 s per million ids. Evaluate it
+    once per column (``with_columns``) when several checks read it."""
     c = pl.col(column)
-    stripped = c.str.strip_chars(WHITESPACE)
     expr = (
-        pl.when(stripped == "")
+        pl.when(c.str.contains(f"^{_WS_CLASS}*$"))
         .then(pl.lit(EMPTY))
-        .when(c != stripped)
+        .when(c.str.contains(f"^{_WS_CLASS}|{_WS_CLASS}$"))
         .then(pl.lit(PADDED))
         .when(c.str.len_chars() > MAX_ID_LENGTH)
         .then(pl.lit(TOO_LONG))

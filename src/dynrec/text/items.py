@@ -367,7 +367,9 @@ def _validated_texts(
             raise DataError(f"text column {c!r} not found (columns: {available})", source=source, field=c)
     if not cols:
         raise DataError("no text columns (only item_id)", source=source)
-    id_problem = id_problem_expr(ID_COLUMN, "item")  # ids are checked as they are, never stripped
+    # ids are checked as they are, never stripped
+    table = table.with_columns(id_problem_expr(ID_COLUMN, "item").alias("_id_problem"))
+    id_problem = pl.col("_id_problem")
     table = table.with_columns(
         pl.when(~pl.col(ID_COLUMN).is_null() & ~id_problem.eq_missing(pl.lit(EMPTY)))
         .then(pl.col(ID_COLUMN))
