@@ -25,10 +25,12 @@ from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.jobs.explain import because, explain_items, explanation_unavailable, interest_profile
 from dynrec.jobs.items import ItemInfo, read_item_info
+from dynrec.jobs.model_root import without_users
 from dynrec.jobs.train import ann_index, scoring_model, training_history
 from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.retrieval import AnnConfig, AnnIndex, retrieve
 from dynrec.online.state import Event, StateStore
+from dynrec.online.versions import VersionStore
 
 __all__ = [
     "history_batch",
@@ -205,12 +207,22 @@ def seed_store(
     replace: bool = False,
 ) -> dict[str, Any]:
     """Append every user's training history (see the module docstring) to `store`, oldest first,
-    so an `OnlineRecommender` over it starts where `recommend --user` is.
+    so an `OnlineRecommender` over it starts where `recommend --user` is. Users the store holds a
+    tombstone of (deleted) are left out: a deletion is never undone by seeding.
 
     Refuses a store that already holds events of one of these users (their history would be
-    doubled) unless `replace`, which deletes those users' events and states first."""
+    doubled) unless `replace`, which deletes those users' events and states first (a replaced
+    history, not a deletion: no tombstone), and a store that already serves model versions (its
+    events after the first version are what updates learn: seeded ones would be learned twice)."""
+    if isinstance(store, VersionStore) and store.current_version() is not None:
+        raise DynrecError(
+            "the store already serves model versions (`dynrec models list`): seed it before its first "
+            "`dynrec serve`, or seed a new store"
+        )
     model = Recommender.load(model_dir)
     hist = training_history(model, data_dir).data
+    if isinstance(store, VersionStore):
+        hist = without_users(hist, {t.user_id for t in store.tombstones()})
     lens = hist.lengths()
     users = [u for u in range(1, hist.n_users) if lens[u] > 0]
     names = hist.user_vocab.to_ids(users)
@@ -221,7 +233,7 @@ def seed_store(
                     f"the store already holds events of user {name!r}: seed an empty store, or replace "
                     "those users' histories (--replace)"
                 )
-            store.delete_user(name)
+            store.delete_user(name, tombstone=False)
     item_ids = hist.item_vocab.to_ids(hist.items)
     user_ids = hist.user_vocab.to_ids(hist.users)
     ts = hist.timestamps.tolist()

@@ -439,9 +439,11 @@ def retrieve(
 # ---- similar items ------------------------------------------------------------------------------------
 
 
-def unit_item_vectors(model: ItemEmbeddings) -> torch.Tensor | None:
+def unit_item_vectors(model: Recommender) -> torch.Tensor | None:
     """[n_items, d] float32 L2-normalised item vectors of `model` (row 0 = padding), or None when
-    its item table does not have one row per catalogue item."""
+    it has no item vectors (`ItemEmbeddings`) or its table does not have one row per item."""
+    if not isinstance(model, ItemEmbeddings):
+        return None
     v = model.item_embeddings().detach().float().cpu()
     if v.dim() != 2 or v.shape[0] != model.n_items:
         return None
@@ -460,7 +462,7 @@ def similar_items(
         raise UnknownIdError(f"item {item!r} is not in the model's catalogue")
     if k < 1:
         raise DynrecError(f"k must be >= 1, got {k}")
-    if unit is None and isinstance(model, ItemEmbeddings):
+    if unit is None:
         unit = unit_item_vectors(model)
     if unit is not None:
         s = unit @ unit[i]

@@ -245,10 +245,12 @@ class StateStore(Protocol):
         True when written."""
         ...
 
-    def delete_user(self, user: str) -> bool:
+    def delete_user(self, user: str, *, tombstone: bool = True) -> bool:
         """Remove the user's history and state, end the generation and record a tombstone for the
         user (`dynrec.online.versions.Tombstone`) in the same transaction — also when the store
-        held nothing of the user (they may be in a model's training data). True if anything was held."""
+        held nothing of the user (they may be in a model's training data). `tombstone=False`
+        replaces a history rather than forgetting a person (``store seed --replace``): no tombstone.
+        True if anything was held."""
         ...
 
     def event_seq(self) -> int:
@@ -450,9 +452,10 @@ class InMemoryStore:
             u.state = state
             return True
 
-    def delete_user(self, user: str) -> bool:
+    def delete_user(self, user: str, *, tombstone: bool = True) -> bool:
         with self._lock:
-            self._versions.add_tombstone(user)
+            if tombstone:
+                self._versions.add_tombstone(user)
             return self._users.pop(user, None) is not None
 
     def event_seq(self) -> int:
@@ -764,14 +767,15 @@ class SQLiteStore:
             )
             return cur.rowcount > 0
 
-    def delete_user(self, user: str) -> bool:
+    def delete_user(self, user: str, *, tombstone: bool = True) -> bool:
         with self._lock, self._write():
             n1 = self._conn.execute("DELETE FROM events WHERE user_id = ?", (user,)).rowcount
             n2 = self._conn.execute("DELETE FROM states WHERE user_id = ?", (user,)).rowcount
             n3 = self._conn.execute("DELETE FROM users WHERE user_id = ?", (user,)).rowcount
-            self._conn.execute(
-                "INSERT INTO tombstones (user_id, deleted_at) VALUES (?, ?)", (user, time.time())
-            )
+            if tombstone:
+                self._conn.execute(
+                    "INSERT INTO tombstones (user_id, deleted_at) VALUES (?, ?)", (user, time.time())
+                )
         return (n1 + n2 + n3) > 0
 
     def event_seq(self) -> int:

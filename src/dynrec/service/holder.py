@@ -22,7 +22,6 @@ from dynrec.errors import DynrecError
 from dynrec.jobs.items import ItemInfo, read_item_info
 from dynrec.jobs.provenance import from_meta
 from dynrec.models.base import Recommender
-from dynrec.models.capabilities import ItemEmbeddings
 from dynrec.models.retrieval import AnnIndex, unit_item_vectors
 from dynrec.online.session import OnlineRecommender
 from dynrec.online.state import StateStore
@@ -85,7 +84,7 @@ class ModelHolder:
 
     def unit_vectors(self) -> torch.Tensor | None:
         """L2-normalised item vectors of an `ItemEmbeddings` model (None otherwise)."""
-        if self._unit is None and isinstance(self.model, ItemEmbeddings):
+        if self._unit is None:
             self._unit = unit_item_vectors(self.model)
         return self._unit
 
