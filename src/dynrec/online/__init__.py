@@ -1,6 +1,7 @@
 """Real-time interests: per-user state stores, incremental state per model family, the
 `OnlineRecommender` session (observe -> recommend), and incremental training (`update`)."""
 
+from dynrec.online.redis_cluster import RedisClusterStore
 from dynrec.online.redis_store import RedisStore
 from dynrec.online.session import Interests, OnlineRecommender, Recommendation
 from dynrec.online.state import (
@@ -15,6 +16,7 @@ from dynrec.online.state import (
 )
 from dynrec.online.stores import open_store
 from dynrec.online.updater import IncrementalUpdater, UpdateConfig
+from dynrec.online.versions import Lease, Tombstone, VersionRecord, VersionStore
 
 __all__ = [
     "CachedState",
@@ -24,12 +26,17 @@ __all__ = [
     "IncrementalUpdater",
     "Interests",
     "InvalidEventError",
+    "Lease",
     "OnlineRecommender",
     "Recommendation",
+    "RedisClusterStore",
     "RedisStore",
     "SQLiteStore",
     "StateStore",
+    "Tombstone",
     "UpdateConfig",
     "UserStamp",
+    "VersionRecord",
+    "VersionStore",
     "open_store",
 ]
