@@ -579,7 +579,38 @@ parallel region fighting the request threads (a SASRec state step 18 ms with 2 t
 are still durable before the answer); the micro-batcher waited 2 ms for company even when alone:
 it now takes what is queued (single-client throughput 170 -> 450 rec/s); and the first runs used
 `httpx.AsyncClient`, which spent more CPU per request (about 4 ms) than the server: the default
-generator is now a minimal asyncio HTTP/1.1 client (`--client httpx` keeps the other)."""
+generator is now a minimal asyncio HTTP/1.1 client (`--client httpx` keeps the other).
+
+Model versions in the store (issue 21), old (84a7835, before the issue) against new (the records
+above: 1 worker from the third pair, 2 workers from the first), run side by side from two trees
+with the same Python, alternating old/new, itemknn on ml-100k, 4 s phases, on one AMD EPYC with 2
+cores that other engineers' test runs shared at the time (load average 3-5: single runs move by
++-40%). rec/s at 1 / 16 clients, p50 / p99 ms at 16, freshness p50 ms idle, server CPU ms per
+recommendation at 16 clients, ingest events/s; three pairs for 1 worker, two for 2 workers:
+
+| store | workers | code | rec/s 1 / 16 | p50 / p99 at 16 | freshness p50 | CPU ms / rec | events/s |
+|---|---|---|---|---|---|---|---|
+| sqlite | 1 | old | 540-1,230 / 1,261-2,369 | 5.8-10.8 / 12.6-31.6 | 1.80 / 3.68 / 1.83 | 0.38 / 0.38 / 0.38 | 7,028-8,519 |
+| sqlite | 1 | new | 1,003-1,142 / 1,105-1,911 | 7.4-12.1 / 17.0-42.7 | 1.86 / 1.74 / 1.86 | 0.42 / 0.39 / 0.46 | 8,042-11,174 |
+| sqlite | 2 | old | 22 / 261-283 | 52-56 / 223-388 | 92.0 / 92.0 | 0.85 / 0.69 | 3,094-3,235 |
+| sqlite | 2 | new | 942-1,213 / 1,830-2,007 | 6.0-6.4 / 25-29 | 2.27 / 1.88 | 0.45 / 0.42 | 4,069-7,500 |
+| redis | 1 | old | 221-1,168 / 1,102-1,849 | 8.3-10.8 / 14-133 | 2.18 / 5.42 / 3.98 | 0.51 / 0.61 / 0.50 | 4,701-9,618 |
+| redis | 1 | new | 453-1,092 / 513-1,624 | 8.8-24.2 / 18-129 | 6.45 / 6.56 / 2.44 | 0.52 / 0.61 / 0.53 | 3,079-8,268 |
+| redis | 2 | old | 21-22 / 305-336 | 48-49 / 64-225 | 88.1 / 88.0 | 1.09 / 1.09 | 2,640-5,578 |
+| redis | 2 | new | 501-827 / 615-2,010 | 6.4-23.0 / 24-111 | 2.14 / 5.06 | 0.56 / 0.67 | 2,478-3,904 |
+
+`--workers 2` now answers one client as fast as one worker (old: 22 rec/s and 88-92 ms freshness,
+each keep-alive answer waiting ~40 ms for a delayed ACK; fixed by TCP_NODELAY in e924d57), and its
+idle freshness median is 1.9-2.3 ms on SQLite and 2.1-5.1 ms on Redis (the 5.1 in the more loaded
+pair). One worker on SQLite spends 0.39-0.46 ms of server CPU per recommendation against 0.38 in
+every old run (+3-20%), and its 16-client throughput was lower in all three pairs; the new
+per-response middlewares are not the cause (the version header and the Host/JSON edge check cost
+about 4 us per request together, measured alone); not found yet. On Redis the CPU per
+recommendation is the same within 0.03 ms, but the idle freshness median of one worker was 6.5,
+6.6 and 2.4 ms against 2.2, 5.4 and 4.0 (and ingest 4,269 against 9,618 events/s in the first
+pair): possibly worse, within this noise. A candidate: every event now also goes to the store's
+journal (the event sequence that versions and updates read, one more ZADD in the append script),
+which an `appendfsync always` Redis writes to disk too; not measured apart yet."""
 
 # ---------------------------------------------------------------- item text (issue 13)
 

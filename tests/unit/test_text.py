@@ -323,3 +323,30 @@ def test_real_amazon_beauty_texts_have_brand_and_category_names() -> None:
     names = {t for tags in texts.tags.values() for t in tags}
     assert {"Makeup", "Skin Care", "Hair Care", "Fragrance"} <= names
     assert sum("Skin Care" in t for t in texts.texts.values()) > 1000
+
+
+def test_the_embedding_cache_is_usable_from_any_thread(tmp_path: Path) -> None:
+    """A server keeps one encoder (and its cache) and runs requests on a thread pool: the cache
+    opened in one thread answers in others (it used to raise sqlite3.ProgrammingError)."""
+    import threading
+
+    from dynrec.text.cache import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path)
+    errors: list[BaseException] = []
+
+    def use(j: int) -> None:
+        try:
+            cache.put("enc", [f"k{j}"], np.full((1, 4), j, np.float32))
+            assert cache.dim("enc") == 4
+            assert np.array_equal(cache.get("enc", [f"k{j}"], 4)[f"k{j}"], np.full(4, j, np.float32))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=use, args=(j,)) for j in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cache.close()
+    assert not errors, errors

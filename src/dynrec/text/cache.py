@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,13 +40,17 @@ def text_key(text: str) -> str:
 
 
 class EmbeddingCache:
-    """Get/put float32 vectors by (encoder, text key) in ``<directory>/embeddings.sqlite``."""
+    """Get/put float32 vectors by (encoder, text key) in ``<directory>/embeddings.sqlite``.
+
+    Usable from any thread (one connection behind a lock): a server keeps one encoder, and its
+    requests run on a thread pool."""
 
     def __init__(self, directory: Path) -> None:
         self.path = Path(directory) / CACHE_FILE
+        self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60.0)
+            self._db = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(
                 "CREATE TABLE IF NOT EXISTS emb (encoder TEXT NOT NULL, key TEXT NOT NULL, "
@@ -56,11 +61,13 @@ class EmbeddingCache:
             raise DynrecError(f"cannot open the text embedding cache {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     def dim(self, encoder: str) -> int | None:
         """The vector size recorded for `encoder` (None when it has cached nothing yet)."""
-        row = self._db.execute("SELECT dim FROM encoder WHERE name = ?", (encoder,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT dim FROM encoder WHERE name = ?", (encoder,)).fetchone()
         return None if row is None else int(row[0])
 
     def get(self, encoder: str, keys: Sequence[str], dim: int) -> dict[str, npt.NDArray[np.float32]]:
@@ -69,9 +76,10 @@ class EmbeddingCache:
         for start in range(0, len(keys), _CHUNK):
             chunk = list(keys[start : start + _CHUNK])
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT key, vec FROM emb WHERE encoder = ? AND key IN ({marks})", (encoder, *chunk)
-            ).fetchall()
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT key, vec FROM emb WHERE encoder = ? AND key IN ({marks})", (encoder, *chunk)
+                ).fetchall()
             for key, blob in rows:
                 if len(blob) == 4 * dim:
                     out[str(key)] = np.frombuffer(blob, dtype=np.float32)
@@ -80,7 +88,7 @@ class EmbeddingCache:
     def put(self, encoder: str, keys: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
         """Store one row of `vectors` per key (existing entries are kept)."""
         vecs = np.ascontiguousarray(vectors, dtype=np.float32)
-        with self._db:
+        with self._lock, self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO encoder (name, dim) VALUES (?, ?)", (encoder, int(vecs.shape[1]))
             )
