@@ -12,10 +12,18 @@ Routes (JSON in and out; the page at ``/``, its files under ``/static``):
 * ``GET /v1/users/{user_id}``, ``GET /v1/users``, ``GET /v1/items``, ``GET /v1/items/{id}/similar``.
 * ``GET /v1/users/{user_id}/profile`` — long- vs short-term interests (tags, representative titles).
 * ``POST /v1/items`` — items without events join the live model from their text (models that read
-  item text); saved to the model directory and swapped in like a reload.
-* ``DELETE /v1/users/{user_id}`` — removes everything held about the user (see `Runtime.delete_user`).
-* ``POST /v1/admin/update``, ``POST /v1/admin/reload`` — incremental training / model swap.
+  item text), published as a new model version.
+* ``DELETE /v1/users/{user_id}`` — removes everything held about the user and records a tombstone
+  (see `Runtime.delete_user`); lists the model versions still trained with the user.
+* ``POST /v1/admin/update`` — incremental training on the store's events since the current version,
+  published as a new version (409 while another update holds the store's lease);
+  ``POST /v1/admin/reload`` — a recorded version made current again, or a model directory under
+  the served root published.
 * ``GET /healthz``, ``GET /metrics`` (Prometheus text).
+
+Model versions live in the store (`dynrec.service.runtime`): every process serving the root follows
+the store's current version within a second, and every response names the version that answered it
+(``X-Model-Version``).
 
 With an API key set, ``X-API-Key`` must carry it on writes, deletes and admin routes (401
 otherwise); reads and anonymous-session recommendations stay open. Without one, every POST needs
@@ -47,10 +55,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.jobs.items import ExistingItemsError
+from dynrec.jobs.model_root import PublishConflict
 from dynrec.online.state import InvalidEventError
 from dynrec.service.edge import EdgeGuardMiddleware, json_safe, redact_paths
 from dynrec.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
-from dynrec.service.runtime import ModelHolder, Recommended, Runtime, default_event, serving_threads
+from dynrec.service.runtime import (
+    ModelHolder,
+    Recommended,
+    Runtime,
+    UpdateRunning,
+    default_event,
+    serving_threads,
+)
 from dynrec.service.schemas import (
     MAX_ID_LENGTH,
     DeleteOut,
@@ -148,6 +164,27 @@ class BodyLimitMiddleware:
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
+class VersionHeaderMiddleware:
+    """Names the model version serving now in every HTTP response (``X-Model-Version``)."""
+
+    def __init__(self, app: ASGIApp, version: Callable[[], str]) -> None:
+        self.app = app
+        self.version = version
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_version(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-model-version", self.version().encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_version)
+
+
 def _key_check(api_key: str | None) -> Callable[..., None]:
     expected = api_key.encode() if api_key is not None else None
 
@@ -210,6 +247,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(VersionHeaderMiddleware, version=lambda: runtime.holder.version)
     # Host checking; without a key, JSON-only writes (dynrec.service.edge): before any body is read
     app.add_middleware(EdgeGuardMiddleware, hosts=settings.host_names(), json_only=settings.api_key is None)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: also counts 413s
@@ -237,6 +275,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return JSONResponse(
             {"detail": [{"loc": loc, "msg": str(exc), "type": "value_error"}]}, status_code=422
         )
+
+    @app.exception_handler(UpdateRunning)
+    async def update_running(_: Request, exc: UpdateRunning) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(PublishConflict)
+    async def publish_conflict(_: Request, exc: PublishConflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.exception_handler(UnknownIdError)
     async def unknown_id(_: Request, exc: UnknownIdError) -> JSONResponse:
@@ -380,19 +426,30 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.post("/v1/admin/update", dependencies=write, tags=["admin"])
     def admin_update() -> dict[str, int | float | str]:
-        """Incremental training on the events observed since the last update (a copy of the model
-        is trained while the current one serves, then swapped in)."""
+        """Incremental training on the store's events since the current model version (ingested by
+        any process); a copy of the model is trained while the current one serves, published as a
+        new version and followed by every process on the store. One update per store at a time
+        (409 naming the running one)."""
         return runtime.update()
 
     @app.post("/v1/admin/reload", response_model=ReloadOut, dependencies=write, tags=["admin"])
     def admin_reload(body: ReloadIn) -> ReloadOut:
-        """Swap in another saved model, loaded completely first; requests in flight finish on the old one."""
-        return ReloadOut(model_version=runtime.reload(body.model_dir))
+        """Make a recorded model version current (``version``), or publish a saved model directory
+        under the served model root (``model_dir``, relative to the root) as a new version; every
+        process on the store follows within a second."""
+        return ReloadOut(model_version=runtime.reload(body.ref))
 
     @app.get("/healthz", response_model=HealthOut, tags=["ops"])
     def healthz() -> HealthOut:
         h: ModelHolder = runtime.holder
-        return HealthOut(status="ok", model=h.model.name, model_version=h.version, store=runtime.store_kind)
+        return HealthOut(
+            status="ok",
+            model=h.model.name,
+            model_version=h.version,
+            store=runtime.store_kind,
+            model_kind=h.record.kind,
+            parent_version=h.record.parent,
+        )
 
     @app.get("/metrics", tags=["ops"])
     def prometheus() -> Response:

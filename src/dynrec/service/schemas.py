@@ -21,6 +21,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    model_validator,
 )
 
 from dynrec.data.ids import MAX_ID_LENGTH, IdKind, id_problem
@@ -58,6 +59,7 @@ __all__ = [
     "UsersOut",
     "id_rule",
 ]
+
 
 def id_rule(kind: IdKind) -> AfterValidator:
     """The id rule of `dynrec.data.ids` as a pydantic validator (a 422 naming the field)."""
@@ -186,6 +188,7 @@ class SimilarOut(BaseModel):
 
 class ModelVersionOut(BaseModel):
     model_dir: str
+    """The version's directory relative to the model root ("." for the root itself)."""
     version: str
 
 
@@ -194,10 +197,28 @@ class DeleteOut(BaseModel):
     deleted: bool
     deleted_events: int
     model_versions_with_user: list[ModelVersionOut]
+    """Recorded model versions still trained with the user's data; the next update publishes a
+    version free of it (and `dynrec models rollback` warns before returning to one of these)."""
 
 
 class ReloadIn(_Strict):
-    model_dir: Annotated[StrictStr, Field(min_length=1, pattern=r"\S")]
+    """Either a model version id recorded in the store (a rollback) or a saved model directory under
+    the served model root (relative to it), published as a new version."""
+
+    version: Annotated[StrictStr | None, Field(min_length=1, max_length=512, pattern=r"\S")] = None
+    model_dir: Annotated[StrictStr | None, Field(min_length=1, max_length=4096, pattern=r"\S")] = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ReloadIn:
+        if (self.version is None) == (self.model_dir is None):
+            raise ValueError("give exactly one of 'version' and 'model_dir'")
+        return self
+
+    @property
+    def ref(self) -> str:
+        ref = self.version if self.version is not None else self.model_dir
+        assert ref is not None
+        return ref
 
 
 class ReloadOut(BaseModel):
@@ -209,6 +230,9 @@ class HealthOut(BaseModel):
     model: str
     model_version: str
     store: str
+    model_kind: str = ""
+    """How the version came to be: initial, update, refit, items, reload."""
+    parent_version: str | None = None
 
 
 class ItemTextIn(_Strict):
