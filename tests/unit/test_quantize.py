@@ -11,6 +11,8 @@ from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError
 from dynrec.models import registry
 from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.capabilities import IncrementalState
+from dynrec.models.neural import quantize as quantize_module
 from dynrec.models.neural.base import TorchRecommender
 from dynrec.models.neural.quantize import cpu_bf16_supported, is_quantized, quantize
 from tests.conftest import clustered_data
@@ -78,6 +80,45 @@ def test_bf16_follows_the_hardware(sasrec: Recommender) -> None:
     else:
         with pytest.raises(DynrecError, match="no bfloat16 units"):
             quantize(sasrec, "bf16")
+
+
+NEURAL = {
+    "mf": {"epochs": 2},
+    "bpr": {"epochs": 2},
+    "mlp": {"epochs": 2},
+    "gru4rec": {"epochs": 2},
+    "caser": {"epochs": 2, "max_len": 6},
+    "bert4rec": {"epochs": 2, "max_len": 6},
+    "sasrec": {"epochs": 2, "max_len": 6},
+    "sasrec-gate": {"epochs": 2, "max_len": 6, "long_term": "gate"},
+    "sasrec-absolute": {"epochs": 2, "max_len": 6, "positional": "absolute"},
+}
+
+
+@pytest.mark.parametrize("name", list(NEURAL))
+def test_bf16_copy_scores_like_float32(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every neural model's bf16 copy scores (and, with incremental state, steps) in its own dtype
+    without mixing it with float32, within bf16 rounding of the float32 model. Run on any CPU:
+    the hardware check is bypassed (without bf16 units the arithmetic is emulated, same rounding)."""
+    monkeypatch.setattr(quantize_module, "cpu_bf16_supported", lambda: True)
+    data = clustered_data(n_users=40, n_items=32, n_groups=4, per_user=8, seed=1)
+    model = registry.create_model(name.split("-")[0], config=NEURAL[name]).fit(data, options=OPTS)
+    q = QueryBatch.from_histories([*HISTS, []])
+    qb = quantize(model, "bf16")
+    assert isinstance(qb, TorchRecommender) and qb.net is not None
+    assert {p.dtype for p in qb.net.parameters()} == {torch.bfloat16}
+    before, s16 = model.score(q), qb.score(q)
+    assert s16.dtype == torch.float32
+    fin = torch.isfinite(before)
+    assert torch.equal(fin, torch.isfinite(s16))
+    err = (s16[fin] - before[fin]).abs().max()
+    assert 0 < err < 0.02 * before[fin].abs().max()  # changed, by bf16 rounding (2^-8 relative) only
+    assert qb.recommend(q, 3)[0].shape == (len(q), 3)
+    if isinstance(qb, IncrementalState) and qb.state_layout() is not None:  # bf16 too, equal to score
+        state = qb.init_state(QueryBatch.from_histories([h[:-1] for h in HISTS]))
+        state = qb.step_state(state, np.array([h[-1] for h in HISTS]), np.zeros(len(HISTS), np.int64))
+        direct = qb.score(QueryBatch.from_histories(HISTS))
+        torch.testing.assert_close(qb.score_state(state)[:, 1:], direct[:, 1:], rtol=0.02, atol=0.02)
 
 
 def test_refusals(sasrec: Recommender) -> None:

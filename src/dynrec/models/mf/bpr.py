@@ -145,7 +145,7 @@ class BPR(TorchRecommender):
     def score_net(self, batch: QueryBatch) -> torch.Tensor:
         net = self._net()
         u = self.user_vectors(batch).to(net.item.device)
-        return u @ net.item.T + net.bias[None, :]
+        return u @ net.item.float().T + net.bias.float()[None, :]  # float32, like the fold-in
 
     def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
         """Leave-one-out attribution (the gradient-step softmax fold-in is not linear in the
@@ -166,12 +166,13 @@ class BPR(TorchRecommender):
         return self.item_vectors().detach().float().cpu()
 
     def item_vectors(self) -> torch.Tensor:
-        """[n_items, k] item factors (scores = user_vectors @ item_vectorsᵀ + item_bias)."""
-        return self._net().item.detach().cpu()
+        """[n_items, k] item factors, float32 (scores = user_vectors @ item_vectorsᵀ + item_bias;
+        the fold-in runs in float32 also in a bf16 scoring copy)."""
+        return self._net().item.detach().cpu().float()
 
     def item_bias(self) -> torch.Tensor:
-        """[n_items] item biases."""
-        return self._net().bias.detach().cpu()
+        """[n_items] item biases, float32."""
+        return self._net().bias.detach().cpu().float()
 
     # ---- QueryEmbeddings: scores are a dot product (for ANN retrieval) -----------------------
     def query_embeddings(self, batch: QueryBatch) -> torch.Tensor:

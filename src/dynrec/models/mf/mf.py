@@ -180,7 +180,7 @@ class MatrixFactorization(TorchRecommender):
     def score_net(self, batch: QueryBatch) -> torch.Tensor:
         net = self._net()
         x = self.fold_in(batch)  # [B, 1 + k] (user bias, user vector)
-        q, bi = self.item_vectors(), net.item_bias.detach().cpu()
+        q, bi = self.item_vectors(), net.item_bias.detach().cpu().float()
         return float(net.mu) + x[:, :1] + bi[None, :] + x[:, 1:] @ q.T
 
     def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
@@ -202,13 +202,14 @@ class MatrixFactorization(TorchRecommender):
         return self.item_vectors().detach().float().cpu()
 
     def item_vectors(self) -> torch.Tensor:
-        """[n_items, k] item factors Q."""
-        return self._net().item.detach().cpu()
+        """[n_items, k] item factors Q, float32 (the fold-in solves in float32/float64 also in a
+        bf16 scoring copy)."""
+        return self._net().item.detach().cpu().float()
 
     def item_bias(self) -> torch.Tensor:
         """[n_items] μ + b_i (scores = user_vectors @ Qᵀ + item_bias + the user's own bias)."""
         net = self._net()
-        return float(net.mu) + net.item_bias.detach().cpu()
+        return float(net.mu) + net.item_bias.detach().cpu().float()
 
     # ---- QueryEmbeddings: scores are a dot product (for ANN retrieval) -----------------------
     def query_embeddings(self, batch: QueryBatch) -> torch.Tensor:
@@ -233,7 +234,7 @@ class MatrixFactorization(TorchRecommender):
         n_items = net.item.shape[0]
         rows, cols, _ = history_events(batch, n_items)
         if ratings is None:
-            r = net.item_rating.detach().cpu()[cols]
+            r = net.item_rating.detach().cpu().float()[cols]
         else:
             r = torch.as_tensor(np.asarray(ratings, dtype=np.float32))
             keep = (torch.from_numpy(np.asarray(batch.items, dtype=np.int64)) > 0) & (
@@ -269,7 +270,7 @@ class MatrixFactorization(TorchRecommender):
     def _item_offset(self) -> torch.Tensor:
         """[n_items] μ + b_j (0 for padding)."""
         net = self._net()
-        base = (net.mu.detach().cpu() + net.item_bias.detach().cpu()).clone()
+        base = (net.mu.detach().cpu() + net.item_bias.detach().cpu()).float()  # a new tensor
         base[0] = 0.0
         return base
 

@@ -5,7 +5,8 @@ started it: ``WORLD_SIZE`` > 1 and ``RANK`` / ``LOCAL_RANK`` / ``MASTER_ADDR`` /
 its environment. `init_from_env` joins the process group (gloo on CPU, NCCL on CUDA) and the
 Trainer then splits every global batch into `world` interleaved parts, one per rank
 (`split_batch`), so the effective batch is the configured ``batch_size`` whatever the number of
-processes, and the averaged gradients equal single-process gradients up to float reduction order.
+processes, and the averaged gradients equal single-process gradients up to float reduction order
+(under bf16 autocast, ``amp``, up to bf16 rounding: each rank rounds its part's products).
 Rank 0 alone validates, selects and writes checkpoints; every rank resumes from them.
 """
 

@@ -6,7 +6,9 @@
 per-tensor range); embeddings, attention and the final ``user · item`` product stay float32.
 `quantize(model, "bf16")` casts the whole module to bfloat16 — only where the CPU has bf16
 units (AVX512-BF16 or AMX); without them the arithmetic is emulated and slower than float32, so it
-is refused (`cpu_bf16_supported` says which).
+is refused (`cpu_bf16_supported` says which). The copy scores in its own dtype (user states, the
+``user · item`` product, incremental states) and returns float32 scores; the MF and BPR fold-ins,
+linear solves and gradient steps rather than layers, read the bf16 tables as float32.
 
 The copy shares nothing with the original (the float32 model is untouched) and is for scoring:
 `score`, `recommend` and the incremental-state calls (`init_state`, `step_state`, `score_state`)

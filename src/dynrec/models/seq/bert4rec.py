@@ -189,12 +189,12 @@ class BERT4Rec(TorchRecommender):
             inp[torch.arange(len(idx)), clen] = net.n_items  # [MASK] after the last event
             inp = inp.to(self.device)
             h = net.encode(inp, causal=False)
-            hq = h[torch.arange(len(idx), device=self.device), clen.to(self.device)].float()
+            hq = h[torch.arange(len(idx), device=self.device), clen.to(self.device)]  # the net's dtype
             s = hq @ net.item_weight.T
             empty = torch.from_numpy(sub.lengths == 0).to(self.device)
             if bool(empty.any()):
                 s[empty] = net.log_pop
-            out[torch.from_numpy(idx).to(self.device)] = s
+            out[torch.from_numpy(idx).to(self.device)] = s.float()
         return out
 
 

@@ -183,7 +183,9 @@ class GRU4RecNet(nn.Module):
         padding, bounded memory); empty rows keep the zero state."""
         b = indptr.shape[0] - 1
         lens = indptr[1:] - indptr[:-1]
-        state = torch.zeros(b, self.num_layers * self.hidden_dim, device=items.device)
+        state = torch.zeros(
+            b, self.num_layers * self.hidden_dim, device=items.device, dtype=self.item_emb.weight.dtype
+        )
         order = torch.sort(lens, descending=True, stable=True).indices
         order = order[lens[order] > 0]
         a = 0

@@ -111,7 +111,8 @@ class TextItemEmbedding(nn.Module):
         """The full ``[n_tokens, dim]`` table (row 0, padding, is zero)."""
         if self.training or torch.is_grad_enabled():
             return self._table()
-        if self._cache is None or self._cache.device != self.id.weight.device:
+        w = self.id.weight
+        if self._cache is None or self._cache.device != w.device or self._cache.dtype != w.dtype:
             self._cache = self._table()
         return self._cache
 

@@ -577,7 +577,7 @@ class SASRec(TorchRecommender):
         hist, clen = histories_right_padded(q.indptr, q.items, ctx)
         width = max(1, int(clen.max()) if len(clen) else 1)
         hist, clen = hist[:, :width].to(self.device), clen.to(self.device)
-        h = net.user_states(hist, clen).float()  # float32 always: equals the incremental state
+        h = net.user_states(hist, clen)  # the net's dtype (bf16 in a bf16 copy), as the incremental state
         lens = torch.from_numpy(q.lengths).to(self.device)
         lt = None
         if net.long_term == "gate":
