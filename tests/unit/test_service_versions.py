@@ -340,3 +340,38 @@ def test_models_cli_lists_shows_and_rolls_back(
         and out["scores"] == sorted(out["scores"], reverse=True)
     )
     assert out["items"] == a.similar("i1", 3)[0]
+
+
+def test_a_running_update_renews_its_lease(
+    runtimes: Callable[[], Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease lasts UPDATE_LEASE_S without renewal; an update running longer keeps it (another
+    process's update is refused throughout), and it is free once the update ends."""
+    from dynrec.service import publisher
+
+    monkeypatch.setattr(publisher, "UPDATE_LEASE_S", 0.3)
+    a, b = runtimes(), runtimes()
+    a.ingest([Event("x", "i1", 1)])
+    build = a.publisher._build_update
+    started = threading.Event()
+
+    def slow(parent: Any, reports: Any) -> Any:
+        started.set()
+        time.sleep(1.2)  # four lease lifetimes
+        return build(parent, reports)
+
+    monkeypatch.setattr(a.publisher, "_build_update", slow)
+    result: list[Any] = []
+    t = threading.Thread(target=lambda: result.append(a.update()))
+    t.start()
+    assert started.wait(5)
+    refused = 0
+    while t.is_alive():
+        try:
+            b.update()
+        except UpdateRunning:
+            refused += 1
+        time.sleep(0.1)
+    t.join()
+    assert refused >= 5 and result[0]["n_events"] == 1
+    assert b.update()["n_events"] == 0  # free again (nothing left to learn)

@@ -51,9 +51,9 @@ log = logging.getLogger(__name__)
 __all__ = ["Publisher", "UpdateRunning"]
 
 UPDATE_LEASE = "update"
-UPDATE_LEASE_S = 3600.0
-"""How long an update may hold the store's update lease before another may take it over (a
-crashed updater frees it then)."""
+UPDATE_LEASE_S = 60.0
+"""How long the store's update lease lasts without renewal: a running update renews it every
+third of this, so a crashed updater frees it within this long."""
 
 
 class UpdateRunning(DynrecError):
@@ -128,9 +128,16 @@ class Publisher:
                 raise UpdateRunning(lease)
             t0 = time.perf_counter()
             reports: list[UpdateReport] = []
+            done = threading.Event()
+            renewer = threading.Thread(
+                target=self._renew_lease, args=(done,), name="dynrec-update-lease", daemon=True
+            )
+            renewer.start()
             try:
                 rec, new = self._publish(lambda parent: self._build_update(parent, reports))
             finally:
+                done.set()
+                renewer.join()
                 self.versions.release_lease(UPDATE_LEASE, self.owner)
         self.metrics.updates.inc()
         n_pending = max(0, self.store.event_seq() - rec.event_seq)
@@ -144,6 +151,19 @@ class Publisher:
         report["model_version"] = rec.id
         report["pending_events"] = n_pending
         return report
+
+    def _renew_lease(self, done: threading.Event) -> None:
+        """Keep the update lease while an update runs (until `done`)."""
+        while not done.wait(UPDATE_LEASE_S / 3):
+            try:
+                held = self.versions.acquire_lease(
+                    UPDATE_LEASE, self.owner, UPDATE_LEASE_S, note=f"update by {self.owner}"
+                )
+            except Exception:  # a store hiccup: the next renewal tries again
+                log.exception("renewing the update lease failed")
+                continue
+            if not held.held_by(self.owner):
+                log.warning("the update lease passed to %s while this update ran", held.owner)
 
     def _build_update(self, parent: VersionRecord, reports: list[UpdateReport]) -> Built | None:
         seq = self.store.event_seq()
