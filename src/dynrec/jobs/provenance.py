@@ -111,7 +111,10 @@ class Provenance:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["resumes"] = [asdict(r) for r in self.resumes]
-        d["served"] = [asdict(r) for r in self.served]
+        if self.served:  # absent when empty: the record stays readable by releases before it
+            d["served"] = [asdict(r) for r in self.served]
+        else:
+            del d["served"]
         return d
 
     @classmethod
