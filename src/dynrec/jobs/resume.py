@@ -74,7 +74,9 @@ def resume_training(
     store: StateStore | None = open_store(url) if url is not None else None
     try:
         served = isinstance(store, VersionStore) and store.current_version() is not None and out is None
-        deleted: set[str] = {t.user_id for t in store.tombstones()} if isinstance(store, VersionStore) else set()
+        deleted: set[str] = (
+            {t.user_id for t in store.tombstones()} if isinstance(store, VersionStore) else set()
+        )
         if not served:
             model, report = _resume(src, new_log, events_path, deleted, data_dir, config, columns)
             dest = Path(out) if out is not None else src
