@@ -279,9 +279,8 @@ def test_key_layout_under_the_prefix(redis_url: str) -> None:
             "app:users",
         ]
         assert raw.lrange("app:e:u:1", 0, -1) == [b'["i",1,"interaction",2.0,1]']  # seq last
-        assert raw.zrange("app:journal", 0, -1, withscores=True) == [
-            (b'[1,"u:1","i",1,"interaction",2.0]', 1.0)
-        ]
+        # one entry per batch: its first number, then per user its list position and event count
+        assert raw.zrange("app:journal", 0, -1, withscores=True) == [(b'[1,"u:1",0,1]', 1.0)]
         assert raw.hgetall("app:u:u:1") == {b"gen": b"1", b"n": b"1"}
         s.delete_user("u:1")
         assert sorted(k.decode() for k in raw.keys("*")) == [
@@ -548,3 +547,33 @@ def test_a_database_of_the_previous_release_opens_and_works(redis_url: str) -> N
         assert [(t.user_id, t.generation) for t in s.tombstones()] == [("a", 1)]
         assert s.history("b").items == ("i3",) and s.get_state("a") is None
     raw.close()
+
+
+# ---- Redis: the journal (one entry per batch, naming users and list positions) ----------------------
+
+
+def test_journal_entries_point_into_the_lists_and_leave_with_the_user(redis_url: str) -> None:
+    """A batch is one journal entry naming its users (with their list positions); a delete takes
+    the user's part out of every entry (ids with quotes, commas and backslashes included) and an
+    entry naming no one any more is removed; events_since reads the lists' slices."""
+    raw = redis.Redis.from_url(redis_url)
+    odd = 'q"u,1\\\\",'  # a quote, a comma and a backslash in an id
+    with RedisStore(redis_url, prefix="j:") as s:
+        s.append([Event("a", "x", 1), Event(odd, "y", 2), Event("a", "z", 3)])
+        s.append([Event("b", "w", 4), Event("a", "v", 5)])
+        s.append([Event(odd, "t", 6)])
+        entries = raw.zrange("j:journal", 0, -1, withscores=True)
+        assert entries == [
+            (b'[1,"a",0,2,' + json.dumps(odd).encode() + b",0,1]", 3.0),
+            (b'[4,"b",0,1,"a",2,1]', 5.0),
+            (b"[6," + json.dumps(odd).encode() + b",1,1]", 6.0),
+        ]
+        assert [seq for seq, _ in s.events_since(2, 5)] == [3, 4, 5]
+        assert s.events_since(2, 3) == [(3, Event("a", "z", 3))]
+        assert s.delete_user(odd)
+        assert raw.zrange("j:journal", 0, -1) == [b'[1,"a",0,2]', b'[4,"b",0,1,"a",2,1]']
+        assert s.delete_user("a")
+        assert raw.zrange("j:journal", 0, -1) == [b'[4,"b",0,1]']
+        s.append([Event("a", "n", 7)])  # a re-created user: positions in its new list
+        assert s.events_since(0) == [(4, Event("b", "w", 4)), (7, Event("a", "n", 7))]
+        assert s.n_events() == 2

@@ -13,7 +13,9 @@ key                                type     content
 ``{dynrec:u:<user>}e``             list     the user's events (as `RedisStore`'s ``e:<user>``, with seq)
 ``{dynrec:u:<user>}s``             hash     the cached state (as `RedisStore`'s ``s:<user>``)
 ``{dynrec:}gens``                  hash     user -> current generation: the authority on generations
-``{dynrec:}uj:<user>``             list     the sequence numbers of the user's journal entries
+``{dynrec:}uj:<user>``             list     the scores (last numbers) of the journal entries naming the
+                                            user (one per batch); the entries' list positions are -1:
+                                            ``events_since`` reads each named user's whole list
 ``{dynrec:}generation``, ``seq``,  ...      as `RedisStore`'s keys of those names: counters, the users
 ``n_events``, ``users``,                    index, the journal, model versions, the current-version
 ``journal``, ``versions``,                  pointer, leases, tombstones
@@ -24,18 +26,19 @@ key                                type     content
 A user's keys share one slot, so ``put_state``'s compare-and-set, ``since`` and ``get_state`` are one
 script or transaction as on one server; the store-wide keys share another, so the version pointer's
 compare-and-set, leases, tombstones and the journal are too. Users spread over the cluster's nodes;
-the store-wide slot (the journal: one entry per held event) lives on one node.
+the store-wide slot (the journal: one small entry per batch) lives on one node.
 
 What is atomic. An append is two steps:
 
 1. one script on the store-wide slot takes the batch's block of sequence numbers, gives each new
-   user a generation (``gens`` is the authority on a user's generation), and writes the journal
-   entries, the users index and ``n_events``: the store-wide view (``event_seq``,
-   ``events_since``, ``users``, ``n_events``, ``tombstones``, versions) moves atomically, a batch
-   at a time, exactly as on one server;
+   user a generation (``gens`` is the authority on a user's generation), and writes the batch's
+   journal entry, the users index and ``n_events``: the store-wide view (``event_seq``,
+   ``users``, ``n_events``, ``tombstones``, versions) moves atomically, a batch at a time,
+   exactly as on one server;
 2. one script per user on the user's slot appends the user's events under that generation (all of
-   the user's events or none). A user's history may therefore show a batch's events a moment after
-   the journal does, and a batch over several users reaches their histories one user at a time.
+   the user's events or none). ``events_since`` reads the events from the histories the journal
+   names, so it shows a batch's events of a user once step 2 ran for that user (a batch over
+   several users reaches their histories, and ``events_since``, one user at a time).
 
 A delete is two steps too, in the privacy-safe order: (1) one store-wide script records the
 tombstone and removes the user from ``gens``, the users index, the journal and ``n_events``;
@@ -46,10 +49,10 @@ dropped: they left the journal with the delete; the append's stamp for the user 
 ``UserStamp()``). A history of a generation older than ``gens``' is dropped by the next append.
 
 What a crash between the steps leaves behind (the call that crashed raised): after an append's
-step 1, journalled events missing from the user's history (``events_since`` returns them, so an
-update trains on them; the history does not serve them); repeating the append brings them into
-the history and journals them a second time (an acknowledged write is never lost, an
-unacknowledged one may count twice in training). After a delete's step 1,
+step 1, a journal entry naming users whose histories lack the batch's events (``events_since``
+reads events from the histories, so it returns none of them; ``n_events`` counts them);
+repeating the append brings them into the histories under new numbers, counted once in
+training (an acknowledged write is never lost). After a delete's step 1,
 the tombstone and the store-wide removal are done but the user's history and state stay readable
 by ``history``/``stamp``/``since`` until the delete is repeated or the user appends again. Nothing
 of either step ever lets a deleted user's events back into the journal, ``users``,
@@ -74,6 +77,7 @@ from dynrec.errors import DynrecError
 from dynrec.online.redis_store import (
     _PUSH_CHUNK,
     _TOMBSTONE,
+    _UNJOURNAL,
     DEFAULT_PREFIX,
     RedisStore,
     RedisStoreError,
@@ -94,17 +98,19 @@ FLOOR_TTL_MS = 86_400_000
 
 # Step 1 of an append, on the store-wide slot. KEYS: generation counter, users zset, n_events
 # counter, seq counter, journal, gens hash, then per user its uj list. ARGV: the batch's number
-# of events, then per user: its id, its id as a JSON string, its number of events m, the m
-# events' positions in the batch, its m encoded events. Event i of the batch gets sequence number
-# seq0 + i + 1. Returns seq0, then per user its generation.
-_RESERVE = f"""
+# of events, then per user: its id, its id as a JSON string, its number of events m. Writes the
+# batch's journal entry (as `RedisStore`'s, each user's list position -1: not known here) and
+# appends the batch's last number to each user's uj list. Returns the batch's first sequence
+# number - 1, then per user its generation.
+_RESERVE = """
 local total = tonumber(ARGV[1])
 local seq0 = redis.call('INCRBY', KEYS[4], total) - total
-local out = {{string.format('%d', seq0)}}
-local journal = {{}}
+local last = string.format('%d', seq0 + total)
+local out = {string.format('%d', seq0)}
+local entry = {'[' .. string.format('%d', seq0 + 1)}
 local a = 2
 for k = 7, #KEYS do
-  local user, ujson, m = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local user, ujson, m = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   a = a + 3
   local gen = redis.call('HGET', KEYS[6], user)
   if not gen then
@@ -112,22 +118,11 @@ for k = 7, #KEYS do
     redis.call('HSET', KEYS[6], user, gen)
     redis.call('ZADD', KEYS[2], 0, user)
   end
-  local seqs = {{}}
-  for j = 0, m - 1 do
-    local seq = string.format('%d', seq0 + tonumber(ARGV[a + j]) + 1)
-    seqs[j + 1] = seq
-    journal[#journal + 1] = seq
-    journal[#journal + 1] = '[' .. seq .. ',' .. ujson .. ',' .. string.sub(ARGV[a + m + j], 2)
-  end
-  for s = 1, m, {_PUSH_CHUNK} do
-    redis.call('RPUSH', KEYS[k], unpack(seqs, s, math.min(s + {_PUSH_CHUNK - 1}, m)))
-  end
-  a = a + 2 * m
+  redis.call('RPUSH', KEYS[k], last)
+  entry[#entry + 1] = ujson .. ',-1,' .. m
   out[#out + 1] = tonumber(gen)
 end
-for s = 1, #journal, {2 * _PUSH_CHUNK} do
-  redis.call('ZADD', KEYS[5], unpack(journal, s, math.min(s + {2 * _PUSH_CHUNK - 1}, #journal)))
-end
+redis.call('ZADD', KEYS[5], last, table.concat(entry, ',') .. ']')
 redis.call('INCRBY', KEYS[3], total)
 return out
 """
@@ -155,15 +150,21 @@ return {{g, n}}
 
 # Step 1 of a delete, on the store-wide slot. KEYS: users zset, n_events counter, gens hash,
 # journal, deletion counter, tombstones zset, generation counter, the user's uj list. ARGV: user,
-# user as a JSON string, "1" to record a tombstone. Returns whether the user had a generation and
-# the last generation handed out.
+# user as a JSON string, "1" to record a tombstone. Takes the user out of the journal entry of
+# each batch its uj list names. Returns whether the user had a generation and the last
+# generation handed out.
 _DELETE_WIDE = (
     _TOMBSTONE
+    + _UNJOURNAL
     + """
 local held = redis.call('HGET', KEYS[3], ARGV[1])
-local seqs = redis.call('LRANGE', KEYS[8], 0, -1)
-for _, s in ipairs(seqs) do redis.call('ZREMRANGEBYSCORE', KEYS[4], s, s) end
-if #seqs > 0 then redis.call('DECRBY', KEYS[2], #seqs) end
+local n = 0
+for _, s in ipairs(redis.call('LRANGE', KEYS[8], 0, -1)) do
+  for _, entry in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], s, s)) do
+    n = n + unjournal(4, entry, s, ARGV[2])
+  end
+end
+if n > 0 then redis.call('DECRBY', KEYS[2], n) end
 redis.call('DEL', KEYS[8])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -266,15 +267,15 @@ class RedisClusterStore(RedisStore):
         keys = [self._k(n) for n in ("generation", "users", "n_events", "seq", "journal", "gens")]
         keys += [self._k(f"uj:{user}") for user in by_user]
         args: list[str | bytes | int] = [len(evs)]
-        for user, (where, encoded) in by_user.items():
-            args += [user, _json(user), len(encoded), *where, *encoded]
+        for user, (_, encoded) in by_user.items():
+            args += [user, _json(user), len(encoded)]
         out: dict[str, UserStamp] = {}
         with self._errors():
             res = cast("list[int | bytes]", self._reserve(keys=keys, args=args))
             seq0 = _int(res[0])
             calls: list[tuple[list[str], list[Any]]] = []
             for j, (user, (where, encoded)) in enumerate(by_user.items()):
-                rows = [enc[:-1] + b",%d]" % (seq0 + i + 1) for i, enc in zip(where, encoded, strict=True)]
+                rows = [enc + b"%d]" % (seq0 + i + 1) for i, enc in zip(where, encoded, strict=True)]
                 calls.append((self._user_keys(user), [_int(res[1 + j]), *rows]))
             stamps = self._each(self._user_append, calls)
         for user, (gen, n) in zip(by_user, stamps, strict=True):

@@ -32,9 +32,13 @@ key                          type     content
 ``{prefix}s:{user}``         hash     the cached state: ``version``, ``n``, ``gen``, ``blob``
                                       (`dynrec.online.state.encode_state` bytes)
 ``{prefix}seq``              string   the last event sequence number handed out (never decreases)
-``{prefix}journal``          zset     every held event by sequence number: score ``seq``, member the
-                                      JSON array ``[seq, user_id, item_id, timestamp, event_type,
-                                      weight]``; a user's entries leave with the user
+``{prefix}journal``          zset     one entry per appended batch: score the batch's last sequence
+                                      number, member the JSON array ``[first_seq, user_id, start, m,
+                                      user_id, start, m, ...]`` naming each user with events in the
+                                      batch, where they start in ``e:{user}`` (0-based) and how many
+                                      (a pointer: the events are read from the lists, whose elements
+                                      carry their ``seq``); a deleted user's parts leave every entry
+                                      with the user, and an entry naming no one is removed
 ``{prefix}versions``         hash     version id -> `VersionRecord` JSON
 ``{prefix}current``          string   the current version's id (absent before the first publication)
 ``{prefix}lease:{name}``     hash     ``owner``, ``expires`` (server clock, microseconds), ``note``
@@ -89,7 +93,7 @@ __all__ = ["DEFAULT_PREFIX", "RedisStore", "RedisStoreError", "redact_url"]
 DEFAULT_PREFIX = "dynrec:"
 
 _PUSH_CHUNK = 1000  # values per RPUSH/ZADD inside a script (Lua's unpack has a stack limit of ~8000)
-_PAGE = 10_000  # journal entries per round trip of events_since
+_PAGE = 1000  # journal entries (batches) per round trip of events_since
 
 # Sequence numbers, generations and times travel between Lua and Python as strings formatted
 # with %d: a Lua number returned to Redis is truncated to an integer and tostring() switches to
@@ -98,13 +102,15 @@ _PAGE = 10_000  # journal entries per round trip of events_since
 # KEYS: generation counter, users zset, n_events counter, seq counter, journal, then per user its
 # stamp hash and event list. ARGV: the batch's number of events, then per user: its id, its id as
 # a JSON string, its number of events m, the m events' positions in the batch (0-based), its m
-# encoded events (`_encode`). Event i of the batch gets sequence number seq0 + i + 1.
+# encoded events (`_encode`: each gets ``seq]`` appended). Event i of the batch gets sequence
+# number seq0 + i + 1; the batch's
+# journal entry (`_batch_entry`) names each user with where its events start in its list.
 # Returns the batch's first sequence number - 1, then per user: generation, event count after.
 _APPEND = f"""
 local total = tonumber(ARGV[1])
 local seq0 = redis.call('INCRBY', KEYS[4], total) - total
 local out = {{string.format('%d', seq0)}}
-local journal = {{}}
+local entry = {{'[' .. string.format('%d', seq0 + 1)}}
 local a = 2
 for k = 6, #KEYS, 2 do
   local user, ujson, m = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
@@ -118,22 +124,17 @@ for k = 6, #KEYS, 2 do
   local n = redis.call('HINCRBY', KEYS[k], 'n', m)
   local elems = {{}}
   for j = 0, m - 1 do
-    local seq = string.format('%d', seq0 + tonumber(ARGV[a + j]) + 1)
-    local enc = ARGV[a + m + j]
-    elems[j + 1] = string.sub(enc, 1, -2) .. ',' .. seq .. ']'
-    journal[#journal + 1] = seq
-    journal[#journal + 1] = '[' .. seq .. ',' .. ujson .. ',' .. string.sub(enc, 2)
+    elems[j + 1] = ARGV[a + m + j] .. string.format('%d', seq0 + tonumber(ARGV[a + j]) + 1) .. ']'
   end
   for s = 1, m, {_PUSH_CHUNK} do
     redis.call('RPUSH', KEYS[k + 1], unpack(elems, s, math.min(s + {_PUSH_CHUNK - 1}, m)))
   end
   a = a + 2 * m
+  entry[#entry + 1] = ujson .. ',' .. string.format('%d,%d', n - m, m)
   out[#out + 1] = tonumber(gen)
   out[#out + 1] = n
 end
-for s = 1, #journal, {2 * _PUSH_CHUNK} do
-  redis.call('ZADD', KEYS[5], unpack(journal, s, math.min(s + {2 * _PUSH_CHUNK - 1}, #journal)))
-end
+redis.call('ZADD', KEYS[5], string.format('%d', seq0 + total), table.concat(entry, ',') .. ']')
 redis.call('INCRBY', KEYS[3], total)
 return out
 """
@@ -164,20 +165,44 @@ local function tombstone(t, ujson)
 end
 """
 
+# Takes a user out of a batch's journal entry (`_batch_entry`): KEYS[j] the journal, `entry` and
+# `score` the entry as held, `ujson` the user id as a JSON string. ``,"<user>",`` occurs in an
+# entry only where that user's part starts (inside a JSON string a '"' is always escaped), and a
+# user has at most one part per batch. An entry naming no one any more is removed. Returns the
+# user's number of events in the batch (0 when the entry does not name the user).
+_UNJOURNAL = """
+local function unjournal(j, entry, score, ujson)
+  local i, e = string.find(entry, ',' .. ujson .. ',', 1, true)
+  if not i then return 0 end
+  local _, k, m = string.find(entry, '^%-?%d+,(%d+)', e + 1)
+  local rest = string.sub(entry, 1, i - 1) .. string.sub(entry, k + 1)
+  redis.call('ZREM', KEYS[j], entry)
+  if string.find(rest, ',', 1, true) then redis.call('ZADD', KEYS[j], score, rest) end
+  return tonumber(m)
+end
+"""
+
 # KEYS: users zset, n_events counter, the user's stamp hash, event list, state hash, the journal,
 # the deletion counter, the tombstones zset. ARGV: user, user as a JSON string, "1" to record a
-# tombstone ("0": a history replaced, not a person forgotten).
-# Returns how many of the user's three keys existed.
+# tombstone ("0": a history replaced, not a person forgotten). The user's list holds its events
+# in sequence order, so each batch's journal entry (the first with a score >= an event's number)
+# is found once. Returns how many of the user's three keys existed.
 _DELETE = (
     _TOMBSTONE
+    + _UNJOURNAL
     + """
 local held = redis.call('LLEN', KEYS[4])
 if held > 0 then
+  local covered = -1
   for _, e in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
     local seq = cjson.decode(e)[5]
-    if seq then
-      seq = string.format('%d', seq)
-      redis.call('ZREMRANGEBYSCORE', KEYS[6], seq, seq)
+    if seq and seq > covered then
+      local found = redis.call('ZRANGEBYSCORE', KEYS[6], string.format('%d', seq), '+inf',
+                               'WITHSCORES', 'LIMIT', 0, 1)
+      if #found > 0 then
+        covered = tonumber(found[2])
+        unjournal(6, found[1], found[2], ARGV[2])
+      end
     end
   end
 end
@@ -261,13 +286,21 @@ def redact_url(url: str) -> str:
 
 
 def _json(value: str) -> str:
+    return _jstr(value)
+
+
+def _jstr(value: str) -> str:
+    """``json.dumps(value, ensure_ascii=False)``, without its cost for the usual id (printable,
+    no quote or backslash: the only characters JSON escapes are those and control characters)."""
+    if value.isprintable() and '"' not in value and "\\" not in value:
+        return '"' + value + '"'
     return json.dumps(value, ensure_ascii=False)
 
 
 def _encode(e: Event) -> bytes:
-    return json.dumps(
-        [e.item_id, e.timestamp, e.event_type, e.weight], ensure_ascii=False, separators=(",", ":")
-    ).encode()
+    """A validated event as the head of its list element, ``[item_id,timestamp,event_type,weight,``
+    (the JSON of `json.dumps` with separators ``,``/``:``): the store appends ``seq]``."""
+    return f"[{_jstr(e.item_id)},{e.timestamp},{_jstr(e.event_type)},{e.weight!r},".encode()
 
 
 def _history(values: Sequence[bytes]) -> History:
@@ -283,9 +316,22 @@ def _history(values: Sequence[bytes]) -> History:
     )
 
 
-def _journal_entry(value: bytes) -> tuple[int, Event]:
-    seq, user, item, ts, et, w = json.loads(value)
-    return int(seq), Event(str(user), str(item), int(ts), str(et), float(w))
+def _batch_entry(value: bytes) -> tuple[int, list[tuple[str, int, int]]]:
+    """A journal entry ``[first, user, start, m, user, start, m, ...]``: the batch's first
+    sequence number, and per user the position in its list of its first event of the batch (-1:
+    not known, on a Redis Cluster) and its number of events in the batch."""
+    row = json.loads(value)
+    return int(row[0]), [(str(row[j]), int(row[j + 1]), int(row[j + 2])) for j in range(1, len(row), 3)]
+
+
+def _seq_events(user: str, values: Sequence[bytes], low: int, high: int) -> list[tuple[int, Event]]:
+    """The elements of `user`'s list with sequence number in [`low`, `high`], as events."""
+    out = []
+    for v in values:
+        r = json.loads(v)
+        if len(r) > 4 and low <= r[4] <= high:
+            out.append((int(r[4]), Event(user, str(r[0]), int(r[1]), str(r[2]), float(r[3]))))
+    return out
 
 
 def _check_prefix(prefix: object) -> None:
@@ -474,20 +520,68 @@ class RedisStore:
             return _int(self._client.get(self._k("seq")))
 
     def events_since(self, seq: int, upto: int | None = None) -> list[tuple[int, Event]]:
-        """See `StateStore.events_since`: read from the journal in pages of `_PAGE` entries (a
-        page is one command; a delete between pages removes the user's later entries only)."""
+        """See `StateStore.events_since`: the journal's batch entries ending after `seq` in pages
+        of `_PAGE` (one command each), then the named users' events of those batches in one
+        pipeline per page. An event is returned when its number lies in its batch's range and
+        in the window, so a delete (or a delete and re-creation) of a user between the two reads
+        drops that user's events of the page and nothing else."""
         out: list[tuple[int, Event]] = []
-        low, high = int(seq), "+inf" if upto is None else int(upto)
+        low, high = int(seq), None if upto is None else int(upto)
         while True:
             with self._errors():
                 page = cast(
-                    "list[bytes]",
-                    self._client.zrangebyscore(self._k("journal"), f"({low}", high, start=0, num=_PAGE),
+                    "list[tuple[bytes, int]]",
+                    self._client.zrangebyscore(
+                        self._k("journal"),
+                        f"({low}",
+                        "+inf",
+                        start=0,
+                        num=_PAGE,
+                        withscores=True,
+                        score_cast_func=int,
+                    ),
                 )
-            out += [_journal_entry(v) for v in page]
-            if len(page) < _PAGE:
+            batches: list[tuple[int, int, list[tuple[str, int, int]]]] = []
+            done = len(page) < _PAGE
+            for value, last in page:
+                first, parts = _batch_entry(value)
+                if high is not None and first > high:
+                    done = True  # batches are numbered in score order: the rest are later still
+                    break
+                lo = max(first, low + 1)
+                batches.append((lo, last if high is None else min(last, high), parts))
+            out += self._batch_events(batches)
+            if done:
+                out.sort(key=lambda p: p[0])
                 return out
-            low = out[-1][0]
+            low = int(page[-1][1])
+
+    def _batch_events(
+        self, batches: Sequence[tuple[int, int, list[tuple[str, int, int]]]]
+    ) -> list[tuple[int, Event]]:
+        """The events numbered in [lo, hi] of each (lo, hi, parts) of `batches`: each part's
+        list slice (the whole list where the position is not known), read in one pipeline."""
+        reads: list[tuple[str, int, int, int, int]] = []
+        whole: dict[str, int] = {}
+        for lo, hi, parts in batches:
+            for user, start, m in parts:
+                if start < 0:
+                    whole.setdefault(user, len(whole))
+                reads.append((user, start, m, lo, hi))
+        with self._errors():
+            pipe = self._client.pipeline(transaction=False)
+            for user in whole:
+                pipe.lrange(self._k_events(user), 0, -1)
+            for user, start, m, _, _ in reads:
+                if start >= 0:
+                    pipe.lrange(self._k_events(user), start, start + m - 1)
+            got: list[Any] = pipe.execute() if reads else []
+        lists, slices = got[: len(whole)], iter(got[len(whole) :])
+        out: list[tuple[int, Event]] = []
+        for user, start, _, lo, hi in reads:
+            values = lists[whole[user]] if start < 0 else next(slices)
+            out += _seq_events(user, values, lo, hi)
+        return out
 
     def users(self, limit: int | None = None) -> list[str]:
         if limit is not None and limit <= 0:
