@@ -582,35 +582,28 @@ it now takes what is queued (single-client throughput 170 -> 450 rec/s); and the
 generator is now a minimal asyncio HTTP/1.1 client (`--client httpx` keeps the other).
 
 Model versions in the store (issue 21), old (84a7835, before the issue) against new (the records
-above: 1 worker from the third pair, 2 workers from the first), run side by side from two trees
-with the same Python, alternating old/new, itemknn on ml-100k, 4 s phases, on one AMD EPYC with 2
-cores that other engineers' test runs shared at the time (load average 3-5: single runs move by
-+-40%). rec/s at 1 / 16 clients, p50 / p99 ms at 16, freshness p50 ms idle, server CPU ms per
-recommendation at 16 clients, ingest events/s; three pairs for 1 worker, two for 2 workers:
+above), run side by side from two trees with the same Python on one AMD EPYC with 2 cores (load
+average under 1.2 but for the runs themselves), alternating old/new, itemknn on ml-100k, 4 s
+phases, 1 and 16 clients. Per pair: rec/s at 1 / 16 clients, idle freshness p50 ms, ingest
+events/s (medians of the pairs in bold):
 
-| store | workers | code | rec/s 1 / 16 | p50 / p99 at 16 | freshness p50 | CPU ms / rec | events/s |
-|---|---|---|---|---|---|---|---|
-| sqlite | 1 | old | 540-1,230 / 1,261-2,369 | 5.8-10.8 / 12.6-31.6 | 1.80 / 3.68 / 1.83 | 0.38 / 0.38 / 0.38 | 7,028-8,519 |
-| sqlite | 1 | new | 1,003-1,142 / 1,105-1,911 | 7.4-12.1 / 17.0-42.7 | 1.86 / 1.74 / 1.86 | 0.42 / 0.39 / 0.46 | 8,042-11,174 |
-| sqlite | 2 | old | 22 / 261-283 | 52-56 / 223-388 | 92.0 / 92.0 | 0.85 / 0.69 | 3,094-3,235 |
-| sqlite | 2 | new | 942-1,213 / 1,830-2,007 | 6.0-6.4 / 25-29 | 2.27 / 1.88 | 0.45 / 0.42 | 4,069-7,500 |
-| redis | 1 | old | 221-1,168 / 1,102-1,849 | 8.3-10.8 / 14-133 | 2.18 / 5.42 / 3.98 | 0.51 / 0.61 / 0.50 | 4,701-9,618 |
-| redis | 1 | new | 453-1,092 / 513-1,624 | 8.8-24.2 / 18-129 | 6.45 / 6.56 / 2.44 | 0.52 / 0.61 / 0.53 | 3,079-8,268 |
-| redis | 2 | old | 21-22 / 305-336 | 48-49 / 64-225 | 88.1 / 88.0 | 1.09 / 1.09 | 2,640-5,578 |
-| redis | 2 | new | 501-827 / 615-2,010 | 6.4-23.0 / 24-111 | 2.14 / 5.06 | 0.56 / 0.67 | 2,478-3,904 |
+| store | workers | old | new |
+|---|---|---|---|
+| sqlite | 1 | 1,449 / 2,642, 1.6, 13,424; 1,442 / 2,326, 1.7, 11,628 | 1,401 / 2,304, 1.8, 12,839; 1,398 / 2,374, 1.8, 11,372 |
+| redis | 1 | 1,196 / 1,868, 2.3, 10,163; 1,254 / 1,935, 2.2, 10,776; 1,190 / 1,921, 2.5, 10,877 (**1,196 / 1,921, 2.3, 10,776**) | 1,196 / 1,789, 2.2, 10,753; 1,071 / 1,847, 2.3, 11,078; 1,162 / 1,758, 2.4, 10,690 (**1,162 / 1,789, 2.3, 10,753**) |
+| sqlite | 2 | 22 / 261-283, 88-92 (each keep-alive answer waited ~40 ms for a delayed ACK) | 1,503 / 3,438, 3.0; 875 / 1,800, 2.3; 1,309 / 2,225, 1.7 |
+| redis | 2 | 21-22 / 305-336, 88 | 899 / 2,797, 3.4; 721 / 1,882, 3.0; 1,063 / 1,922, 2.3 |
 
-`--workers 2` now answers one client as fast as one worker (old: 22 rec/s and 88-92 ms freshness,
-each keep-alive answer waiting ~40 ms for a delayed ACK; fixed by TCP_NODELAY in e924d57), and its
-idle freshness median is 1.9-2.3 ms on SQLite and 2.1-5.1 ms on Redis (the 5.1 in the more loaded
-pair). One worker on SQLite spends 0.39-0.46 ms of server CPU per recommendation against 0.38 in
-every old run (+3-20%), and its 16-client throughput was lower in all three pairs; the new
-per-response middlewares are not the cause (the version header and the Host/JSON edge check cost
-about 4 us per request together, measured alone); not found yet. On Redis the CPU per
-recommendation is the same within 0.03 ms, but the idle freshness median of one worker was 6.5,
-6.6 and 2.4 ms against 2.2, 5.4 and 4.0 (and ingest 4,269 against 9,618 events/s in the first
-pair): possibly worse, within this noise. A candidate: every event now also goes to the store's
-journal (the event sequence that versions and updates read, one more ZADD in the append script),
-which an `appendfsync always` Redis writes to disk too; not measured apart yet."""
+The app's own CPU per recommendation, without HTTP or load generator (the same GET driven as ASGI
+calls in one process, 5 rounds of 3,000 requests, median): SQLite old 319 / 328 us, new 333 / 330 us;
+Redis (client side) old 460 / 595 us, new 488 / 579 us; under cProfile on Redis 661 against 673 us
+(+2%). The new per-request work is the Host/JSON edge check, the `X-Model-Version` header and the
+id rule on the path (about 4 us together). Redis ingest: the store-wide event journal (what updates
+and versions read) first cost +30% per 100-event append (a full copy of every event in a sorted
+set); with one pointer entry per batch it is +14% per append in isolation (1.40 against 1.23 ms)
+and equal in the service's ingest phase (medians 10,753 against 10,776 events/s). `--workers 2`
+answers one client as fast as one worker (TCP_NODELAY on every accepted connection, e924d57): idle
+freshness p50 1.7-3.0 ms on SQLite and 2.3-3.4 ms on Redis."""
 
 # ---------------------------------------------------------------- item text (issue 13)
 
