@@ -33,7 +33,7 @@ def worker(args: argparse.Namespace) -> None:
     """One rank (or the single process): pin to a core, train, rank 0 writes the epoch log."""
     import torch
 
-    from dynrec import jobs as pipeline
+    from dynrec import jobs
     from dynrec.models.base import RunOptions
     from dynrec.models.neural.distributed import env_dist, shutdown
     from dynrec.models.registry import create_model
@@ -42,7 +42,7 @@ def worker(args: argparse.Namespace) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpus[d.local_rank % len(cpus)]})
     torch.set_num_threads(1)
-    prepared = pipeline.prepare(args.dataset)
+    prepared = jobs.prepare(args.dataset)
     overrides = dict(s.split("=", 1) for s in args.set)
     model = create_model(
         args.model, overrides, {"epochs": args.epochs}, RunOptions(num_threads=1, device="cpu")

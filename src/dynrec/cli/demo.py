@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from dynrec import jobs as pipeline
+from dynrec import jobs
 from dynrec.data import registry
 from dynrec.errors import DynrecError
 from dynrec.models.registry import available_models
@@ -57,7 +57,7 @@ def _row(name: str, metrics: dict[str, float], seconds: float) -> str:
 
 def run(dataset: str, models: tuple[str, ...], out: Path, sets: dict[str, dict[str, str]]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    prepared = pipeline.prepare(dataset, split="loo")
+    prepared = jobs.prepare(dataset, split="loo")
     print(
         f"{dataset}: {len(prepared.data.user_vocab)} users, {len(prepared.data.item_vocab)} items, "
         f"{prepared.data.n_events} events; temporal leave-one-out; prepared in {time.perf_counter() - t0:.1f}s"
@@ -72,8 +72,8 @@ def run(dataset: str, models: tuple[str, ...], out: Path, sets: dict[str, dict[s
             print(f"(skipping {name}: not available in this build)")
             continue
         print(f"training {name} ...", flush=True)
-        m = pipeline.train(name, prepared, overrides=sets.get(name), out=out / f"{dataset}-{name}")
-        res = pipeline.evaluate_model(m, prepared)
+        m = jobs.train(name, prepared, overrides=sets.get(name), out=out / f"{dataset}-{name}")
+        res = jobs.evaluate_model(m, prepared)
         results[name] = {**res.metrics, "fit_seconds": m.meta["fit_seconds"]}
         rows.append(_row(name, res.metrics, m.meta["fit_seconds"]))
         trained[name] = m
@@ -88,7 +88,7 @@ def run(dataset: str, models: tuple[str, ...], out: Path, sets: dict[str, dict[s
     return results
 
 
-def _show_real_time(model: Any, prepared: pipeline.Prepared, out: Path) -> None:
+def _show_real_time(model: Any, prepared: jobs.Prepared, out: Path) -> None:
     """Serve the model through the online path (SQLite state store): load a user's history, then
     stream new events; each recommendation already reflects them, with no retraining."""
     from dynrec.online import Event, OnlineRecommender, SQLiteStore
@@ -203,7 +203,7 @@ def serve(dataset: str, model_name: str, out: Path, host: str, port: int) -> int
         stale.unlink(missing_ok=True)
     t0 = time.perf_counter()
     with SQLiteStore(db) as store:
-        seeded = pipeline.seed_store(model_dir, store)
+        seeded = jobs.seed_store(model_dir, store)
     print(
         f"\nseeded {db} with {seeded['users']} users' training histories ({seeded['events']} events) "
         f"in {time.perf_counter() - t0:.1f}s"

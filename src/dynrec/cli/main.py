@@ -1,4 +1,4 @@
-"""`dynrec` command line: a thin adapter over dynrec.pipeline (parse -> call the library -> print)."""
+"""`dynrec` command line: parse the arguments, call a job in `dynrec.jobs`, print its result (text or --json)."""
 
 from __future__ import annotations
 
@@ -271,7 +271,7 @@ def train(
     Across machines start ``torchrun --nnodes M --node_rank R --nproc_per_node N --master_addr HOST
     --master_port PORT -m dynrec.cli.main train ...`` on each (without --nproc; checkpoint_dir on a
     shared file system)."""
-    from dynrec import jobs as pipeline
+    from dynrec import jobs
     from dynrec.jobs import distributed as ddp
 
     if nproc > 1 and (resume is not None or events is not None):
@@ -286,18 +286,16 @@ def train(
     assert model is not None and dataset is not None and out is not None
     cfg: dict[str, Any] = {}
     if config is not None:
-        file_model, cfg = pipeline.load_config_file(config)
+        file_model, cfg = jobs.load_config_file(config)
         if file_model and file_model != model:
             _fail(f"{config} is a config for {file_model!r}, not {model!r}")
     if nproc > 1:
         ddp.check_distributable(model)
         raise typer.Exit(ddp.launch(nproc, ddp.strip_option(sys.argv[1:], "--nproc")))
-    prepared = pipeline.prepare(
-        dataset, split=_split(split), data_dir=data_dir, strict=strict, columns=columns
-    )
+    prepared = jobs.prepare(dataset, split=_split(split), data_dir=data_dir, strict=strict, columns=columns)
     overrides, options = _run_options(_parse_sets(sets), progress=not as_json)
     main_rank = ddp.is_main_process()  # under torchrun only rank 0 saves and reports
-    m = pipeline.train(
+    m = jobs.train(
         model,
         prepared,
         overrides=overrides,
@@ -310,7 +308,7 @@ def train(
     ddp.finish()
     if not main_rank:
         return
-    res = pipeline.evaluate_model(m, prepared, on="valid")
+    res = jobs.evaluate_model(m, prepared, on="valid")
     rep = prepared.report
     summary = {
         "model": model,
@@ -356,7 +354,7 @@ def evaluate(
     test targets (e.g. a resume on them). --ann evaluates approximate retrieval instead: a target
     the index does not return is a miss, and the JSON says "retrieval": KIND. --set precision=int8
     scores with an int8 copy of a neural model."""
-    from dynrec import jobs as pipeline
+    from dynrec import jobs
     from dynrec.jobs.train import scoring_model
 
     ks = tuple(k or [10])
@@ -365,7 +363,7 @@ def evaluate(
     if Path(target).is_dir():
         if overrides:
             _fail(f"a saved model's options cannot be changed with --set: {sorted(overrides)}")
-        _, res = pipeline.evaluate_saved(
+        _, res = jobs.evaluate_saved(
             target,
             dataset=dataset,
             split=_split(split) if split else None,
@@ -381,9 +379,9 @@ def evaluate(
         if dataset is None:
             _fail("--dataset is required when evaluating a model by name")
         assert dataset is not None
-        prepared = pipeline.prepare(dataset, split=_split(split or "loo"), data_dir=data_dir, columns=columns)
-        m = scoring_model(pipeline.train(target, prepared, overrides=overrides, options=options))
-        res = pipeline.evaluate_model(
+        prepared = jobs.prepare(dataset, split=_split(split or "loo"), data_dir=data_dir, columns=columns)
+        m = scoring_model(jobs.train(target, prepared, overrides=overrides, options=options))
+        res = jobs.evaluate_model(
             m, prepared, ks=ks, exclude_seen=not keep_seen, progress=not as_json, ann=ann_cfg
         )
     extras = _scoring_extras(ann_cfg, options)
