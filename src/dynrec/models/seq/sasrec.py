@@ -706,15 +706,6 @@ def auto_dropout(n_rows: int) -> float:
     return 0.3 if n_rows < 4096 else 0.2
 
 
-def flops_per_token(cfg: SASRecConfig, n_items: int, avg_len: float) -> float:
-    """Approximate training FLOPs per target token (forward + backward = 3x forward matmuls)."""
-    d = cfg.embedding_dim
-    ffn = cfg.ffn_dim or d
-    per_layer = 2 * (4 * d * d + 2 * d * ffn) + 2 * 2 * avg_len * d  # projections + attention
-    head = 2 * d * n_items if resolve_loss(cfg, n_items) == "ce" else 2 * d * (cfg.n_negatives + 1)
-    return 3.0 * (cfg.num_layers * per_layer + head)
-
-
 __all__ = [
     "SASRec",
     "SASRecConfig",
@@ -724,5 +715,4 @@ __all__ = [
     "auto_batch_size",
     "auto_dropout",
     "auto_profile",
-    "flops_per_token",
 ]
