@@ -36,13 +36,14 @@ from dynrec.models.base import Fraction, PositiveFloat, PositiveInt, Range
 from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.neural.base import Optimizer
-from dynrec.models.seq._gru_data import biased_ce, first_event_lookup, padded_lookup, position_rows
 from dynrec.models.seq.common import (
     SequenceBatches,
     SequenceConfig,
+    biased_ce,
     histories_right_padded,
     sampling_probs,
 )
+from dynrec.models.seq.event_samples import first_event_lookup, padded_lookup, position_rows
 
 log = logging.getLogger(__name__)
 

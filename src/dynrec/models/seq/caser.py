@@ -29,8 +29,8 @@ from dynrec.errors import NotFittedError
 from dynrec.models.base import Fraction, PositiveFloat, PositiveInt
 from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
-from dynrec.models.seq._gru_data import biased_ce, next_event_windows
-from dynrec.models.seq.common import SequenceConfig, sampling_probs
+from dynrec.models.seq.common import SequenceConfig, biased_ce, sampling_probs
+from dynrec.models.seq.event_samples import next_event_windows
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ Losses over the item catalogue (`catalogue_loss`):
   catalogues too large for the full softmax.
 * ``"auto"`` — ``"ce"`` up to `SequenceConfig.sampled_above` items, ``"sampled"`` above
   (`resolve_loss`); a model writes the resolved choice back into its config when it fits.
+
+`biased_ce` is `catalogue_loss` for logits with a per-item bias (GRU4Rec, Caser, the MLP).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from dynrec.models.neural import NeuralConfig
 __all__ = [
     "SequenceBatches",
     "SequenceConfig",
+    "biased_ce",
     "catalogue_loss",
     "check_heads",
     "full_ce_loss",
@@ -371,6 +374,24 @@ def catalogue_loss(
                 hidden, weight, targets, n_negatives=cfg.n_negatives, gen=gen, probs=p
             )
     raise ValueError(f"unknown loss {cfg.loss!r} (ce, sampled)")
+
+
+def biased_ce(
+    cfg: SequenceConfig,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    gen: torch.Generator | None = None,
+    probs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`catalogue_loss` of logits ``hidden @ weight.T + bias`` ([N, D], [V, D], [V]) at `targets` [N]:
+    the bias rides as an extra column, ``[hidden, 1] @ [weight, bias].T``."""
+    if bias is not None:
+        hidden = torch.cat([hidden, hidden.new_ones(hidden.shape[0], 1)], dim=1)
+        weight = torch.cat([weight, bias[:, None]], dim=1)
+    return catalogue_loss(cfg, hidden, weight, targets, gen=gen, probs=probs)
 
 
 def sampling_probs(data: InteractionData, power: float = 1.0) -> torch.Tensor:

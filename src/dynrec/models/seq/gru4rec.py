@@ -33,15 +33,14 @@ from dynrec.models.base import Fraction, NonNegInt, PositiveFloat, PositiveInt
 from dynrec.models.capabilities import StateBatch, StateLayout
 from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
-from dynrec.models.seq._gru_data import (
-    biased_ce,
+from dynrec.models.seq.common import SequenceBatches, SequenceConfig, biased_ce, sampling_probs
+from dynrec.models.seq.event_samples import (
     first_event_lookup,
     flat_gaps,
     gap_bucket,
     padded_lookup,
     position_rows,
 )
-from dynrec.models.seq.common import SequenceBatches, SequenceConfig, sampling_probs
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,9 @@
-"""Training-data helpers for gru4rec, caser and mlp on top of `seq.common`.
+"""Training samples built from flat event positions, for gru4rec, caser and mlp, on top of `seq.common`.
 
 * `position_rows`: `common.training_sequences` applied to *flat event positions* (+1, 0 = padding)
   instead of item ids, so one set of rows can gather items, time gaps or anything else per event.
 * `flat_gaps` / `gap_bucket`: time since the previous event of the same user, log2-bucketised
-  (bucket 0 = unknown / first event).
-* `biased_ce`: full-catalogue cross-entropy of ``h @ W.T + b`` through `common.catalogue_loss` (the
-  bias rides as an extra column: ``[h, 1] @ [W, b].T``).
+  (bucket 0 = unknown / first event) — GRU4Rec's time-gap input.
 * `first_event_lookup`: which rows start at a user's first event (the models also learn to score an
   empty history from them: the first item is a target of the empty state).
 * `next_event_windows`: for every training event, the `window` items before it (left-padded) — the
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 
 from dynrec.data.dataset import IntArray, InteractionData
-from dynrec.models.seq.common import SequenceConfig, catalogue_loss, training_sequences
+from dynrec.models.seq.common import training_sequences
 
 
 def gap_bucket(gaps: torch.Tensor, n_buckets: int) -> torch.Tensor:
@@ -59,23 +57,6 @@ def first_event_lookup(data: InteractionData) -> torch.Tensor:
     first = np.zeros(data.n_events + 1, dtype=bool)
     first[1:] = np.arange(data.n_events) == data.indptr[data.users]
     return torch.from_numpy(first)
-
-
-def biased_ce(
-    cfg: SequenceConfig,
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    *,
-    gen: torch.Generator | None = None,
-    probs: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """`catalogue_loss` of logits ``hidden @ weight.T + bias`` ([N, D], [V, D], [V]) at `targets` [N]."""
-    if bias is not None:
-        hidden = torch.cat([hidden, hidden.new_ones(hidden.shape[0], 1)], dim=1)
-        weight = torch.cat([weight, bias[:, None]], dim=1)
-    return catalogue_loss(cfg, hidden, weight, targets, gen=gen, probs=probs)
 
 
 def next_event_windows(data: InteractionData, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
