@@ -69,7 +69,7 @@ def test_resume_with_unrelated_event_keeps_ml100k_metrics(ml100k_itemknn: Path, 
 def test_bad_cutoff_is_a_clear_error(ml100k_itemknn: Path, k: str) -> None:
     for cmd in (["evaluate", str(ml100k_itemknn)], ["recommend", str(ml100k_itemknn), "--user", "1"]):
         rc, _, err = cli(*cmd, "--k", k)
-        assert rc == 1 and err.strip() == f"error: --k must be an integer >= 1, got {k}"
+        assert rc == 1 and err.strip() == f"error: k must be an integer >= 1, got {k}"
 
 
 def test_cutoff_above_catalogue_is_clamped(ml100k_itemknn: Path) -> None:

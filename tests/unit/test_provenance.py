@@ -187,7 +187,7 @@ def test_cutoffs(tmp_path: Path, events_csv: Path) -> None:
     prepared = jobs.prepare(str(events_csv))
     model = jobs.train("pop", prepared)
     for bad in (0, -1):
-        with pytest.raises(DynrecError, match="--k must be an integer >= 1"):
+        with pytest.raises(DynrecError, match="k must be an integer >= 1"):
             jobs.evaluate_model(model, prepared, ks=(bad,))
     res = jobs.evaluate_model(model, prepared, ks=(10, 500))
     # every target not in its own history is ranked, so within a cut-off above the catalogue
@@ -196,7 +196,7 @@ def test_cutoffs(tmp_path: Path, events_csv: Path) -> None:
     model.save(tmp_path / "m")
     recs = jobs.recommend_for(tmp_path / "m", user="u0", k=500)
     assert len(recs["items"]) == 15 - 4  # the catalogue less u0's 4 training items
-    with pytest.raises(DynrecError, match="--k must be"):
+    with pytest.raises(DynrecError, match="k must be an integer >= 1"):
         jobs.recommend_for(tmp_path / "m", user="u0", k=0)
 
 

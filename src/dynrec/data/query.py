@@ -7,6 +7,7 @@ offline evaluation, streaming replay and serving all share one path.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,9 +15,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from dynrec.errors import DynrecError
+
 IntArray = npt.NDArray[np.int64]
 
-__all__ = ["IntArray", "QueryBatch", "topk_stable"]
+__all__ = ["IntArray", "QueryBatch", "check_k", "topk_stable"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,14 @@ class QueryBatch:
     def seen_mask_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(row, item) index pairs of every history item, for scatter-masking seen items."""
         return torch.from_numpy(self.row_ids()), torch.from_numpy(self.items)
+
+
+def check_k(k: object) -> int:
+    """`k` as an int when it is a list length (an integer >= 1; a bool is not one), else `DynrecError`.
+    A `k` above the catalogue size is allowed: the caller returns every item it may."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise DynrecError(f"k must be an integer >= 1, got {k!r}")
+    return int(k)
 
 
 def topk_stable(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dynrec.data.dataset import InteractionData
-from dynrec.data.query import QueryBatch, topk_stable
+from dynrec.data.query import QueryBatch, check_k, topk_stable
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.jobs.explain import because, explain_items, explanation_unavailable, interest_profile
 from dynrec.jobs.items import ItemInfo, read_item_info
@@ -95,8 +95,7 @@ def recommend_for(
 
     An empty `history` gets the popular fallback, as the service answers an anonymous session
     with no known item: `popular_items`, flagged ``"fallback": "popular"`` (else None)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise DynrecError(f"--k must be an integer >= 1, got {k!r}")
+    k = check_k(k)
     model = scoring_model(Recommender.load(model_dir, options=options))
     assert model.item_vocab is not None
     if user is None and history is not None and not history:

@@ -33,6 +33,7 @@ from dynrec.data import registry
 from dynrec.data.dataset import InteractionData
 from dynrec.data.events import EventLog, ValidationReport
 from dynrec.data.io import ColumnMap, parse_columns, read_events
+from dynrec.data.query import check_k
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DatasetNotFoundError, DynrecError
 from dynrec.evaluation.offline import EvalResult, evaluate, rank_report, user_popularity
@@ -279,10 +280,7 @@ def check_ks(ks: tuple[int, ...] | list[int]) -> tuple[int, ...]:
     `evaluate_model`)."""
     if not ks:
         raise DynrecError("give at least one cut-off --k")
-    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, int) or k < 1]
-    if bad:
-        raise DynrecError(f"--k must be an integer >= 1, got {bad[0]!r}")
-    return tuple(ks)
+    return tuple(check_k(k) for k in ks)
 
 
 def _extends(model_vocab: Vocabulary, data_vocab: Vocabulary) -> bool:

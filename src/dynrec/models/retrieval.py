@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dynrec.data.query import QueryBatch, topk_stable
+from dynrec.data.query import QueryBatch, check_k, topk_stable
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.models.base import ModelConfig, NonNegInt, PositiveInt, Recommender
 from dynrec.models.capabilities import ItemEmbeddings, QueryEmbeddings
@@ -460,8 +460,7 @@ def similar_items(
     i = model.item_vocab.index(item, policy="skip")
     if i == 0:
         raise UnknownIdError(f"item {item!r} is not in the model's catalogue")
-    if k < 1:
-        raise DynrecError(f"k must be >= 1, got {k}")
+    k = check_k(k)
     if unit is None:
         unit = unit_item_vectors(model)
     if unit is not None:

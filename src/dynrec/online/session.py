@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import numbers
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ import scipy.sparse as sp
 import torch
 
 from dynrec.data.items import ItemMetadata
-from dynrec.data.query import QueryBatch, topk_stable
-from dynrec.errors import DynrecError, NotFittedError
+from dynrec.data.query import QueryBatch, check_k, topk_stable
+from dynrec.errors import NotFittedError
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemEmbeddings
 from dynrec.online.adapters import RecomputeAdapter, StateAdapter, StateBatch, adapter_for
@@ -375,8 +374,7 @@ class OnlineRecommender:
     def recommend(self, user: str, k: int = 10, *, exclude_seen: bool = True) -> Recommendation:
         """The user's top `k` items (fewer when fewer are recommendable: a `k` beyond the
         catalogue returns every item not excluded). `k` must be an integer >= 1."""
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise DynrecError(f"k must be an integer >= 1, got {k!r}")
+        k = check_k(k)
         assert self.model.item_vocab is not None
         s = self.scores(user, exclude_seen=exclude_seen)
         idx, vals = topk_stable(s[None, :], min(int(k), s.shape[0]))
@@ -389,8 +387,7 @@ class OnlineRecommender:
     ) -> list[Recommendation]:
         """`recommend` for several users with one scoring call over their cached states (the
         service's micro-batches); the same result as calling `recommend` for each user in turn."""
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise DynrecError(f"k must be an integer >= 1, got {k!r}")
+        k = check_k(k)
         assert self.model.item_vocab is not None
         if not users:
             return []
