@@ -37,7 +37,7 @@ One runner per question, each appending records to one store; this page is rende
 Every row names the command that reproduces it (from the repository root, with `DYNREC_DATA_DIR`
 pointing at the datasets). Each record also keeps the machine, the dynrec commit and the date
 (see the JSON). CPU rows ran on a shared 2-core machine, so wall times are noisy upper bounds;
-rows whose device is a GPU ran on a lent GPU machine.
+rows whose device is a GPU ran on a 16-CPU machine with that one GPU.
 
 Protocol for every quality number: temporal leave-one-out (ties in time keep file order), full
 ranking over the whole catalogue, already-seen items excluded, model selection on the validation
@@ -340,9 +340,9 @@ def speed_tables(speed: list[Record]) -> str:
             + (
                 ""
                 if gpu
-                else "\n\nNot checked: GPU training speed and data-parallel training over NCCL (no GPU "
-                "machine was lent to the sessions that measured this page; the code selects CUDA and NCCL "
-                "when a GPU is present)."
+                else "\n\nNot checked: GPU training speed and data-parallel training over NCCL (every "
+                "speed record here ran on the CPU-only machine its row names; the code selects CUDA and "
+                "NCCL when a GPU is present)."
             )
         )
     if "distributed" in kinds:
