@@ -21,29 +21,39 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from dynrec.errors import DataError, DynrecError, NotFittedError, UnknownIdError
+from dynrec.errors import DataError as DataError
+from dynrec.errors import DynrecError as DynrecError
+from dynrec.errors import NotFittedError as NotFittedError
+from dynrec.errors import UnknownIdError as UnknownIdError
 
+# For type checkers only (`X as X` re-exports each name): at run time these names come from
+# `_LAZY` below, which is the list of the lazy public names — a name added there needs its line here.
 if TYPE_CHECKING:
-    from dynrec import jobs
-    from dynrec.data.query import QueryBatch
-    from dynrec.models.base import Recommender, RunOptions
-    from dynrec.models.registry import available_models, create_model
-    from dynrec.models.registry import load_model as load
-    from dynrec.online import (
-        Event,
-        IncrementalUpdater,
-        InMemoryStore,
-        OnlineRecommender,
-        RedisClusterStore,
-        RedisStore,
-        SQLiteStore,
-        StateStore,
-        UpdateConfig,
-        open_store,
-    )
+    from dynrec import jobs as jobs
+    from dynrec.data.query import QueryBatch as QueryBatch
+    from dynrec.models.base import Recommender as Recommender
+    from dynrec.models.base import RunOptions as RunOptions
+    from dynrec.models.registry import available_models as available_models
+    from dynrec.models.registry import create_model as create_model
+    from dynrec.models.registry import load_model
+    from dynrec.online import Event as Event
+    from dynrec.online import IncrementalUpdater as IncrementalUpdater
+    from dynrec.online import InMemoryStore as InMemoryStore
+    from dynrec.online import OnlineRecommender as OnlineRecommender
+    from dynrec.online import RedisClusterStore as RedisClusterStore
+    from dynrec.online import RedisStore as RedisStore
+    from dynrec.online import SQLiteStore as SQLiteStore
+    from dynrec.online import StateStore as StateStore
+    from dynrec.online import UpdateConfig as UpdateConfig
+    from dynrec.online import open_store as open_store
+
+    load = load_model  # an assignment, not `import ... as load`: re-exported without a literal __all__
 
 __version__ = "0.1.0"
 
+_EAGER = ("DataError", "DynrecError", "NotFittedError", "UnknownIdError", "__version__")
+
+# public name -> (module, attribute; None = the module itself), imported on first use
 _LAZY: dict[str, tuple[str, str | None]] = {
     "jobs": ("dynrec.jobs", None),
     "QueryBatch": ("dynrec.data.query", "QueryBatch"),
@@ -64,30 +74,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "UpdateConfig": ("dynrec.online", "UpdateConfig"),
 }
 
-__all__ = [
-    "DataError",
-    "DynrecError",
-    "Event",
-    "InMemoryStore",
-    "IncrementalUpdater",
-    "NotFittedError",
-    "OnlineRecommender",
-    "QueryBatch",
-    "Recommender",
-    "RedisClusterStore",
-    "RedisStore",
-    "RunOptions",
-    "SQLiteStore",
-    "StateStore",
-    "UnknownIdError",
-    "UpdateConfig",
-    "__version__",
-    "available_models",
-    "create_model",
-    "jobs",
-    "load",
-    "open_store",
-]
+__all__ = sorted([*_EAGER, *_LAZY])
 
 
 def __getattr__(name: str) -> Any:
