@@ -26,7 +26,7 @@ import secrets
 import stat
 import types
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin, get_type_hints
@@ -509,52 +509,77 @@ class Recommender(ABC):
 
     @classmethod
     def load(cls, path: str | Path, *, options: RunOptions | None = None) -> Recommender:
-        """A saved model, every file checked before use (config.json, items.json, users.json,
-        model.safetensors against config and vocabularies); anything damaged raises `DynrecError`
-        naming the file. Keys of older config.json files that are now run options are ignored."""
-        p = Path(path)
-        cfg_file = p / "config.json"
-        if not cfg_file.is_file():
-            raise DynrecError(f"{p} is not a saved dynrec model (no config.json)")
-        from dynrec.models.registry import get_model_class  # the registry imports model modules
+        """A saved model of any registered kind (`read_model` with the registry's name lookup, which
+        the `dynrec.models` package hands to `use_model_lookup` when it is imported: this module
+        cannot import the registry, which imports every model module and this one)."""
+        lookup = _Wiring.model_lookup
+        if lookup is None:  # only if this file were imported outside its package
+            raise DynrecError("no model registry is wired in: import dynrec.models.registry first")
+        return read_model(path, lookup, options=options)
 
-        spec = _read_json(cfg_file)
-        if not isinstance(spec, dict):
-            raise DynrecError(f"{cfg_file}: expected a JSON object with keys 'model' and 'config'")
-        name, raw_cfg, meta = spec.get("model"), spec.get("config", {}), spec.get("meta", {})
-        if not isinstance(name, str):
-            raise DynrecError(f"{cfg_file}: 'model' must be a model name, got {name!r}")
-        if not isinstance(raw_cfg, dict):
-            raise DynrecError(f"{cfg_file}: 'config' must be an object of options")
-        if not isinstance(meta, dict):
-            raise DynrecError(f"{cfg_file}: 'meta' must be an object")
-        try:
-            model_cls = get_model_class(name)
-            legacy = sorted(set(raw_cfg) & LEGACY_CONFIG_KEYS)
-            if legacy:
-                log.info("%s: ignoring run options %s saved by an older version", cfg_file, legacy)
-            config = model_cls.config_class.from_dict({k: v for k, v in raw_cfg.items() if k not in legacy})
-        except DynrecError as exc:
-            raise DynrecError(f"{cfg_file}: {exc}") from None
-        model = model_cls(config)
-        model.options = options if options is not None else RunOptions()
-        model.meta = dict(meta)
-        model.item_vocab = _read_vocab(p / "items.json")
-        model.user_vocab = _read_vocab(p / "users.json")
-        weights = p / "model.safetensors"
-        try:
-            tensors = load_file(str(weights))
-        except FileNotFoundError:
-            raise DynrecError(f"{weights}: file not found") from None
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise DynrecError(f"{weights}: not a readable safetensors file ({exc})") from None
-        try:
-            model.load_tensors(tensors)
-        except TensorFileError as exc:
-            raise DynrecError(f"{weights}: {exc}") from None
-        except DynrecError as exc:  # e.g. sizes in meta that do not fit the vocabularies
-            raise DynrecError(f"{cfg_file}: {exc}") from None
-        return model
+
+ModelLookup = Callable[[str], type[Recommender]]
+"""A saved model's name -> its class (`dynrec.models.registry.get_model_class`)."""
+
+
+class _Wiring:
+    model_lookup: ModelLookup | None = None
+
+
+def use_model_lookup(lookup: ModelLookup) -> None:
+    """Resolve saved models' names with `lookup` in `Recommender.load` (wired once, by the
+    `dynrec.models` package, to the registry's `get_model_class`)."""
+    _Wiring.model_lookup = lookup
+
+
+def read_model(
+    path: str | Path, model_class: ModelLookup, *, options: RunOptions | None = None
+) -> Recommender:
+    """A saved model, every file checked before use (config.json, items.json, users.json,
+    model.safetensors against config and vocabularies); anything damaged raises `DynrecError`
+    naming the file. `model_class` turns the saved model name into its class (the registry's
+    lookup). Keys of older config.json files that are now run options are ignored."""
+    p = Path(path)
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise DynrecError(f"{p} is not a saved dynrec model (no config.json)")
+    spec = _read_json(cfg_file)
+    if not isinstance(spec, dict):
+        raise DynrecError(f"{cfg_file}: expected a JSON object with keys 'model' and 'config'")
+    name, raw_cfg, meta = spec.get("model"), spec.get("config", {}), spec.get("meta", {})
+    if not isinstance(name, str):
+        raise DynrecError(f"{cfg_file}: 'model' must be a model name, got {name!r}")
+    if not isinstance(raw_cfg, dict):
+        raise DynrecError(f"{cfg_file}: 'config' must be an object of options")
+    if not isinstance(meta, dict):
+        raise DynrecError(f"{cfg_file}: 'meta' must be an object")
+    try:
+        model_cls = model_class(name)
+        legacy = sorted(set(raw_cfg) & LEGACY_CONFIG_KEYS)
+        if legacy:
+            log.info("%s: ignoring run options %s saved by an older version", cfg_file, legacy)
+        config = model_cls.config_class.from_dict({k: v for k, v in raw_cfg.items() if k not in legacy})
+    except DynrecError as exc:
+        raise DynrecError(f"{cfg_file}: {exc}") from None
+    model = model_cls(config)
+    model.options = options if options is not None else RunOptions()
+    model.meta = dict(meta)
+    model.item_vocab = _read_vocab(p / "items.json")
+    model.user_vocab = _read_vocab(p / "users.json")
+    weights = p / "model.safetensors"
+    try:
+        tensors = load_file(str(weights))
+    except FileNotFoundError:
+        raise DynrecError(f"{weights}: file not found") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise DynrecError(f"{weights}: not a readable safetensors file ({exc})") from None
+    try:
+        model.load_tensors(tensors)
+    except TensorFileError as exc:
+        raise DynrecError(f"{weights}: {exc}") from None
+    except DynrecError as exc:  # e.g. sizes in meta that do not fit the vocabularies
+        raise DynrecError(f"{cfg_file}: {exc}") from None
+    return model
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path) -> Path:

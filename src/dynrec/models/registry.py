@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dynrec.errors import DynrecError
-from dynrec.models.base import Recommender, RunOptions, split_overrides
+from dynrec.models.base import Recommender, RunOptions, read_model, split_overrides
 
 MODELS: dict[str, str] = {
     "pop": "dynrec.models.popularity:MostPopular",
@@ -69,5 +69,6 @@ def create_model(
 
 
 def load_model(path: str | Path, *, options: RunOptions | None = None) -> Recommender:
-    """A saved model directory (safetensors + config.json + vocabularies), any registered kind."""
-    return Recommender.load(path, options=options)
+    """A saved model directory (safetensors + config.json + vocabularies), any registered kind:
+    the saved name is looked up here, the files are read and checked by `read_model`."""
+    return read_model(path, get_model_class, options=options)

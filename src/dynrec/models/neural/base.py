@@ -1,5 +1,6 @@
-"""The Torch model base: `NeuralConfig` (hyper-parameters shared by every neural model) and
-`TorchRecommender` (a model whose weights live in an `nn.Module` trained by `Trainer`).
+"""The Torch model base: `TorchRecommender`, a model whose weights live in an `nn.Module` trained by
+`Trainer` (which sees it as a `Trainable`), with `NeuralConfig` (`dynrec.models.neural.config`,
+the hyper-parameters every neural model shares).
 
 A model plugs in by building its `nn.Module`, yielding pre-tensorised batches (slices of tensors
 built once per run — no per-sample Python in the epoch loop) and computing its loss.
@@ -10,9 +11,8 @@ from __future__ import annotations
 import logging
 import os
 from abc import abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,61 +20,26 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError, NotFittedError
-from dynrec.models.base import (
-    Fraction,
-    ModelConfig,
-    NonNegFloat,
-    NonNegInt,
-    PositiveFloat,
-    PositiveInt,
-    Recommender,
-    expect_state_dict,
-)
+from dynrec.models.base import Recommender, expect_state_dict
 from dynrec.models.capabilities import UpdateBatch, UpdateOutcome
+from dynrec.models.neural.config import NeuralConfig, Optimizer, Schedule
 from dynrec.models.neural.distributed import batch_rows, device_for, init_from_env
-from dynrec.models.neural.trainer import EpochCallback, Trainer
+from dynrec.models.neural.growth import warm_start
+from dynrec.models.neural.trainer import EpochRecord, Trainer
+from dynrec.preprocessing.split import drop_last_events
+
+__all__ = [
+    "EpochCallback",
+    "NeuralConfig",
+    "Optimizer",
+    "Schedule",
+    "TorchRecommender",
+    "resolve_device",
+    "set_threads",
+    "usable_cpus",
+]
 
 log = logging.getLogger(__name__)
-
-
-Optimizer = Literal["adam", "adamw", "sgd"]
-Schedule = Literal["constant", "cosine", "linear"]
-
-
-@dataclass(frozen=True)
-class NeuralConfig(ModelConfig):
-    """Training options shared by every neural model (one vocabulary project-wide)."""
-
-    embedding_dim: PositiveInt = 64
-    epochs: PositiveInt = 50
-    batch_size: PositiveInt = 128
-    learning_rate: PositiveFloat = 1e-3
-    weight_decay: NonNegFloat = 0.0
-    optimizer: Optimizer = "adamw"
-    warmup_steps: NonNegInt = 0
-    schedule: Schedule = "constant"
-    grad_clip: NonNegFloat = 1.0
-    """Clip the gradient norm to this (0 = off)."""
-    ema_decay: Fraction = 0.0
-    """Exponential moving average of the weights, updated after every step (0 = off; e.g. 0.99).
-    When on, validation, epoch callbacks, the best checkpoint and the fitted model all use the
-    averaged weights; the optimiser keeps training the live ones. The decay ramps up as
-    ``min(ema_decay, (1 + t) / (10 + t))`` so early averages are not dominated by the random init."""
-    patience: PositiveInt = 5
-    """Stop after this many validations without a better validation NDCG@10."""
-    select_within_se: NonNegFloat = 0.0
-    """Which checkpoint to keep: 0 = the epoch with the best validation NDCG@10; s > 0 = the latest
-    epoch whose validation NDCG@10 is within s standard errors (over the validation queries, of the
-    best epoch's value) of the best so far. Validation only either way; s > 0 prefers the
-    longer-trained model when validation cannot tell the epochs apart (a plateau within noise).
-    When to stop is unchanged (`patience` counts from the last new best)."""
-    eval_every: PositiveInt = 1
-    valid_gap: NonNegInt = 0
-    """When fitting with a validation set, train without each user's last `valid_gap` training
-    events, so a validation history — like a test history — ends with events the model was not
-    trained to predict for that user (`dynrec.preprocessing.split.drop_last_events`). Opt-in."""
-    valid_max_queries: NonNegInt = 0
-    """Validate on at most this many queries (0 = all); the subset is fixed by the seed."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +65,12 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(usable_cpus())
+
+
+EpochCallback = Callable[[EpochRecord, "TorchRecommender"], None]
+"""Called after every epoch (after validation, before the checkpoint) with the epoch's record and
+the model in its just-trained state, e.g. to log or to track a metric; its time is not counted in
+``elapsed`` / ``seconds_to_best``."""
 
 
 class TorchRecommender(Recommender):
@@ -159,8 +130,6 @@ class TorchRecommender(Recommender):
         self.meta["n_users"] = data.n_users
         self.net = self.build_net(data).to(self.device)
         if valid is not None and self.config.valid_gap > 0:
-            from dynrec.preprocessing.split import drop_last_events  # local: no import cycle
-
             data = drop_last_events(data, self.config.valid_gap)
         try:
             self.prepare(data)
@@ -175,8 +144,6 @@ class TorchRecommender(Recommender):
         """Warm start (`dynrec.models.neural.growth.warm_start`): grow the tables to the new
         vocabulary, then a few epochs from the current weights on the touched users + a replay
         sample of others."""
-        from dynrec.models.neural.growth import warm_start  # growth imports the Trainer and this base
-
         n = warm_start(self, update)
         return UpdateOutcome("warm-start training", n * max(1, update.config.epochs))
 

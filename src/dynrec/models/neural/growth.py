@@ -10,7 +10,7 @@ nothing yet; user tables (names containing "user") grow with the global mean.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,17 +18,31 @@ import torch
 from torch import nn
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.vocab import Vocabulary
 from dynrec.errors import NotFittedError
+from dynrec.models.base import RunOptions
 from dynrec.models.capabilities import UpdateBatch, UpdateConfig
-from dynrec.models.neural.trainer import Trainer
+from dynrec.models.neural.config import NeuralConfig
+from dynrec.models.neural.trainer import Trainable, Trainer
 
-if TYPE_CHECKING:
-    from dynrec.models.neural.base import TorchRecommender
-
-__all__ = ["grow_torch_model", "neighbour_init", "train_continue", "warm_start"]
+__all__ = ["Growable", "grow_torch_model", "neighbour_init", "train_continue", "warm_start"]
 
 
-def warm_start(model: TorchRecommender, update: UpdateBatch) -> int:
+class Growable(Trainable, Protocol):
+    """What warm-start learning needs of a model beyond `Trainable` (every `TorchRecommender` is
+    one): a settable config (an update trains with its own), run options, its item vocabulary, and
+    the per-run `prepare` / `release_training_data` hooks."""
+
+    config: NeuralConfig  # settable here (read-only in Trainable)
+    options: RunOptions
+    item_vocab: Vocabulary | None
+
+    def prepare(self, data: InteractionData) -> None: ...
+
+    def release_training_data(self) -> None: ...
+
+
+def warm_start(model: Growable, update: UpdateBatch) -> int:
     """Grow the model to the update's vocabularies, then train `update.config.epochs` passes over
     the sequences of the users with new events (their old events come along as context and
     targets) mixed with a replay sample of ``replay_ratio`` x as many other users (against
@@ -52,7 +66,7 @@ def warm_start(model: TorchRecommender, update: UpdateBatch) -> int:
     return sub.n_events
 
 
-def train_continue(model: TorchRecommender, data: InteractionData, cfg: UpdateConfig) -> None:
+def train_continue(model: Growable, data: InteractionData, cfg: UpdateConfig) -> None:
     """A few epochs of the model's own loss on `data`, from the current weights, no validation."""
     mc = model.config
     tc = dataclasses.replace(
@@ -120,7 +134,7 @@ def _grow_rows(t: torch.Tensor, n_new_total: int, init: sp.csr_matrix | None) ->
 
 
 def grow_torch_model(
-    model: TorchRecommender, n_items: int, n_users: int, init: sp.csr_matrix | None = None
+    model: Growable, n_items: int, n_users: int, init: sp.csr_matrix | None = None
 ) -> list[str]:
     """Grow every item-indexed table of ``model.net`` to `n_items` rows (and user-indexed tables,
     i.e. named "user…", to `n_users`); returns the grown parameter names."""
@@ -177,5 +191,5 @@ def grow_torch_model(
     return grown
 
 
-def _guess_items(model: TorchRecommender) -> int:
+def _guess_items(model: Growable) -> int:
     return int(model.item_vocab.size) if model.item_vocab is not None else 0

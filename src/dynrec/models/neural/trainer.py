@@ -2,8 +2,9 @@
 *validation* NDCG@10, best-checkpoint restore, resumable checkpoints, progress bar, and
 data-parallel training across torchrun processes (`dynrec.models.neural.distributed`).
 
-The Trainer owns the device, optimiser and checkpoint selection of a `TorchRecommender`
-(`dynrec.models.neural.base`); the test set never reaches it.
+The Trainer owns the device, optimiser and checkpoint selection of a `Trainable` — what it needs of a
+model, which every `dynrec.models.neural.base.TorchRecommender` is (the Trainer does not import the
+model base: the base imports the Trainer); the test set never reaches it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,7 +27,9 @@ from tqdm.auto import tqdm
 
 from dynrec.data.dataset import InteractionData
 from dynrec.evaluation.metrics import ndcg_standard_error
+from dynrec.evaluation.offline import Scorer, evaluate
 from dynrec.models.base import RunOptions, save_tensors
+from dynrec.models.neural.config import NeuralConfig
 from dynrec.models.neural.distributed import (
     SINGLE,
     Dist,
@@ -38,9 +41,6 @@ from dynrec.models.neural.distributed import (
     gather_objects,
     split_batch,
 )
-
-if TYPE_CHECKING:
-    from dynrec.models.neural.base import NeuralConfig, TorchRecommender
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +114,39 @@ class EpochRecord:
     """Wall time since the run started, after this epoch and its validation (callbacks excluded)."""
 
 
-EpochCallback = Callable[["EpochRecord", "TorchRecommender"], None]
-"""Called after every epoch (after validation, before the checkpoint) with the epoch's record and
-the model in its just-trained state, e.g. to log or to track a metric; its time is not counted in
-``elapsed`` / ``seconds_to_best``."""
+class Trainable(Scorer, Protocol):
+    """What the Trainer needs of a model (every `TorchRecommender` is one): its config, module,
+    device and meta (the training log is written there), batches and loss, its own random
+    generators (saved in checkpoints), epoch callbacks, and `score` for validation."""
+
+    @property
+    def config(self) -> NeuralConfig: ...
+
+    @property
+    def net(self) -> nn.Module | None: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+
+    @property
+    def epoch_callbacks(self) -> Sequence[Callable[[EpochRecord, Any], None]]:
+        """Each called after every epoch with the record and the model (`EpochCallback`)."""
+        ...
+
+    def train_batches(self, data: InteractionData, gen: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+        """One epoch of CPU tensor batches (shuffled with `gen`)."""
+        ...
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def loss_terms(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many terms `loss` averages over for this batch (weights ranks' shares)."""
+        ...
+
+    def generators(self) -> dict[str, torch.Generator]: ...
 
 
 @dataclass
@@ -153,7 +182,7 @@ class _LossModule(nn.Module):
     """The model's loss as a module's forward, so DistributedDataParallel sees the training step
     (its gradient hooks sit on `net`'s parameters; `model.loss` runs `net`)."""
 
-    def __init__(self, model: TorchRecommender) -> None:
+    def __init__(self, model: Trainable) -> None:
         super().__init__()
         assert model.net is not None
         self.net = model.net
@@ -163,7 +192,7 @@ class _LossModule(nn.Module):
         return self._loss(batch)
 
 
-def _rng_states(model: TorchRecommender) -> dict[str, torch.Tensor]:
+def _rng_states(model: Trainable) -> dict[str, torch.Tensor]:
     """This process's dropout generator(s) and the model's own generators."""
     out = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -171,7 +200,7 @@ def _rng_states(model: TorchRecommender) -> dict[str, torch.Tensor]:
     return out | {f"model.{k}": g.get_state() for k, g in model.generators().items()}
 
 
-def _set_rng_states(model: TorchRecommender, states: dict[str, torch.Tensor]) -> None:
+def _set_rng_states(model: Trainable, states: dict[str, torch.Tensor]) -> None:
     if "torch" in states:
         torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
@@ -186,7 +215,7 @@ RANK_SEED_STRIDE = 1_000_003
 different dropout masks and negatives (rank 0 keeps the single-process streams)."""
 
 
-def _unused_parameters(model: TorchRecommender, batch: dict[str, torch.Tensor]) -> bool:
+def _unused_parameters(model: Trainable, batch: dict[str, torch.Tensor]) -> bool:
     """Whether a training step leaves some trainable parameter without a gradient (DDP then has
     to look for them every step). One probe step whose gradients and random draws are undone."""
     net = model.net
@@ -201,7 +230,7 @@ def _unused_parameters(model: TorchRecommender, batch: dict[str, torch.Tensor]) 
     return unused
 
 
-def _wrap_ddp(model: TorchRecommender, d: Dist, data: InteractionData) -> nn.Module:
+def _wrap_ddp(model: Trainable, d: Dist, data: InteractionData) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     first = next(iter(model.train_batches(data, torch.Generator().manual_seed(0))), None)
@@ -229,7 +258,7 @@ def _wrap_ddp(model: TorchRecommender, d: Dist, data: InteractionData) -> nn.Mod
 
 
 class Trainer:
-    """Fits a `TorchRecommender`. Under torchrun (a joined process group, see
+    """Fits a `Trainable` (a `TorchRecommender`). Under torchrun (a joined process group, see
     `dynrec.models.neural.distributed`) it trains data-parallel: each global batch is split across
     ranks, gradients are averaged by DDP, rank 0 validates, selects and checkpoints, and every rank
     ends with rank 0's selected weights."""
@@ -238,9 +267,7 @@ class Trainer:
         self.config = config
         self.options = options if options is not None else RunOptions()
 
-    def fit(self, model: TorchRecommender, data: InteractionData, valid: Any = None) -> list[EpochRecord]:
-        from dynrec.evaluation.offline import evaluate  # local: evaluation imports models
-
+    def fit(self, model: Trainable, data: InteractionData, valid: Any = None) -> list[EpochRecord]:
         cfg = self.config
         net = model.net
         assert net is not None
@@ -388,7 +415,7 @@ def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
 
 def _save_checkpoint(
     d: Path,
-    model: TorchRecommender,
+    model: Trainable,
     opt: torch.optim.Optimizer,
     sched: Any,
     gen: torch.Generator,
@@ -432,7 +459,7 @@ def _save_checkpoint(
 
 def _load_checkpoint(
     d: Path,
-    model: TorchRecommender,
+    model: Trainable,
     opt: torch.optim.Optimizer,
     sched: Any,
     gen: torch.Generator,
