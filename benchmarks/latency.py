@@ -25,11 +25,12 @@ import numpy as np
 import torch
 
 from benchmarks._common import put, record
+from dynrec.data.events import Event
 from dynrec.data.query import QueryBatch
 from dynrec.jobs import fit_for_replay, load_replay_data
 from dynrec.models.base import Recommender
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.state import Event, InMemoryStore, SQLiteStore, StateStore
+from dynrec.online.store import InMemoryStore, SQLiteStore, StateStore
 from dynrec.replay import ReplayConfig, replay
 
 

@@ -599,7 +599,7 @@ def seeded(model_dir: Path, url: str) -> tuple[list[str], list[str], int]:
     """Seed the store with every user's training history; (users, the model's items, events)."""
     from dynrec import jobs
     from dynrec.models.base import Recommender
-    from dynrec.online.stores import open_store
+    from dynrec.online.store import open_store
 
     store = open_store(url)
     try:

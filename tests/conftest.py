@@ -11,7 +11,7 @@ import pytest
 
 from dynrec.data.dataset import InteractionData
 from dynrec.data.vocab import Vocabulary
-from dynrec.online.state import StateStore
+from dynrec.online.store import StateStore
 from dynrec.preprocessing.split import Split, leave_one_out
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def redis_cluster_url(redis_cluster_server_url: str) -> str:
     """The session's Redis Cluster, every node emptied for this test."""
     from redis.cluster import RedisCluster
 
-    from dynrec.online.redis_cluster import cluster_node_url
+    from dynrec.online.store.redis_cluster import cluster_node_url
 
     client = RedisCluster.from_url(cluster_node_url(redis_cluster_server_url))
     try:
@@ -117,9 +117,9 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
     """A factory of clients of ONE store of each kind (the test runs once per kind): every call
     opens another client of the same data, as another worker would (memory: the same object,
     which is all one process can share). Closed after the test."""
-    from dynrec.online.redis_cluster import RedisClusterStore
-    from dynrec.online.redis_store import RedisStore
-    from dynrec.online.state import InMemoryStore, SQLiteStore
+    from dynrec.online.store import InMemoryStore, SQLiteStore
+    from dynrec.online.store.redis import RedisStore
+    from dynrec.online.store.redis_cluster import RedisClusterStore
 
     kind = request.param
     url = request.getfixturevalue(kind.replace("-", "_") + "_url") if kind.startswith("redis") else ""

@@ -30,13 +30,13 @@ from dynrec.errors import UnknownIdError as UnknownIdError
 # `_LAZY` below, which is the list of the lazy public names — a name added there needs its line here.
 if TYPE_CHECKING:
     from dynrec import jobs as jobs
+    from dynrec.data.events import Event as Event
     from dynrec.data.query import QueryBatch as QueryBatch
     from dynrec.models.base import Recommender as Recommender
     from dynrec.models.base import RunOptions as RunOptions
     from dynrec.models.registry import available_models as available_models
     from dynrec.models.registry import create_model as create_model
     from dynrec.models.registry import load_model
-    from dynrec.online import Event as Event
     from dynrec.online import IncrementalUpdater as IncrementalUpdater
     from dynrec.online import InMemoryStore as InMemoryStore
     from dynrec.online import OnlineRecommender as OnlineRecommender
@@ -62,7 +62,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load": ("dynrec.models.registry", "load_model"),
     "create_model": ("dynrec.models.registry", "create_model"),
     "available_models": ("dynrec.models.registry", "available_models"),
-    "Event": ("dynrec.online", "Event"),
+    "Event": ("dynrec.data.events", "Event"),
     "OnlineRecommender": ("dynrec.online", "OnlineRecommender"),
     "StateStore": ("dynrec.online", "StateStore"),
     "InMemoryStore": ("dynrec.online", "InMemoryStore"),

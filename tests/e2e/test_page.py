@@ -22,7 +22,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from dynrec.data.dataset import InteractionData
 from dynrec.models.registry import create_model
-from dynrec.online.state import SQLiteStore
+from dynrec.online.store import SQLiteStore
 from tests.conftest import clustered_data
 from tests.serve_process import running_server
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from dynrec.data import registry
+from dynrec.data.events import Event
 from dynrec.jobs import fit_for_replay, load_replay_data
 from dynrec.models.base import Recommender
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.state import Event
 from dynrec.replay import ReplayConfig, replay
 
 pytestmark = pytest.mark.slow

@@ -40,8 +40,8 @@ import pytest
 
 from dynrec import jobs
 from dynrec.models.base import Recommender
-from dynrec.online.stores import open_store
-from dynrec.online.versions import VersionRecord, VersionStore
+from dynrec.online.store import open_store
+from dynrec.online.store.versions import VersionRecord, VersionStore
 from tests.conftest import clustered_data
 from tests.serve_process import running_server
 

@@ -25,7 +25,7 @@ import torch
 from dynrec import jobs
 from dynrec.data.query import QueryBatch
 from dynrec.models.base import Recommender
-from dynrec.online.redis_store import RedisStore
+from dynrec.online.store.redis import RedisStore
 from tests.conftest import clustered_data
 from tests.redis_server import RedisServer, require_redis_server
 from tests.serve_process import running_server

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.events import Event
 from dynrec.data.query import IntArray, QueryBatch, topk_stable
 from dynrec.models import registry
 from dynrec.models.base import ModelConfig, Recommender, RunOptions
@@ -32,7 +33,7 @@ from dynrec.models.capabilities import (
 )
 from dynrec.online.adapters import ModelStateAdapter, RecomputeAdapter, adapter_for
 from dynrec.online.session import OnlineRecommender, item_vectors
-from dynrec.online.state import Event, InMemoryStore
+from dynrec.online.store import InMemoryStore
 from dynrec.online.updater import IncrementalUpdater
 from tests.conftest import clustered_data
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dynrec.cli.main import app
-from dynrec.online.redis_store import RedisStore
+from dynrec.online.store.redis import RedisStore
 from tests.unit.test_cli_trust import last_json
 from tests.unit.test_provenance import write_events
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from dynrec.cli.main import app
 from dynrec.models.base import Recommender
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.state import SQLiteStore
+from dynrec.online.store import SQLiteStore
 from tests.conftest import data_dir
 from tests.unit.test_provenance import write_events
 

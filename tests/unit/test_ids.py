@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dynrec.data.events import Event, InvalidEventError, validate_events
 from dynrec.data.ids import (
     MAX_ID_LENGTH,
     WHITESPACE,
@@ -21,7 +22,7 @@ from dynrec.data.ids import (
 )
 from dynrec.data.io import read_events
 from dynrec.errors import DataError
-from dynrec.online.state import Event, InMemoryStore, InvalidEventError, validate_events
+from dynrec.online.store import InMemoryStore
 from dynrec.text import read_item_texts
 
 LONG = "x" * (MAX_ID_LENGTH + 1)

@@ -15,21 +15,12 @@ import pytest
 import torch
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.events import MAX_TIMESTAMP, Event, InvalidEventError
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError
 from dynrec.models.base import Recommender
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.state import (
-    MAX_TIMESTAMP,
-    CachedState,
-    Event,
-    InvalidEventError,
-    SQLiteStore,
-    StateStore,
-    UserStamp,
-    decode_state,
-    encode_state,
-)
+from dynrec.online.store import CachedState, SQLiteStore, StateStore, UserStamp, decode_state, encode_state
 from tests.conftest import clustered_data
 from tests.unit.test_state import tiny_model
 
@@ -174,7 +165,7 @@ def test_corrupt_blob_is_a_cache_miss(
     con.commit()
     con.close()
     fresh = OnlineRecommender(model, SQLiteStore(db))
-    with caplog.at_level(logging.WARNING, logger="dynrec.online.state"):
+    with caplog.at_level(logging.WARNING, logger="dynrec.online.store.sqlite"):
         got = fresh.scores("u", exclude_seen=False)
     assert any("unreadable cached state" in r.getMessage() for r in caplog.records)
     assert_scores(got, reference_scores(model, "u", items, list(range(4))))

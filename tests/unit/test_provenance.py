@@ -17,7 +17,7 @@ from dynrec.errors import DynrecError
 from dynrec.jobs import provenance as prov
 from dynrec.models.base import Recommender
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.state import InMemoryStore
+from dynrec.online.store import InMemoryStore
 
 
 def write_events(path: Path, n_users: int = 12, per_user: int = 6, seed: int = 0) -> Path:

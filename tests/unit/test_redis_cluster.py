@@ -1,7 +1,7 @@
 """`RedisClusterStore` on a real 3-node Redis Cluster (tests/redis_server.py; skipped with a
 message when redis-server or redis-cli is not installed): opening by URL, the key layout (a
 user's keys share a slot, the store-wide keys share another), and what a crash or a race between
-the two steps of an append or a delete leaves (dynrec.online.redis_cluster's docstring).
+the two steps of an append or a delete leaves (dynrec.online.store.redis_cluster's docstring).
 
 The store contract itself runs on the cluster through the ``make_store`` fixture
 (test_state.py, test_online_trust.py, test_store_versions.py, test_redis_store.py).
@@ -17,11 +17,11 @@ import pytest
 import torch
 from redis.cluster import RedisCluster
 
+from dynrec.data.events import Event
 from dynrec.errors import DynrecError
-from dynrec.online.redis_cluster import RedisClusterStore, cluster_node_url
-from dynrec.online.redis_store import RedisStoreError
-from dynrec.online.state import CachedState, Event, UserStamp
-from dynrec.online.stores import open_store, store_kind
+from dynrec.online.store import CachedState, UserStamp, open_store, store_kind
+from dynrec.online.store.redis import RedisStoreError
+from dynrec.online.store.redis_cluster import RedisClusterStore, cluster_node_url
 from tests.serve_process import free_port
 
 

@@ -26,23 +26,23 @@ import torch
 from redis.cluster import RedisCluster
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.events import Event, InvalidEventError
 from dynrec.errors import DynrecError
-from dynrec.online.redis_cluster import cluster_node_url
-from dynrec.online.redis_store import RedisStore, RedisStoreError
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.state import (
+from dynrec.online.store import (
     CachedState,
-    Event,
     History,
     InMemoryStore,
-    InvalidEventError,
     SQLiteStore,
     StateStore,
     UserStamp,
     encode_state,
+    open_store,
+    store_kind,
 )
-from dynrec.online.stores import open_store, store_kind
-from dynrec.online.versions import VersionRecord
+from dynrec.online.store.redis import RedisStore, RedisStoreError
+from dynrec.online.store.redis_cluster import cluster_node_url
+from dynrec.online.store.versions import VersionRecord
 from tests.conftest import clustered_data
 from tests.redis_server import RedisServer, require_redis_server
 from tests.serve_process import free_port
@@ -470,7 +470,8 @@ def test_operations_on_a_stopped_server_raise_store_errors(tmp_path: Path) -> No
 # ---- Redis: a database written by the release before sequence numbers and versions ------------------
 
 # The append script of the release before event sequence numbers (git show d2cb253~1:
-# src/dynrec/online/redis_store.py), verbatim: a database it wrote must open with today's code.
+# src/dynrec/online/redis_store.py, now src/dynrec/online/store/redis.py), verbatim: a database it
+# wrote must open with today's code.
 OLD_APPEND = """
 local out = {}
 local a = 1

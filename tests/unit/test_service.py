@@ -19,11 +19,12 @@ from fastapi.testclient import TestClient
 
 from dynrec import jobs
 from dynrec.data.dataset import InteractionData
+from dynrec.data.events import Event
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError
 from dynrec.models.base import Recommender
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.state import Event, InMemoryStore, SQLiteStore
+from dynrec.online.store import InMemoryStore, SQLiteStore
 from dynrec.service import ServiceSettings, create_app
 from dynrec.service.runtime import Runtime
 from dynrec.service.serve import is_loopback, serve

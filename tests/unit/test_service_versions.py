@@ -20,12 +20,12 @@ import pytest
 import torch
 
 from dynrec import jobs
+from dynrec.data.events import Event
 from dynrec.errors import DynrecError
 from dynrec.jobs.model_root import is_model_dir, without_users
 from dynrec.jobs.train import training_history
 from dynrec.models.base import Recommender
-from dynrec.online.state import Event
-from dynrec.online.versions import VersionRecord
+from dynrec.online.store.versions import VersionRecord
 from dynrec.service.metrics import ServiceMetrics
 from dynrec.service.runtime import Runtime, UpdateRunning
 from dynrec.service.settings import ServiceSettings
@@ -291,7 +291,7 @@ def test_resume_on_a_served_root_publishes_and_leaves_deleted_users_out(
 
 def test_seeding_never_brings_a_deleted_user_back(root: Path, tmp_path: Path) -> None:
     from dynrec.jobs.recommend import seed_store
-    from dynrec.online.state import SQLiteStore
+    from dynrec.online.store import SQLiteStore
 
     store = SQLiteStore(tmp_path / "seed.db")
     try:

@@ -14,15 +14,15 @@ import scipy.sparse as sp
 import torch
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.events import Event
 from dynrec.data.query import QueryBatch
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemText
 from dynrec.models.registry import create_model, get_model_class
 from dynrec.online.adapters import RecomputeAdapter, adapter_for
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.state import (
+from dynrec.online.store import (
     CachedState,
-    Event,
     InMemoryStore,
     SQLiteStore,
     StateStore,

@@ -11,12 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from dynrec.cli.main import app
+from dynrec.data.events import Event
 from dynrec.data.io.events import read_events
 from dynrec.jobs import export_events
 from dynrec.models.base import Recommender
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.state import Event, StateStore
-from dynrec.online.stores import open_store
+from dynrec.online.store import StateStore, open_store
 
 runner = CliRunner()
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from dynrec.online.state import Event, SQLiteStore
-from dynrec.online.versions import VersionRecord
+from dynrec.data.events import Event
+from dynrec.online.store import SQLiteStore
+from dynrec.online.store.versions import VersionRecord
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "store-0.db"
 

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 import torch
 
+from dynrec.data.events import Event
 from dynrec.models.base import Recommender
 from dynrec.models.registry import get_model_class
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.state import Event, SQLiteStore
+from dynrec.online.store import SQLiteStore
 from tests.conftest import clustered_data
 from tests.unit.test_online_trust import assert_scores, reference_scores
 from tests.unit.test_state import tiny_model

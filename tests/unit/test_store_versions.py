@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from dynrec.online.state import Event, InvalidEventError, StateStore
-from dynrec.online.versions import Lease, Tombstone, VersionRecord, VersionStore
+from dynrec.data.events import Event, InvalidEventError
+from dynrec.online.store import StateStore
+from dynrec.online.store.versions import Lease, Tombstone, VersionRecord, VersionStore
 
 MakeStore = Callable[[], StateStore]
 
@@ -237,7 +238,7 @@ def _race(url: str, name: str, lease_log: str, start: Any, out: Any) -> None:
     """A process: publish `N_PUBLISH` versions, each on top of the current one (retrying the
     compare-and-set, discarding a candidate that lost), then take the lease `N_LEASES` times,
     writing "enter"/"exit" lines to `lease_log` while holding it."""
-    from dynrec.online.stores import open_store
+    from dynrec.online.store import open_store
 
     try:
         store = open_store(url)
@@ -277,12 +278,12 @@ def test_processes_racing_publications_and_a_lease(
 ) -> None:
     if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
-        from dynrec.online.state import SQLiteStore
+        from dynrec.online.store import SQLiteStore
 
         SQLiteStore(tmp_path / "store.db").close()  # create the file before the processes race to
     else:
         url = request.getfixturevalue(kind.replace("-", "_") + "_url")
-    from dynrec.online.stores import open_store
+    from dynrec.online.store import open_store
 
     lease_log = tmp_path / "lease.log"
     lease_log.touch()

@@ -12,11 +12,11 @@ import torch
 from typer.testing import CliRunner
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.events import Event
 from dynrec.data.query import QueryBatch
 from dynrec.evaluation.offline import evaluate
 from dynrec.models.base import Recommender
 from dynrec.models.neural.growth import grow_torch_model
-from dynrec.online.state import Event
 from dynrec.online.updater import IncrementalUpdater, UpdateConfig
 from dynrec.replay import holdout_last
 from tests.conftest import clustered_data

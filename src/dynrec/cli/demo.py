@@ -91,7 +91,8 @@ def run(dataset: str, models: tuple[str, ...], out: Path, sets: dict[str, dict[s
 def _show_real_time(model: Any, prepared: jobs.Prepared, out: Path) -> None:
     """Serve the model through the online path (SQLite state store): load a user's history, then
     stream new events; each recommendation already reflects them, with no retraining."""
-    from dynrec.online import Event, OnlineRecommender, SQLiteStore
+    from dynrec.data.events import Event
+    from dynrec.online import OnlineRecommender, SQLiteStore
 
     vocab = prepared.data.item_vocab
     try:

@@ -517,7 +517,7 @@ StoreForRoot = Annotated[
 
 def _root_store(model_root: Path, store: str | None) -> Any:
     from dynrec.jobs.catalogue import served_store_url
-    from dynrec.online.stores import open_store
+    from dynrec.online.store import open_store
 
     url = served_store_url(model_root, store)
     if url is None:
@@ -716,8 +716,8 @@ def store_seed(
     `serve --store` takes), so an OnlineRecommender over the store starts where `dynrec recommend
     --user` is."""
     from dynrec.jobs.recommend import seed_store
-    from dynrec.online.redis_store import redact_url
-    from dynrec.online.stores import open_store
+    from dynrec.online.store import open_store
+    from dynrec.online.store.redis import redact_url
 
     url = store if "://" in store else f"sqlite:///{store}"  # a bare path: SQLite
     st = open_store(url)
@@ -749,7 +749,7 @@ def store_export(
     """Write every event the store holds to a CSV file (user_id,item_id,timestamp,event_type,value)
     that `dynrec train MODEL --dataset FILE` reads: posted events train the next model."""
     from dynrec.jobs.export import export_events
-    from dynrec.online.stores import open_store
+    from dynrec.online.store import open_store
 
     st = open_store(store)
     try:

@@ -8,17 +8,25 @@ stable tie-break for equal timestamps) and ``line`` (int64, 1-based line in the 
 
 Ordering rule used everywhere: events are ordered by ``(timestamp, row)``, i.e. a *stable* sort by
 time — events with equal timestamps keep their file order.
+
+`Event` is one event at the public boundary (what the HTTP service, a session and a store take);
+`validate_events` checks a batch of them (ids by the rule of `dynrec.data.ids`, timestamps in
+[0, `MAX_TIMESTAMP`], weights finite and > 0) and names the first bad event's index and field in an
+`InvalidEventError`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import math
+import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
-from dynrec.data.ids import EMPTY, id_problem_expr
+from dynrec.data.ids import EMPTY, IdKind, id_problem, id_problem_expr
 from dynrec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -334,3 +342,105 @@ def validate_frame(
     if good.height + bad.height != n:  # pragma: no cover - internal invariant
         raise AssertionError("validation lost rows")
     return good, report
+
+
+# ---- one event at the public boundary ----------------------------------------------------------
+
+MAX_TIMESTAMP = 2**53
+"""Largest accepted timestamp: covers epoch seconds, milliseconds and microseconds, and every
+integer up to it is exact as a float (so a float timestamp converts without loss)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One behaviour event at the public boundary (external ids; timestamp in seconds UTC, or the
+    position in the user's sequence for order-only data). Checked by `validate_events` when it
+    enters a store or a session."""
+
+    user_id: str
+    item_id: str
+    timestamp: int = 0
+    event_type: str = DEFAULT_EVENT_TYPE
+    weight: float = 1.0
+    """The event's strength (a rating, a dwell-time share, ...): finite and > 0; stored with the
+    event and exported as its value."""
+
+
+class InvalidEventError(DataError):
+    """An event of a batch is invalid; `index` is its position in the batch, `field` the field.
+    Nothing of the batch was written."""
+
+    def __init__(self, index: int, field: str, problem: str, value: object) -> None:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"event {index} of the batch: field {field!r} {problem}, got {shown}")
+        self.field = field
+        self.index = index
+
+
+def _check_id(index: int, name: str, value: object, kind: IdKind) -> str:
+    """A string that follows the id rule (`dynrec.data.ids`: not blank, no leading/trailing
+    whitespace, <= 512 characters, no comma/newline in item ids); an integer (not a bool) is
+    converted with str()."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
+        return str(int(value))
+    if not isinstance(value, str):
+        raise InvalidEventError(index, name, "must be a non-empty string (or an integer)", value)
+    problem = id_problem(value, kind)
+    if problem is not None:
+        raise InvalidEventError(index, name, problem, value)
+    return str(value)
+
+
+def _check_timestamp(index: int, value: object) -> int:
+    """A finite number in [0, MAX_TIMESTAMP]; fractional seconds are truncated (as when reading
+    files, `dynrec.data.events`)."""
+    problem = f"must be a finite number of seconds in [0, {MAX_TIMESTAMP}]"
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise InvalidEventError(index, "timestamp", problem, value)
+    if isinstance(value, numbers.Integral):
+        ts = int(value)
+    else:
+        f = float(value)
+        if not math.isfinite(f) or not 0 <= f <= MAX_TIMESTAMP:
+            raise InvalidEventError(index, "timestamp", problem, value)
+        ts = int(f)
+    if not 0 <= ts <= MAX_TIMESTAMP:
+        raise InvalidEventError(index, "timestamp", problem, value)
+    return ts
+
+
+def _check_weight(index: int, value: object) -> float:
+    """A finite number > 0 (an integer is converted to float)."""
+    problem = "must be a finite number > 0"
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise InvalidEventError(index, "weight", problem, value)
+    w = float(value)
+    if not math.isfinite(w) or w <= 0:
+        raise InvalidEventError(index, "weight", problem, value)
+    return w
+
+
+def validate_events(events: Event | Iterable[Event]) -> list[Event]:
+    """The batch as normalised events (plain `str` ids, `int` timestamps, `float` weights), or an
+    `InvalidEventError` naming the first bad event's index and field. Checks every event before
+    returning, so a caller can write the batch all or nothing."""
+    evs = [events] if isinstance(events, Event) else list(events)
+    out = []
+    for i, e in enumerate(evs):
+        if not isinstance(e, Event):
+            raise InvalidEventError(i, "event", "must be an Event", e)
+        et = e.event_type
+        if not isinstance(et, str) or not et.strip():
+            raise InvalidEventError(i, "event_type", "must be a non-empty string", et)
+        out.append(
+            Event(
+                _check_id(i, "user_id", e.user_id, "user"),
+                _check_id(i, "item_id", e.item_id, "item"),
+                _check_timestamp(i, e.timestamp),
+                str(et),
+                _check_weight(i, e.weight),
+            )
+        )
+    return out

@@ -1,6 +1,6 @@
 """The one rule for external ids, used by every door events and items come in through: event
 files (`dynrec.data.events.validate_frame`), item text files (`dynrec.text.read_item_texts`),
-events written to a store (`dynrec.online.state.validate_events`) and the HTTP service's bodies
+events written to a store (`dynrec.data.events.validate_events`) and the HTTP service's bodies
 and paths (`dynrec.service.schemas`).
 
 An id is a string of 1 to `MAX_ID_LENGTH` characters, without leading or trailing whitespace

@@ -25,8 +25,8 @@ from dynrec.jobs.items import (
 )
 from dynrec.jobs.model_root import Built, open_version, publish, version_path
 from dynrec.models.base import Recommender
-from dynrec.online.stores import open_store
-from dynrec.online.versions import VersionRecord
+from dynrec.online.store import open_store
+from dynrec.online.store.versions import VersionRecord
 from dynrec.text import Encoder, read_item_texts
 
 __all__ = ["SERVED_STORE", "add_items", "served_store_url"]

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from dynrec.online.state import StateStore
+from dynrec.online.store import StateStore
 
 __all__ = ["EXPORT_COLUMNS", "export_events"]
 

@@ -9,7 +9,7 @@ Layout::
 A version directory is written in full under a temporary name next to its final one, synced, and
 renamed into place; it is never modified afterwards (a second publication of the same content
 finds the directory there and reuses it). Which version is current is not a file: it is the
-store's pointer (`dynrec.online.versions.VersionStore`), changed only by compare-and-set, so every
+store's pointer (`dynrec.online.store.versions.VersionStore`), changed only by compare-and-set, so every
 process and host sharing the store agrees on it. `publish` is the one way a new version becomes
 current: it builds on the version it read and retries when another publisher won the race.
 """
@@ -32,14 +32,15 @@ import numpy as np
 import polars as pl
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.events import Event
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
 from dynrec.jobs.items import ItemInfo, write_item_info
 from dynrec.jobs.train import TrainingHistory, training_history
 from dynrec.models.base import Recommender
 from dynrec.online.session import model_version
-from dynrec.online.state import Event, StateStore
-from dynrec.online.versions import VersionRecord, VersionStore
+from dynrec.online.store import StateStore
+from dynrec.online.store.versions import VersionRecord, VersionStore
 
 log = logging.getLogger(__name__)
 

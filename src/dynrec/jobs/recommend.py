@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.events import Event
 from dynrec.data.query import QueryBatch, check_k, topk_stable
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.jobs.explain import because, explain_items, explanation_unavailable, interest_profile
@@ -29,8 +30,8 @@ from dynrec.jobs.model_root import without_users
 from dynrec.jobs.train import ann_index, scoring_model, training_history
 from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.retrieval import AnnConfig, AnnIndex, retrieve
-from dynrec.online.state import Event, StateStore
-from dynrec.online.versions import VersionStore
+from dynrec.online.store import StateStore
+from dynrec.online.store.versions import VersionStore
 
 __all__ = [
     "history_batch",

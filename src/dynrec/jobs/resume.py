@@ -32,10 +32,9 @@ from dynrec.jobs.items import read_item_info, save_model_dir
 from dynrec.jobs.model_root import Built, publish, version_path, without_users
 from dynrec.jobs.train import column_map, training_history
 from dynrec.models.base import Recommender
-from dynrec.online.state import StateStore
-from dynrec.online.stores import open_store
+from dynrec.online.store import StateStore, open_store
+from dynrec.online.store.versions import VersionRecord, VersionStore
 from dynrec.online.updater import IncrementalUpdater, UpdateConfig
-from dynrec.online.versions import VersionRecord, VersionStore
 
 log = logging.getLogger(__name__)
 

@@ -1,22 +1,24 @@
-"""Real-time interests: per-user state stores, incremental state per model family, the
+"""Real-time interests: per-user state stores (`dynrec.online.store`), incremental state per model family, the
 `OnlineRecommender` session (observe -> recommend), and incremental training (`update`)."""
 
-from dynrec.online.redis_cluster import RedisClusterStore
-from dynrec.online.redis_store import RedisStore
+from dynrec.data.events import Event, InvalidEventError  # re-exported: the public API's names
 from dynrec.online.session import Interests, OnlineRecommender, Recommendation
-from dynrec.online.state import (
+from dynrec.online.store import (
     CachedState,
-    Event,
     History,
     InMemoryStore,
-    InvalidEventError,
+    Lease,
+    RedisClusterStore,
+    RedisStore,
     SQLiteStore,
     StateStore,
+    Tombstone,
     UserStamp,
+    VersionRecord,
+    VersionStore,
+    open_store,
 )
-from dynrec.online.stores import open_store
 from dynrec.online.updater import IncrementalUpdater, UpdateConfig
-from dynrec.online.versions import Lease, Tombstone, VersionRecord, VersionStore
 
 __all__ = [
     "CachedState",

@@ -22,21 +22,14 @@ import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 
+from dynrec.data.events import Event, validate_events
 from dynrec.data.items import ItemMetadata
 from dynrec.data.query import QueryBatch, check_k, topk_stable
 from dynrec.errors import NotFittedError
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemEmbeddings
 from dynrec.online.adapters import RecomputeAdapter, StateAdapter, StateBatch, adapter_for
-from dynrec.online.state import (
-    CachedState,
-    Event,
-    History,
-    InMemoryStore,
-    StateStore,
-    UserStamp,
-    validate_events,
-)
+from dynrec.online.store import CachedState, History, InMemoryStore, StateStore, UserStamp
 from dynrec.online.updater import IncrementalUpdater, UpdateReport
 
 log = logging.getLogger(__name__)

@@ -22,12 +22,11 @@ import numpy as np
 import numpy.typing as npt
 
 from dynrec.data.dataset import InteractionData
-from dynrec.data.events import EventLog
+from dynrec.data.events import Event, EventLog
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError, NotFittedError
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import PartialFit, UpdateBatch, UpdateConfig
-from dynrec.online.state import Event
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """`VersionFollower`: the model version a serving process answers with follows the store's pointer.
 
 Every process serving a model root holds one `ModelHolder`, the version the store's current-version
-pointer names (`dynrec.online.versions.VersionStore`). A background thread polls the pointer every
+pointer names (`dynrec.online.store.versions.VersionStore`). A background thread polls the pointer every
 `poll_s` seconds (one small read: SQLite and Redis alike) and, when another process published,
 loads the new version completely, then swaps the reference; a version published by this process is
 swapped in by `swap` right after its compare-and-set. `swap` only ever installs the version the
@@ -19,8 +19,8 @@ import threading
 from collections.abc import Callable
 
 from dynrec.errors import DynrecError
-from dynrec.online.state import StateStore
-from dynrec.online.versions import VersionRecord, VersionStore
+from dynrec.online.store import StateStore
+from dynrec.online.store.versions import VersionRecord, VersionStore
 from dynrec.service.holder import ModelHolder
 
 log = logging.getLogger(__name__)

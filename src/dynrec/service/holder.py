@@ -24,8 +24,8 @@ from dynrec.jobs.provenance import from_meta
 from dynrec.models.base import Recommender
 from dynrec.models.retrieval import AnnIndex, unit_item_vectors
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.state import StateStore
-from dynrec.online.versions import VersionRecord
+from dynrec.online.store import StateStore
+from dynrec.online.store.versions import VersionRecord
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch
 
 from dynrec.data.dataset import InteractionData
 from dynrec.jobs.model_root import without_users
-from dynrec.online.state import StateStore
-from dynrec.online.versions import VersionStore
+from dynrec.online.store import StateStore
+from dynrec.online.store.versions import VersionStore
 from dynrec.service.holder import ModelHolder
 
 __all__ = ["Popularity"]

@@ -15,7 +15,7 @@ from dynrec.errors import DynrecError
 from dynrec.jobs.model_root import open_version
 from dynrec.models.base import Recommender
 from dynrec.online.session import model_version
-from dynrec.online.versions import VersionRecord, VersionStore
+from dynrec.online.store.versions import VersionRecord, VersionStore
 
 log = logging.getLogger(__name__)
 

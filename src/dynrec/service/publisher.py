@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.events import Event
 from dynrec.errors import DynrecError
 from dynrec.jobs.items import AddedItems, add_items_to_model, encoder_for, item_info_from_texts
 from dynrec.jobs.model_root import (
@@ -38,9 +39,9 @@ from dynrec.jobs.train import TrainingHistory
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemText, PartialFit
 from dynrec.online.session import model_version
-from dynrec.online.state import Event, StateStore
+from dynrec.online.store import StateStore
+from dynrec.online.store.versions import Lease, VersionRecord, VersionStore
 from dynrec.online.updater import IncrementalUpdater, UpdateReport
-from dynrec.online.versions import Lease, VersionRecord, VersionStore
 from dynrec.service.follower import VersionFollower
 from dynrec.service.holder import ModelHolder, read_info
 from dynrec.service.metrics import ServiceMetrics

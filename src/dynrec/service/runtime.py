@@ -41,6 +41,7 @@ import torch
 
 from dynrec.data import registry
 from dynrec.data.dataset import InteractionData
+from dynrec.data.events import Event, validate_events
 from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.errors import DynrecError
 from dynrec.jobs.explain import EXPLAIN_TOP, explain_items, interest_profile
@@ -57,10 +58,9 @@ from dynrec.models.capabilities import Explainer
 from dynrec.models.neural.quantize import quantize
 from dynrec.models.retrieval import AnnIndex, retrieve, similar_items
 from dynrec.online.session import Interests
-from dynrec.online.state import Event, History, validate_events
-from dynrec.online.stores import open_store, store_kind
+from dynrec.online.store import History, open_store, store_kind
+from dynrec.online.store.versions import VersionRecord, VersionStore, new_owner_id
 from dynrec.online.updater import UpdateReport
-from dynrec.online.versions import VersionRecord, VersionStore, new_owner_id
 from dynrec.service.batching import MicroBatcher, Pending
 from dynrec.service.follower import VersionFollower
 from dynrec.service.holder import ModelHolder, dataset_items, read_info

@@ -24,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from dynrec.data.events import MAX_TIMESTAMP
 from dynrec.data.ids import MAX_ID_LENGTH, IdKind, id_problem
-from dynrec.online.state import MAX_TIMESTAMP
 
 __all__ = [
     "MAX_ID_LENGTH",

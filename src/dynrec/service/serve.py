@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from dynrec.errors import DynrecError
-from dynrec.online.stores import open_store, store_kind
+from dynrec.online.store import open_store, store_kind
 from dynrec.service.app import create_app
 from dynrec.service.edge import ANY_HOST, is_loopback
 from dynrec.service.runtime import serving_threads

@@ -16,7 +16,7 @@ model they serve through the store they share, not through files:
 * a **lease** (`Lease`) is a named lock with an expiry (an update runs once per store; a crashed
   holder frees it when it expires).
 
-`dynrec.online.state` (memory, SQLite) and `dynrec.online.redis_store` (Redis) implement the
+Every store of `dynrec.online.store` (memory, SQLite, Redis, Redis Cluster) implements the
 protocol next to `StateStore`; `dynrec.jobs.model_root` writes the directories.
 """
 
@@ -165,7 +165,7 @@ class VersionStore(Protocol):
 
 
 class InMemoryVersions:
-    """`VersionStore` for one process (what `dynrec.online.state.InMemoryStore` holds); the caller
+    """`VersionStore` for one process (what `dynrec.online.store.memory.InMemoryStore` holds); the caller
     serialises access (the store's lock)."""
 
     def __init__(self) -> None:

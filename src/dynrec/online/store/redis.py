@@ -1,8 +1,8 @@
 """`RedisStore`: the `StateStore` and `VersionStore` on a Redis server, shared by every worker and
 host using it.
 
-Semantics are exactly those of `SQLiteStore` (see `dynrec.online.state` and
-`dynrec.online.versions`): validated, all-or-nothing appends that return each user's `UserStamp`;
+Semantics are exactly those of `SQLiteStore` (see `dynrec.online.store.protocol` and
+`dynrec.online.store.versions`): validated, all-or-nothing appends that return each user's `UserStamp`;
 per-user generations taken from a store-wide counter that only grows (a deleted and re-created
 user never gets an old generation back); a compare-and-set ``put_state``; ``since`` as one
 consistent read; a corrupt cached state is a logged cache miss, never an exception; a store-wide
@@ -30,7 +30,7 @@ key                          type     content
                                       seq]`` (events written before sequence numbers existed have no
                                       ``seq``: they count as sequence 0 and are in no journal)
 ``{prefix}s:{user}``         hash     the cached state: ``version``, ``n``, ``gen``, ``blob``
-                                      (`dynrec.online.state.encode_state` bytes)
+                                      (`dynrec.online.store.protocol.encode_state`)
 ``{prefix}seq``              string   the last event sequence number handed out (never decreases)
 ``{prefix}journal``          zset     one entry per appended batch: score the batch's last sequence
                                       number, member the JSON array ``[first_seq, user_id, start, m,
@@ -55,7 +55,7 @@ write that needs them.
 Durability is the server's: with ``appendonly yes`` and ``appendfsync always`` an append is on disk
 when it returns; with the default ``everysec`` up to a second of writes can be lost in a crash.
 
-On a Redis Cluster the same store is `dynrec.online.redis_cluster.RedisClusterStore`
+On a Redis Cluster the same store is `dynrec.online.store.redis_cluster.RedisClusterStore`
 (``redis+cluster://``): a layout with one hash tag per user and one for the store-wide keys, and
 appends and deletes in two steps (that module's docstring says what is atomic there).
 """
@@ -69,22 +69,29 @@ from contextlib import contextmanager
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
 import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
+from dynrec.data.events import Event, validate_events
 from dynrec.errors import DynrecError
-from dynrec.online.state import (
-    CachedState,
-    Event,
-    History,
-    UserStamp,
-    decode_state,
-    encode_state,
-    validate_events,
+from dynrec.online.store.protocol import CachedState, History, UserStamp, decode_state, encode_state
+from dynrec.online.store.redis_scripts import (
+    _ACQUIRE_LEASE,
+    _APPEND,
+    _DELETE,
+    _DISCARD_VERSION,
+    _DROP_STATE,
+    _PUT_STATE,
+    _RELEASE_LEASE,
+    _SET_CURRENT,
+    _batch_entry,
+    _encode,
+    _history,
+    _json,
+    _seq_events,
 )
-from dynrec.online.versions import Lease, Tombstone, VersionRecord
+from dynrec.online.store.versions import Lease, Tombstone, VersionRecord
 
 log = logging.getLogger(__name__)
 
@@ -92,179 +99,7 @@ __all__ = ["DEFAULT_PREFIX", "RedisStore", "RedisStoreError", "redact_url"]
 
 DEFAULT_PREFIX = "dynrec:"
 
-_PUSH_CHUNK = 1000  # values per RPUSH/ZADD inside a script (Lua's unpack has a stack limit of ~8000)
 _PAGE = 1000  # journal entries (batches) per round trip of events_since
-
-# Sequence numbers, generations and times travel between Lua and Python as strings formatted
-# with %d: a Lua number returned to Redis is truncated to an integer and tostring() switches to
-# exponent notation above 1e14.
-
-# KEYS: generation counter, users zset, n_events counter, seq counter, journal, then per user its
-# stamp hash and event list. ARGV: the batch's number of events, then per user: its id, its id as
-# a JSON string, its number of events m, the m events' positions in the batch (0-based), its m
-# encoded events (`_encode`: each gets ``seq]`` appended). Event i of the batch gets sequence
-# number seq0 + i + 1; the batch's
-# journal entry (`_batch_entry`) names each user with where its events start in its list.
-# Returns the batch's first sequence number - 1, then per user: generation, event count after.
-_APPEND = f"""
-local total = tonumber(ARGV[1])
-local seq0 = redis.call('INCRBY', KEYS[4], total) - total
-local out = {{string.format('%d', seq0)}}
-local entry = {{'[' .. string.format('%d', seq0 + 1)}}
-local a = 2
-for k = 6, #KEYS, 2 do
-  local user, ujson, m = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  a = a + 3
-  local gen = redis.call('HGET', KEYS[k], 'gen')
-  if not gen then
-    gen = redis.call('INCR', KEYS[1])
-    redis.call('HSET', KEYS[k], 'gen', gen)
-    redis.call('ZADD', KEYS[2], 0, user)
-  end
-  local n = redis.call('HINCRBY', KEYS[k], 'n', m)
-  local elems = {{}}
-  for j = 0, m - 1 do
-    elems[j + 1] = ARGV[a + m + j] .. string.format('%d', seq0 + tonumber(ARGV[a + j]) + 1) .. ']'
-  end
-  for s = 1, m, {_PUSH_CHUNK} do
-    redis.call('RPUSH', KEYS[k + 1], unpack(elems, s, math.min(s + {_PUSH_CHUNK - 1}, m)))
-  end
-  a = a + 2 * m
-  entry[#entry + 1] = ujson .. ',' .. string.format('%d,%d', n - m, m)
-  out[#out + 1] = tonumber(gen)
-  out[#out + 1] = n
-end
-redis.call('ZADD', KEYS[5], string.format('%d', seq0 + total), table.concat(entry, ',') .. ']')
-redis.call('INCRBY', KEYS[3], total)
-return out
-"""
-
-# KEYS: the user's stamp hash, state hash. ARGV: version, n_events, generation, blob.
-# Compare-and-set: 1 when written.
-_PUT_STATE = """
-local gen = redis.call('HGET', KEYS[1], 'gen')
-if not gen or tonumber(gen) ~= tonumber(ARGV[3]) then return 0 end
-if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], 'n')) then return 0 end
-local held = redis.call('HMGET', KEYS[2], 'version', 'gen', 'n')
-if held[1] == ARGV[1] and tonumber(held[2]) == tonumber(ARGV[3])
-   and tonumber(held[3]) > tonumber(ARGV[2]) then
-  return 0
-end
-redis.call('HSET', KEYS[2], 'version', ARGV[1], 'n', ARGV[2], 'gen', ARGV[3], 'blob', ARGV[4])
-return 1
-"""
-
-# Records a tombstone: KEYS[t] the deletion counter, KEYS[t + 1] the tombstones zset; `ujson` the
-# user id as a JSON string. Shared by the delete scripts.
-_TOMBSTONE = """
-local function tombstone(t, ujson)
-  local now = redis.call('TIME')
-  local g = redis.call('INCR', KEYS[t])
-  local at = string.format('%d.%06d', now[1], now[2])
-  redis.call('ZADD', KEYS[t + 1], g, '[' .. string.format('%d', g) .. ',' .. ujson .. ',' .. at .. ']')
-end
-"""
-
-# Takes a user out of a batch's journal entry (`_batch_entry`): KEYS[j] the journal, `entry` and
-# `score` the entry as held, `ujson` the user id as a JSON string. ``,"<user>",`` occurs in an
-# entry only where that user's part starts (inside a JSON string a '"' is always escaped), and a
-# user has at most one part per batch. An entry naming no one any more is removed. Returns the
-# user's number of events in the batch (0 when the entry does not name the user).
-_UNJOURNAL = """
-local function unjournal(j, entry, score, ujson)
-  local i, e = string.find(entry, ',' .. ujson .. ',', 1, true)
-  if not i then return 0 end
-  local _, k, m = string.find(entry, '^%-?%d+,(%d+)', e + 1)
-  local rest = string.sub(entry, 1, i - 1) .. string.sub(entry, k + 1)
-  redis.call('ZREM', KEYS[j], entry)
-  if string.find(rest, ',', 1, true) then redis.call('ZADD', KEYS[j], score, rest) end
-  return tonumber(m)
-end
-"""
-
-# KEYS: users zset, n_events counter, the user's stamp hash, event list, state hash, the journal,
-# the deletion counter, the tombstones zset. ARGV: user, user as a JSON string, "1" to record a
-# tombstone ("0": a history replaced, not a person forgotten). The user's list holds its events
-# in sequence order, so each batch's journal entry (the first with a score >= an event's number)
-# is found once. Returns how many of the user's three keys existed.
-_DELETE = (
-    _TOMBSTONE
-    + _UNJOURNAL
-    + """
-local held = redis.call('LLEN', KEYS[4])
-if held > 0 then
-  local covered = -1
-  for _, e in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
-    local seq = cjson.decode(e)[5]
-    if seq and seq > covered then
-      local found = redis.call('ZRANGEBYSCORE', KEYS[6], string.format('%d', seq), '+inf',
-                               'WITHSCORES', 'LIMIT', 0, 1)
-      if #found > 0 then
-        covered = tonumber(found[2])
-        unjournal(6, found[1], found[2], ARGV[2])
-      end
-    end
-  end
-end
-local n = redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
-redis.call('ZREM', KEYS[1], ARGV[1])
-if held > 0 then redis.call('DECRBY', KEYS[2], held) end
-if ARGV[3] == '1' then tombstone(7, ARGV[2]) end
-return n
-"""
-)
-
-# KEYS: the user's state hash. ARGV: the unreadable blob. Drops only that blob (a good state
-# written since stays).
-_DROP_STATE = """
-if redis.call('HGET', KEYS[1], 'blob') == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"""
-
-# KEYS: versions hash, current pointer. ARGV: version id. 1 when removed (not current, known).
-_DISCARD_VERSION = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
-return redis.call('HDEL', KEYS[1], ARGV[1])
-"""
-
-# KEYS: current pointer, versions hash. ARGV: "1" when a current version is expected ("0": none),
-# the expected id, the new id. Compare-and-set: 1 when set.
-_SET_CURRENT = """
-local held = redis.call('GET', KEYS[1])
-if ARGV[1] == '1' then
-  if held ~= ARGV[2] then return 0 end
-elseif held then
-  return 0
-end
-if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then return 0 end
-redis.call('SET', KEYS[1], ARGV[3])
-return 1
-"""
-
-# KEYS: the lease hash. ARGV: owner, ttl (microseconds), note. Returns the lease as it stands:
-# owner, expires (microseconds, server clock), note.
-_ACQUIRE_LEASE = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local held = redis.call('HMGET', KEYS[1], 'owner', 'expires', 'note')
-if not held[1] or tonumber(held[2]) <= t or held[1] == ARGV[1] then
-  local expires = string.format('%d', t + tonumber(ARGV[2]))
-  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'expires', expires, 'note', ARGV[3])
-  return {ARGV[1], expires, ARGV[3]}
-end
-return held
-"""
-
-# KEYS: the lease hash. ARGV: owner. 1 when released.
-_RELEASE_LEASE = """
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class RedisStoreError(DynrecError):
@@ -283,55 +118,6 @@ def redact_url(url: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _json(value: str) -> str:
-    return _jstr(value)
-
-
-def _jstr(value: str) -> str:
-    """``json.dumps(value, ensure_ascii=False)``, without its cost for the usual id (printable,
-    no quote or backslash: the only characters JSON escapes are those and control characters)."""
-    if value.isprintable() and '"' not in value and "\\" not in value:
-        return '"' + value + '"'
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _encode(e: Event) -> bytes:
-    """A validated event as the head of its list element, ``[item_id,timestamp,event_type,weight,``
-    (the JSON of `json.dumps` with separators ``,``/``:``): the store appends ``seq]``."""
-    return f"[{_jstr(e.item_id)},{e.timestamp},{_jstr(e.event_type)},{e.weight!r},".encode()
-
-
-def _history(values: Sequence[bytes]) -> History:
-    """Elements ``[item, ts, type, weight]`` or ``[item, ts, type, weight, seq]``."""
-    if not values:
-        return History()
-    rows = [json.loads(v) for v in values]
-    return History(
-        tuple(str(r[0]) for r in rows),
-        np.fromiter((int(r[1]) for r in rows), dtype=np.int64, count=len(rows)),
-        tuple(str(r[2]) for r in rows),
-        np.fromiter((float(r[3]) for r in rows), dtype=np.float64, count=len(rows)),
-    )
-
-
-def _batch_entry(value: bytes) -> tuple[int, list[tuple[str, int, int]]]:
-    """A journal entry ``[first, user, start, m, user, start, m, ...]``: the batch's first
-    sequence number, and per user the position in its list of its first event of the batch (-1:
-    not known, on a Redis Cluster) and its number of events in the batch."""
-    row = json.loads(value)
-    return int(row[0]), [(str(row[j]), int(row[j + 1]), int(row[j + 2])) for j in range(1, len(row), 3)]
-
-
-def _seq_events(user: str, values: Sequence[bytes], low: int, high: int) -> list[tuple[int, Event]]:
-    """The elements of `user`'s list with sequence number in [`low`, `high`], as events."""
-    out = []
-    for v in values:
-        r = json.loads(v)
-        if len(r) > 4 and low <= r[4] <= high:
-            out.append((int(r[4]), Event(user, str(r[0]), int(r[1]), str(r[2]), float(r[3]))))
-    return out
 
 
 def _check_prefix(prefix: object) -> None:

@@ -73,22 +73,18 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import RedisClusterException
 
+from dynrec.data.events import Event, validate_events
 from dynrec.errors import DynrecError
-from dynrec.online.redis_store import (
-    _PUSH_CHUNK,
-    _TOMBSTONE,
-    _UNJOURNAL,
+from dynrec.online.store.protocol import UserStamp
+from dynrec.online.store.redis import (
     DEFAULT_PREFIX,
     RedisStore,
     RedisStoreError,
     _check_prefix,
-    _encode,
-    _history,
     _int,
-    _json,
     redact_url,
 )
-from dynrec.online.state import Event, UserStamp, validate_events
+from dynrec.online.store.redis_scripts import _PUSH_CHUNK, _TOMBSTONE, _UNJOURNAL, _encode, _history, _json
 
 __all__ = ["CLUSTER_SCHEMES", "RedisClusterStore"]
 

@@ -1,4 +1,9 @@
-"""Open a `StateStore` by URL (what ``dynrec serve --store`` and ``dynrec store export --store`` take).
+"""Where per-user histories, cached model states and model versions live, one file a room:
+`protocol` (`StateStore`, `UserStamp`, `CachedState`, `History`, state encoding), `versions`
+(`VersionStore` and its records), `memory` (`InMemoryStore`), `sqlite` (`SQLiteStore`), `redis`
+(`RedisStore`) and `redis_cluster` (`RedisClusterStore`); this module opens one by URL.
+
+Open a `StateStore` by URL (what ``dynrec serve --store`` and ``dynrec store export --store`` take).
 
 =====================================  ==================================================================
 URL                                    store
@@ -24,11 +29,39 @@ import sqlite3
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from dynrec.errors import DynrecError
-from dynrec.online.redis_cluster import CLUSTER_SCHEMES, RedisClusterStore
-from dynrec.online.redis_store import RedisStore, redact_url
-from dynrec.online.state import InMemoryStore, SQLiteStore, StateStore
+from dynrec.online.store.memory import InMemoryStore
+from dynrec.online.store.protocol import (
+    CachedState,
+    History,
+    StateStore,
+    UserStamp,
+    decode_state,
+    encode_state,
+)
+from dynrec.online.store.redis import RedisStore, redact_url
+from dynrec.online.store.redis_cluster import CLUSTER_SCHEMES, RedisClusterStore
+from dynrec.online.store.sqlite import SQLiteStore
+from dynrec.online.store.versions import Lease, Tombstone, VersionRecord, VersionStore
 
-__all__ = ["SCHEMES", "open_store", "store_kind"]
+__all__ = [
+    "SCHEMES",
+    "CachedState",
+    "History",
+    "InMemoryStore",
+    "Lease",
+    "RedisClusterStore",
+    "RedisStore",
+    "SQLiteStore",
+    "StateStore",
+    "Tombstone",
+    "UserStamp",
+    "VersionRecord",
+    "VersionStore",
+    "decode_state",
+    "encode_state",
+    "open_store",
+    "store_kind",
+]
 
 SCHEMES = ("sqlite", "redis", "rediss", "unix", *CLUSTER_SCHEMES, "memory")
 _FORMS = (
