@@ -18,7 +18,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 
@@ -27,14 +26,31 @@ from dynrec.data.items import ItemMetadata
 from dynrec.data.query import QueryBatch, check_k, topk_stable
 from dynrec.errors import NotFittedError
 from dynrec.models.base import Recommender
-from dynrec.models.capabilities import ItemEmbeddings
 from dynrec.online.adapters import RecomputeAdapter, StateAdapter, StateBatch, adapter_for
+from dynrec.online.interests import (
+    Categories,
+    Interests,
+    InterestWindow,
+    ItemInfo,
+    category_shares,
+    cluster_items,
+    item_categories,
+    item_vectors,
+    top_shares,
+)
 from dynrec.online.store import CachedState, History, InMemoryStore, StateStore, UserStamp
 from dynrec.online.updater import IncrementalUpdater, UpdateReport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["InterestProfile", "Interests", "OnlineRecommender", "Recommendation", "model_version"]
+__all__ = [
+    "Interests",
+    "OnlineRecommender",
+    "Recommendation",
+    "cluster_items",
+    "item_vectors",
+    "model_version",
+]
 
 
 def model_version(model: Recommender) -> str:
@@ -55,26 +71,6 @@ class Recommendation:
     scores: list[float]
 
 
-@dataclass(frozen=True)
-class InterestProfile:
-    """Top categories (or clusters / items) with their share of the window's weight, and the
-    model's top items when it reads only that window."""
-
-    categories: list[tuple[str, float]]
-    items: list[str]
-    n_events: int
-
-
-@dataclass(frozen=True)
-class Interests:
-    user_id: str
-    short_term: InterestProfile
-    long_term: InterestProfile
-    basis: str
-    """What the categories are: "categories" (item metadata), "clusters" (of the model's item
-    vectors) or "items"."""
-
-
 @dataclass
 class _Hot:
     """A user's decoded state in this process: the state, the events of the user's store
@@ -90,18 +86,13 @@ class _Hot:
     generation: int = 0
 
 
-@dataclass
-class _Categories:
-    matrix: sp.csr_matrix  # [n_items, n_cats]
-    names: list[str]
-    basis: str
-
-
 class OnlineRecommender:
     """A model and its per-user state (see the module docstring).
 
     `item_categories`: optional ``(matrix [n_items, n_categories], names)`` in the model's item
-    index order (e.g. ``ItemMetadata.genre_matrix(model.item_vocab)``) for `interests`.
+    index order (e.g. ``ItemMetadata.genre_matrix(model.item_vocab)``) for `interests`; else the
+    tags of `item_info`, the genres of `item_metadata`, clusters or items
+    (`dynrec.online.interests.item_categories`).
     """
 
     def __init__(
@@ -112,6 +103,7 @@ class OnlineRecommender:
         adapter: StateAdapter | None = None,
         item_categories: tuple[sp.csr_matrix, Sequence[str]] | None = None,
         item_metadata: ItemMetadata | None = None,
+        item_info: ItemInfo | None = None,
         updater: IncrementalUpdater | None = None,
         cache_size: int = 10_000,
         persist_every: int = 1,
@@ -136,15 +128,16 @@ class OnlineRecommender:
         """Reads served by a hot state (current, or caught up with events appended elsewhere)."""
         self.cache_misses = 0
         """Reads that rebuilt the state from the store (checkpoint + tail, or the whole history)."""
-        self._cats: _Categories | None = None
+        self._cats: Categories | None = None
         self.item_metadata = item_metadata
         """`ItemMetadata` (e.g. ``registry.load_items("ml-100k")``): its genres are the categories of
         `interests` (rebuilt when the catalogue grows)."""
+        self.item_info = item_info
+        """Titles and tags per item id (``item_info.json``'s form): its tags, when any, are the
+        categories of `interests` (before `item_metadata`'s genres)."""
         if item_categories is not None:
             m, names = item_categories
-            self._cats = _Categories(
-                sp.csr_matrix(m, dtype=np.float32), [str(n) for n in names], "categories"
-            )
+            self._cats = Categories.of(m, names, "categories")
 
     # -- index mapping ----------------------------------------------------------------------
     def _query(self, user: str, hist: History) -> QueryBatch:
@@ -411,26 +404,25 @@ class OnlineRecommender:
     ) -> Interests:
         """Short-term (the last `short_window` events, optionally decayed with `short_half_life`
         events) vs long-term (the whole history) interests: the top categories of each with their
-        share, and the model's top items when it reads only that part of the history."""
+        share (`dynrec.online.interests.category_shares`, the shares of ``/profile`` and
+        ``dynrec profile``), and the model's top items when it reads only that part of the history."""
         assert self.model.item_vocab is not None
         hist = self.store.history(user)
         q = self._query(user, hist)
-        cats = self._categories()
+        cats = self.categories()
         n = len(q.items)
-        w_short = np.zeros(n, dtype=np.float32)
         a = max(0, n - short_window)
         back = np.arange(n - 1, -1, -1, dtype=np.float64)[a:]
-        w_short[a:] = np.power(0.5, back / short_half_life) if short_half_life > 0 else 1.0
-        w_long = np.ones(n, dtype=np.float32)
+        w_short = np.power(0.5, back / short_half_life) if short_half_life > 0 else np.ones(n - a)
         short_q = QueryBatch(
             q.users, np.array([0, n - a]), q.items[a:], None if q.timestamps is None else q.timestamps[a:]
         )
+        short = top_shares(category_shares(q.items[a:], cats, w_short), top)
+        long = top_shares(category_shares(q.items, cats), top)
         return Interests(
             user,
-            InterestProfile(
-                self._top_categories(q.items, w_short, cats, top), self._top_items(short_q, q, top), n - a
-            ),
-            InterestProfile(self._top_categories(q.items, w_long, cats, top), self._top_items(q, q, top), n),
+            InterestWindow(short, self._top_items(short_q, q, top), n - a),
+            InterestWindow(long, self._top_items(q, q, top), n),
             cats.basis,
         )
 
@@ -442,41 +434,12 @@ class OnlineRecommender:
         keep = torch.isfinite(vals[0])
         return self.model.item_vocab.to_ids(idx[0][keep].numpy())
 
-    def _top_categories(
-        self, items: npt.NDArray[np.int64], weights: npt.NDArray[np.float32], cats: _Categories, top: int
-    ) -> list[tuple[str, float]]:
-        if not len(items) or float(weights.sum()) <= 0:
-            return []
-        h = sp.csr_matrix(
-            (weights, (np.zeros(len(items), dtype=np.int64), items)), shape=(1, cats.matrix.shape[0])
+    def categories(self) -> Categories:
+        """The categories `interests` reads (`dynrec.online.interests.item_categories`), kept until
+        the catalogue grows or the model changes (clusters)."""
+        self._cats = item_categories(
+            self.model, given=self._cats, item_info=self.item_info, metadata=self.item_metadata
         )
-        mass = np.asarray((h @ cats.matrix).todense(), dtype=np.float64).ravel()
-        total = mass.sum()
-        if total <= 0:
-            return []
-        order = np.argsort(-mass, kind="stable")[:top]
-        return [(cats.names[j], float(mass[j] / total)) for j in order if mass[j] > 0]
-
-    def _categories(self) -> _Categories:
-        if self._cats is not None and self._cats.matrix.shape[0] == self.model.n_items:
-            return self._cats
-        if self.item_metadata is not None and self.model.item_vocab is not None:
-            m, names = self.item_metadata.genre_matrix(self.model.item_vocab)
-            if len(names):
-                self._cats = _Categories(sp.csr_matrix(m, dtype=np.float32), list(names), "categories")
-                return self._cats
-        if self._cats is not None and self._cats.basis == "categories":  # the catalogue grew
-            m = self._cats.matrix
-            grown = sp.vstack([m, sp.csr_matrix((self.model.n_items - m.shape[0], m.shape[1]))]).tocsr()
-            self._cats = _Categories(grown, self._cats.names, "categories")
-            return self._cats
-        vecs = item_vectors(self.model)
-        if vecs is not None:
-            self._cats = cluster_items(vecs, self.model)
-        else:
-            n = self.model.n_items
-            names = ["<pad>", *self.model.item_vocab.ids] if self.model.item_vocab is not None else []
-            self._cats = _Categories(sp.identity(n, dtype=np.float32, format="csr"), names, "items")
         return self._cats
 
     # -- mutation ------------------------------------------------------------------------------
@@ -504,49 +467,3 @@ class OnlineRecommender:
         if self.updater is not None:
             found = bool(self.updater.forget_user(user)) or found
         return found
-
-
-# ---- item vectors and clusters (interests without item metadata) --------------------------------
-
-
-def item_vectors(model: Recommender) -> torch.Tensor | None:
-    """[n_items, d] item vectors of a model implementing `ItemEmbeddings` (None otherwise)."""
-    if isinstance(model, ItemEmbeddings):
-        v = model.item_embeddings()
-        if v.dim() == 2 and v.shape[0] == model.n_items:
-            return v.detach().float().cpu()
-    return None
-
-
-def cluster_items(
-    vecs: torch.Tensor, model: Recommender, n_clusters: int = 20, iters: int = 25
-) -> _Categories:
-    """k-means (cosine, seeded) of the item vectors; each cluster is named by its 3 items nearest
-    the centroid."""
-    x = torch.nn.functional.normalize(vecs[1:].float(), dim=1)
-    n = x.shape[0]
-    k = max(1, min(n_clusters, n))
-    gen = torch.Generator().manual_seed(model.config.seed)
-    cent = x[torch.randperm(n, generator=gen)[:k]].clone()
-    assign = torch.zeros(n, dtype=torch.int64)
-    for _ in range(iters):
-        assign = (x @ cent.T).argmax(1)
-        for c in range(k):
-            members = x[assign == c]
-            if members.shape[0]:
-                cent[c] = torch.nn.functional.normalize(members.mean(0), dim=0)
-    sims = (x @ cent.T).gather(1, assign[:, None])[:, 0]
-    names = []
-    ids = model.item_vocab.ids if model.item_vocab is not None else []
-    for c in range(k):
-        mem = torch.nonzero(assign == c).squeeze(1)
-        best = mem[torch.argsort(sims[mem], descending=True)[:3]].tolist()
-        names.append(f"cluster {c}: " + ", ".join(ids[i] for i in best) if ids else f"cluster {c}")
-    rows = np.arange(1, n + 1)
-    m = sp.csr_matrix(
-        (np.ones(n, dtype=np.float32), (rows, assign.numpy())), shape=(n + 1, k), dtype=np.float32
-    )
-    return _Categories(m, names, "clusters")
-
-
-__all__ += ["cluster_items", "item_vectors"]

@@ -43,7 +43,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -57,6 +57,7 @@ from dynrec.data.events import InvalidEventError
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.jobs.items import ExistingItemsError
 from dynrec.jobs.model_root import PublishConflict
+from dynrec.online.interests import ProfileWindow
 from dynrec.service.edge import EdgeGuardMiddleware, json_safe, redact_paths
 from dynrec.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from dynrec.service.runtime import (
@@ -360,17 +361,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise HTTPException(404, f"user {user_id!r} has no events")
         prof, holder = got
 
-        def window(w: dict[str, Any]) -> ProfileWindowOut:
-            tags = [(str(t), float(v)) for t, v in w["tags"]]
-            return ProfileWindowOut(
-                n_events=w["n_events"], tags=tags, items=w["items"], item_ids=w["item_ids"]
-            )
+        def window(w: ProfileWindow) -> ProfileWindowOut:
+            return ProfileWindowOut(n_events=w.n_events, tags=w.tags, items=w.items, item_ids=w.item_ids)
 
         return ProfileOut(
             user_id=user_id,
-            long_term=window(prof["long_term"]),
-            short_term=window(prof["short_term"]),
-            shift=[(str(t), float(v)) for t, v in prof["shift"]],
+            long_term=window(prof.long_term),
+            short_term=window(prof.short_term),
+            shift=prof.shift,
             short_window=short_window,
             model_version=holder.version,
         )

@@ -57,13 +57,19 @@ class ModelHolder:
         self.index = index
         """The approximate index over `scoring`'s item table (None = exact)."""
         self.metadata = metadata
+        self.item_info: ItemInfo = {**(item_info or {}), **metadata_info(metadata)}
+        """Titles and tags per item: the version directory's item_info.json, then the metadata. Its
+        tags are the categories of the session's interests and of the profile route (one source)."""
         self.online = OnlineRecommender(
-            model, store, item_metadata=metadata, cache_size=cache_size, persist_every=persist_every
+            model,
+            store,
+            item_metadata=metadata,
+            item_info=self.item_info,
+            cache_size=cache_size,
+            persist_every=persist_every,
         )
         self.lock = threading.Lock()
         """Guards the session's hot per-user states (observe, recommend, interests, delete)."""
-        self.item_info: ItemInfo = {**(item_info or {}), **metadata_info(metadata)}
-        """Titles and tags per item: the version directory's item_info.json, then the metadata."""
         self.titles: dict[str, str] = {
             i: r["title"] for i, r in self.item_info.items() if isinstance(r.get("title"), str)
         }

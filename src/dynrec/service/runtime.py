@@ -11,7 +11,7 @@
 * the store itself — events, per-user states, model versions, tombstones and leases.
 
 `Runtime` wires them for the routes and answers the reads: ingest, recommendations (micro-batched),
-explanations, users and items. Pending events are not kept in memory: an update trains on the
+explanations and profiles (`dynrec.service.answers`), users and items. Pending events are not kept in memory: an update trains on the
 store's events after the current version's event sequence number, so events ingested by any
 process are learned by the next update wherever it runs, and none is lost on a restart.
 
@@ -34,7 +34,6 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +43,6 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.events import Event, validate_events
 from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.errors import DynrecError
-from dynrec.jobs.explain import EXPLAIN_TOP, explain_items, interest_profile
 from dynrec.jobs.items import AddedItems
 from dynrec.jobs.model_root import (
     open_version,
@@ -54,13 +52,14 @@ from dynrec.jobs.model_root import (
 )
 from dynrec.jobs.train import TrainingHistory, ann_index
 from dynrec.models.base import Recommender
-from dynrec.models.capabilities import Explainer
 from dynrec.models.neural.quantize import quantize
 from dynrec.models.retrieval import AnnIndex, retrieve, similar_items
-from dynrec.online.session import Interests
+from dynrec.online.interests import InterestProfile, Interests
 from dynrec.online.store import History, open_store, store_kind
 from dynrec.online.store.versions import VersionRecord, VersionStore, new_owner_id
 from dynrec.online.updater import UpdateReport
+from dynrec.service import answers
+from dynrec.service.answers import EXPLAIN_TOP
 from dynrec.service.batching import MicroBatcher, Pending
 from dynrec.service.follower import VersionFollower
 from dynrec.service.holder import ModelHolder, dataset_items, read_info
@@ -330,7 +329,7 @@ class Runtime:
             for j, rec in zip(live, recs, strict=True):
                 r = reqs[j]
                 items, scores = rec.items[: r.k], rec.scores[: r.k]
-                expl = self._explain_user(holder, r.user, items) if r.explain else None
+                expl = answers.explain_user(self.store, holder, r.user, items) if r.explain else None
                 out[j] = Recommended(items, scores, expl, False, holder.version, holder)
         return [o for o in out if o is not None]
 
@@ -354,7 +353,7 @@ class Runtime:
         keep = torch.isfinite(vals[0])
         items = holder.item_vocab.to_ids(top[0][keep].numpy())
         scores = [float(v) for v in vals[0][keep]]
-        expl = self._explain(holder, q, items) if explain else None
+        expl = answers.explain(holder, q, items) if explain else None
         return Recommended(items, scores, expl, False, holder.version, holder)
 
     def _popular(self, holder: ModelHolder, k: int) -> Recommended:
@@ -366,44 +365,12 @@ class Runtime:
         self.metrics.fallbacks.inc()
         return Recommended(items, [float(v) for v in vals[0][keep]], None, True, holder.version, holder)
 
-    # -- explanations ----------------------------------------------------------------------------------
-    def _explain_user(
-        self, holder: ModelHolder, user: str, items: list[str]
-    ) -> list[list[tuple[str, float]]] | None:
-        if not isinstance(holder.model, Explainer):
-            return None
-        return self._explain(holder, self._stored_query(holder, user), items)
-
-    def _stored_query(self, holder: ModelHolder, user: str) -> QueryBatch:
-        """`user`'s stored history as a one-query batch (items the model does not know skipped)."""
-        hist = self.store.history(user)
-        idx = holder.item_vocab.lookup(hist.items, policy="skip")
-        keep = idx > 0
-        known = idx[keep].astype(np.int64)
-        assert holder.model.user_vocab is not None
-        return QueryBatch(
-            np.array([holder.model.user_vocab.index(user, policy="skip")], np.int64),
-            np.array([0, known.size], np.int64),
-            known,
-            hist.timestamps[keep].astype(np.int64),
-        )
-
-    def profile(self, user: str, short_window: int) -> tuple[dict[str, Any], ModelHolder] | None:
-        """`user`'s interest profile over their stored history (`dynrec.jobs.explain.interest_profile`,
-        tags and titles from the holder's item info); None when the store holds no event of them."""
-        if self.store.stamp(user).n_events == 0:
-            return None
+    # -- explanations and profiles (`dynrec.service.answers`) ------------------------------------------
+    def profile(self, user: str, short_window: int) -> tuple[InterestProfile, ModelHolder] | None:
+        """`user`'s interest profile over their stored history; None when they have no event."""
         holder = self.holder
-        q = self._stored_query(holder, user)
-        return interest_profile(holder.model, q, holder.item_info, short_window=short_window), holder
-
-    def _explain(
-        self, holder: ModelHolder, q: QueryBatch, items: list[str]
-    ) -> list[list[tuple[str, float]]] | None:
-        """Per recommended item, the `EXPLAIN_TOP` history items contributing most to its score
-        (repeated history items summed; `dynrec.jobs.explain.explain_items`); None when the model
-        is no `Explainer`."""
-        return explain_items(holder.model, q, items, top=EXPLAIN_TOP)
+        got = answers.profile(self.store, holder, user, short_window)
+        return None if got is None else (got, holder)
 
     # -- items -------------------------------------------------------------------------------------
     def similar(self, item: str, k: int) -> tuple[list[str], list[float], ModelHolder]:
@@ -495,14 +462,9 @@ class Runtime:
     def user(self, user: str, limit: int) -> tuple[int, History, ModelHolder, Interests] | None:
         """(events appended, the last `limit` events, holder, `Interests`) or None when the store
         holds no event of `user`."""
-        n = self.store.stamp(user).n_events
-        if n == 0:
-            return None
         holder = self.holder
-        hist = self.store.history(user, limit)
-        with holder.lock:
-            interests = holder.online.interests(user)
-        return n, hist, holder, interests
+        got = answers.user_detail(self.store, holder, user, limit)
+        return None if got is None else (got[0], got[1], holder, got[2])
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
