@@ -18,8 +18,9 @@ from dynrec import jobs
 from dynrec.cli.main import app as cli
 from dynrec.errors import DynrecError
 from dynrec.evaluation.offline import target_ranks
+from dynrec.jobs.evaluate import evaluate_retrieved
 from dynrec.jobs.recommend import recommend_for
-from dynrec.jobs.train import evaluate_retrieved, save_model
+from dynrec.jobs.train import save_model
 from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.capabilities import QueryEmbeddings
 from dynrec.models.neural.quantize import is_quantized, quantize

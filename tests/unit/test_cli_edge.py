@@ -100,7 +100,7 @@ def test_recommend_empty_history_is_the_flagged_popular_fallback(trained: Path, 
     got = last_json(out)
     assert got["fallback"] == "popular"  # before: 10 items of score 0, unflagged
     # the training history's item counts, ties by item index (what the service's fallback ranks by)
-    from dynrec.jobs.train import training_history
+    from dynrec.jobs.history import training_history
     from dynrec.models.base import Recommender
 
     model = Recommender.load(trained)

@@ -22,8 +22,8 @@ import torch
 from dynrec import jobs
 from dynrec.data.events import Event
 from dynrec.errors import DynrecError
+from dynrec.jobs.history import training_history
 from dynrec.jobs.model_root import is_model_dir, without_users
-from dynrec.jobs.train import training_history
 from dynrec.models.base import Recommender
 from dynrec.online.store.versions import VersionRecord
 from dynrec.service.metrics import ServiceMetrics

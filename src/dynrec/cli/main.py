@@ -186,7 +186,7 @@ def data_stats(
     """Counts, density and sequence-length statistics of a dataset, with the rows the reader
     rejected (invalid) or dropped (exact duplicates)."""
     from dynrec.data.dataset import InteractionData, describe
-    from dynrec.jobs.train import load_events
+    from dynrec.jobs.prepare import load_events
 
     _, _, events = load_events(dataset, data_dir, strict=strict, columns=columns, allow_empty=True)
     stats: dict[str, Any] = {"dataset": dataset, **describe(InteractionData.from_events(events))}
@@ -355,7 +355,7 @@ def evaluate(
     the index does not return is a miss, and the JSON says "retrieval": KIND. --set precision=int8
     scores with an int8 copy of a neural model."""
     from dynrec import jobs
-    from dynrec.jobs.train import scoring_model
+    from dynrec.jobs.evaluate import scoring_model
 
     ks = tuple(k or [10])
     overrides, options = _run_options(_parse_sets(sets), progress=not as_json)

@@ -2,26 +2,17 @@
 the model registry and the file system (datasets, saved models, event files)."""
 
 from dynrec.jobs.catalogue import add_items
+from dynrec.jobs.evaluate import ann_index, evaluate_model, evaluate_retrieved, evaluate_saved, scoring_model
 from dynrec.jobs.explain import explain_items, interest_profile
 from dynrec.jobs.export import export_events
+from dynrec.jobs.history import training_history
 from dynrec.jobs.items import read_item_info
+from dynrec.jobs.prepare import Prepared, prepare
 from dynrec.jobs.provenance import Provenance
 from dynrec.jobs.recommend import history_batch, profile_for, recommend_for, seed_store
 from dynrec.jobs.replay import check_replay_model, fit_for_replay, load_replay_data, run_replay
 from dynrec.jobs.resume import resume_training
-from dynrec.jobs.train import (
-    Prepared,
-    ann_index,
-    evaluate_model,
-    evaluate_retrieved,
-    evaluate_saved,
-    load_config_file,
-    prepare,
-    save_model,
-    scoring_model,
-    train,
-    training_history,
-)
+from dynrec.jobs.train import load_config_file, save_model, train
 
 __all__ = [
     "Prepared",

@@ -4,7 +4,7 @@ On a *served* model root (a store is given, or the root holds the service's defa
 ``ROOT/events.db``) the new catalogue is published as a new model version through the store
 (`dynrec.jobs.model_root.publish`): every serving process follows it within a second and later
 additions (``POST /v1/items``, another ``items add``) build on it. A model directory that was
-never served is saved in place, each file replaced atomically (`dynrec.jobs.items.save_model_dir`).
+never served is saved in place, each file replaced atomically (`dynrec.jobs.model_root.save_model_dir`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from dynrec.jobs.items import (
     item_info_from_texts,
     read_item_info,
     reads_item_text,
-    save_model_dir,
 )
-from dynrec.jobs.model_root import Built, open_version, publish, version_path
+from dynrec.jobs.model_root import Built, open_version, publish, save_model_dir, version_path
 from dynrec.models.base import Recommender
 from dynrec.online.store import open_store
 from dynrec.online.store.versions import VersionRecord

@@ -25,8 +25,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +60,6 @@ __all__ = [
     "item_info_from_texts",
     "read_item_info",
     "reads_item_text",
-    "save_model_dir",
     "training_texts",
     "write_item_info",
 ]
@@ -327,28 +324,3 @@ def add_items_to_model(
         added = model.meta.setdefault("item_text", {}).setdefault("added_items", 0)
         model.meta["item_text"]["added_items"] = int(added) + len(new)
     return AddedItems(new, present)
-
-
-def save_model_dir(model: Recommender, model_dir: str | Path, item_info: ItemInfo | None = None) -> Path:
-    """Save `model` (and `item_info`) into `model_dir` without leaving a half-written model: every
-    file is written in full (and synced) to a temporary folder next to it first, then each is moved
-    over its old version (an atomic rename per file). Other files in `model_dir` (a service's
-    event store) are left alone."""
-    target = Path(model_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.saving-"))
-    try:
-        model.save(tmp)
-        if item_info is not None:
-            write_item_info(tmp, item_info)
-        names = sorted(p.name for p in tmp.iterdir())
-        for name in names:
-            with open(tmp / name, "rb") as fh:
-                os.fsync(fh.fileno())
-        # weights last: a reader that sees new vocabularies with old weights fails its checks
-        names.sort(key=lambda n: n == "model.safetensors")
-        for name in names:
-            os.replace(tmp / name, target / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target

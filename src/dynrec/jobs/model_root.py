@@ -12,6 +12,11 @@ finds the directory there and reuses it). Which version is current is not a file
 store's pointer (`dynrec.online.store.versions.VersionStore`), changed only by compare-and-set, so every
 process and host sharing the store agrees on it. `publish` is the one way a new version becomes
 current: it builds on the version it read and retries when another publisher won the race.
+
+A model directory saved in place (`train --out`, `train --resume`, `items add` on a model never
+served, `replay --save-model`) goes through `save_model_dir`: every file written in full to a
+temporary folder next to it, then renamed over its old version, so a reader never sees a
+half-written model.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.events import Event
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
+from dynrec.jobs.history import TrainingHistory, training_history
 from dynrec.jobs.items import ItemInfo, write_item_info
-from dynrec.jobs.train import TrainingHistory, training_history
 from dynrec.models.base import Recommender
 from dynrec.online.session import model_version
 from dynrec.online.store import StateStore
@@ -55,6 +60,7 @@ __all__ = [
     "open_version",
     "publish",
     "register_initial",
+    "save_model_dir",
     "training_memory",
     "version_memory",
     "version_path",
@@ -318,3 +324,28 @@ def version_memory(
     return InteractionData.from_arrays(
         users, items, timestamps=ts, weights=w, user_vocab=uv, item_vocab=iv, has_time=True
     )
+
+
+def save_model_dir(model: Recommender, model_dir: str | Path, item_info: ItemInfo | None = None) -> Path:
+    """Save `model` (and `item_info`) into `model_dir` without leaving a half-written model: every
+    file is written in full (and synced) to a temporary folder next to it first, then each is moved
+    over its old version (an atomic rename per file). Other files in `model_dir` (a service's
+    event store) are left alone."""
+    target = Path(model_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.saving-"))
+    try:
+        model.save(tmp)
+        if item_info is not None:
+            write_item_info(tmp, item_info)
+        names = sorted(p.name for p in tmp.iterdir())
+        for name in names:
+            with open(tmp / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        # weights last: a reader that sees new vocabularies with old weights fails its checks
+        names.sort(key=lambda n: n == "model.safetensors")
+        for name in names:
+            os.replace(tmp / name, target / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -2,12 +2,12 @@
 and seeding an online state store with the histories a model was trained on.
 
 A known user's history is their *training history* as the model records it
-(`dynrec.jobs.train.training_history`: the training part of the model's split plus resumed
+(`dynrec.jobs.history.training_history`: the training part of the model's split plus resumed
 events; never validation or test targets). `recommend_for(user=U)` and an `OnlineRecommender`
 whose store was filled by `seed_store` see the same history, so they give the same items.
 
 `recommend_for` scores at the run option ``precision`` (`options`, see
-`dynrec.jobs.train.scoring_model`) and, with `ann`, through an approximate index over the model's
+`dynrec.jobs.evaluate.scoring_model`) and, with `ann`, through an approximate index over the model's
 item table (`dynrec.models.retrieval.retrieve`; the model must have the `QueryEmbeddings`
 capability). The answer then records ``"retrieval"`` (the index kind) and ``"precision"``.
 """
@@ -24,10 +24,11 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.events import Event
 from dynrec.data.query import QueryBatch, check_k, topk_stable
 from dynrec.errors import DynrecError, UnknownIdError
+from dynrec.jobs.evaluate import ann_index, scoring_model
 from dynrec.jobs.explain import because, explain_items, explanation_unavailable, interest_profile
+from dynrec.jobs.history import training_history
 from dynrec.jobs.items import ItemInfo, read_item_info
 from dynrec.jobs.model_root import without_users
-from dynrec.jobs.train import ann_index, scoring_model, training_history
 from dynrec.models.base import Recommender, RunOptions
 from dynrec.models.retrieval import AnnConfig, AnnIndex, retrieve
 from dynrec.online.store import StateStore

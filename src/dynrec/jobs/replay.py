@@ -12,6 +12,7 @@ from typing import Any
 from dynrec.data import registry
 from dynrec.data.dataset import InteractionData
 from dynrec.errors import DynrecError
+from dynrec.jobs.model_root import save_model_dir
 from dynrec.models.base import Recommender
 from dynrec.models.registry import create_model
 from dynrec.online.updater import UpdateConfig
@@ -120,7 +121,7 @@ def run_replay(
         else:
             trained = fit_for_replay(str(target), rd, overrides=overrides)
             src = Path(save_model) if save_model is not None else Path(tmp) / "model"
-            trained.save(src)
+            save_model_dir(trained, src)  # --save-model: written like every model directory
         for m in modes:
             model = Recommender.load(src)  # every mode starts from the same weights
             mode: Mode = m  # type: ignore[assignment]  # checked against MODES above

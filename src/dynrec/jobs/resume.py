@@ -1,7 +1,7 @@
 """Warm start: continue training a saved model on new events (``dynrec train --resume``).
 
 The model's memory (what the update replays, co-occurrence counts, fold-ins) is its *training
-history* (`dynrec.jobs.train.training_history`): the training part of its recorded split plus the
+history* (`dynrec.jobs.history.training_history`): the training part of its recorded split plus the
 events of earlier resumes — never the split's validation or test targets, so a resumed model stays
 evaluable on its split. The resume is recorded in the model's provenance (file, content hash, and
 how many of its events are validation/test targets of the split: `evaluate` refuses a model whose
@@ -28,9 +28,10 @@ from dynrec.data.io import read_events
 from dynrec.errors import DynrecError
 from dynrec.jobs import provenance as prov_
 from dynrec.jobs.catalogue import served_store_url
-from dynrec.jobs.items import read_item_info, save_model_dir
-from dynrec.jobs.model_root import Built, publish, version_path, without_users
-from dynrec.jobs.train import column_map, training_history
+from dynrec.jobs.history import training_history
+from dynrec.jobs.items import read_item_info
+from dynrec.jobs.model_root import Built, publish, save_model_dir, version_path, without_users
+from dynrec.jobs.prepare import column_map
 from dynrec.models.base import Recommender
 from dynrec.online.store import StateStore, open_store
 from dynrec.online.store.versions import VersionRecord, VersionStore
