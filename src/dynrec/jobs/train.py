@@ -21,11 +21,6 @@ from typing import Any
 from dynrec.errors import DynrecError
 from dynrec.jobs import items as items_
 from dynrec.jobs import provenance as prov_
-
-# `ann_index` and `TrainingHistory` live in `dynrec.jobs.evaluate` and `dynrec.jobs.history`;
-# re-exported here only for `dynrec.service`, which imports them from this module.
-from dynrec.jobs.evaluate import ann_index as ann_index
-from dynrec.jobs.history import TrainingHistory as TrainingHistory
 from dynrec.jobs.items import ItemInfo
 from dynrec.jobs.model_root import save_model_dir
 from dynrec.jobs.prepare import Prepared

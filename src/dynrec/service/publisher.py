@@ -23,6 +23,7 @@ from typing import Any
 from dynrec.data.dataset import InteractionData
 from dynrec.data.events import Event
 from dynrec.errors import DynrecError
+from dynrec.jobs.history import TrainingHistory
 from dynrec.jobs.items import AddedItems, add_items_to_model, encoder_for, item_info_from_texts
 from dynrec.jobs.model_root import (
     Built,
@@ -35,7 +36,6 @@ from dynrec.jobs.model_root import (
     version_path,
 )
 from dynrec.jobs.provenance import PROVENANCE_KEY, ServedEvents, from_meta, target_frame
-from dynrec.jobs.train import TrainingHistory
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemText, PartialFit
 from dynrec.online.session import model_version

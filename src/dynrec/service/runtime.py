@@ -43,6 +43,8 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.events import Event, validate_events
 from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.errors import DynrecError
+from dynrec.jobs.evaluate import ann_index
+from dynrec.jobs.history import TrainingHistory
 from dynrec.jobs.items import AddedItems
 from dynrec.jobs.model_root import (
     open_version,
@@ -50,7 +52,6 @@ from dynrec.jobs.model_root import (
     training_memory,
     version_path,
 )
-from dynrec.jobs.train import TrainingHistory, ann_index
 from dynrec.models.base import Recommender
 from dynrec.models.neural.quantize import quantize
 from dynrec.models.retrieval import AnnIndex, retrieve, similar_items
