@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from dynrec.data.events import MISSING_ITEM, EventLog
-from dynrec.data.io import events as ev
 from dynrec.data.io import read_events
+from dynrec.data.io import readers as ev
 
 REGULAR = (
     "user_id,item_id,timestamp,event_type,rating\n"

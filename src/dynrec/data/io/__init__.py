@@ -1,24 +1,17 @@
 """Readers: files and DataFrames -> validated `EventLog` (events) or `ItemMetadata` (items).
 
 `text` turns bytes into records (gzip, decoding, line splitting, CSV quoting, header handling),
-`events` reads behaviour events, `items` reads item metadata. The public names are re-exported
-here, so ``from dynrec.data.io import read_events`` keeps working.
+`events` reads behaviour events (`formats` detects a file's format, `readers` holds one reader per
+format, `columns` maps and validates columns, `duplicates` applies the duplicate policy), `items`
+reads item metadata. The public names are re-exported here, so ``from dynrec.data.io import read_events`` keeps working.
 """
 
 from __future__ import annotations
 
-from dynrec.data.io.events import (
-    COLUMN_KEYS,
-    DUPLICATE_KEYS,
-    ColumnMap,
-    Duplicates,
-    Format,
-    apply_duplicates,
-    detect_format,
-    from_dataframe,
-    parse_columns,
-    read_events,
-)
+from dynrec.data.io.columns import COLUMN_KEYS, ColumnMap, parse_columns
+from dynrec.data.io.duplicates import DUPLICATE_KEYS, Duplicates, apply_duplicates
+from dynrec.data.io.events import from_dataframe, read_events
+from dynrec.data.io.formats import Format, detect_format
 from dynrec.data.io.items import (
     ML100K_GENRES,
     ItemColumns,
