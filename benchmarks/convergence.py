@@ -75,7 +75,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from dynrec import jobs
-    from dynrec.models.base import RunOptions
+    from dynrec.models.config import RunOptions
     from dynrec.models.neural import TorchRecommender
     from dynrec.models.neural.trainer import EpochRecord
     from dynrec.models.registry import create_model

@@ -34,7 +34,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from dynrec import jobs
-    from dynrec.models.base import RunOptions
+    from dynrec.models.config import RunOptions
     from dynrec.models.neural.distributed import env_dist, shutdown
     from dynrec.models.registry import create_model
 

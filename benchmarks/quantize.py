@@ -31,7 +31,8 @@ import torch
 
 from benchmarks._common import put, record
 from dynrec.jobs import evaluate_model, prepare, train
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
+from dynrec.models.config import RunOptions
 from dynrec.models.neural.quantize import cpu_bf16_supported, quantize
 
 

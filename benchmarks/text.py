@@ -37,8 +37,9 @@ from benchmarks._common import parse_sets, put, record
 from dynrec.data.query import QueryBatch
 from dynrec.evaluation.offline import evaluate, target_ranks
 from dynrec.jobs import Prepared, prepare, train
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import Explainer
+from dynrec.models.config import RunOptions
 from dynrec.preprocessing.split import EvalSet, Split
 
 VARIANTS: dict[str, tuple[str, dict[str, str]]] = {

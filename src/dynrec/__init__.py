@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from dynrec.data.events import Event as Event
     from dynrec.data.query import QueryBatch as QueryBatch
     from dynrec.models.base import Recommender as Recommender
-    from dynrec.models.base import RunOptions as RunOptions
+    from dynrec.models.config import RunOptions as RunOptions
     from dynrec.models.registry import available_models as available_models
     from dynrec.models.registry import create_model as create_model
     from dynrec.models.registry import load_model
@@ -58,7 +58,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "jobs": ("dynrec.jobs", None),
     "QueryBatch": ("dynrec.data.query", "QueryBatch"),
     "Recommender": ("dynrec.models.base", "Recommender"),
-    "RunOptions": ("dynrec.models.base", "RunOptions"),
+    "RunOptions": ("dynrec.models.config", "RunOptions"),
     "load": ("dynrec.models.registry", "load_model"),
     "create_model": ("dynrec.models.registry", "create_model"),
     "available_models": ("dynrec.models.registry", "available_models"),

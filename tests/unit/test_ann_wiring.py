@@ -21,8 +21,9 @@ from dynrec.evaluation.offline import target_ranks
 from dynrec.jobs.evaluate import evaluate_retrieved
 from dynrec.jobs.recommend import recommend_for
 from dynrec.jobs.train import save_model
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import QueryEmbeddings
+from dynrec.models.config import RunOptions
 from dynrec.models.neural.quantize import is_quantized, quantize
 from dynrec.models.retrieval import AnnConfig, AnnIndex
 from dynrec.service import ServiceSettings, create_app

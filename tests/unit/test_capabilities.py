@@ -19,7 +19,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.events import Event
 from dynrec.data.query import IntArray, QueryBatch, topk_stable
 from dynrec.models import registry
-from dynrec.models.base import ModelConfig, Recommender, RunOptions
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import (
     Explainer,
     IncrementalState,
@@ -31,6 +31,7 @@ from dynrec.models.capabilities import (
     UpdateBatch,
     UpdateOutcome,
 )
+from dynrec.models.config import ModelConfig, RunOptions
 from dynrec.online.adapters import ModelStateAdapter, RecomputeAdapter, adapter_for
 from dynrec.online.session import OnlineRecommender, item_vectors
 from dynrec.online.store import InMemoryStore

@@ -20,7 +20,8 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError
 from dynrec.jobs.train import load_config_file
-from dynrec.models.base import RUN_OPTION_KEYS, ModelConfig, Recommender, RunOptions, split_overrides
+from dynrec.models.base import Recommender
+from dynrec.models.config import RUN_OPTION_KEYS, ModelConfig, RunOptions, split_overrides
 from dynrec.models.knn import KNNConfig
 from dynrec.models.mf.als import ALSConfig
 from dynrec.models.neural import NeuralConfig

@@ -26,7 +26,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
 from dynrec.jobs import distributed as ddp_jobs
-from dynrec.models.base import RunOptions
+from dynrec.models.config import RunOptions
 from dynrec.models.neural.distributed import Dist, env_dist, split_batch
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig
 from dynrec.preprocessing.split import leave_one_out

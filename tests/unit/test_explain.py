@@ -13,8 +13,9 @@ import torch
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import Explainer
+from dynrec.models.config import RunOptions
 from dynrec.models.explain import first_occurrence, leave_one_out, leave_one_out_batch
 from dynrec.models.registry import create_model, get_model_class
 from tests.conftest import clustered_data

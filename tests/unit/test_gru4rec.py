@@ -10,8 +10,9 @@ import torch
 
 from dynrec.data.query import QueryBatch
 from dynrec.evaluation.offline import evaluate
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import StateBatch
+from dynrec.models.config import RunOptions
 from dynrec.models.seq.gru4rec import GRU4Rec, GRU4RecConfig
 from dynrec.preprocessing.split import Split, leave_one_out
 from tests.unit._planted_cycles import planted_cycles

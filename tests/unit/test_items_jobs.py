@@ -31,8 +31,10 @@ from dynrec.jobs.catalogue import add_items
 from dynrec.jobs.items import ITEM_INFO_FILE, read_item_info
 from dynrec.jobs.recommend import recommend_for
 from dynrec.models import registry
-from dynrec.models.base import ModelConfig, Recommender, expect, expect_only
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemText
+from dynrec.models.config import ModelConfig
+from dynrec.models.files import expect, expect_only
 from dynrec.text import read_item_texts
 from tests.conftest import clustered_data
 

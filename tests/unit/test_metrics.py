@@ -13,7 +13,8 @@ from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.data.vocab import Vocabulary
 from dynrec.evaluation import metrics as M
 from dynrec.evaluation.offline import evaluate, row_counts, target_ranks
-from dynrec.models.base import ModelConfig, Recommender
+from dynrec.models.base import Recommender
+from dynrec.models.config import ModelConfig
 from dynrec.preprocessing.split import EvalSet
 
 RANKS = np.array([0.0, 2.0, 9.0, 10.0, np.inf])  # hit@1, hit@3, hit@10, miss, unranked

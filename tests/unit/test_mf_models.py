@@ -14,7 +14,8 @@ import torch
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.data.vocab import Vocabulary
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
+from dynrec.models.config import RunOptions
 from dynrec.models.mf.als import ALS, ALSConfig
 from dynrec.models.mf.mf import MatrixFactorization, MFConfig, gradient_step
 from dynrec.models.mf.nmf import NMF, NMFConfig

@@ -9,7 +9,8 @@ import torch
 
 from dynrec.data.query import QueryBatch
 from dynrec.evaluation.offline import evaluate
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
+from dynrec.models.config import RunOptions
 from dynrec.models.mlp import MLPConfig, MLPNet, MLPRecommender
 from dynrec.preprocessing.split import Split, leave_one_out
 from tests.unit._planted_cycles import planted_cycles

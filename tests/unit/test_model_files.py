@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
+from dynrec.models.config import RunOptions
 from dynrec.models.registry import create_model
 from tests.conftest import clustered_data
 

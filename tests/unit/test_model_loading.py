@@ -13,7 +13,8 @@ import torch
 
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError
-from dynrec.models.base import Recommender, RunOptions, read_model
+from dynrec.models.base import Recommender, read_model
+from dynrec.models.config import RunOptions
 from dynrec.models.knn import ItemKNN
 from dynrec.models.registry import create_model, get_model_class, load_model
 from tests.conftest import clustered_data

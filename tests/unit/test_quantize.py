@@ -10,8 +10,9 @@ from torch import nn
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError
 from dynrec.models import registry
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import IncrementalState
+from dynrec.models.config import RunOptions
 from dynrec.models.neural import quantize as quantize_module
 from dynrec.models.neural.base import TorchRecommender
 from dynrec.models.neural.quantize import cpu_bf16_supported, is_quantized, quantize

@@ -12,8 +12,9 @@ import torch
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError
 from dynrec.models import registry
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import QueryEmbeddings
+from dynrec.models.config import RunOptions
 from dynrec.models.retrieval import AnnConfig, AnnIndex, exact_search, retrieve
 from tests.conftest import clustered_data
 

@@ -13,7 +13,8 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
+from dynrec.models.config import RunOptions
 from dynrec.models.layers import Dropout
 from dynrec.models.neural import EpochRecord, TorchRecommender
 from dynrec.models.seq.common import full_ce_loss, resolve_loss, training_sequences

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dynrec.data.query import QueryBatch
-from dynrec.models.base import RunOptions
+from dynrec.models.config import RunOptions
 from dynrec.models.seq.common import histories_right_padded
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig, SASRecNet, SASRecState
 from dynrec.online.adapters import adapter_for

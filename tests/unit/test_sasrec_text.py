@@ -12,8 +12,9 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemText
+from dynrec.models.config import RunOptions
 from dynrec.models.seq.common import histories_right_padded
 from dynrec.models.seq.item_text import TextItemEmbedding
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig

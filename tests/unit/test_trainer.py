@@ -12,7 +12,7 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.vocab import Vocabulary
 from dynrec.evaluation.offline import evaluate
-from dynrec.models.base import RunOptions
+from dynrec.models.config import RunOptions
 from dynrec.models.neural import CheckpointSelector, TorchRecommender, WeightAverage
 from dynrec.models.registry import create_model
 from dynrec.models.seq.sasrec import SASRec, SASRecConfig

@@ -30,8 +30,9 @@ from dynrec.evaluation import retrieved as retrieved_
 from dynrec.evaluation.offline import EvalResult, evaluate, user_popularity
 from dynrec.jobs import provenance as prov_
 from dynrec.jobs.prepare import Prepared, check_vocab, legacy_prepared, prepare, prepare_recorded
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import QueryEmbeddings
+from dynrec.models.config import RunOptions
 from dynrec.models.neural.quantize import apply_precision
 from dynrec.models.retrieval import AnnConfig, AnnIndex, retrieve
 from dynrec.preprocessing.split import EvalSet, SplitKind

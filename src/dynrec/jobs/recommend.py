@@ -29,7 +29,8 @@ from dynrec.jobs.explain import because, explain_items, explanation_unavailable,
 from dynrec.jobs.history import training_history
 from dynrec.jobs.items import ItemInfo, read_item_info
 from dynrec.jobs.model_root import without_users
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
+from dynrec.models.config import RunOptions
 from dynrec.models.retrieval import AnnConfig, AnnIndex, retrieve
 from dynrec.online.store import StateStore
 from dynrec.online.store.versions import VersionStore

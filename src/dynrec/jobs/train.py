@@ -24,7 +24,8 @@ from dynrec.jobs import provenance as prov_
 from dynrec.jobs.items import ItemInfo
 from dynrec.jobs.model_root import save_model_dir
 from dynrec.jobs.prepare import Prepared
-from dynrec.models.base import Recommender, RunOptions
+from dynrec.models.base import Recommender
+from dynrec.models.config import RunOptions
 from dynrec.models.neural.quantize import is_quantized
 from dynrec.models.registry import create_model
 from dynrec.text import Encoder

@@ -34,15 +34,10 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.query import IntArray, QueryBatch
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError, NotFittedError
-from dynrec.models.base import (
-    ModelConfig,
-    NonNegFloat,
-    Recommender,
-    TensorFileError,
-    expect,
-    expect_only,
-)
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import StateBatch, StateLayout
+from dynrec.models.config import ModelConfig, NonNegFloat
+from dynrec.models.files import TensorFileError, expect, expect_only
 
 __all__ = ["FLOOR", "ContentConfig", "ContentModel"]
 

@@ -18,16 +18,10 @@ import torch
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import (
-    ModelConfig,
-    NonNegFloat,
-    PositiveInt,
-    Recommender,
-    TensorFileError,
-    expect,
-    expect_only,
-)
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import StateBatch, StateLayout, UpdateBatch, UpdateOutcome
+from dynrec.models.config import ModelConfig, NonNegFloat, PositiveInt
+from dynrec.models.files import TensorFileError, expect, expect_only
 
 
 @dataclass(frozen=True)

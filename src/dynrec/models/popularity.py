@@ -10,8 +10,10 @@ import torch
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import ModelConfig, NonNegFloat, Recommender, expect, expect_only
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import StateBatch, StateLayout, UpdateBatch, UpdateOutcome
+from dynrec.models.config import ModelConfig, NonNegFloat
+from dynrec.models.files import expect, expect_only
 
 
 @dataclass(frozen=True)

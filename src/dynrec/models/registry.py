@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from dynrec.errors import DynrecError
-from dynrec.models.base import Recommender, RunOptions, read_model, split_overrides
+from dynrec.models.base import Recommender, read_model
+from dynrec.models.config import RunOptions, split_overrides
 
 MODELS: dict[str, str] = {
     "pop": "dynrec.models.popularity:MostPopular",

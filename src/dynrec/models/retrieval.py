@@ -41,8 +41,9 @@ import torch
 
 from dynrec.data.query import QueryBatch, check_k, topk_stable
 from dynrec.errors import DynrecError, UnknownIdError
-from dynrec.models.base import ModelConfig, NonNegInt, PositiveInt, Recommender
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemEmbeddings, QueryEmbeddings
+from dynrec.models.config import ModelConfig, NonNegInt, PositiveInt
 
 __all__ = [
     "AnnConfig",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from dynrec.errors import DynrecError
-from dynrec.models.base import RunOptions
+from dynrec.models.config import RunOptions
 from dynrec.models.retrieval import AnnConfig
 from dynrec.service.edge import ANY_HOST, allowed_host_names
 

@@ -26,9 +26,11 @@ import torch
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import ModelConfig, NonNegFloat, PositiveInt, Recommender, expect, expect_only
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import StateBatch, StateLayout, UpdateBatch, UpdateOutcome
+from dynrec.models.config import ModelConfig, NonNegFloat, PositiveInt
 from dynrec.models.explain import first_occurrence
+from dynrec.models.files import expect, expect_only
 from dynrec.models.mf._common import (
     finish_scores,
     gram_per_query,

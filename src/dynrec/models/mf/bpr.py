@@ -27,7 +27,7 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import NonNegFloat, PositiveFloat, PositiveInt
+from dynrec.models.config import NonNegFloat, PositiveFloat, PositiveInt
 from dynrec.models.explain import leave_one_out
 from dynrec.models.mf._common import finish_scores, history_dense
 from dynrec.models.neural import NeuralConfig, TorchRecommender

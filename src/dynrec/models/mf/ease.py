@@ -17,8 +17,10 @@ import torch
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import ModelConfig, PositiveFloat, Recommender, TensorFileError, expect, expect_only
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import StateBatch, StateLayout
+from dynrec.models.config import ModelConfig, PositiveFloat
+from dynrec.models.files import TensorFileError, expect, expect_only
 from dynrec.models.mf._common import finish_scores, history_dense
 
 log = logging.getLogger(__name__)

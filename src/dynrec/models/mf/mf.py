@@ -35,7 +35,7 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
+from dynrec.models.config import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
 from dynrec.models.explain import leave_one_out
 from dynrec.models.mf._common import finish_scores, gram_per_query, history_events
 from dynrec.models.neural import NeuralConfig, TorchRecommender

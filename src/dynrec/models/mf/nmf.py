@@ -23,8 +23,10 @@ import torch
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import ModelConfig, NonNegFloat, PositiveInt, Recommender, expect, expect_only
+from dynrec.models.base import Recommender
+from dynrec.models.config import ModelConfig, NonNegFloat, PositiveInt
 from dynrec.models.explain import leave_one_out
+from dynrec.models.files import expect, expect_only
 from dynrec.models.mf._common import finish_scores, history_dense
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,9 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import DynrecError, NotFittedError
-from dynrec.models.base import Recommender, expect_state_dict
+from dynrec.models.base import Recommender
 from dynrec.models.capabilities import UpdateBatch, UpdateOutcome
+from dynrec.models.files import expect_state_dict
 from dynrec.models.neural.config import NeuralConfig, Optimizer, Schedule
 from dynrec.models.neural.distributed import batch_rows, device_for, init_from_env
 from dynrec.models.neural.growth import warm_start

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from dynrec.models.base import Fraction, ModelConfig, NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
+from dynrec.models.config import Fraction, ModelConfig, NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
 
 __all__ = ["NeuralConfig", "Optimizer", "Schedule"]
 

@@ -20,8 +20,8 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import NotFittedError
-from dynrec.models.base import RunOptions
 from dynrec.models.capabilities import UpdateBatch, UpdateConfig
+from dynrec.models.config import RunOptions
 from dynrec.models.neural.config import NeuralConfig
 from dynrec.models.neural.trainer import Trainable, Trainer
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from tqdm.auto import tqdm
 from dynrec.data.dataset import InteractionData
 from dynrec.evaluation.metrics import ndcg_standard_error
 from dynrec.evaluation.offline import Scorer, evaluate
-from dynrec.models.base import RunOptions, save_tensors
+from dynrec.models.config import RunOptions
+from dynrec.models.files import save_tensors
 from dynrec.models.neural.config import NeuralConfig
 from dynrec.models.neural.distributed import (
     SINGLE,
@@ -41,65 +41,9 @@ from dynrec.models.neural.distributed import (
     gather_objects,
     split_batch,
 )
+from dynrec.models.neural.optim import WeightAverage, lr_factor, make_optimizer
 
 log = logging.getLogger(__name__)
-
-
-def _make_optimizer(cfg: NeuralConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    opt = cfg.optimizer.lower()
-    if opt == "adam":
-        return torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    if opt == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    if opt == "sgd":
-        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw, sgd)")
-
-
-class WeightAverage:
-    """EMA of a module's floating-point parameters; `swap()` exchanges it with the live weights."""
-
-    def __init__(self, net: nn.Module, decay: float) -> None:
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), not {decay}")
-        self.decay = decay
-        self.params = [p for p in net.parameters() if p.requires_grad and p.is_floating_point()]
-        self.shadow = [p.detach().clone() for p in self.params]
-        self.steps = 0
-
-    @torch.no_grad()
-    def update(self) -> None:
-        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - d)
-        self.steps += 1
-
-    def swap(self) -> None:
-        """Exchange live and averaged weights (call twice to restore)."""
-        for p, s in zip(self.params, self.shadow, strict=True):
-            p.data, s.data = s.data, p.data
-
-    def state(self) -> dict[str, torch.Tensor]:
-        out = {f"p{i}": s.detach().cpu().contiguous() for i, s in enumerate(self.shadow)}
-        out["steps"] = torch.tensor(self.steps)
-        return out
-
-    def load(self, state: dict[str, torch.Tensor]) -> None:
-        for i, s in enumerate(self.shadow):
-            s.copy_(state[f"p{i}"])
-        self.steps = int(state["steps"])
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant" or total <= warmup:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return 1.0 - progress
-    raise ValueError(f"unknown schedule {schedule!r} (constant, cosine, linear)")
 
 
 @dataclass
@@ -273,7 +217,7 @@ class Trainer:
         assert net is not None
         d = current()
         gen = torch.Generator().manual_seed(cfg.seed)
-        opt = _make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
+        opt = make_optimizer(cfg, [p for p in net.parameters() if p.requires_grad])
         steps_per_epoch = max(1, sum(1 for _ in model.train_batches(data, torch.Generator().manual_seed(0))))
         total = steps_per_epoch * cfg.epochs
         sched = torch.optim.lr_scheduler.LambdaLR(

@@ -25,7 +25,7 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import Fraction, NonNegInt, PositiveFloat, PositiveInt, Probability
+from dynrec.models.config import Fraction, NonNegInt, PositiveFloat, PositiveInt, Probability
 from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.neural.base import Optimizer

@@ -26,7 +26,7 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import Fraction, PositiveFloat, PositiveInt
+from dynrec.models.config import Fraction, PositiveFloat, PositiveInt
 from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.seq.common import SequenceConfig, biased_ce, sampling_probs

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from dynrec.data.dataset import IntArray, InteractionData
-from dynrec.models.base import NonNegInt, PositiveInt
+from dynrec.models.config import NonNegInt, PositiveInt
 from dynrec.models.neural import NeuralConfig
 
 __all__ = [

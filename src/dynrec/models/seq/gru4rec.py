@@ -29,8 +29,8 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.base import Fraction, NonNegInt, PositiveFloat, PositiveInt
 from dynrec.models.capabilities import StateBatch, StateLayout
+from dynrec.models.config import Fraction, NonNegInt, PositiveFloat, PositiveInt
 from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.seq.common import SequenceBatches, SequenceConfig, biased_ce, sampling_probs

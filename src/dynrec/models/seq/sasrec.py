@@ -53,8 +53,8 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import IntArray, QueryBatch
 from dynrec.errors import DynrecError, NotFittedError
-from dynrec.models.base import Fraction, NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
 from dynrec.models.capabilities import StateBatch, StateLayout
+from dynrec.models.config import Fraction, NonNegFloat, NonNegInt, PositiveFloat, PositiveInt
 from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.neural.base import Optimizer
