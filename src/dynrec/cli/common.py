@@ -82,7 +82,7 @@ def _parse_sets(sets: list[str] | None) -> dict[str, str]:
 
 def _run_options(sets: dict[str, str], *, progress: bool) -> tuple[dict[str, str], Any]:
     """(model-option overrides, `RunOptions`) from ``--set`` pairs; progress bars unless --json."""
-    from dynrec.models.base import RunOptions, split_overrides
+    from dynrec.models.config import RunOptions, split_overrides
 
     return split_overrides(sets, RunOptions(progress=progress))
 

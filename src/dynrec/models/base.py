@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError, NotFittedError
-from dynrec.models.config import RUN_OPTION_KEYS, ModelConfig, RunOptions, split_overrides
+from dynrec.models.config import RUN_OPTION_KEYS, ModelConfig, RunOptions
 from dynrec.models.files import TensorFileError, expect_only, read_json, read_vocab, save_tensors
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,7 @@ __all__ = [
     "ModelLookup",
     "QueryBatch",
     "Recommender",
-    "RunOptions",
     "read_model",
-    "split_overrides",  # re-exported for dynrec.cli.main; its home is dynrec.models.config
     "use_model_lookup",
 ]
 
