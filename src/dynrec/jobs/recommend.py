@@ -22,7 +22,7 @@ import torch
 
 from dynrec.data.dataset import InteractionData
 from dynrec.data.events import Event
-from dynrec.data.query import QueryBatch, check_k, topk_stable
+from dynrec.data.query import QueryBatch, Recommendations, check_k, topk_stable
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.jobs.evaluate import ann_index, scoring_model
 from dynrec.jobs.explain import because, explain_items, explanation_unavailable, interest_profile
@@ -48,9 +48,9 @@ __all__ = [
 def history_batch(model: Recommender, items: list[str], user: str | None = None) -> QueryBatch:
     """A one-query batch from external item ids (ids unknown to the model are an error)."""
     assert model.item_vocab is not None and model.user_vocab is not None
-    idx = model.item_vocab.lookup(items, policy="error")
-    uidx = model.user_vocab.index(user, policy="skip") if user is not None else 0
-    return QueryBatch(np.array([uidx], np.int64), np.array([0, len(idx)], np.int64), idx.astype(np.int64))
+    return QueryBatch.from_ids(
+        model.item_vocab, [items], users=[user], user_vocab=model.user_vocab, unknown="error"
+    )
 
 
 def user_history_batch(model: Recommender, history: InteractionData, user: str) -> QueryBatch:
@@ -119,12 +119,12 @@ def recommend_for(
     q = _query(model, user, history, data_dir)
     index = ann_index(model, ann)
     idx, scores = model.recommend(q, k=k) if index is None else retrieve(model, q, k, index)
-    keep = np.isfinite(scores[0].numpy())
-    items = model.item_vocab.to_ids(idx[0].numpy()[keep])
+    served = "exact" if index is None else f"ann:{index.config.kind}"
+    items, item_scores = Recommendations.from_topk(idx, scores, model.item_vocab, retrieval=served).row()
     out = {
         "user": user,
         "items": items,
-        "scores": [float(s) for s in scores[0].numpy()[keep]],
+        "scores": item_scores,
         "model": model.name,
         "fallback": None,
     }
@@ -158,8 +158,7 @@ def popular_items(
     scores = torch.from_numpy(counts)[None, :].clone()
     scores[0, 0] = -torch.inf  # the padding index
     top, vals = topk_stable(scores, min(k, model.n_items))
-    keep = torch.isfinite(vals[0])
-    return model.item_vocab.to_ids(top[0][keep].numpy()), [float(v) for v in vals[0][keep]]
+    return Recommendations.from_topk(top, vals, model.item_vocab, retrieval="popular").row()
 
 
 def _title(info: ItemInfo, item: str) -> str | None:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dynrec.data.query import QueryBatch, check_k, topk_stable
+from dynrec.data.query import QueryBatch, Recommendations, check_k, topk_stable
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemEmbeddings, QueryEmbeddings
@@ -472,5 +472,4 @@ def similar_items(
     s[0] = -torch.inf
     s[i] = -torch.inf
     top, vals = topk_stable(s[None, :].float(), min(k, s.shape[0]))
-    keep = torch.isfinite(vals[0])
-    return model.item_vocab.to_ids(top[0][keep].numpy()), [float(v) for v in vals[0][keep]]
+    return Recommendations.from_topk(top, vals, model.item_vocab).row()

@@ -23,7 +23,7 @@ import torch
 
 from dynrec.data.events import Event, validate_events
 from dynrec.data.items import ItemMetadata
-from dynrec.data.query import QueryBatch, check_k, topk_stable
+from dynrec.data.query import QueryBatch, Recommendations, check_k, topk_stable
 from dynrec.errors import NotFittedError
 from dynrec.models.base import Recommender
 from dynrec.online.adapters import RecomputeAdapter, StateAdapter, StateBatch, adapter_for
@@ -142,16 +142,13 @@ class OnlineRecommender:
     # -- index mapping ----------------------------------------------------------------------
     def _query(self, user: str, hist: History) -> QueryBatch:
         assert self.model.item_vocab is not None and self.model.user_vocab is not None
-        idx = self.model.item_vocab.lookup(hist.items, policy="skip")
-        keep = idx > 0  # items unknown to the model are kept in the history, skipped by the state
-        uidx = self.model.user_vocab.index(user, policy="skip")
-        items = idx[keep].astype(np.int64)
-        return QueryBatch(
-            np.array([uidx], dtype=np.int64),
-            np.array([0, items.shape[0]], dtype=np.int64),
-            items,
-            hist.timestamps[keep].astype(np.int64),
-            None,
+        # items unknown to the model are kept in the history, skipped by the state
+        return QueryBatch.from_ids(
+            self.model.item_vocab,
+            [hist.items],
+            users=[user],
+            user_vocab=self.model.user_vocab,
+            timestamps=[hist.timestamps],
         )
 
     # -- state ------------------------------------------------------------------------------
@@ -364,9 +361,8 @@ class OnlineRecommender:
         assert self.model.item_vocab is not None
         s = self.scores(user, exclude_seen=exclude_seen)
         idx, vals = topk_stable(s[None, :], min(int(k), s.shape[0]))
-        keep = torch.isfinite(vals[0])
-        items = self.model.item_vocab.to_ids(idx[0][keep].numpy())
-        return Recommendation(user, items, [float(v) for v in vals[0][keep]])
+        items, scores = Recommendations.from_topk(idx, vals, self.model.item_vocab).row()
+        return Recommendation(user, items, scores)
 
     def recommend_many(
         self, users: Sequence[str], k: int = 10, *, exclude_seen: bool = True
@@ -386,12 +382,8 @@ class OnlineRecommender:
                 s[row, hot.seen_idx] = -torch.inf
         s[:, 0] = -torch.inf
         idx, vals = topk_stable(s, min(int(k), s.shape[1]))
-        out = []
-        for row, user in enumerate(users):
-            keep = torch.isfinite(vals[row])
-            items = self.model.item_vocab.to_ids(idx[row][keep].numpy())
-            out.append(Recommendation(user, items, [float(v) for v in vals[row][keep]]))
-        return out
+        recs = Recommendations.from_topk(idx, vals, self.model.item_vocab)
+        return [Recommendation(user, *recs.row(row)) for row, user in enumerate(users)]
 
     # -- interests ----------------------------------------------------------------------------
     def interests(
@@ -431,8 +423,7 @@ class OnlineRecommender:
         if not len(q.items):
             return []
         idx, vals = self.model.recommend(q, top, exclude=seen)
-        keep = torch.isfinite(vals[0])
-        return self.model.item_vocab.to_ids(idx[0][keep].numpy())
+        return list(Recommendations.from_topk(idx, vals, self.model.item_vocab).item_ids[0])
 
     def categories(self) -> Categories:
         """The categories `interests` reads (`dynrec.online.interests.item_categories`), kept until

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from dynrec.data.query import QueryBatch
 from dynrec.jobs.explain import EXPLAIN_TOP, explain_items
 from dynrec.models.capabilities import Explainer
@@ -26,15 +24,13 @@ Explanations = list[list[tuple[str, float]]]
 def stored_query(store: StateStore, holder: ModelHolder, user: str) -> QueryBatch:
     """`user`'s stored history as a one-query batch (items the model does not know skipped)."""
     hist = store.history(user)
-    idx = holder.item_vocab.lookup(hist.items, policy="skip")
-    keep = idx > 0
-    known = idx[keep].astype(np.int64)
     assert holder.model.user_vocab is not None
-    return QueryBatch(
-        np.array([holder.model.user_vocab.index(user, policy="skip")], np.int64),
-        np.array([0, known.size], np.int64),
-        known,
-        hist.timestamps[keep].astype(np.int64),
+    return QueryBatch.from_ids(
+        holder.item_vocab,
+        [hist.items],
+        users=[user],
+        user_vocab=holder.model.user_vocab,
+        timestamps=[hist.timestamps],
     )
 
 

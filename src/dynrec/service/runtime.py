@@ -35,13 +35,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dynrec.data import registry
 from dynrec.data.dataset import InteractionData
 from dynrec.data.events import Event, validate_events
-from dynrec.data.query import QueryBatch, topk_stable
+from dynrec.data.query import QueryBatch, Recommendations, topk_stable
 from dynrec.errors import DynrecError
 from dynrec.jobs.evaluate import ann_index
 from dynrec.jobs.history import TrainingHistory
@@ -341,19 +340,17 @@ class Runtime:
         are skipped); the popular fallback when none is known. Scored by the holder's scoring
         model, through its approximate index when the service has one."""
         holder = self.holder
-        idx = holder.item_vocab.lookup(list(history), policy="skip")
-        idx = idx[idx > 0].astype(np.int64)
-        if idx.size == 0:
+        q = QueryBatch.from_ids(holder.item_vocab, [list(history)])
+        if q.items.size == 0:
             return self._popular(holder, k)
-        q = QueryBatch(np.zeros(1, np.int64), np.array([0, idx.size], np.int64), idx)
         m, kk = holder.scoring, min(k, holder.scoring.n_items)
         if holder.index is not None:
             top, vals = retrieve(m, q, kk, holder.index, exclude_seen=exclude_seen)
+            served = f"ann:{holder.index.config.kind}"
         else:
             top, vals = m.recommend(q, k=kk, exclude_seen=exclude_seen)
-        keep = torch.isfinite(vals[0])
-        items = holder.item_vocab.to_ids(top[0][keep].numpy())
-        scores = [float(v) for v in vals[0][keep]]
+            served = "exact"
+        items, scores = Recommendations.from_topk(top, vals, holder.item_vocab, retrieval=served).row()
         expl = answers.explain(holder, q, items) if explain else None
         return Recommended(items, scores, expl, False, holder.version, holder)
 
@@ -361,10 +358,9 @@ class Runtime:
         s = self.popularity.scores(holder).clone()
         s[0] = -torch.inf
         top, vals = topk_stable(s[None, :].float(), min(k, s.shape[0]))
-        keep = torch.isfinite(vals[0])
-        items = holder.item_vocab.to_ids(top[0][keep].numpy())
+        items, scores = Recommendations.from_topk(top, vals, holder.item_vocab, retrieval="popular").row()
         self.metrics.fallbacks.inc()
-        return Recommended(items, [float(v) for v in vals[0][keep]], None, True, holder.version, holder)
+        return Recommended(items, scores, None, True, holder.version, holder)
 
     # -- explanations and profiles (`dynrec.service.answers`) ------------------------------------------
     def profile(self, user: str, short_window: int) -> tuple[InterestProfile, ModelHolder] | None:
