@@ -86,7 +86,7 @@ from dynrec.online.store.redis_scripts import (
     _RELEASE_LEASE,
     _SET_CURRENT,
     _batch_entry,
-    _encode,
+    _encoded_by_user,
     _history,
     _json,
     _seq_events,
@@ -219,11 +219,7 @@ class RedisStore:
         evs = validate_events(events)
         if not evs:
             return {}
-        by_user: dict[str, tuple[list[int], list[bytes]]] = {}
-        for i, e in enumerate(evs):
-            where, encoded = by_user.setdefault(e.user_id, ([], []))
-            where.append(i)
-            encoded.append(_encode(e))
+        by_user = _encoded_by_user(evs)
         keys = [
             self._k("generation"),
             self._k("users"),

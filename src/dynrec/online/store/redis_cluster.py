@@ -84,7 +84,14 @@ from dynrec.online.store.redis import (
     _int,
     redact_url,
 )
-from dynrec.online.store.redis_scripts import _PUSH_CHUNK, _TOMBSTONE, _UNJOURNAL, _encode, _history, _json
+from dynrec.online.store.redis_scripts import (
+    _PUSH_CHUNK,
+    _TOMBSTONE,
+    _UNJOURNAL,
+    _encoded_by_user,
+    _history,
+    _json,
+)
 
 __all__ = ["CLUSTER_SCHEMES", "RedisClusterStore"]
 
@@ -255,11 +262,7 @@ class RedisClusterStore(RedisStore):
         evs = validate_events(events)
         if not evs:
             return {}
-        by_user: dict[str, tuple[list[int], list[bytes]]] = {}
-        for i, e in enumerate(evs):
-            where, encoded = by_user.setdefault(e.user_id, ([], []))
-            where.append(i)
-            encoded.append(_encode(e))
+        by_user = _encoded_by_user(evs)
         keys = [self._k(n) for n in ("generation", "users", "n_events", "seq", "journal", "gens")]
         keys += [self._k(f"uj:{user}") for user in by_user]
         args: list[str | bytes | int] = [len(evs)]

@@ -204,6 +204,17 @@ def _encode(e: Event) -> bytes:
     return f"[{_jstr(e.item_id)},{e.timestamp},{_jstr(e.event_type)},{e.weight!r},".encode()
 
 
+def _encoded_by_user(events: Sequence[Event]) -> dict[str, tuple[list[int], list[bytes]]]:
+    """Per user of a batch (in first-appearance order): the positions of their events in the batch
+    and the events encoded by `_encode` — what both append paths (one server, cluster) send."""
+    by_user: dict[str, tuple[list[int], list[bytes]]] = {}
+    for i, e in enumerate(events):
+        where, encoded = by_user.setdefault(e.user_id, ([], []))
+        where.append(i)
+        encoded.append(_encode(e))
+    return by_user
+
+
 def _history(values: Sequence[bytes]) -> History:
     """Elements ``[item, ts, type, weight]`` or ``[item, ts, type, weight, seq]``."""
     if not values:
