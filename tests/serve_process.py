@@ -1,4 +1,5 @@
-"""Test helpers: a real `dynrec serve` process on a free loopback port, and free ports."""
+"""Test helpers: a real `dynrec serve` process on a free loopback port, free ports, and a small
+saved itemknn model to serve."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from dynrec import jobs
+from dynrec.data.dataset import InteractionData
 
 
 def free_port() -> int:
@@ -61,3 +65,14 @@ def running_server(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+def itemknn_dir(root: Path, data: InteractionData) -> Path:
+    """`data` written as ``root/events.csv`` and an itemknn model trained on it by the jobs layer
+    (so it records its provenance) into ``root/model``; returns the model directory."""
+    users = data.user_vocab.to_ids(data.users)
+    items = data.item_vocab.to_ids(data.items)
+    rows = [f"{u},{i},{int(t)}" for u, i, t in zip(users, items, data.timestamps.tolist(), strict=True)]
+    (root / "events.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    jobs.train("itemknn", jobs.prepare(str(root / "events.csv")), out=root / "model")
+    return root / "model"

@@ -23,10 +23,9 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from dynrec import jobs
 from dynrec.service.serve import NoDelayHTTPProtocol
 from tests.conftest import clustered_data
-from tests.serve_process import running_server
+from tests.serve_process import itemknn_dir, running_server
 
 SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture (added in 5.6)
 
@@ -35,12 +34,7 @@ SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture (added in 5
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("serve-workers-model")
     data = clustered_data(n_users=30, n_items=24, n_groups=3, per_user=10, seed=1)
-    users = data.user_vocab.to_ids(data.users)
-    items = data.item_vocab.to_ids(data.items)
-    rows = [f"{u},{i},{int(t)}" for u, i, t in zip(users, items, data.timestamps.tolist(), strict=True)]
-    (root / "events.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
-    jobs.train("itemknn", jobs.prepare(str(root / "events.csv")), out=root / "model")
-    return root / "model"
+    return itemknn_dir(root, data)
 
 
 def _socket_inode(local_port: int, remote_port: int) -> str:

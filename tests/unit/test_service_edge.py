@@ -18,6 +18,7 @@ from dynrec.errors import DynrecError
 from dynrec.service import ServiceSettings, create_app
 from dynrec.service.edge import allowed_host_names, host_name
 from tests.conftest import clustered_data
+from tests.serve_process import itemknn_dir
 
 KEY = "edge-key"
 
@@ -26,12 +27,7 @@ KEY = "edge-key"
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("edge")
     data = clustered_data(n_users=16, n_items=12, n_groups=2, per_user=6, seed=5)
-    users = data.user_vocab.to_ids(data.users)
-    items = data.item_vocab.to_ids(data.items)
-    rows = [f"{u},{i},{int(t)}" for u, i, t in zip(users, items, data.timestamps.tolist(), strict=True)]
-    (root / "events.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
-    jobs.train("itemknn", jobs.prepare(str(root / "events.csv")), out=root / "model")
-    return root / "model"
+    return itemknn_dir(root, data)
 
 
 def _app(model_dir: Path, tmp_path: Path, **kw: Any) -> TestClient:
