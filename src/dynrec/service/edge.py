@@ -122,7 +122,7 @@ def allowed_host_names(bind_host: str | None, allowed_hosts: tuple[str, ...]) ->
 def json_safe(value: Any) -> Any:
     """`value` (JSON-like: dicts, lists, strings, numbers) with what a strict JSON answer in UTF-8
     cannot hold made printable: non-finite floats become ``"NaN"``, ``"Infinity"``,
-    ``"-Infinity"``; strings (and keys) holding lone surrogates show them as ``\\udXXX`` escapes.
+    ``"-Infinity"``; strings (and keys) holding lone surrogates show them as backslash escapes (``\\ud800`` for U+D800).
     A 422 echoes the offending input, which may be exactly such a value."""
     if isinstance(value, float):
         if math.isfinite(value):
