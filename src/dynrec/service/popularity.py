@@ -43,11 +43,13 @@ class Popularity:
         self._served: Counter[str] = Counter()
         self._cache: tuple[str, tuple[int, int], torch.Tensor] | None = None
 
-    def refresh(self) -> None:
-        """Read where the store stands (its event sequence and deletion generation)."""
+    def refresh(self) -> int:
+        """Read where the store stands (its event sequence and deletion generation); returns the
+        event sequence number read."""
         seen = (self.store.event_seq(), self.versions.deletion_generation())
         with self._lock:
             self._seen = seen
+        return seen[0]
 
     def _bring_up_to_date(self) -> tuple[int, int]:
         """(seq, generation) the counts now reflect; call with the lock held."""

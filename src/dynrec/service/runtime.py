@@ -255,8 +255,8 @@ class Runtime:
 
     def _tick(self) -> None:
         """The follower's periodic work besides the pointer: popularity and the pending gauge."""
-        self.popularity.refresh()
-        self.metrics.pending.set(max(0, self.store.event_seq() - self.holder.record.event_seq))
+        seq = self.popularity.refresh()
+        self.metrics.pending.set(max(0, seq - self.holder.record.event_seq))
 
     # -- events ----------------------------------------------------------------------------------------
     def ingest(self, events: Sequence[Event]) -> tuple[int, int]:
