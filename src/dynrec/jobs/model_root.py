@@ -42,6 +42,7 @@ from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
 from dynrec.jobs.history import TrainingHistory, training_history
 from dynrec.jobs.items import ItemInfo, write_item_info
+from dynrec.jobs.provenance import count_targets
 from dynrec.models.base import Recommender
 from dynrec.online.session import model_version
 from dynrec.online.store import StateStore
@@ -281,9 +282,8 @@ def training_memory(model: Recommender, data_dir: str | Path | None = None) -> T
 
 
 def count_target_events(events: Sequence[Event], targets: pl.DataFrame) -> int:
-    """How many of `events` are one of `targets` (same user, item and timestamp)."""
-    if not events or targets.height == 0:
-        return 0
+    """How many of `events` are one of `targets` (same user, item and timestamp:
+    `provenance.count_targets` on the events as a frame)."""
     frame = pl.DataFrame(
         {
             "user_id": [e.user_id for e in events],
@@ -292,7 +292,7 @@ def count_target_events(events: Sequence[Event], targets: pl.DataFrame) -> int:
         },
         schema={"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Int64},
     )
-    return int(frame.join(targets.unique(), on=["user_id", "item_id", "timestamp"], how="semi").height)
+    return count_targets(frame, targets)
 
 
 def version_memory(

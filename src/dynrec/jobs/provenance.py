@@ -207,12 +207,14 @@ def targets_hash(data: InteractionData, es: EvalSet) -> str:
     return h.hexdigest()
 
 
-def count_targets(log: EventLog, targets: pl.DataFrame) -> int:
-    """How many events of `log` are one of `targets` (same user, item and timestamp)."""
-    if log.frame.height == 0 or targets.height == 0:
+def count_targets(log: EventLog | pl.DataFrame, targets: pl.DataFrame) -> int:
+    """How many events of `log` (an event log, or a frame with user_id, item_id and timestamp
+    columns) are one of `targets` (same user, item and timestamp)."""
+    frame = log.frame if isinstance(log, EventLog) else log
+    if frame.height == 0 or targets.height == 0:
         return 0
     keys = targets.unique()
-    hit = log.frame.select("user_id", "item_id", "timestamp").join(
+    hit = frame.select("user_id", "item_id", "timestamp").join(
         keys, on=["user_id", "item_id", "timestamp"], how="semi"
     )
     return int(hit.height)
