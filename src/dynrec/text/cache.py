@@ -13,6 +13,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +40,30 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _open(path: Path, wait_s: float = 60.0) -> sqlite3.Connection:
+    """The cache file, in WAL mode, with its tables. Several serving processes open one cache at
+    once, and SQLite can answer "database is locked" without its busy wait while another
+    connection switches the journal mode or recovers the WAL, so the opening is retried until
+    `wait_s` passes."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        db = sqlite3.connect(path, timeout=wait_s, check_same_thread=False)
+        try:
+            if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(
+                "CREATE TABLE IF NOT EXISTS emb (encoder TEXT NOT NULL, key TEXT NOT NULL, "
+                "vec BLOB NOT NULL, PRIMARY KEY (encoder, key)) WITHOUT ROWID;"
+                "CREATE TABLE IF NOT EXISTS encoder (name TEXT PRIMARY KEY, dim INTEGER NOT NULL);"
+            )
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class EmbeddingCache:
     """Get/put float32 vectors by (encoder, text key) in ``<directory>/embeddings.sqlite``.
 
@@ -50,13 +75,7 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(
-                "CREATE TABLE IF NOT EXISTS emb (encoder TEXT NOT NULL, key TEXT NOT NULL, "
-                "vec BLOB NOT NULL, PRIMARY KEY (encoder, key)) WITHOUT ROWID;"
-                "CREATE TABLE IF NOT EXISTS encoder (name TEXT PRIMARY KEY, dim INTEGER NOT NULL);"
-            )
+            self._db = _open(self.path)
         except (OSError, sqlite3.Error) as exc:
             raise DynrecError(f"cannot open the text embedding cache {self.path}: {exc}") from exc
 
