@@ -94,7 +94,50 @@ def test_sampled_simulator_well_formed() -> None:
     # every user's event count is within [events_per_user / 2, 1.5 x] (the catalogue is not exhausted)
     counts = ev.group_by("user_id").len()["len"].to_numpy()
     assert counts.min() >= 6 and counts.max() <= 18
-    assert set(a.summary()) == {"n_events", "n_users", "n_items"}
+    assert set(a.summary()) == {"n_events", "n_users", "n_items", "n_shifts", "n_stable_users"}
+
+
+@pytest.mark.parametrize("oracle", [True, False])
+def test_planted_change_points_are_where_the_group_of_the_items_changes(oracle: bool) -> None:
+    """Without noise every event is drawn from the user's current group: the planted change points
+    are exactly the events whose item's group differs from the previous event's, and the stable
+    users never change group."""
+    cfg = SynthConfig(
+        n_users=60,
+        n_items=300,
+        n_groups=6,
+        events_per_user=20,
+        switch_prob=0.2,
+        noise=0.0,
+        stable_fraction=0.25,
+        new_item_fraction=0.0,
+        seed=3,
+        oracle=oracle,
+    )
+    d = generate(cfg)
+    ev = (
+        d.events.join(d.items.select("item_id", pl.col("genres").list.first().alias("g")), on="item_id")
+        .sort(["user_id", "timestamp"])
+        .with_columns(pl.int_range(pl.len()).over("user_id").alias("event_index"))
+        .with_columns((pl.col("g") != pl.col("g").shift(1).over("user_id")).fill_null(False).alias("moved"))
+    )
+    moved = (
+        ev.filter(pl.col("moved"))
+        .select("user_id", "event_index", "timestamp")
+        .sort(["user_id", "event_index"])
+    )
+    planted = d.shifts.filter(pl.col("event_index") >= 0)
+    assert planted.select("user_id", "event_index", "timestamp").equals(moved)
+    assert planted.height > 30
+    stable = set(d.shifts.filter(pl.col("stable"))["user_id"])
+    assert 5 <= len(stable) <= 30 and not stable & set(planted["user_id"])
+    assert set(d.shifts.filter(pl.col("stable"))["event_index"]) == {-1}
+
+
+def test_stable_users_leave_the_random_stream_unchanged() -> None:
+    base = generate(SMALL)
+    assert base.shifts.filter(pl.col("stable")).height == 0
+    assert generate(SynthConfig(**{**SMALL.__dict__, "stable_fraction": 0.0})).events.equals(base.events)
 
 
 def test_sampled_no_drift_no_noise_means_one_group_per_user() -> None:

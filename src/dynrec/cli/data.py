@@ -44,7 +44,8 @@ def data_stats(
 @handled
 def data_synth(
     out: Annotated[
-        Path, typer.Option("--out", help="folder for events.csv, items.csv, oracle.csv, synth.json")
+        Path,
+        typer.Option("--out", help="folder for events.csv, items.csv, oracle.csv, shifts.csv, synth.json"),
     ],
     users: Annotated[int, typer.Option("--users")] = 2000,
     items: Annotated[int, typer.Option("--items")] = 1000,
@@ -57,6 +58,12 @@ def data_synth(
     zipf: Annotated[float, typer.Option("--zipf", help="within-group popularity exponent")] = 1.0,
     new_items: Annotated[float, typer.Option("--new-items", help="share of items released over time")] = 0.1,
     days: Annotated[float, typer.Option("--days", help="time span")] = 100.0,
+    stable: Annotated[
+        float,
+        typer.Option(
+            "--stable-fraction", help="share of users whose interest never switches (no change points)"
+        ),
+    ] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     oracle: Annotated[
         bool,
@@ -81,6 +88,7 @@ def data_synth(
         zipf=zipf,
         new_item_fraction=new_items,
         duration_days=days,
+        stable_fraction=stable,
         seed=seed,
         oracle=oracle,
     )
@@ -90,3 +98,4 @@ def data_synth(
     else:
         hr = f" (oracle HR@10 {summary['oracle_HR@10']:.4f})" if "oracle_HR@10" in summary else ""
         typer.echo(f"wrote {summary['n_events']} events to {out}/events.csv{hr}")
+        typer.echo(f"{summary['n_shifts']} planted interest shifts in {out}/shifts.csv")

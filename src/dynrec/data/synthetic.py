@@ -6,7 +6,9 @@ Generative story (all seeded from `SynthConfig.seed`):
   a Zipf law (``zipf`` exponent) over a random order. A share ``new_item_fraction`` of the items is
   *released* during the time span (unavailable before), so the catalogue grows over time.
 * each user has a latent current group. Before each event the user switches to another group
-  (uniformly) with probability ``switch_prob`` — interest drift; otherwise stays.
+  (uniformly) with probability ``switch_prob`` — interest drift; otherwise stays. A share
+  ``stable_fraction`` of the users never switches (the control group for false alarms of shift
+  detection). Every switch after a user's first event is a planted change point (`SynthData.shifts`).
 * the next item is drawn among the *available, not yet consumed* items: with probability
   ``1 - noise`` from the current group's popularity, else uniformly.
 * event times: each user starts at a random time in the first half of the span; their events are
@@ -18,7 +20,10 @@ group g. `oracle.csv` gives, for every event, the 0-based rank of the consumed i
 distribution (seen and unreleased items excluded, ties by lower item index) — the best any model can
 do. Files written by `write_synthetic`: ``events.csv`` (user_id, item_id, timestamp, event_type),
 ``items.csv`` (item_id, title, genres = the group), ``oracle.csv`` (user_id, timestamp,
-oracle_rank) and ``synth.json`` (config + summary, e.g. the oracle's HR@10).
+oracle_rank), ``shifts.csv`` (user_id, event_index, timestamp, from_group, to_group, stable: the
+planted change points; `event_index` is the 0-based position of the first event drawn from the new
+group among the user's events in time order; users of the stable group are listed once with
+event_index -1) and ``synth.json`` (config + summary, e.g. the oracle's HR@10).
 """
 
 from __future__ import annotations
@@ -63,6 +68,8 @@ class SynthConfig:
     new_item_fraction: float = 0.1
     """Items released during the span (uniformly between 20% and 100% of it)."""
     duration_days: float = 100.0
+    stable_fraction: float = 0.0
+    """Share of the users (drawn at random) whose interest never switches."""
     seed: int = 0
     oracle: bool = True
     """True: the exact simulation, which also ranks every event under the ideal distribution (time
@@ -73,8 +80,8 @@ class SynthConfig:
     def __post_init__(self) -> None:
         if self.n_groups < 2 or self.n_items < self.n_groups:
             raise DynrecError("need at least 2 groups and as many items as groups")
-        if not 0.0 <= self.switch_prob <= 1.0 or not 0.0 <= self.noise <= 1.0:
-            raise DynrecError("switch_prob and noise must be probabilities")
+        if not all(0.0 <= p <= 1.0 for p in (self.switch_prob, self.noise, self.stable_fraction)):
+            raise DynrecError("switch_prob, noise and stable_fraction must be probabilities")
         if self.events_per_user < 2 or self.n_users < 1:
             raise DynrecError("need >= 1 user and >= 2 events per user")
 
@@ -85,12 +92,15 @@ class SynthData:
     items: pl.DataFrame  # item_id, title, genres (list[str])
     oracle: pl.DataFrame | None  # user_id, timestamp, oracle_rank (None: `SynthConfig.oracle` off)
     config: SynthConfig
+    shifts: pl.DataFrame  # user_id, event_index, timestamp, from_group, to_group, stable
 
     def summary(self, k: int = 10) -> dict[str, Any]:
         out: dict[str, Any] = {
             "n_events": int(self.events.height),
             "n_users": int(self.events["user_id"].n_unique()),
             "n_items": int(self.events["item_id"].n_unique()),
+            "n_shifts": int(self.shifts.filter(pl.col("event_index") >= 0).height),
+            "n_stable_users": int(self.shifts["stable"].sum()),
         }
         if self.oracle is not None:
             r = self.oracle["oracle_rank"].to_numpy().astype(np.float64)
@@ -126,8 +136,10 @@ def generate(config: SynthConfig | None = None) -> SynthData:
     times = np.floor(frac * (span - start)[:, None] + start[:, None]).astype(np.int64)
     times += np.arange(t_max, dtype=np.int64)[None, :]  # strictly increasing per user
     del frac
+    # a separate stream, so that logs without stable users are the same as before the option
+    stable = np.random.default_rng([cfg.seed, 1]).random(n_u) < cfg.stable_fraction
     sim = _simulate_exact if cfg.oracle else _simulate_sampled
-    users, items, ts, ranks = sim(cfg, rng, group, pop, release, lens, times)
+    users, items, ts, ranks, groups = sim(cfg, rng, group, pop, release, lens, times, stable)
     ts = ts + BASE_TIME
     order = np.lexsort((users, ts))
     ids = pl.DataFrame({"u": users[order] + 1, "t": ts[order]})
@@ -140,6 +152,7 @@ def generate(config: SynthConfig | None = None) -> SynthData:
         }
     ).with_columns(pl.lit("click").alias("event_type"))
     oracle = None if ranks is None else ids.with_columns(pl.Series("oracle_rank", ranks[order]))
+    shifts = _change_points(users, ts, groups, stable)
     item_df = pl.DataFrame(
         {
             "i": np.arange(1, n_i + 1, dtype=np.int64),
@@ -152,10 +165,56 @@ def generate(config: SynthConfig | None = None) -> SynthData:
         pl.concat_list(pl.format("group-{}", "g")).alias("genres"),
         (pl.col("r") + BASE_TIME).alias("release_time"),
     )
-    return SynthData(events, item_df, oracle, cfg)
+    return SynthData(events, item_df, oracle, cfg, shifts)
 
 
-_Sim = tuple[IntArray, IntArray, IntArray, IntArray | None]  # users, items, times, oracle ranks
+def _change_points(
+    users: IntArray, ts: IntArray, groups: IntArray, stable: npt.NDArray[np.bool_]
+) -> pl.DataFrame:
+    """Every event whose latent group differs from the user's previous event's (a planted change
+    point), plus one row (event_index -1) per user of the stable group."""
+    order = np.lexsort((ts, users))  # by user, then time
+    u, t, g = users[order], ts[order], groups[order]
+    first = np.r_[True, u[1:] != u[:-1]]
+    start = np.flatnonzero(first)
+    index = np.arange(u.size) - np.repeat(start, np.diff(np.r_[start, u.size]))
+    moved = ~first & (g != np.r_[g[:1], g[:-1]])
+    rows = pl.DataFrame(
+        {
+            "user_id": [f"u{x + 1}" for x in u[moved]],
+            "event_index": index[moved].astype(np.int64),
+            "timestamp": t[moved].astype(np.int64),
+            "from_group": [f"group-{x}" for x in g[np.flatnonzero(moved) - 1]],
+            "to_group": [f"group-{x}" for x in g[moved]],
+            "stable": np.zeros(int(moved.sum()), dtype=bool),
+        },
+        schema={
+            "user_id": pl.String,
+            "event_index": pl.Int64,
+            "timestamp": pl.Int64,
+            "from_group": pl.String,
+            "to_group": pl.String,
+            "stable": pl.Boolean,
+        },
+    )
+    calm = np.flatnonzero(stable)
+    calm = calm[np.isin(calm, u)]
+    controls = pl.DataFrame(
+        {
+            "user_id": [f"u{x + 1}" for x in calm],
+            "event_index": np.full(calm.size, -1, dtype=np.int64),
+            "timestamp": np.full(calm.size, -1, dtype=np.int64),
+            "from_group": [None] * calm.size,
+            "to_group": [None] * calm.size,
+            "stable": np.ones(calm.size, dtype=bool),
+        },
+        schema=rows.schema,
+    )
+    return pl.concat([rows, controls]).sort(["user_id", "event_index"])
+
+
+# users, items, times, oracle ranks, the latent group each event was drawn from
+_Sim = tuple[IntArray, IntArray, IntArray, IntArray | None, IntArray]
 
 
 def _simulate_exact(
@@ -166,6 +225,7 @@ def _simulate_exact(
     release: FloatArray,
     lens: IntArray,
     times: IntArray,
+    stable: npt.NDArray[np.bool_],
 ) -> _Sim:
     """Dense simulation over [active users, items] per step, with the oracle rank of every event."""
     n_u, n_i, n_g = cfg.n_users, cfg.n_items, cfg.n_groups
@@ -179,6 +239,7 @@ def _simulate_exact(
     out_i: list[IntArray] = []
     out_t: list[IntArray] = []
     out_r: list[IntArray] = []
+    out_g: list[IntArray] = []
     s, eps = cfg.switch_prob, cfg.noise
     for t in range(t_max):
         act = np.flatnonzero(lens > t)
@@ -205,7 +266,7 @@ def _simulate_exact(
         )
         ideal = np.where(avail, ideal, -np.inf)
         # the event: switch, then draw from q_{z_new}
-        switch = rng.random(a) < s
+        switch = (rng.random(a) < s) & ~stable[act]
         shift = rng.integers(1, n_g, a)
         z_new = np.where(switch, (z_prev + shift) % n_g, z_prev)
         z[act] = z_new
@@ -227,7 +288,14 @@ def _simulate_exact(
         out_i.append(item.astype(np.int64))
         out_t.append(times[act, t])
         out_r.append(rank.astype(np.int64))
-    return np.concatenate(out_u), np.concatenate(out_i), np.concatenate(out_t), np.concatenate(out_r)
+        out_g.append(z_new.astype(np.int64))
+    return (
+        np.concatenate(out_u),
+        np.concatenate(out_i),
+        np.concatenate(out_t),
+        np.concatenate(out_r),
+        np.concatenate(out_g),
+    )
 
 
 MAX_TRIES = 32
@@ -244,6 +312,7 @@ def _simulate_sampled(
     release: FloatArray,
     lens: IntArray,
     times: IntArray,
+    stable: npt.NDArray[np.bool_],
 ) -> _Sim:
     """The same story as `_simulate_exact`, drawn without [users, items] arrays.
 
@@ -272,13 +341,14 @@ def _simulate_sampled(
     out_u: list[IntArray] = []
     out_i: list[IntArray] = []
     out_t: list[IntArray] = []
+    out_g: list[IntArray] = []
     for t in range(t_max):
         act = np.flatnonzero(lens > t)
         if act.size == 0:
             break
         a = act.size
         now = times[act, t].astype(np.float64)
-        switch = rng.random(a) < s
+        switch = (rng.random(a) < s) & ~stable[act]
         shift = rng.integers(1, n_g, a)
         zt = np.where(switch, (z[act] + shift) % n_g, z[act])
         z[act] = zt
@@ -305,7 +375,8 @@ def _simulate_sampled(
         out_u.append(act[kept].astype(np.int64))
         out_i.append(item[kept])
         out_t.append(times[act[kept], t])
-    return np.concatenate(out_u), np.concatenate(out_i), np.concatenate(out_t), None
+        out_g.append(zt[kept].astype(np.int64))
+    return np.concatenate(out_u), np.concatenate(out_i), np.concatenate(out_t), None, np.concatenate(out_g)
 
 
 def _dense_draw(
@@ -333,7 +404,8 @@ def _dense_draw(
 
 
 def write_synthetic(out: str | Path, config: SynthConfig | None = None) -> dict[str, Any]:
-    """Generate and write ``events.csv``, ``items.csv``, ``oracle.csv``, ``synth.json`` under `out`."""
+    """Generate and write ``events.csv``, ``items.csv``, ``oracle.csv``, ``shifts.csv`` and
+    ``synth.json`` under `out`."""
     d = generate(config)
     p = Path(out)
     p.mkdir(parents=True, exist_ok=True)
@@ -341,6 +413,7 @@ def write_synthetic(out: str | Path, config: SynthConfig | None = None) -> dict[
     d.items.with_columns(pl.col("genres").list.join("|")).write_csv(p / "items.csv")
     if d.oracle is not None:
         d.oracle.write_csv(p / "oracle.csv")
+    d.shifts.write_csv(p / "shifts.csv")
     summary = {"config": dataclasses.asdict(d.config), **d.summary()}
     (p / "synth.json").write_text(json.dumps(summary, indent=2))
     log.info("synthetic data in %s: %s", p, summary)
