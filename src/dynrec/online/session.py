@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 import torch
 
@@ -38,7 +39,10 @@ from dynrec.online.interests import (
     item_vectors,
     top_shares,
 )
+from dynrec.online.shift_state import ShiftAdapter, build_detector, split_shift_state
+from dynrec.online.shifts import Shift, ShiftCalibration, ShiftConfig, ShiftDetector
 from dynrec.online.store import CachedState, History, InMemoryStore, StateStore, UserStamp
+from dynrec.online.store.protocol import histories_of
 from dynrec.online.updater import IncrementalUpdater, UpdateReport
 
 log = logging.getLogger(__name__)
@@ -107,13 +111,17 @@ class OnlineRecommender:
         updater: IncrementalUpdater | None = None,
         cache_size: int = 10_000,
         persist_every: int = 1,
+        shifts: ShiftDetector | None = None,
     ) -> None:
         if not model.fitted:
             raise NotFittedError(f"{model.name} is not fitted")
         self.model = model
         self.store: StateStore = store if store is not None else InMemoryStore()
-        self.adapter = adapter if adapter is not None else adapter_for(model)
-        self.version = model_version(model)
+        self.shift_detector = shifts
+        """Interest-shift detection (`dynrec.online.shifts`): its state rides along each user's
+        model state (`ShiftAdapter`); None = off."""
+        self.adapter = self._wrap(adapter if adapter is not None else adapter_for(model))
+        self.version = self._version()
         self.updater = updater
         self.cache_size = cache_size
         """Users whose decoded state and seen items stay in this process (LRU; 0 = none). Every
@@ -138,6 +146,20 @@ class OnlineRecommender:
         if item_categories is not None:
             m, names = item_categories
             self._cats = Categories.of(m, names, "categories")
+
+    def _wrap(self, adapter: StateAdapter) -> StateAdapter:
+        if self.shift_detector is None or isinstance(adapter, ShiftAdapter):
+            return adapter
+        return ShiftAdapter(adapter, self.shift_detector)
+
+    def _version(self) -> str:
+        """The tag of the states this session writes: the model's fingerprint, plus the detector's
+        calibration when one rides along (states of another calibration are rebuilt)."""
+        v = model_version(self.model)
+        if self.shift_detector is None:
+            return v
+        cal = repr(self.shift_detector.calibration).encode()
+        return f"{v}+s{hashlib.sha1(cal).hexdigest()[:8]}"
 
     # -- index mapping ----------------------------------------------------------------------
     def _query(self, user: str, hist: History) -> QueryBatch:
@@ -253,8 +275,9 @@ class OnlineRecommender:
         """The user's current state (batch of one), rebuilt from the history when not cached."""
         return self._load(user).state
 
-    def observe(self, events: Event | Iterable[Event]) -> None:
-        """Record events (in order) and advance each user's cached state past them.
+    def observe(self, events: Event | Iterable[Event]) -> dict[str, list[Shift]]:
+        """Record events (in order) and advance each user's cached state past them. Returns the
+        interest shifts these events completed, per user (empty: none, or detection off).
 
         All or nothing: the whole batch is validated (`validate_events`, an `InvalidEventError`
         naming the event's index and field) and appended in one store transaction before any
@@ -263,7 +286,7 @@ class OnlineRecommender:
         deleted in between) the user's state is rebuilt from the store."""
         evs = validate_events(events)
         if not evs:
-            return
+            return {}
         stamps = self.store.append(evs)
         by_user: dict[str, list[Event]] = {}
         for e in evs:
@@ -284,6 +307,32 @@ class OnlineRecommender:
             raise
         if self.updater is not None:
             self.updater.remember(evs)
+        return self._completed(by_user)
+
+    def _completed(self, by_user: dict[str, list[Event]]) -> dict[str, list[Shift]]:
+        """The shifts flagged on the users' just-observed events (their detector consumed the
+        events known to the model last)."""
+        if self.shift_detector is None:
+            return {}
+        assert self.model.item_vocab is not None
+        out: dict[str, list[Shift]] = {}
+        for user, ues in by_user.items():
+            known = int((self.model.item_vocab.lookup([e.item_id for e in ues], policy="skip") > 0).sum())
+            if not known:
+                continue
+            _, det = split_shift_state(self._load(user).state)
+            seen = int(det["shift.stat"][0, 3])
+            fresh = [x for x in self.shift_detector.shifts(det) if x.event_index >= seen - known]
+            if fresh:
+                out[user] = fresh[::-1]
+        return out
+
+    def shifts(self, user: str) -> list[Shift]:
+        """The user's recent interest shifts, newest first (empty when detection is off)."""
+        if self.shift_detector is None:
+            return []
+        _, det = split_shift_state(self._load(user).state)
+        return self.shift_detector.shifts(det)
 
     def _owned_hot(self, user: str, m: int, stamp: UserStamp) -> _Hot | None:
         """`user`'s hot state when the store's stamp after appending `m` events shows exactly
@@ -445,11 +494,46 @@ class OnlineRecommender:
 
     def refresh(self) -> None:
         """Call after the model changed (update, reload): new version, new adapter."""
-        self.version = model_version(self.model)
-        if not isinstance(self.adapter, RecomputeAdapter):  # the model's own state may have changed kind
-            self.adapter = adapter_for(self.model)
         if self._cats is not None and self._cats.basis == "clusters":
             self._cats = None
+        if self.shift_detector is not None:  # same constants, the model's new item vectors
+            cal = self.shift_detector.calibration
+            self.shift_detector = build_detector(self.model, [], self.categories(), calibration=cal)
+        inner = self.adapter.inner if isinstance(self.adapter, ShiftAdapter) else self.adapter
+        if not isinstance(inner, RecomputeAdapter):  # the model's own state may have changed kind
+            inner = adapter_for(self.model)
+        self.adapter = self._wrap(inner)
+        self.version = self._version()
+
+    def detect_shifts(
+        self,
+        calibration: ShiftCalibration | None = None,
+        *,
+        config: ShiftConfig | None = None,
+        histories: Sequence[npt.NDArray[np.int64]] | None = None,
+    ) -> ShiftDetector:
+        """Turn on interest-shift detection in the space of the model and `categories()`: with
+        `calibration` (e.g. a model directory's ``shifts.json``), else calibrated on `histories`
+        (item indices, time order; default: every stored user's history)."""
+        assert self.model.item_vocab is not None
+        if calibration is None and histories is None:
+            users = self.store.users()
+            histories = [
+                q[q > 0]
+                for q in (
+                    self.model.item_vocab.lookup(h.items, policy="skip")
+                    for h in histories_of(self.store, users)
+                )
+            ]
+        self.shift_detector = build_detector(
+            self.model, histories or [], self.categories(), config, calibration=calibration
+        )
+        self.adapter = self._wrap(
+            self.adapter.inner if isinstance(self.adapter, ShiftAdapter) else self.adapter
+        )
+        self.version = self._version()
+        self._hot.clear()
+        return self.shift_detector
 
     def delete_user(self, user: str) -> bool:
         """Privacy: remove the user's history and cached state (and the updater's copy)."""
