@@ -461,12 +461,11 @@ def run_histories(
             other = space.vectors.index_select(0, torch.from_numpy(rng.choice(pool, m)))
             far = 1.0 - (other * torch.nn.functional.normalize(part["shift.long"], dim=1)).sum(1)
             out.append(far[~warm])
-        part, hit = step_shifts(
-            part, mat[:m, t], np.zeros(m, dtype=np.int64), space, cal, distances=distances
-        )
+        part, hit = step_shifts(part, mat[:m, t], tmat[:m, t], space, cal, distances=distances)
         if alarms is not None and bool(hit.any()):
             alarms.append((order[:m][hit.numpy()], t))
-        state = {k: torch.cat([part[k], v[m:]]) for k, v in state.items()}
+        for k, v in state.items():  # the active rows are a prefix: write them back in place
+            v[:m] = part[k]
     inverse = np.empty_like(order)
     inverse[order] = np.arange(b)
     return {k: v[torch.from_numpy(inverse)] for k, v in state.items()}
