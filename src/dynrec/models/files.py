@@ -6,6 +6,7 @@ reads a whole directory with these."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -29,7 +30,19 @@ __all__ = [
     "read_json",
     "read_vocab",
     "save_tensors",
+    "tensor_fingerprint",
 ]
+
+
+def tensor_fingerprint(name: str, tensors: Mapping[str, torch.Tensor]) -> str:
+    """A content fingerprint of a model's learned state (stable across processes and machines)."""
+    h = hashlib.sha1(name.encode())
+    for k, v in sorted(tensors.items()):
+        h.update(k.encode())
+        t = v.detach().cpu().contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
 
 
 # ---- learned-state validation (used by every model's `load_tensors`) ------------------------------

@@ -31,7 +31,7 @@ import scipy.sparse as sp
 import torch
 
 from dynrec.data.items import ItemMetadata
-from dynrec.data.query import QueryBatch
+from dynrec.data.query import QueryBatch, Recommendations
 from dynrec.data.vocab import Vocabulary
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemEmbeddings
@@ -49,6 +49,7 @@ __all__ = [
     "cluster_items",
     "ItemInfo",
     "interest_profile",
+    "interests_of",
     "item_categories",
     "item_vectors",
     "tag_categories",
@@ -340,3 +341,42 @@ def item_categories(
         return cluster_items(vecs, model)
     names = ["<pad>", *model.item_vocab.ids]
     return Categories(sp.identity(n, dtype=np.float64, format="csr"), names, "items")
+
+
+def interests_of(
+    model: Recommender,
+    user: str,
+    q: QueryBatch,
+    cats: Categories,
+    *,
+    short_window: int = 10,
+    short_half_life: float = 0.0,
+    top: int = 5,
+) -> Interests:
+    """Short-term (the last `short_window` events of the one-user query `q`, optionally decayed
+    with `short_half_life` events) vs long-term (all of it) interests: the top categories of each
+    with their share (`category_shares`, the shares of ``/profile`` and ``dynrec profile``), and
+    the model's top items when it reads only that part of the history."""
+    n = len(q.items)
+    a = max(0, n - short_window)
+    back = np.arange(n - 1, -1, -1, dtype=np.float64)[a:]
+    w_short = np.power(0.5, back / short_half_life) if short_half_life > 0 else np.ones(n - a)
+    short_q = QueryBatch(
+        q.users, np.array([0, n - a]), q.items[a:], None if q.timestamps is None else q.timestamps[a:]
+    )
+    short = top_shares(category_shares(q.items[a:], cats, w_short), top)
+    long = top_shares(category_shares(q.items, cats), top)
+    return Interests(
+        user,
+        InterestWindow(short, _top_items(model, short_q, q, top), n - a),
+        InterestWindow(long, _top_items(model, q, q, top), n),
+        cats.basis,
+    )
+
+
+def _top_items(model: Recommender, q: QueryBatch, seen: QueryBatch, top: int) -> list[str]:
+    assert model.item_vocab is not None
+    if not len(q.items):
+        return []
+    idx, vals = model.recommend(q, top, exclude=seen)
+    return list(Recommendations.from_topk(idx, vals, model.item_vocab).item_ids[0])

@@ -27,22 +27,20 @@ from dynrec.data.items import ItemMetadata
 from dynrec.data.query import QueryBatch, Recommendations, check_k, topk_stable
 from dynrec.errors import NotFittedError
 from dynrec.models.base import Recommender
+from dynrec.models.files import tensor_fingerprint
 from dynrec.online.adapters import RecomputeAdapter, StateAdapter, StateBatch, adapter_for
 from dynrec.online.interests import (
     Categories,
     Interests,
-    InterestWindow,
     ItemInfo,
-    category_shares,
     cluster_items,
+    interests_of,
     item_categories,
     item_vectors,
-    top_shares,
 )
-from dynrec.online.shift_state import ShiftAdapter, build_detector, split_shift_state
+from dynrec.online.shift_state import ShiftAdapter, build_detector, recent_shifts, stored_histories
 from dynrec.online.shifts import Shift, ShiftCalibration, ShiftConfig, ShiftDetector
 from dynrec.online.store import CachedState, History, InMemoryStore, StateStore, UserStamp
-from dynrec.online.store.protocol import histories_of
 from dynrec.online.updater import IncrementalUpdater, UpdateReport
 
 log = logging.getLogger(__name__)
@@ -59,13 +57,7 @@ __all__ = [
 
 def model_version(model: Recommender) -> str:
     """A content fingerprint of the model's learned state (stable across processes)."""
-    h = hashlib.sha1(model.name.encode())
-    for k, v in sorted(model.tensors().items()):
-        h.update(k.encode())
-        t = v.detach().cpu().contiguous()
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    return tensor_fingerprint(model.name, model.tensors())
 
 
 @dataclass(frozen=True)
@@ -155,11 +147,8 @@ class OnlineRecommender:
     def _version(self) -> str:
         """The tag of the states this session writes: the model's fingerprint, plus the detector's
         calibration when one rides along (states of another calibration are rebuilt)."""
-        v = model_version(self.model)
-        if self.shift_detector is None:
-            return v
-        cal = repr(self.shift_detector.calibration).encode()
-        return f"{v}+s{hashlib.sha1(cal).hexdigest()[:8]}"
+        v, det = model_version(self.model), self.shift_detector
+        return v if det is None else f"{v}+s{hashlib.sha1(repr(det.calibration).encode()).hexdigest()[:8]}"
 
     # -- index mapping ----------------------------------------------------------------------
     def _query(self, user: str, hist: History) -> QueryBatch:
@@ -310,29 +299,24 @@ class OnlineRecommender:
         return self._completed(by_user)
 
     def _completed(self, by_user: dict[str, list[Event]]) -> dict[str, list[Shift]]:
-        """The shifts flagged on the users' just-observed events (their detector consumed the
-        events known to the model last)."""
+        """The shifts flagged on the users' just-observed events."""
         if self.shift_detector is None:
             return {}
         assert self.model.item_vocab is not None
         out: dict[str, list[Shift]] = {}
         for user, ues in by_user.items():
             known = int((self.model.item_vocab.lookup([e.item_id for e in ues], policy="skip") > 0).sum())
-            if not known:
-                continue
-            _, det = split_shift_state(self._load(user).state)
-            seen = int(det["shift.stat"][0, 3])
-            fresh = [x for x in self.shift_detector.shifts(det) if x.event_index >= seen - known]
+            hot = self._hot.get(user) or self._load(user)  # stepped (or rebuilt) just now
+            fresh = recent_shifts(self.shift_detector, hot.state, known) if known else []
             if fresh:
-                out[user] = fresh[::-1]
+                out[user] = fresh
         return out
 
     def shifts(self, user: str) -> list[Shift]:
         """The user's recent interest shifts, newest first (empty when detection is off)."""
         if self.shift_detector is None:
             return []
-        _, det = split_shift_state(self._load(user).state)
-        return self.shift_detector.shifts(det)
+        return recent_shifts(self.shift_detector, self._load(user).state)[::-1]
 
     def _owned_hot(self, user: str, m: int, stamp: UserStamp) -> _Hot | None:
         """`user`'s hot state when the store's stamp after appending `m` events shows exactly
@@ -444,35 +428,17 @@ class OnlineRecommender:
         top: int = 5,
     ) -> Interests:
         """Short-term (the last `short_window` events, optionally decayed with `short_half_life`
-        events) vs long-term (the whole history) interests: the top categories of each with their
-        share (`dynrec.online.interests.category_shares`, the shares of ``/profile`` and
-        ``dynrec profile``), and the model's top items when it reads only that part of the history."""
-        assert self.model.item_vocab is not None
-        hist = self.store.history(user)
-        q = self._query(user, hist)
-        cats = self.categories()
-        n = len(q.items)
-        a = max(0, n - short_window)
-        back = np.arange(n - 1, -1, -1, dtype=np.float64)[a:]
-        w_short = np.power(0.5, back / short_half_life) if short_half_life > 0 else np.ones(n - a)
-        short_q = QueryBatch(
-            q.users, np.array([0, n - a]), q.items[a:], None if q.timestamps is None else q.timestamps[a:]
-        )
-        short = top_shares(category_shares(q.items[a:], cats, w_short), top)
-        long = top_shares(category_shares(q.items, cats), top)
-        return Interests(
+        events) vs long-term (the whole history) interests (`dynrec.online.interests.interests_of`)."""
+        q = self._query(user, self.store.history(user))
+        return interests_of(
+            self.model,
             user,
-            InterestWindow(short, self._top_items(short_q, q, top), n - a),
-            InterestWindow(long, self._top_items(q, q, top), n),
-            cats.basis,
+            q,
+            self.categories(),
+            short_window=short_window,
+            short_half_life=short_half_life,
+            top=top,
         )
-
-    def _top_items(self, q: QueryBatch, seen: QueryBatch, top: int) -> list[str]:
-        assert self.model.item_vocab is not None
-        if not len(q.items):
-            return []
-        idx, vals = self.model.recommend(q, top, exclude=seen)
-        return list(Recommendations.from_topk(idx, vals, self.model.item_vocab).item_ids[0])
 
     def categories(self) -> Categories:
         """The categories `interests` reads (`dynrec.online.interests.item_categories`), kept until
@@ -515,23 +481,12 @@ class OnlineRecommender:
         """Turn on interest-shift detection in the space of the model and `categories()`: with
         `calibration` (e.g. a model directory's ``shifts.json``), else calibrated on `histories`
         (item indices, time order; default: every stored user's history)."""
-        assert self.model.item_vocab is not None
         if calibration is None and histories is None:
-            users = self.store.users()
-            histories = [
-                q[q > 0]
-                for q in (
-                    self.model.item_vocab.lookup(h.items, policy="skip")
-                    for h in histories_of(self.store, users)
-                )
-            ]
+            histories = stored_histories(self.model, self.store)
         self.shift_detector = build_detector(
             self.model, histories or [], self.categories(), config, calibration=calibration
         )
-        self.adapter = self._wrap(
-            self.adapter.inner if isinstance(self.adapter, ShiftAdapter) else self.adapter
-        )
-        self.version = self._version()
+        self.refresh()
         self._hot.clear()
         return self.shift_detector
 

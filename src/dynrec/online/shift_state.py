@@ -28,6 +28,7 @@ from dynrec.models.retrieval import unit_item_vectors
 from dynrec.online.adapters import StateAdapter, StateBatch
 from dynrec.online.interests import Categories
 from dynrec.online.shifts import (
+    Shift,
     ShiftCalibration,
     ShiftConfig,
     ShiftDetector,
@@ -35,10 +36,19 @@ from dynrec.online.shifts import (
     calibrate,
     shift_counts,
 )
+from dynrec.online.store import StateStore
+from dynrec.online.store.protocol import histories_of
 
 IntArray = npt.NDArray[np.int64]
 
-__all__ = ["ShiftAdapter", "build_detector", "shift_space", "split_shift_state"]
+__all__ = [
+    "ShiftAdapter",
+    "build_detector",
+    "recent_shifts",
+    "shift_space",
+    "split_shift_state",
+    "stored_histories",
+]
 
 PREFIX = "shift."
 
@@ -87,6 +97,27 @@ def build_detector(
     if cal.space != space.kind:
         raise DynrecError(f"shift calibration is for {cal.space}, the model gives {space.kind}")
     return ShiftDetector(space, cal)
+
+
+def stored_histories(model: Recommender, store: StateStore) -> list[IntArray]:
+    """Every stored user's history as the model's item indices (unknown items left out)."""
+    assert model.item_vocab is not None
+    out = []
+    for h in histories_of(store, store.users()):
+        q = model.item_vocab.lookup(h.items, policy="skip")
+        out.append(q[q > 0])
+    return out
+
+
+def recent_shifts(detector: ShiftDetector, state: StateBatch, last: int | None = None) -> list[Shift]:
+    """The shifts recorded in a one-user state (model tensors and detector's), oldest first;
+    with `last`, only those flagged on the detector's last `last` events."""
+    _, det = split_shift_state(state)
+    found = detector.shifts(det)[::-1]
+    if last is None:
+        return found
+    seen = int(det["shift.stat"][0, 3])
+    return [s for s in found if s.event_index >= seen - last]
 
 
 class ShiftAdapter(StateAdapter):
