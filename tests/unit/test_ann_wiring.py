@@ -79,12 +79,12 @@ def test_recommend_through_an_exact_index_equals_exact_top_k(saved: dict[str, Pa
         exact = recommend_for(saved["sasrec"], history=hist, k=10)
         approx = recommend_for(saved["sasrec"], history=hist, k=10, ann=cfg)
         prebuilt = recommend_for(saved["sasrec"], history=hist, k=10, ann=index)
-        assert "retrieval" not in exact and approx["retrieval"] == prebuilt["retrieval"] == cfg.kind
-        assert approx["items"] == prebuilt["items"] == exact["items"]
-        assert not set(hist) & set(approx["items"])  # seen items excluded
-        np.testing.assert_allclose(approx["scores"], exact["scores"], rtol=1e-5, atol=1e-5)
+        assert exact.retrieval == "exact" and approx.retrieval == prebuilt.retrieval == f"ann:{cfg.kind}"
+        assert approx.items == prebuilt.items == exact.items
+        assert not set(hist) & set(approx.items)  # seen items excluded
+        np.testing.assert_allclose(approx.scores, exact.scores, rtol=1e-5, atol=1e-5)
     user = recommend_for(saved["sasrec"], user="u3", k=5, ann=cfg)
-    assert user["items"] == recommend_for(saved["sasrec"], user="u3", k=5)["items"]
+    assert user.items == recommend_for(saved["sasrec"], user="u3", k=5).items
 
 
 def test_cli_recommend_ann(saved: dict[str, Path]) -> None:
@@ -103,7 +103,7 @@ def test_cli_recommend_ann(saved: dict[str, Path]) -> None:
         "--json",
     )
     want = recommend_for(saved["sasrec"], history=["i1", "i2"], k=6)
-    assert got["retrieval"] == "hnsw" and got["items"] == want["items"]
+    assert got["retrieval"] == "hnsw" and got["items"] == want.items
     bad = runner.invoke(cli, ["recommend", d, "--history", "i1", "--ann", "hnsw", "--ann-set", "efsearch=4"])
     assert bad.exit_code == 1 and "AnnConfig has no option(s) ['efsearch']" in bad.output
     bad = runner.invoke(cli, ["recommend", d, "--history", "i1", "--ann", "lsh"])
@@ -124,8 +124,11 @@ def test_models_without_dot_product_scores_are_refused(saved: dict[str, Path]) -
 
 
 def test_evaluate_through_an_exact_index_equals_exact_metrics(saved: dict[str, Path]) -> None:
-    _, exact = jobs.evaluate_saved(saved["sasrec"], ks=(5, 10))
-    _, approx = jobs.evaluate_saved(saved["sasrec"], ks=(5, 10), ann=EXACT)
+    exact = jobs.evaluate_saved(saved["sasrec"], ks=(5, 10)).result
+    approx_ev = jobs.evaluate_saved(saved["sasrec"], ks=(5, 10), ann=EXACT)
+    assert exact.metrics == jobs.evaluate_saved(saved["sasrec"], ks=(5, 10)).to_json()
+    assert approx_ev.to_json() == {**approx_ev.metrics, "retrieval": "hnsw"}
+    approx = approx_ev.result
     for key in ("HR@5", "HR@10", "NDCG@10", "MRR@10", "Coverage@10", "Novelty@10", "n_queries"):
         assert approx.metrics[key] == pytest.approx(exact.metrics[key], abs=1e-9), key
     # ranks inside the top 10 are the exact ones; the rest were not retrieved
@@ -169,11 +172,11 @@ def test_int8_recommend_and_evaluate_and_save_refused(saved: dict[str, Path], tm
         got = recommend_for(saved["sasrec"], history=hist, k=5, options=opts)
         q = jobs.history_batch(model, hist)
         idx, _ = q8.recommend(q, 5)
-        assert got["precision"] == "int8" and got["items"] == model.item_vocab.to_ids(idx[0].numpy())  # type: ignore[union-attr]
+        assert got.precision == "int8" and got.items == model.item_vocab.to_ids(idx[0].numpy())  # type: ignore[union-attr]
     both = recommend_for(saved["sasrec"], history=HISTORIES[0], k=5, options=opts, ann=EXACT)
-    assert both["precision"] == "int8" and both["retrieval"] == "hnsw"
-    scored, res = jobs.evaluate_saved(saved["sasrec"], options=opts)
-    assert is_quantized(scored) and 0.0 <= res.metrics["HR@10"] <= 1.0
+    assert both.precision == "int8" and both.retrieval == "ann:hnsw"
+    ev = jobs.evaluate_saved(saved["sasrec"], options=opts)
+    assert is_quantized(ev.model) and ev.precision == "int8" and 0.0 <= ev.metrics["HR@10"] <= 1.0
     assert (
         _cli("recommend", str(saved["sasrec"]), "--history", "i1,i2", "--set", "precision=int8", "--json")[
             "precision"
@@ -221,7 +224,7 @@ def test_service_sessions_through_the_index_and_int8(saved: dict[str, Path], tmp
         for hist in HISTORIES:
             r = c.post("/v1/recommendations", json={"history": hist, "k": 5}).json()
             want = recommend_for(saved["sasrec"], history=hist, k=5, options=RunOptions(precision="int8"))
-            assert [x["item_id"] for x in r["items"]] == want["items"]
+            assert [x["item_id"] for x in r["items"]] == want.items
         rt.reload(str(saved["sasrec"]))  # a new holder: index and scoring copy rebuilt
         assert rt.holder is not h and rt.holder.index is not None and rt.holder.index is not h.index
     with pytest.raises(DynrecError, match="'pop' does not score by a dot product"):

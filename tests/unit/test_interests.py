@@ -11,8 +11,7 @@ import scipy.sparse as sp
 from dynrec.data.events import Event
 from dynrec.data.query import QueryBatch
 from dynrec.data.vocab import Vocabulary
-from dynrec.jobs.explain import interest_profile
-from dynrec.online.interests import Categories, category_shares, tag_categories
+from dynrec.online.interests import Categories, category_shares, interest_profile, tag_categories
 from dynrec.online.session import OnlineRecommender
 from tests.unit.test_state import clustered_data, fitted
 
@@ -31,8 +30,8 @@ def test_session_interests_and_profile_give_the_same_shares() -> None:
     idx = model.item_vocab.lookup([a, b, c]).astype(np.int64)
     q = QueryBatch(np.zeros(1, np.int64), np.array([0, 3], np.int64), idx)
     prof = interest_profile(model, q, info, short_window=2)
-    assert [tuple(t) for t in prof["long_term"]["tags"]] == want
-    assert [tuple(t) for t in prof["short_term"]["tags"]] == it.short_term.categories
+    assert prof.long_term.tags == want
+    assert prof.short_term.tags == it.short_term.categories
 
 
 def test_categories_rows_spread_one_event() -> None:

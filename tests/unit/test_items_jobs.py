@@ -225,19 +225,19 @@ def test_added_items_are_recommendable_at_once(trained_toy: tuple[Path, ToyEncod
     new = tmp_path / "new.csv"
     new.write_text("item_id,title,tags,text\nx1,Rocket,scifi,space space space\nx2,Heart,romance,love love\n")
     report = add_items(out, new, encoder=enc)
-    assert report["added"] == ["x1", "x2"] and report["skipped"] == [] and report["n_items"] == 14
-    assert report["invalid_rows"] == 0 and report["encoder"] == "toy-enc"
+    assert report.added == ("x1", "x2") and report.skipped == () and report.n_items == 14
+    assert report.invalid_rows == 0 and report.encoder == "toy-enc"
     model = Recommender.load(out)
     assert model.item_vocab is not None and tuple(model.item_vocab.ids[-2:]) == ("x1", "x2")
     assert model.meta["item_text"]["added_items"] == 2
     assert read_item_info(out)["x1"] == {"title": "Rocket", "tags": ["scifi"]}
     # a space history: the other space items (same text vector: score 1), then the new space item
     recs = recommend_for(out, history=["i1", "i2"], k=5)
-    assert set(recs["items"][:4]) == {"i3", "i4", "i5", "i6"} and recs["items"][4] == "x1"
+    assert set(recs.items[:4]) == {"i3", "i4", "i5", "i6"} and recs.items[4] == "x1"
     v = ToyEncoder().encode([read_item_texts(new).texts["x1"], "space"])
-    assert recs["scores"][4] == pytest.approx(float(v[0] @ v[1]))
+    assert recs.scores[4] == pytest.approx(float(v[0] @ v[1]))
     # a history of a new item alone works: the love items come first
-    assert set(recommend_for(out, history=["x2"], k=6)["items"]) == {f"i{j}" for j in range(7, 13)}
+    assert set(recommend_for(out, history=["x2"], k=6).items) == {f"i{j}" for j in range(7, 13)}
 
 
 def test_ids_already_present_are_refused_or_skipped(
@@ -254,7 +254,7 @@ def test_ids_already_present_are_refused_or_skipped(
         add_items(out, again, encoder=enc)
     assert _digest(out) == before  # nothing changed
     report = add_items(out, again, encoder=enc, skip_existing=True)
-    assert report["added"] == ["x3"] and report["skipped"] == ["x1", "i3"]
+    assert report.added == ("x3",) and report.skipped == ("x1", "i3")
     model = Recommender.load(out)
     assert isinstance(model, ToyText) and model.item_vocab is not None
     x1 = model.item_vocab.index("x1")
@@ -269,9 +269,9 @@ def test_bad_rows_are_reported_with_line_and_field(
     bad = tmp_path / "bad.csv"
     bad.write_text("item_id,text\nx1,space\n,love\nx3,\n")
     report = add_items(out, bad, encoder=enc)
-    assert report["added"] == ["x1"] and report["invalid_rows"] == 2
-    assert "bad.csv:3" in report["invalid"][0] and "item_id" in report["invalid"][0]
-    assert "bad.csv:4" in report["invalid"][1] and "text" in report["invalid"][1]
+    assert report.added == ("x1",) and report.invalid_rows == 2
+    assert "bad.csv:3" in report.invalid[0] and "item_id" in report.invalid[0]
+    assert "bad.csv:4" in report.invalid[1] and "text" in report.invalid[1]
     with pytest.raises(DynrecError, match="bad.csv:line 3 field .item_id."):
         add_items(out, bad, encoder=enc, strict=True)
 

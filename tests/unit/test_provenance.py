@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,7 @@ def events_csv(tmp_path: Path) -> Path:
 
 
 def _hr(model_dir: Path) -> float:
-    return jobs.evaluate_saved(model_dir)[1].metrics["HR@10"]
+    return jobs.evaluate_saved(model_dir).metrics["HR@10"]
 
 
 # ---- hashing -----------------------------------------------------------------------------------
@@ -90,7 +91,9 @@ def test_train_records_absolute_location_and_hash(
     jobs.train("pop", prepared, out=tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())["meta"]
     p = prov.Provenance.from_dict(meta["provenance"])
-    assert p.dataset == p.location == str(events_csv.resolve()) == meta["dataset"]
+    assert p.dataset == p.location == str(events_csv.resolve())
+    assert not set(prov.LEGACY_KEYS) & set(meta)  # dataset, split, ... live in the record only
+    assert prov.from_meta(meta) == prov.Lineage(p.dataset, "loo", None, p)
     assert p.events_hash == prov.events_hash(read_events(events_csv))
     assert (p.split, p.n_events, p.n_test) == ("loo", 72, 12)
 
@@ -117,7 +120,8 @@ def test_old_model_without_provenance_still_evaluates(
     jobs.train("pop", jobs.prepare(str(events_csv)), out=tmp_path / "m")
     cfg = tmp_path / "m" / "config.json"
     spec = json.loads(cfg.read_text())
-    del spec["meta"]["provenance"]
+    record = spec["meta"].pop("provenance")  # what a release before provenance wrote instead:
+    spec["meta"].update(dataset=record["dataset"], split=record["split"], split_cut=record["split_cut"])
     cfg.write_text(json.dumps(spec))
     with caplog.at_level(logging.WARNING):
         jobs.evaluate_saved(tmp_path / "m")
@@ -127,6 +131,102 @@ def test_old_model_without_provenance_still_evaluates(
     cfg.write_text(json.dumps(spec))
     with pytest.raises(DynrecError, match="resumed .* by an older dynrec"):
         jobs.evaluate_saved(tmp_path / "m")
+
+
+# ---- model directories of earlier releases: the lineage migration -------------------------------
+
+
+def _meta(model_dir: Path) -> dict[str, object]:
+    meta: dict[str, object] = json.loads((model_dir / "config.json").read_text())["meta"]
+    return meta
+
+
+def _as_saved_before(src: Path, dst: Path, lineage_keys: dict[str, object]) -> Path:
+    """A copy of the model directory `src` whose meta records its data as an earlier release did
+    (`lineage_keys` in place of what this release writes)."""
+    shutil.copytree(src, dst)
+    spec = json.loads((dst / "config.json").read_text())
+    for key in (prov.PROVENANCE_KEY, prov.REPLAY_KEY, *prov.LEGACY_KEYS):
+        spec["meta"].pop(key, None)
+    spec["meta"].update(lineage_keys)
+    (dst / "config.json").write_text(json.dumps(spec))
+    return dst
+
+
+def test_model_directories_with_the_old_meta_keys_load_and_behave_the_same(
+    tmp_path: Path, events_csv: Path
+) -> None:
+    jobs.train("itemknn", jobs.prepare(str(events_csv)), out=tmp_path / "m")
+    record = _meta(tmp_path / "m")[prov.PROVENANCE_KEY]
+    p = prov.Provenance.from_dict(record)  # type: ignore[arg-type]
+    loose = {"dataset": p.dataset, "split": "loo", "split_cut": None}
+    # the release before this one: the record and the loose keys; releases before provenance: loose only
+    both = _as_saved_before(tmp_path / "m", tmp_path / "both", {"provenance": record, **loose})
+    legacy = _as_saved_before(tmp_path / "m", tmp_path / "legacy", loose)
+    assert prov.from_meta(_meta(both)) == prov.Lineage.trained(p) == prov.Lineage(p.dataset, "loo", None, p)
+    assert prov.from_meta(_meta(legacy)) == prov.Lineage(p.dataset, "loo", None)
+    want = jobs.training_history(Recommender.load(tmp_path / "m")).data
+    for d in (both, legacy):
+        got = jobs.training_history(Recommender.load(d)).data
+        np.testing.assert_array_equal(got.items, want.items)
+        np.testing.assert_array_equal(got.users, want.users)
+        assert jobs.evaluate_saved(d).metrics == jobs.evaluate_saved(tmp_path / "m").metrics
+        assert jobs.recommend_for(d, user="u3").items == jobs.recommend_for(tmp_path / "m", user="u3").items
+    new = tmp_path / "new.csv"
+    new.write_text("user_id,item_id,timestamp\nzz,i1,1\n")
+    # a resume writes the typed record only: its resumes, the loose keys gone
+    jobs.resume_training(both, new)
+    lineage = prov.from_meta(_meta(both))
+    assert not set(prov.LEGACY_KEYS) & set(_meta(both))
+    assert lineage.provenance is not None and [r.path for r in lineage.provenance.resumes] == [
+        str(new.resolve())
+    ]
+    # a model without provenance stays one: the resumed file joins its update_files, as before
+    jobs.resume_training(legacy, new)
+    meta = _meta(legacy)
+    assert prov.PROVENANCE_KEY not in meta and meta["dataset"] == p.dataset
+    assert meta["update_files"] == [str(new.resolve())]
+    assert prov.from_meta(meta).legacy_updates == (str(new.resolve()),)
+    assert jobs.training_history(Recommender.load(legacy)).data.n_events == want.n_events + 1
+    with pytest.raises(DynrecError, match="resumed .* by an older dynrec"):
+        jobs.evaluate_saved(legacy)
+
+
+def test_replay_models_record_a_typed_lineage_and_old_ones_still_match(
+    tmp_path: Path, events_csv: Path
+) -> None:
+    rd = jobs.load_replay_data(str(events_csv))
+    model = jobs.fit_for_replay("pop", rd)
+    assert model.meta[prov.REPLAY_KEY] == {"dataset": rd.name, "protocol": rd.protocol}
+    assert not set(prov.LEGACY_KEYS) & set(model.meta)
+    assert prov.from_meta(model.meta) == prov.Lineage(rd.name, "replay", replay_protocol=rd.protocol)
+    model.save(tmp_path / "rp")
+    old = _as_saved_before(
+        tmp_path / "rp",
+        tmp_path / "old",
+        {"dataset": rd.name, "split": "replay", "replay_protocol": rd.protocol},
+    )
+    for d in (tmp_path / "rp", old):
+        loaded = Recommender.load(d)
+        assert prov.from_meta(loaded.meta) == prov.Lineage.replay(rd.name, rd.protocol)
+        jobs.check_replay_model(loaded, rd)
+        with pytest.raises(DynrecError, match="not trained for the replay"):
+            jobs.check_replay_model(loaded, jobs.load_replay_data(str(events_csv), quantile=0.5))
+        with pytest.raises(DynrecError, match="trained for a replay .* on no train/test split"):
+            jobs.evaluate_saved(d)
+
+
+def test_from_meta_refuses_malformed_lineage_keys() -> None:
+    assert prov.from_meta({}) == prov.Lineage()
+    for meta, match in (
+        ({"dataset": "d", "split": "random"}, "split 'random' is not one of loo, time, replay"),
+        ({"dataset": 5}, "'dataset' must be a string"),
+        ({"split_cut": "5"}, "'split_cut' must be an integer"),
+        ({"update_files": "new.csv"}, "'update_files' must be a list of paths"),
+        ({"replay_fit": {"dataset": "d"}}, "'replay_fit' must be"),
+    ):
+        with pytest.raises(DynrecError, match=match):
+            prov.from_meta(meta, source="m/config.json")
 
 
 # ---- resume -----------------------------------------------------------------------------------
@@ -139,12 +239,12 @@ def test_resume_replays_only_training_events(tmp_path: Path, events_csv: Path) -
     new = tmp_path / "new.csv"
     new.write_text("user_id,item_id,timestamp\nzz,i1,1\n")  # a new user, one event: no co-occurrence
     _, report = jobs.resume_training(tmp_path / "m", new, out=tmp_path / "m2")
-    assert report["n_test_targets"] == 0
+    assert report.n_test_targets == 0 and report.out == str(tmp_path / "m2")
     assert _hr(tmp_path / "m2") == before
     # the memory is the split's training part + the new event, no validation/test target
     th = jobs.training_history(Recommender.load(tmp_path / "m2"))
     assert th.data.n_events == prepared.split.train.n_events + 1
-    p = prov.from_meta(Recommender.load(tmp_path / "m2").meta)
+    p = prov.from_meta(Recommender.load(tmp_path / "m2").meta).provenance
     assert p is not None and [r.path for r in p.resumes] == [str(new.resolve())]
 
 
@@ -154,7 +254,7 @@ def test_resume_on_test_targets_is_recorded_and_refused_by_evaluate(tmp_path: Pa
     leak = tmp_path / "leak.csv"
     leak.write_text(prov.target_frame(prepared.data, prepared.split.test).head(3).write_csv())
     _, report = jobs.resume_training(tmp_path / "m", leak, out=tmp_path / "m2")
-    assert report["n_test_targets"] == 3
+    assert report.n_test_targets == 3
     with pytest.raises(DynrecError, match="included 3 test target"):
         jobs.evaluate_saved(tmp_path / "m2")
 
@@ -195,7 +295,7 @@ def test_cutoffs(tmp_path: Path, events_csv: Path) -> None:
     assert res.metrics["Precision@500"] == pytest.approx(1 / 500)
     model.save(tmp_path / "m")
     recs = jobs.recommend_for(tmp_path / "m", user="u0", k=500)
-    assert len(recs["items"]) == 15 - 4  # the catalogue less u0's 4 training items
+    assert len(recs.items) == 15 - 4  # the catalogue less u0's 4 training items
     with pytest.raises(DynrecError, match="k must be an integer >= 1"):
         jobs.recommend_for(tmp_path / "m", user="u0", k=0)
 
@@ -224,7 +324,7 @@ def test_seeded_online_store_agrees_with_recommend_user(tmp_path: Path, events_c
     jobs.train(name, prepared, out=tmp_path / "m")
     store = InMemoryStore()
     report = jobs.seed_store(tmp_path / "m", store)
-    assert report == {"model": name, "users": 12, "events": prepared.split.train.n_events}
+    assert report == jobs.SeedResult(name, 12, prepared.split.train.n_events)
     # the store holds training events only: u0's last two (validation, test) are not there
     u0 = [line.split(",")[1] for line in events_csv.read_text().splitlines() if line.startswith("u0,")]
     assert list(store.history("u0").items) == u0[:-2]
@@ -232,7 +332,7 @@ def test_seeded_online_store_agrees_with_recommend_user(tmp_path: Path, events_c
     for user in (f"u{u}" for u in range(12)):
         offline = jobs.recommend_for(tmp_path / "m", user=user, k=5)
         rec = online.recommend(user, 5)
-        assert offline["items"] == rec.items
-        np.testing.assert_allclose(offline["scores"], rec.scores, rtol=1e-5)
+        assert offline.items == rec.items
+        np.testing.assert_allclose(offline.scores, rec.scores, rtol=1e-5)
     with pytest.raises(DynrecError, match="already holds events of user"):
         jobs.seed_store(tmp_path / "m", store)

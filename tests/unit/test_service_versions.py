@@ -232,10 +232,8 @@ def test_a_cli_edit_of_a_served_root_is_kept(
     server.text_encoder = ToyEncoder()
     cli_items = tmp_path / "cli.csv"
     cli_items.write_text("item_id,text\ncli1,space rocket launch\n")
-    report: dict[str, Any] = jobs.add_items(
-        tmp_path / "root", cli_items, encoder=ToyEncoder(), store_url=store_url
-    )
-    assert report["added"] == ["cli1"] and report["model_version"]
+    report = jobs.add_items(tmp_path / "root", cli_items, encoder=ToyEncoder(), store_url=store_url)
+    assert report.added == ("cli1",) and report.model_version
     assert _wait(lambda: "cli1" in server.holder.item_vocab, 1.0)
     server.add_items(ItemTexts(texts={"http1": "space"}, titles={}, tags={}, source="test"))
     vocab = server.holder.item_vocab
@@ -260,7 +258,7 @@ def test_evaluate_refuses_a_version_that_learned_test_targets(
     )
     version = a.update()["model_version"]
     served = Recommender.load(root / f"versions/{version}")
-    prov = from_meta(served.meta)
+    prov = from_meta(served.meta).provenance
     assert prov is not None and prov.served[-1].n_test_targets == targets.height
     with pytest.raises(DynrecError, match="test target"):
         jobs.evaluate_saved(root / f"versions/{version}")
@@ -282,10 +280,10 @@ def test_resume_on_a_served_root_publishes_and_leaves_deleted_users_out(
     events = tmp_path / "new.csv"
     events.write_text("user_id,item_id,timestamp\nghost,i1,99999\nghost,i2,100000\nnewbie,i3,100001\n")
     model, report = resume_training(root, events, store_url=store_url)
-    assert report["method"] == "refit" and report["n_events"] == 1 and report["deleted_users_left_out"] == 2
+    assert report.method == "refit" and report.n_events == 1 and report.deleted_users_left_out == 2
     assert model.user_vocab is not None and "ghost" not in model.user_vocab and "newbie" in model.user_vocab
     assert (root / "model.safetensors").read_bytes() == before
-    assert _wait(lambda: a.holder.version == report["model_version"], 1.0)
+    assert _wait(lambda: a.holder.version == report.model_version, 1.0)
     assert a.holder.record.kind == "refit"
 
 
@@ -297,7 +295,7 @@ def test_seeding_never_brings_a_deleted_user_back(root: Path, tmp_path: Path) ->
     try:
         store.delete_user("u1")
         report = seed_store(root, store)
-        assert "u1" not in store.users() and "u2" in store.users() and report["users"] == len(store.users())
+        assert "u1" not in store.users() and "u2" in store.users() and report.users == len(store.users())
         store.add_version(VersionRecord("v", ".", None, 0.0, "initial"))
         store.set_current(None, "v")
         with pytest.raises(DynrecError, match="already serves model versions"):

@@ -36,7 +36,7 @@ def test_export_round_trips_through_the_reader(make_store: Callable[[], StateSto
     evs = [*posted_events(), Event("odd,user", 'item "q"', 7, "buy", 0.25)]  # CSV quoting needed
     store.append(evs)
     report = export_events(store, tmp_path / "events.csv")
-    assert report == {"path": str(tmp_path / "events.csv"), "events": 101, "users": 21}
+    assert report.to_json() == {"path": str(tmp_path / "events.csv"), "events": 101, "users": 21}
     assert (tmp_path / "events.csv").read_text().splitlines()[
         0
     ] == "user_id,item_id,timestamp,event_type,value"
@@ -46,7 +46,7 @@ def test_export_round_trips_through_the_reader(make_store: Callable[[], StateSto
         for r in log.frame.iter_rows(named=True)
     }
     assert got == {(e.user_id, e.item_id, e.timestamp, e.event_type, e.weight) for e in evs}
-    assert export_events(store, tmp_path / "events.csv.gz")["events"] == 101  # gzip, read back alike
+    assert export_events(store, tmp_path / "events.csv.gz").events == 101  # gzip, read back alike
     assert len(read_events(tmp_path / "events.csv.gz", strict=True)) == 101
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 

@@ -15,6 +15,7 @@ from dynrec.data.dataset import InteractionData
 from dynrec.data.events import Event
 from dynrec.data.query import QueryBatch
 from dynrec.evaluation.offline import evaluate
+from dynrec.jobs.provenance import from_meta
 from dynrec.models.base import Recommender
 from dynrec.models.neural.growth import grow_torch_model
 from dynrec.online.updater import IncrementalUpdater, UpdateConfig
@@ -169,6 +170,7 @@ def test_cli_train_resume_warm_starts(tmp_path: Path) -> None:
     assert rep["new_items"] == 1 and rep["new_users"] == 1 and rep["n_events"] == 3
     back = Recommender.load(out)
     assert back.item_vocab is not None and "brand-new" in back.item_vocab
-    assert str(new.resolve()) in back.meta["update_files"]
+    resumes = [r.path for r in from_meta(back.meta).provenance.resumes]  # type: ignore[union-attr]
+    assert resumes == [str(new.resolve())]
     r = runner.invoke(app, ["train", "--resume", str(out)])
     assert r.exit_code != 0

@@ -124,16 +124,6 @@ def _ann_config(kind: str | None, sets: list[str] | None) -> Any:
     return AnnConfig(kind=kind).with_overrides(_parse_sets(sets))  # type: ignore[arg-type]
 
 
-def _scoring_extras(ann: Any, options: Any) -> dict[str, str]:
-    """What a JSON result records about how it was scored, when not exact float32."""
-    out: dict[str, str] = {}
-    if ann is not None:
-        out["retrieval"] = ann.kind
-    if options.precision != "float32":
-        out["precision"] = options.precision
-    return out
-
-
 def _table(metrics: dict[str, float]) -> str:
     keys = [k for k in metrics if "@" in k]
     w = max(len(k) for k in keys) if keys else 8

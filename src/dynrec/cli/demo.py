@@ -74,8 +74,8 @@ def run(dataset: str, models: tuple[str, ...], out: Path, sets: dict[str, dict[s
         print(f"training {name} ...", flush=True)
         m = jobs.train(name, prepared, overrides=sets.get(name), out=out / f"{dataset}-{name}")
         res = jobs.evaluate_model(m, prepared)
-        results[name] = {**res.metrics, "fit_seconds": m.meta["fit_seconds"]}
-        rows.append(_row(name, res.metrics, m.meta["fit_seconds"]))
+        results[name] = {**res.metrics, "fit_seconds": jobs.fit_seconds(m)}
+        rows.append(_row(name, res.metrics, jobs.fit_seconds(m)))
         trained[name] = m
     print(f"\nTest (full ranking over all {len(prepared.data.item_vocab)} items, seen items excluded):")
     print(header)
@@ -206,7 +206,7 @@ def serve(dataset: str, model_name: str, out: Path, host: str, port: int) -> int
     with SQLiteStore(db) as store:
         seeded = jobs.seed_store(model_dir, store)
     print(
-        f"\nseeded {db} with {seeded['users']} users' training histories ({seeded['events']} events) "
+        f"\nseeded {db} with {seeded.users} users' training histories ({seeded.events} events) "
         f"in {time.perf_counter() - t0:.1f}s"
     )
     port = _port(host, port)

@@ -58,15 +58,14 @@ def items_add(
     except ExistingItemsError as exc:
         raise DynrecError(f"{exc} (pass --skip-existing to add only the new ones)") from None
     if as_json:
-        typer.echo(json.dumps(report))
+        typer.echo(json.dumps(report.to_json()))
         return
-    for line in report["invalid"]:
+    for line in report.invalid:
         typer.echo(f"skipped invalid row: {line}")
-    if report["invalid_rows"] > len(report["invalid"]):
-        typer.echo(f"... {report['invalid_rows'] - len(report['invalid'])} more invalid rows")
-    if report["skipped"]:
-        typer.echo(f"skipped {len(report['skipped'])} ids already in the catalogue")
+    if report.invalid_rows > len(report.invalid):
+        typer.echo(f"... {report.invalid_rows - len(report.invalid)} more invalid rows")
+    if report.skipped:
+        typer.echo(f"skipped {len(report.skipped)} ids already in the catalogue")
     typer.echo(
-        f"added {len(report['added'])} items to {model_dir} ({report['n_items']} items now, "
-        f"encoder {report['encoder']})"
+        f"added {len(report.added)} items to {model_dir} ({report.n_items} items now, encoder {report.encoder})"
     )

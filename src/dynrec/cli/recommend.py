@@ -74,19 +74,18 @@ def recommend(
         ann=_ann_config(ann, ann_sets),
     )
     if as_json:
-        typer.echo(json.dumps(recs))
+        typer.echo(json.dumps(recs.to_json()))
         return
-    if recs.get("fallback") == "popular":
+    if recs.fallback == "popular":
         typer.echo("(empty history: the popular fallback, scored by training events per item)")
-    if explain and recs["because"] is None:
-        typer.echo(f"(no explanations: {recs['explanation_unavailable']})")
-    for rank, (item, score) in enumerate(zip(recs["items"], recs["scores"], strict=True), 1):
-        title = recs["titles"][rank - 1] if explain else None
+    why_rows = recs.explanations
+    if recs.explained and why_rows is None:
+        typer.echo(f"(no explanations: {recs.explanation_unavailable})")
+    for rank, (item, score) in enumerate(zip(recs.items, recs.scores, strict=True), 1):
+        title = recs.title(item) if recs.explained else None
         typer.echo(f"{rank:>3}  {item:<12} {score:.4f}" + (f"  {title}" if title else ""))
-        if explain and recs["because"] is not None:
-            why = ", ".join(
-                f"{b['title'] or b['item']} ({b['weight']:.3g})" for b in recs["because"][rank - 1]
-            )
+        if why_rows is not None:
+            why = ", ".join(f"{recs.title(h) or h} ({w:.3g})" for h, w in why_rows[rank - 1])
             typer.echo(f"       because: {why or '-'}")
 
 
@@ -115,16 +114,15 @@ def profile(
     items = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
     prof = profile_for(model_dir, user=user, history=items, short_window=short_window, data_dir=data_dir)
     if as_json:
-        typer.echo(json.dumps(prof))
+        typer.echo(json.dumps(prof.to_json()))
         return
-    if not prof["has_item_info"]:
+    if not prof.has_item_info:
         typer.echo("(the model directory has no item_info.json: no tags or titles)")
-    for key, label in (("long_term", "long term"), ("short_term", "short term")):
-        w = prof[key]
-        tags = ", ".join(f"{t} {s:.0%}" for t, s in w["tags"]) or "-"
-        typer.echo(f"{label} ({w['n_events']} events): {tags}")
-        typer.echo(f"  e.g. {'; '.join(w['items']) or '-'}")
-    shift = ", ".join(f"{t} +{r:.0%}" for t, r in prof["shift"]) or "-"
+    for w, label in ((prof.profile.long_term, "long term"), (prof.profile.short_term, "short term")):
+        tags = ", ".join(f"{t} {s:.0%}" for t, s in w.tags) or "-"
+        typer.echo(f"{label} ({w.n_events} events): {tags}")
+        typer.echo(f"  e.g. {'; '.join(w.items) or '-'}")
+    shift = ", ".join(f"{t} +{r:.0%}" for t, r in prof.profile.shift) or "-"
     typer.echo(f"rising: {shift}")
 
 
@@ -132,7 +130,7 @@ def profile(
 def similar(
     model_dir: Annotated[Path, typer.Argument(help="saved model directory")],
     item: Annotated[str, typer.Argument(help="an item id of the model's catalogue")],
-    k: Annotated[int, typer.Option("--k", min=1)] = 10,
+    k: Annotated[int, typer.Option("--k", help=">= 1")] = 10,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """The k items most like ITEM: cosine of the model's item vectors when it has them, else the

@@ -53,7 +53,7 @@ def replay(
     from dynrec.jobs.replay import run_replay
     from dynrec.online.updater import UpdateConfig
 
-    results = run_replay(
+    run = run_replay(
         target,
         dataset,
         modes=mode or ["state"],
@@ -71,12 +71,12 @@ def replay(
         data_dir=data_dir,
     )
     if as_json:
-        payload = results[0] if len(results) == 1 else {"results": results}
-        typer.echo(json.dumps(payload))
+        typer.echo(json.dumps(run.to_json()))
     else:
-        for row in results:
-            extra = f"  ({row[f'HR@{k}_vs_oracle']:.1%} of oracle)" if f"HR@{k}_vs_oracle" in row else ""
+        for row in run.rows:
+            vs = row.hr_vs_oracle
+            extra = f"  ({vs:.1%} of oracle)" if vs is not None else ""
             typer.echo(
-                f"{row['mode']:<12} HR@{k} {row[f'HR@{k}']:.4f}  NDCG@{k} {row[f'NDCG@{k}']:.4f}  "
-                f"{int(row['n_events'])} events, {row['events_per_s']:.0f} events/s{extra}"
+                f"{row.result.mode:<12} HR@{k} {row.hr:.4f}  NDCG@{k} {row.ndcg:.4f}  "
+                f"{row.n_events} events, {row.events_per_s:.0f} events/s{extra}"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -44,16 +45,15 @@ def store_seed(
     url = store if "://" in store else f"sqlite:///{store}"  # a bare path: SQLite
     st = open_store(url)
     try:
-        report = seed_store(model_dir, st, data_dir=data_dir, replace=replace)
+        seeded = seed_store(model_dir, st, data_dir=data_dir, replace=replace)
     finally:
         st.close()
-    report["store"] = (
-        str(Path(url.removeprefix("sqlite:///"))) if url.startswith("sqlite:///") else redact_url(url)
-    )
+    shown = str(Path(url.removeprefix("sqlite:///"))) if url.startswith("sqlite:///") else redact_url(url)
+    report = dataclasses.replace(seeded, store=shown)
     if as_json:
-        typer.echo(json.dumps(report))
+        typer.echo(json.dumps(report.to_json()))
     else:
-        typer.echo(f"seeded {report['store']} with {report['events']} events of {report['users']} users")
+        typer.echo(f"seeded {report.store} with {report.events} events of {report.users} users")
 
 
 @store_app.command("export")
@@ -79,6 +79,6 @@ def store_export(
     finally:
         st.close()
     if as_json:
-        typer.echo(json.dumps(report))
+        typer.echo(json.dumps(report.to_json()))
     else:
-        typer.echo(f"exported {report['events']} events of {report['users']} users to {report['path']}")
+        typer.echo(f"exported {report.events} events of {report.users} users to {report.path}")

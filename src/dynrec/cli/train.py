@@ -19,7 +19,6 @@ from dynrec.cli.common import (
     _fail,
     _parse_sets,
     _run_options,
-    _scoring_extras,
     _split,
     _table,
     handled,
@@ -132,23 +131,14 @@ def train(
     ddp.finish()
     if not main_rank:
         return
-    res = jobs.evaluate_model(m, prepared, on="valid")
-    rep = prepared.report
-    summary = {
-        "model": model,
-        "out": str(out),
-        "fit_seconds": m.meta["fit_seconds"],
-        "n_invalid_rows": rep.n_invalid,
-        "n_duplicate_rows": rep.exact_duplicates,
-        **res.metrics,
-    }
+    summary = jobs.validate(model, m, prepared, out)
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps(summary.to_json()))
     else:
-        if rep.n_invalid or rep.exact_duplicates:
-            typer.echo(f"{prepared.location}: {rep.summary()}")
-        typer.echo(f"saved {model} to {out} (fit {m.meta['fit_seconds']:.1f}s); validation:")
-        typer.echo(_table(res.metrics))
+        if summary.n_invalid_rows or summary.n_duplicate_rows:
+            typer.echo(f"{prepared.location}: {prepared.report.summary()}")
+        typer.echo(f"saved {model} to {out} (fit {summary.fit_seconds:.1f}s); validation:")
+        typer.echo(_table(summary.metrics))
 
 
 def _train_resume(
@@ -183,11 +173,11 @@ def _train_resume(
         store_url=store,
     )
     if as_json:
-        typer.echo(json.dumps(report))
+        typer.echo(json.dumps(report.to_json()))
     else:
         typer.echo(
-            f"updated {resume} with {report['n_events']} events ({report['new_items']} new items, "
-            f"{report['new_users']} new users, {report['method']}, {report['seconds']:.1f}s); saved to {report['out']}"
+            f"updated {resume} with {report.n_events} events ({report.new_items} new items, "
+            f"{report.new_users} new users, {report.method}, {report.seconds:.1f}s); saved to {report.out}"
         )
 
 
@@ -218,7 +208,6 @@ def evaluate(
     the index does not return is a miss, and the JSON says "retrieval": KIND. --set precision=int8
     scores with an int8 copy of a neural model."""
     from dynrec import jobs
-    from dynrec.jobs.evaluate import scoring_model
 
     ks = tuple(k or [10])
     overrides, options = _run_options(_parse_sets(sets), progress=not as_json)
@@ -226,7 +215,7 @@ def evaluate(
     if Path(target).is_dir():
         if overrides:
             _fail(f"a saved model's options cannot be changed with --set: {sorted(overrides)}")
-        _, res = jobs.evaluate_saved(
+        ev = jobs.evaluate_saved(
             target,
             dataset=dataset,
             split=_split(split) if split else None,
@@ -242,19 +231,26 @@ def evaluate(
         if dataset is None:
             _fail("--dataset is required when evaluating a model by name")
         assert dataset is not None
-        prepared = jobs.prepare(dataset, split=_split(split or "loo"), data_dir=data_dir, columns=columns)
-        m = scoring_model(jobs.train(target, prepared, overrides=overrides, options=options))
-        res = jobs.evaluate_model(
-            m, prepared, ks=ks, exclude_seen=not keep_seen, progress=not as_json, ann=ann_cfg
+        ev = jobs.evaluate_named(
+            target,
+            dataset,
+            split=_split(split or "loo"),
+            data_dir=data_dir,
+            columns=columns,
+            overrides=overrides,
+            options=options,
+            ks=ks,
+            exclude_seen=not keep_seen,
+            progress=not as_json,
+            ann=ann_cfg,
         )
-    extras = _scoring_extras(ann_cfg, options)
     if as_json:
-        typer.echo(json.dumps({**res.metrics, **extras}))
+        typer.echo(json.dumps(ev.to_json()))
     else:
-        typer.echo(_table(res.metrics))
-        if ann_cfg is not None:
+        typer.echo(_table(ev.metrics))
+        if ev.retrieval is not None:
             typer.echo(
-                f"retrieval: {ann_cfg.kind} (approximate: a target outside the index's top-k is a miss)"
+                f"retrieval: {ev.retrieval} (approximate: a target outside the index's top-k is a miss)"
             )
-        if options.precision != "float32":
-            typer.echo(f"precision: {options.precision}")
+        if ev.precision is not None:
+            typer.echo(f"precision: {ev.precision}")

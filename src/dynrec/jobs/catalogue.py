@@ -9,6 +9,7 @@ never served is saved in place, each file replaced atomically (`dynrec.jobs.mode
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,42 @@ from dynrec.online.store import open_store
 from dynrec.online.store.versions import VersionRecord
 from dynrec.text import Encoder, read_item_texts
 
-__all__ = ["SERVED_STORE", "add_items", "served_store_url"]
+__all__ = ["SERVED_STORE", "AddItemsResult", "add_items", "served_store_url"]
 
 SERVED_STORE = "events.db"
 """The store `dynrec serve ROOT` opens by default (``sqlite:///ROOT/events.db``)."""
+
+
+@dataclass(frozen=True)
+class AddItemsResult:
+    """What `add_items` did: the model and its directory, the ids added and those skipped (already
+    in the catalogue), the catalogue size now, the invalid rows of the file (their count and the
+    first `SHOWN_ROWS`, as text), the encoder, and on a served root the model version now current."""
+
+    model: str
+    model_dir: str
+    added: tuple[str, ...]
+    skipped: tuple[str, ...]
+    n_items: int
+    invalid_rows: int
+    invalid: tuple[str, ...]
+    encoder: str
+    model_version: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": self.model,
+            "model_dir": self.model_dir,
+            "added": list(self.added),
+            "skipped": list(self.skipped),
+            "n_items": self.n_items,
+            "invalid_rows": self.invalid_rows,
+            "invalid": list(self.invalid),
+            "encoder": self.encoder,
+        }
+        if self.model_version is not None:
+            out["model_version"] = self.model_version
+        return out
 
 
 def served_store_url(model_dir: str | Path, store_url: str | None) -> str | None:
@@ -52,15 +85,14 @@ def add_items(
     skip_existing: bool = False,
     progress: bool = False,
     store_url: str | None = None,
-) -> dict[str, Any]:
+) -> AddItemsResult:
     """Add the items of `items_file` (CSV/TSV/JSONL: item_id + text columns, read by
     `dynrec.text.read_item_texts`; invalid rows are skipped and reported with line and field, or
     fail at once with `strict`) to the model at `model_dir` from their text alone — published as
     a new version on a served root (see the module docstring), else saved in place. Ids already in
     the catalogue: see `add_items_to_model`.
 
-    Returns a report: model, added / skipped ids, catalogue size, invalid rows, encoder, and on a
-    served root the model version now current."""
+    Returns what was done (`AddItemsResult`)."""
     texts = read_item_texts(items_file, strict=strict)
     rep = texts.report
     if len(texts) == 0:
@@ -105,16 +137,14 @@ def add_items(
         finally:
             store.close()
     model, done = results[-1]
-    out: dict[str, Any] = {
-        "model": model.name,
-        "model_dir": str(model_dir),
-        "added": done.added,
-        "skipped": done.skipped,
-        "n_items": model.n_items - 1,
-        "invalid_rows": rep.n_invalid,
-        "invalid": [str(r) for r in rep.invalid[:SHOWN_ROWS]],
-        "encoder": encoders[-1].name,
-    }
-    if version is not None:
-        out["model_version"] = version
-    return out
+    return AddItemsResult(
+        model=model.name,
+        model_dir=str(model_dir),
+        added=tuple(done.added),
+        skipped=tuple(done.skipped),
+        n_items=model.n_items - 1,
+        invalid_rows=rep.n_invalid,
+        invalid=tuple(str(r) for r in rep.invalid[:SHOWN_ROWS]),
+        encoder=encoders[-1].name,
+        model_version=version,
+    )

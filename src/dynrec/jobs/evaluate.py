@@ -7,6 +7,9 @@ rebuilds exactly the split it was trained on (`dynrec.jobs.prepare.prepare_recor
 when the data changed since training or when the model's training included test targets, and no
 model is ever evaluated on events it trained on.
 
+`evaluate_saved` (and `dynrec.jobs.train.evaluate_named`, a model trained now) answer an
+`Evaluation`: the metrics and how the model was scored.
+
 Scoring a loaded model (recommend, evaluate, serve) goes through `scoring_model` (the run option
 ``precision``: an int8/bf16 scoring copy of a neural model) and, when asked, an approximate
 index (`ann_index`: a FAISS index over a `QueryEmbeddings` model's item table). Evaluation stays
@@ -18,6 +21,7 @@ of the approximate retrieval.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +43,53 @@ from dynrec.preprocessing.split import EvalSet, SplitKind
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "SEEN_TARGET_WARN_SHARE",
+    "Evaluation",
+    "ann_index",
+    "check_ks",
+    "evaluate_model",
+    "evaluate_retrieved",
+    "evaluate_saved",
+    "scoring_model",
+    "seen_target_share",
+]
+
 SEEN_TARGET_WARN_SHARE = 0.1
 """Warn when more than this share of test targets is already in the query's own history: with
 seen items excluded they can never be hit (typically duplicated rows or repeat consumption)."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``dynrec evaluate`` measures: the model as scored (`scoring_model`), its metrics on the
+    test targets, the approximate index kind that retrieved for it (None: exact) and the reduced
+    precision it scored at (None: float32)."""
+
+    model: Recommender
+    result: EvalResult
+    retrieval: str | None = None
+    precision: str | None = None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.result.metrics
+
+    def to_json(self) -> dict[str, Any]:
+        """The metrics, then ``"retrieval"`` and ``"precision"`` when not exact float32."""
+        out: dict[str, Any] = dict(self.result.metrics)
+        if self.retrieval is not None:
+            out["retrieval"] = self.retrieval
+        if self.precision is not None:
+            out["precision"] = self.precision
+        return out
+
+    @classmethod
+    def of(cls, model: Recommender, result: EvalResult, ann: AnnConfig | AnnIndex | None) -> Evaluation:
+        """`result` of `model` (a scoring copy), retrieved through an index built with `ann`."""
+        kind = None if ann is None else ann.kind if isinstance(ann, AnnConfig) else ann.config.kind
+        precision = model.options.precision
+        return cls(model, result, kind, None if precision == "float32" else precision)
 
 
 def scoring_model(model: Recommender) -> Recommender:
@@ -185,7 +233,7 @@ def evaluate_saved(
     columns: str | None = None,
     options: RunOptions | None = None,
     ann: AnnConfig | AnnIndex | None = None,
-) -> tuple[Recommender, EvalResult]:
+) -> Evaluation:
     """Evaluate a saved model on the test targets of the split it was trained on (at the
     ``precision`` of `options`, see `scoring_model`; with `ann`, approximately: `evaluate_model`).
 
@@ -195,24 +243,24 @@ def evaluate_saved(
     Models saved before provenance was recorded still evaluate, with a warning."""
     ks = check_ks(ks)
     model = Recommender.load(path, options=options)
-    provenance = prov_.from_meta(model.meta, source=f"{path}/config.json")
-    trained_split = provenance.split if provenance is not None else model.meta.get("split")
-    if split is not None and trained_split is not None and split != trained_split:
+    lineage = prov_.from_meta(model.meta, source=f"{path}/config.json")
+    provenance = lineage.provenance
+    if split is not None and lineage.split is not None and split != lineage.split:
         raise DynrecError(
-            f"{path} was trained with split {trained_split!r}; evaluating it on {split!r} would test on training events"
+            f"{path} was trained with split {lineage.split!r}; evaluating it on {split!r} would test on training events"
         )
     if provenance is None:
-        if model.meta.get("update_files"):
+        if lineage.legacy_updates:
             raise DynrecError(
                 f"{path} was resumed (train --resume) by an older dynrec that replayed the whole dataset, "
                 "test targets included, and recorded no provenance: its test metrics would be inflated; "
                 "retrain it (and resume it again) with this version"
             )
-        if dataset is None and model.meta.get("dataset") is None:
+        if dataset is None and lineage.dataset is None:
             raise DynrecError(f"{path}: the model does not record its dataset; pass --dataset")
-        prepared = legacy_prepared(model, dataset, data_dir, "pass --dataset")
+        prepared = legacy_prepared(lineage, dataset, data_dir, "pass --dataset")
         if split is not None and split != prepared.split.kind:
-            prepared = prepare(str(dataset or model.meta["dataset"]), split=split, data_dir=data_dir)
+            prepared = prepare(str(dataset or lineage.dataset), split=split, data_dir=data_dir)
     else:
         leaked = provenance.leaked()
         if leaked:
@@ -225,4 +273,4 @@ def evaluate_saved(
         prepared = prepare_recorded(provenance, data_dir, dataset=dataset, columns=columns)
     model = scoring_model(model)
     res = evaluate_model(model, prepared, ks=ks, exclude_seen=exclude_seen, progress=progress, ann=ann)
-    return model, res
+    return Evaluation.of(model, res, ann)

@@ -1,18 +1,15 @@
-"""Why an item was recommended, and what a user is into: shared by ``dynrec recommend --explain``,
-``dynrec profile`` and the service.
+"""Why an item was recommended: shared by ``dynrec recommend --explain`` and the service.
 
-* `explain_items` — per recommended item, the history items that contributed most to its score
-  (the model's `Explainer` contributions; a history item that occurs several times has its events'
-  contributions summed). `because` adds titles for JSON output.
-* `interest_profile` — the JSON form of `dynrec.online.interests.interest_profile` (long- vs
-  short-term tag shares, representative history items, the tags that rise), where the one
-  definition of an interest profile and of its shares lives.
+`explain_items` gives, per recommended item, the history items that contributed most to its score
+(the model's `Explainer` contributions; a history item that occurs several times has its events'
+contributions summed); `dynrec.jobs.recommend.RecommendResult.to_json` adds titles for JSON output.
+The interest profile (``dynrec profile``, the session, the page and the service) is
+`dynrec.online.interests.interest_profile`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -20,22 +17,15 @@ import torch
 from dynrec.data.query import QueryBatch
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import Explainer
-from dynrec.online.interests import Categories
-from dynrec.online.interests import interest_profile as profile_of
 
 __all__ = [
     "EXPLAIN_TOP",
-    "because",
     "explain_items",
     "explanation_unavailable",
-    "interest_profile",
 ]
 
 EXPLAIN_TOP = 3
 """History items shown per recommended item."""
-
-Explanation = list[tuple[str, float]]
-"""(history item id, contribution) pairs, largest first."""
 
 
 def explanation_unavailable(model: Recommender) -> str | None:
@@ -47,10 +37,11 @@ def explanation_unavailable(model: Recommender) -> str | None:
 
 def explain_items(
     model: Recommender, batch: QueryBatch, items: Sequence[str], *, top: int = EXPLAIN_TOP
-) -> list[Explanation] | None:
+) -> list[list[tuple[str, float]]] | None:
     """For a one-query `batch` (the history, valid item indices) and recommended `items`
     (external ids): per item, the `top` history items by summed contribution, largest first
-    (items whose contribution is zero or not finite are left out). None when the model is no
+    (items whose contribution is zero or not finite are left out): (history item id,
+    contribution) pairs, a `dynrec.data.query.Explanation` each. None when the model is no
     `Explainer`."""
     if not isinstance(model, Explainer):
         return None
@@ -63,42 +54,9 @@ def explain_items(
     uniq, inv = np.unique(batch.items, return_inverse=True)
     summed = torch.zeros(len(uniq), contrib.shape[1]).index_add_(0, torch.from_numpy(inv), contrib)
     names = model.item_vocab.to_ids(uniq)
-    out: list[Explanation] = []
+    out: list[list[tuple[str, float]]] = []
     for j in range(len(items)):
         col = summed[:, j]
         order = torch.argsort(col, descending=True, stable=True)[:top].tolist()
         out.append([(names[i], float(col[i])) for i in order if torch.isfinite(col[i]) and col[i] != 0])
     return out
-
-
-def because(
-    explanations: Sequence[Explanation], item_info: Mapping[str, Mapping[str, Any]]
-) -> list[list[dict[str, Any]]]:
-    """JSON form of `explain_items`: per item ``[{"item", "title", "weight"}, ...]``."""
-    return [
-        [{"item": i, "title": _title(item_info, i), "weight": w} for i, w in expl] for expl in explanations
-    ]
-
-
-def _title(item_info: Mapping[str, Mapping[str, Any]], item: str) -> str | None:
-    rec = item_info.get(item)
-    t = rec.get("title") if rec is not None else None
-    return t if isinstance(t, str) else None
-
-
-# ---- interest profile --------------------------------------------------------------------------------
-
-
-def interest_profile(
-    model: Recommender,
-    batch: QueryBatch,
-    item_info: Mapping[str, Mapping[str, Any]],
-    *,
-    short_window: int = 10,
-    categories: Categories | None = None,
-) -> dict[str, Any]:
-    """JSON form of `dynrec.online.interests.interest_profile` (the one profile of the session, the
-    page, the service and ``dynrec profile``): ``{"long_term": W, "short_term": W, "shift": [[tag,
-    rise], ...], "short_window"}`` where each window W is ``{"n_events", "tags": [[tag, share], ...]
-    (top 5), "items": [title or id, ...] (3), "item_ids": [...]}``."""
-    return profile_of(model, batch, item_info, short_window=short_window, categories=categories).to_json()

@@ -17,14 +17,27 @@ import csv
 import gzip
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from dynrec.online.store import StateStore
 
-__all__ = ["EXPORT_COLUMNS", "export_events"]
+__all__ = ["EXPORT_COLUMNS", "ExportResult", "export_events"]
 
 EXPORT_COLUMNS = ("user_id", "item_id", "timestamp", "event_type", "value")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_events` wrote: the file, its events and the users they belong to."""
+
+    path: str
+    events: int
+    users: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "events": self.events, "users": self.users}
 
 
 def _open(path: Path) -> IO[str]:
@@ -33,10 +46,10 @@ def _open(path: Path) -> IO[str]:
     return open(path, "w", encoding="utf-8", newline="")
 
 
-def export_events(store: StateStore, path: str | Path) -> dict[str, int | str]:
+def export_events(store: StateStore, path: str | Path) -> ExportResult:
     """Write every event `store` holds (`StateStore.iter_events`) to the CSV file `path`.
 
-    Returns ``{"path", "events", "users"}``. The store is read in chunks while it may keep
+    Returns what was written (`ExportResult`). The store is read in chunks while it may keep
     taking events (see `StateStore.iter_events`); the file holds whole users' histories."""
     out = Path(path)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -60,4 +73,4 @@ def export_events(store: StateStore, path: str | Path) -> dict[str, int | str]:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"path": str(out), "events": n_events, "users": n_users}
+    return ExportResult(str(out), n_events, n_users)

@@ -54,13 +54,15 @@ def training_history(
     model: Recommender, data_dir: str | Path | None = None, *, dataset: str | None = None
 ) -> TrainingHistory:
     """What `model` learned from (see `TrainingHistory`), rebuilt from its recorded provenance (the
-    data checked unchanged). Models without provenance use their recorded dataset and split."""
+    data checked unchanged). Models without provenance use their recorded dataset and split
+    (`dynrec.jobs.provenance.Lineage`)."""
     assert model.item_vocab is not None and model.user_vocab is not None
-    provenance = prov_.from_meta(model.meta)
+    lineage = prov_.from_meta(model.meta)
+    provenance = lineage.provenance
     logs: list[EventLog] = []
     if provenance is None:
-        prepared = legacy_prepared(model, dataset, data_dir, "pass --history")
-        logs = [read_events(Path(f)) for f in model.meta.get("update_files", []) if Path(f).is_file()]
+        prepared = legacy_prepared(lineage, dataset, data_dir, "pass --history")
+        logs = [read_events(Path(f)) for f in lineage.legacy_updates if Path(f).is_file()]
     else:
         prepared = prepare_recorded(provenance, data_dir, dataset=dataset)
         logs = [read_resumed(r) for r in provenance.resumes]

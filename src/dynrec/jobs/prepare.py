@@ -4,7 +4,7 @@
 the location and content hash provenance needs). `prepare_recorded` rebuilds the split a saved
 model was trained on from its recorded provenance (`dynrec.jobs.provenance`) and refuses data whose
 content changed since training (`check_unchanged`); `legacy_prepared` is the same for a model saved
-before provenance was recorded (content unchecked, with a warning).
+before provenance was recorded (from its `Lineage`; content unchecked, with a warning).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dynrec.data.io import ColumnMap, parse_columns, read_events
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DatasetNotFoundError, DynrecError
 from dynrec.jobs import provenance as prov_
-from dynrec.jobs.provenance import Provenance
+from dynrec.jobs.provenance import Lineage, Provenance
 from dynrec.models.base import Recommender
 from dynrec.preprocessing.split import Split, SplitKind, make_split
 
@@ -180,19 +180,24 @@ def prepare_recorded(
 
 
 def legacy_prepared(
-    model: Recommender, dataset: str | None, data_dir: str | Path | None, what: str
+    lineage: Lineage, dataset: str | None, data_dir: str | Path | None, what: str
 ) -> Prepared:
-    """The split of a model saved before provenance was recorded (content cannot be checked)."""
-    ds = dataset or model.meta.get("dataset")
+    """The split of a model without provenance (saved before it was recorded: content cannot be
+    checked), from its `lineage`; `dataset` points at another copy of the data."""
+    ds = dataset or lineage.dataset
     if ds is None:
         raise DynrecError(f"the model records neither provenance nor its dataset; {what}")
+    if lineage.split == "replay":
+        raise DynrecError(
+            f"{ds}: the model was trained for a replay ({lineage.replay_protocol}), on no train/test "
+            f"split; {what}"
+        )
     log.warning(
         "the model records no provenance (saved by an older dynrec): cannot check that %s is unchanged "
         "since training; retrain to record it",
         ds,
     )
-    cut = model.meta.get("split_cut")
-    return prepare(str(ds), split=model.meta.get("split") or "loo", cut=cut, data_dir=data_dir)
+    return prepare(str(ds), split=lineage.split or "loo", cut=lineage.split_cut, data_dir=data_dir)
 
 
 def _extends(model_vocab: Vocabulary, data_vocab: Vocabulary) -> bool:

@@ -14,13 +14,19 @@ A model trained by `dynrec.jobs.train` records (``meta["provenance"]`` in its ``
 
 `evaluate` refuses a model whose data changed since training or whose training included test
 targets; `recommend --user` and `seed_store` use the training history this record describes.
+
+`Lineage` is what jobs read of a saved model's data: this record, or for a model trained for a
+streaming replay (`dynrec.jobs.replay.fit_for_replay`, ``meta["replay_fit"]``) its dataset and
+replay protocol. `from_meta` is the one reader of a model's ``meta`` for these facts, including
+the loose keys that releases before provenance wrote (``dataset``, ``split``, ``split_cut``,
+``replay_protocol``, ``update_files``); `Lineage.write_to` the one writer.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import polars as pl
@@ -31,7 +37,10 @@ from dynrec.errors import DynrecError
 from dynrec.preprocessing.split import EvalSet, SplitKind
 
 __all__ = [
+    "LEGACY_KEYS",
     "PROVENANCE_KEY",
+    "REPLAY_KEY",
+    "Lineage",
     "Provenance",
     "ResumedFile",
     "ServedEvents",
@@ -44,6 +53,15 @@ __all__ = [
 
 PROVENANCE_KEY = "provenance"
 """Key of the record in a model's ``meta`` (saved in ``config.json``)."""
+
+REPLAY_KEY = "replay_fit"
+"""Key of a replay model's ``{"dataset", "protocol"}`` in its ``meta``."""
+
+LEGACY_KEYS = ("dataset", "split", "split_cut", "replay_protocol", "update_files")
+"""The loose ``meta`` keys releases before `Lineage` wrote (read by `from_meta` only)."""
+
+TrainedSplit = Literal["loo", "time", "replay"]
+"""How a model's data was split: a `SplitKind`, or ``"replay"`` (the pre-cut events of a replay)."""
 
 FORMAT_VERSION = 1
 
@@ -149,10 +167,101 @@ class Provenance:
         return cls(**{**d, "resumes": resumes, "served": served, "version": version})
 
 
-def from_meta(meta: dict[str, Any], *, source: str = "config.json") -> Provenance | None:
-    """The model's provenance, or None for models saved before provenance was recorded."""
+@dataclass(frozen=True)
+class Lineage:
+    """What a saved model says about the data it learned from, read from its ``meta`` by
+    `from_meta` (whichever release saved it) and written there by `write_to`.
+
+    A model trained by `dynrec.jobs.train` has a `provenance` (content hashes, split, resumes),
+    from which `dataset`, `split` and `split_cut` come. A model trained for a replay has
+    ``split == "replay"`` and its `replay_protocol`. A model saved before provenance was recorded
+    has only what its loose keys said (content never hashed), and the event files it was resumed
+    on then (`legacy_updates`). A model that records nothing has every field empty."""
+
+    dataset: str | None = None  # registered name, or the absolute path of the event file
+    split: TrainedSplit | None = None
+    split_cut: int | None = None
+    provenance: Provenance | None = None
+    replay_protocol: str | None = None
+    legacy_updates: tuple[str, ...] = ()
+
+    @classmethod
+    def trained(cls, provenance: Provenance) -> Lineage:
+        """The lineage of a model trained on a recorded split."""
+        return cls(provenance.dataset, provenance.split, provenance.split_cut, provenance)
+
+    @classmethod
+    def replay(cls, dataset: str, protocol: str) -> Lineage:
+        """The lineage of a model trained on the pre-cut events of `dataset`'s replay `protocol`."""
+        return cls(dataset, "replay", replay_protocol=protocol)
+
+    def with_resume(self, entry: ResumedFile) -> Lineage:
+        """This lineage after a resume on `entry`'s file: recorded in the provenance, or (a model
+        without one, whose data was never hashed) appended to `legacy_updates`."""
+        if self.provenance is not None:
+            return Lineage.trained(self.provenance.with_resume(entry))
+        return replace(self, legacy_updates=(*self.legacy_updates, entry.path))
+
+    def to_meta(self) -> dict[str, Any]:
+        """The ``meta`` entries of this lineage: the provenance record, the replay record, or (a
+        model saved before provenance, rewritten by a resume) the loose keys it was read from."""
+        if self.provenance is not None:
+            return {PROVENANCE_KEY: self.provenance.to_dict()}
+        if self.replay_protocol is not None and self.dataset is not None and not self.legacy_updates:
+            return {REPLAY_KEY: {"dataset": self.dataset, "protocol": self.replay_protocol}}
+        loose: dict[str, Any] = {
+            "dataset": self.dataset,
+            "split": self.split,
+            "split_cut": self.split_cut,
+            "replay_protocol": self.replay_protocol,
+            "update_files": list(self.legacy_updates) or None,
+        }
+        return {k: v for k, v in loose.items() if v is not None}
+
+    def write_to(self, meta: dict[str, Any]) -> None:
+        """Replace whatever `meta` recorded of the model's data with this lineage."""
+        for key in (PROVENANCE_KEY, REPLAY_KEY, *LEGACY_KEYS):
+            meta.pop(key, None)
+        meta.update(self.to_meta())
+
+
+def from_meta(meta: dict[str, Any], *, source: str = "config.json") -> Lineage:
+    """The lineage a model's `meta` records (see `Lineage`): its provenance record, its replay
+    record, or — a model saved by a release before provenance — the loose keys ``dataset``,
+    ``split``, ``split_cut``, ``replay_protocol`` and ``update_files`` (read here only). A model
+    with provenance also carries loose keys when an earlier release saved it; the record wins."""
     raw = meta.get(PROVENANCE_KEY)
-    return None if raw is None else Provenance.from_dict(raw, source=source)
+    if raw is not None:
+        return Lineage.trained(Provenance.from_dict(raw, source=source))
+    fit = meta.get(REPLAY_KEY)
+    if fit is not None:
+        if not (
+            isinstance(fit, dict)
+            and set(fit) == {"dataset", "protocol"}
+            and all(isinstance(v, str) for v in fit.values())
+        ):
+            raise DynrecError(
+                f"{source}: {REPLAY_KEY!r} must be {{'dataset': str, 'protocol': str}}, got {fit!r}"
+            )
+        return Lineage.replay(fit["dataset"], fit["protocol"])
+    return _legacy(meta, source)
+
+
+def _legacy(meta: dict[str, Any], source: str) -> Lineage:
+    """The lineage of a model saved before provenance was recorded, from its loose keys."""
+    dataset, split, cut = meta.get("dataset"), meta.get("split"), meta.get("split_cut")
+    protocol, updates = meta.get("replay_protocol"), meta.get("update_files") or []
+    if dataset is not None and not isinstance(dataset, str):
+        raise DynrecError(f"{source}: 'dataset' must be a string, got {dataset!r}")
+    if split is not None and split not in get_args(TrainedSplit):
+        raise DynrecError(f"{source}: split {split!r} is not one of {', '.join(get_args(TrainedSplit))}")
+    if cut is not None and (isinstance(cut, bool) or not isinstance(cut, int)):
+        raise DynrecError(f"{source}: 'split_cut' must be an integer, got {cut!r}")
+    if protocol is not None and not isinstance(protocol, str):
+        raise DynrecError(f"{source}: 'replay_protocol' must be a string, got {protocol!r}")
+    if not isinstance(updates, list) or not all(isinstance(f, str) for f in updates):
+        raise DynrecError(f"{source}: 'update_files' must be a list of paths, got {updates!r}")
+    return Lineage(dataset, split, cut, None, protocol, tuple(updates))
 
 
 # ---- hashing ------------------------------------------------------------------------------------

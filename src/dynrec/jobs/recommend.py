@@ -9,11 +9,15 @@ whose store was filled by `seed_store` see the same history, so they give the sa
 `recommend_for` scores at the run option ``precision`` (`options`, see
 `dynrec.jobs.evaluate.scoring_model`) and, with `ann`, through an approximate index over the model's
 item table (`dynrec.models.retrieval.retrieve`; the model must have the `QueryEmbeddings`
-capability). The answer then records ``"retrieval"`` (the index kind) and ``"precision"``.
+capability). The answer (`RecommendResult`) holds the `Recommendations` and how they were made;
+its `to_json` is the one JSON form of it (``dynrec recommend --json``), which records
+``"retrieval"`` (the index kind) and ``"precision"`` when they are not exact float32.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +26,24 @@ import torch
 
 from dynrec.data.dataset import InteractionData
 from dynrec.data.events import Event
-from dynrec.data.query import QueryBatch, Recommendations, check_k, topk_stable
+from dynrec.data.query import Explanation, QueryBatch, Recommendations, check_k, topk_stable
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.jobs.evaluate import ann_index, scoring_model
-from dynrec.jobs.explain import because, explain_items, explanation_unavailable, interest_profile
+from dynrec.jobs.explain import explain_items, explanation_unavailable
 from dynrec.jobs.history import training_history
 from dynrec.jobs.items import ItemInfo, read_item_info
 from dynrec.jobs.model_root import without_users
 from dynrec.models.base import Recommender
 from dynrec.models.config import RunOptions
 from dynrec.models.retrieval import AnnConfig, AnnIndex, retrieve
+from dynrec.online.interests import InterestProfile, interest_profile
 from dynrec.online.store import StateStore
 from dynrec.online.store.versions import VersionStore
 
 __all__ = [
+    "ProfileResult",
+    "RecommendResult",
+    "SeedResult",
     "history_batch",
     "popular_items",
     "profile_for",
@@ -43,6 +51,121 @@ __all__ = [
     "seed_store",
     "user_history_batch",
 ]
+
+POPULAR_NOT_EXPLAINED = "the popular fallback (an empty history) has no explanations"
+
+
+@dataclass(frozen=True)
+class RecommendResult:
+    """What `recommend_for` answers: one query's `Recommendations` (retrieval ``"exact"``,
+    ``"ann:KIND"`` or ``"popular"`` for the popular fallback; with per-item explanations when they
+    were asked for), for whom, by which model, at which reduced precision (None: float32, or not
+    scored by the model), and the titles of the items it names (from ``item_info.json``)."""
+
+    recommendations: Recommendations
+    user: str | None
+    model: str
+    precision: str | None = None
+    titles: Mapping[str, str] = field(default_factory=dict)
+    explanation_unavailable: str | None = None
+    """Why there are no explanations, when they were asked for and the model cannot give them."""
+
+    @property
+    def items(self) -> list[str]:
+        return list(self.recommendations.item_ids[0])
+
+    @property
+    def scores(self) -> list[float]:
+        return list(self.recommendations.scores[0])
+
+    @property
+    def retrieval(self) -> str:
+        return self.recommendations.retrieval[0]
+
+    @property
+    def fallback(self) -> str | None:
+        """``"popular"`` for the popular fallback (an empty history), else None."""
+        return "popular" if self.retrieval == "popular" else None
+
+    @property
+    def explained(self) -> bool:
+        """Whether explanations were asked for (they may still be unavailable)."""
+        return self.recommendations.explanations is not None
+
+    @property
+    def explanations(self) -> Sequence[Explanation] | None:
+        """Per recommended item, the history items that drove it, or None (not asked for, or
+        unavailable: see `explanation_unavailable`)."""
+        rows = self.recommendations.explanations
+        return None if rows is None else rows[0]
+
+    def title(self, item: str) -> str | None:
+        return self.titles.get(item)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"user", "items", "scores", "model", "fallback"}``, ``"retrieval"`` (the index kind)
+        for approximate retrieval, ``"precision"`` when not float32, and with explanations asked
+        for ``"titles"`` (per item), ``"because"`` (per item ``[{"item", "title", "weight"}, ...]``,
+        or None) and ``"explanation_unavailable"``."""
+        out: dict[str, Any] = {
+            "user": self.user,
+            "items": self.items,
+            "scores": self.scores,
+            "model": self.model,
+            "fallback": self.fallback,
+        }
+        if self.retrieval.startswith("ann:"):
+            out["retrieval"] = self.retrieval.removeprefix("ann:")
+        if self.precision is not None:
+            out["precision"] = self.precision
+        if self.explained:
+            expl = self.explanations
+            out["titles"] = [self.title(i) for i in self.items]
+            out["because"] = (
+                None
+                if expl is None
+                else [[{"item": h, "title": self.title(h), "weight": w} for h, w in row] for row in expl]
+            )
+            out["explanation_unavailable"] = self.explanation_unavailable
+        return out
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """What `profile_for` answers: the interest profile of a user or a history, by which model,
+    and whether the model directory had item notes (``item_info.json``: tags and titles)."""
+
+    user: str | None
+    model: str
+    has_item_info: bool
+    profile: InterestProfile
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"user", "model", "has_item_info"}`` and the profile's JSON (`InterestProfile.to_json`)."""
+        return {
+            "user": self.user,
+            "model": self.model,
+            "has_item_info": self.has_item_info,
+            **self.profile.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """What `seed_store` did: the model whose training histories were appended, how many users
+    and events; `store` names the store when the caller that opened it says how (``dynrec store
+    seed``)."""
+
+    model: str
+    users: int
+    events: int
+    store: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model, "users": self.users, "events": self.events}
+        if self.store is not None:
+            out["store"] = self.store
+        return out
 
 
 def history_batch(model: Recommender, items: list[str], user: str | None = None) -> QueryBatch:
@@ -61,13 +184,10 @@ def user_history_batch(model: Recommender, history: InteractionData, user: str) 
         raise UnknownIdError(f"user {user!r} has no training history in this model (pass --history)")
     u = history.user_vocab.index(user)
     a, b = int(history.indptr[u]), int(history.indptr[u + 1])
-    items = history.items[a:b].astype(np.int64)
-    return QueryBatch(
-        np.array([model.user_vocab.index(user, policy="skip")], np.int64),
-        np.array([0, items.shape[0]], np.int64),
-        items,
-        history.timestamps[a:b].astype(np.int64),
-        None,
+    return QueryBatch.from_histories(
+        [history.items[a:b].tolist()],
+        users=[model.user_vocab.index(user, policy="skip")],
+        timestamps=[history.timestamps[a:b].tolist()],
     )
 
 
@@ -81,72 +201,62 @@ def recommend_for(
     explain: bool = False,
     options: RunOptions | None = None,
     ann: AnnConfig | AnnIndex | None = None,
-) -> dict[str, Any]:
+) -> RecommendResult:
     """Top-k items for `user` (their training history, see the module docstring) or for an
     explicit `history` of item ids (oldest first). `k` must be >= 1; a `k` above the catalogue
     size returns every item that can be recommended.
 
     `options`: run options to load the model with (its ``precision`` gives an int8/bf16 scoring
     copy of a neural model). `ann`: an `AnnConfig` (an index is built over the model's item table)
-    or a prebuilt `AnnIndex`: the top-k comes from the index (approximate), and the answer holds
-    ``"retrieval": kind``; refused for a model without the `QueryEmbeddings` capability.
+    or a prebuilt `AnnIndex`: the top-k comes from the index (approximate, retrieval
+    ``"ann:KIND"``); refused for a model without the `QueryEmbeddings` capability.
 
-    With `explain`: ``"because"`` holds, per recommended item, the history items that drove it
-    (`dynrec.jobs.explain.because`: ``[{"item", "title", "weight"}, ...]``, titles from the model
-    directory's ``item_info.json``), or is None with ``"explanation_unavailable"`` saying why
-    (a model that is no `Explainer`).
+    With `explain`: per recommended item, the history items that drove it
+    (`dynrec.jobs.explain.explain_items`), titles from the model directory's ``item_info.json``;
+    none, with `RecommendResult.explanation_unavailable` saying why, for a model that is no
+    `Explainer`.
 
     An empty `history` gets the popular fallback, as the service answers an anonymous session
-    with no known item: `popular_items`, flagged ``"fallback": "popular"`` (else None)."""
+    with no known item: `popular_items`, retrieval ``"popular"``."""
     k = check_k(k)
     model = scoring_model(Recommender.load(model_dir, options=options))
     assert model.item_vocab is not None
     if user is None and history is not None and not history:
-        popular, counts = popular_items(model, k, data_dir)
-        out: dict[str, Any] = {
-            "user": None,
-            "items": popular,
-            "scores": counts,
-            "model": model.name,
-            "fallback": "popular",
-        }
-        if explain:
-            info = read_item_info(model_dir)
-            out["titles"] = [_title(info, i) for i in popular]
-            out["because"] = None
-            out["explanation_unavailable"] = "the popular fallback (an empty history) has no explanations"
-        return out
+        popular = popular_items(model, k, data_dir)
+        if not explain:
+            return RecommendResult(popular, None, model.name)
+        return RecommendResult(
+            popular.with_explanations([None]),
+            None,
+            model.name,
+            titles=_titles(read_item_info(model_dir), popular.item_ids[0]),
+            explanation_unavailable=POPULAR_NOT_EXPLAINED,
+        )
     q = _query(model, user, history, data_dir)
     index = ann_index(model, ann)
     idx, scores = model.recommend(q, k=k) if index is None else retrieve(model, q, k, index)
     served = "exact" if index is None else f"ann:{index.config.kind}"
-    items, item_scores = Recommendations.from_topk(idx, scores, model.item_vocab, retrieval=served).row()
-    out = {
-        "user": user,
-        "items": items,
-        "scores": item_scores,
-        "model": model.name,
-        "fallback": None,
-    }
-    if index is not None:
-        out["retrieval"] = index.config.kind
-    if model.options.precision != "float32":
-        out["precision"] = model.options.precision
-    if explain:
-        info = read_item_info(model_dir)
-        expl = explain_items(model, q, items)
-        out["titles"] = [_title(info, i) for i in items]
-        out["because"] = because(expl, info) if expl is not None else None
-        out["explanation_unavailable"] = explanation_unavailable(model)
-    return out
+    recs = Recommendations.from_topk(idx, scores, model.item_vocab, retrieval=served)
+    precision = model.options.precision if model.options.precision != "float32" else None
+    if not explain:
+        return RecommendResult(recs, user, model.name, precision)
+    expl = explain_items(model, q, recs.item_ids[0])
+    named = [*recs.item_ids[0], *(h for row in expl or [] for h, _ in row)]
+    return RecommendResult(
+        recs.with_explanations([expl]),
+        user,
+        model.name,
+        precision,
+        titles=_titles(read_item_info(model_dir), named),
+        explanation_unavailable=explanation_unavailable(model),
+    )
 
 
-def popular_items(
-    model: Recommender, k: int, data_dir: str | Path | None = None
-) -> tuple[list[str], list[float]]:
+def popular_items(model: Recommender, k: int, data_dir: str | Path | None = None) -> Recommendations:
     """The popular fallback: the `k` items most frequent in the model's training history (see
-    the module docstring; ties by item index), with their counts as scores — what the service
-    answers for a history it knows nothing of, before any event was posted to it."""
+    the module docstring; ties by item index), with their counts as scores (retrieval
+    ``"popular"``) — what the service answers for a history it knows nothing of, before any event
+    was posted to it."""
     assert model.item_vocab is not None
     try:
         hist = training_history(model, data_dir).data
@@ -158,12 +268,17 @@ def popular_items(
     scores = torch.from_numpy(counts)[None, :].clone()
     scores[0, 0] = -torch.inf  # the padding index
     top, vals = topk_stable(scores, min(k, model.n_items))
-    return Recommendations.from_topk(top, vals, model.item_vocab, retrieval="popular").row()
+    return Recommendations.from_topk(top, vals, model.item_vocab, retrieval="popular")
 
 
-def _title(info: ItemInfo, item: str) -> str | None:
-    t = info.get(item, {}).get("title")
-    return t if isinstance(t, str) else None
+def _titles(info: ItemInfo, items: Sequence[str]) -> dict[str, str]:
+    """The titles ``item_info.json`` gives `items` (items without one left out)."""
+    out: dict[str, str] = {}
+    for item in items:
+        t = info.get(item, {}).get("title")
+        if isinstance(t, str):
+            out[item] = t
+    return out
 
 
 def _query(
@@ -187,8 +302,8 @@ def profile_for(
     history: list[str] | None = None,
     short_window: int = 10,
     data_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """The interest profile (`dynrec.jobs.explain.interest_profile`) of `user` (their training
+) -> ProfileResult:
+    """The interest profile (`dynrec.online.interests.interest_profile`) of `user` (their training
     history, as `recommend_for` reads it) or of an explicit `history`, with the tags and titles of
     the model directory's ``item_info.json``."""
     if isinstance(short_window, bool) or not isinstance(short_window, int) or short_window < 1:
@@ -197,7 +312,7 @@ def profile_for(
     q = _query(model, user, history, data_dir)
     info = read_item_info(model_dir)
     prof = interest_profile(model, q, info, short_window=short_window)
-    return {"user": user, "model": model.name, "has_item_info": bool(info), **prof}
+    return ProfileResult(user, model.name, bool(info), prof)
 
 
 def seed_store(
@@ -206,7 +321,7 @@ def seed_store(
     *,
     data_dir: str | Path | None = None,
     replace: bool = False,
-) -> dict[str, Any]:
+) -> SeedResult:
     """Append every user's training history (see the module docstring) to `store`, oldest first,
     so an `OnlineRecommender` over it starts where `recommend --user` is. Users the store holds a
     tombstone of (deleted) are left out: a deletion is never undone by seeding.
@@ -240,4 +355,4 @@ def seed_store(
     ts = hist.timestamps.tolist()
     # one batch: the store validates and writes it all or nothing; users' events stay in time order
     store.append(Event(user_ids[j], item_ids[j], int(ts[j])) for j in range(hist.n_events))
-    return {"model": model.name, "users": len(users), "events": hist.n_events}
+    return SeedResult(model.name, len(users), hist.n_events)

@@ -1,11 +1,13 @@
-"""Replay jobs: load a dataset cut for replay, train a model on its pre-cut events, check a saved
-model belongs to a replay."""
+"""Replay jobs: load a dataset cut for replay, train a model on its pre-cut events (its lineage,
+`dynrec.jobs.provenance.Lineage.replay`, names the dataset and the replay protocol), check a saved
+model belongs to a replay, and replay it (`run_replay`: one `ReplayRow` per mode)."""
 
 from __future__ import annotations
 
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +15,85 @@ from dynrec.data import registry
 from dynrec.data.dataset import InteractionData
 from dynrec.errors import DynrecError
 from dynrec.jobs.model_root import save_model_dir
+from dynrec.jobs.provenance import Lineage, from_meta
+from dynrec.jobs.train import FIT_SECONDS
 from dynrec.models.base import Recommender
 from dynrec.models.registry import create_model
 from dynrec.online.updater import UpdateConfig
-from dynrec.replay import MODES, Mode, ReplayConfig, ReplayData, holdout_last, replay, replay_split
+from dynrec.replay import (
+    MODES,
+    Mode,
+    ReplayConfig,
+    ReplayData,
+    ReplayResult,
+    holdout_last,
+    replay,
+    replay_split,
+)
 
-__all__ = ["check_replay_model", "fit_for_replay", "load_replay_data", "run_replay"]
+__all__ = [
+    "ReplayRow",
+    "ReplayRun",
+    "check_replay_model",
+    "fit_for_replay",
+    "load_replay_data",
+    "run_replay",
+]
+
+
+@dataclass(frozen=True)
+class ReplayRow:
+    """One mode of `run_replay`: the engine's `ReplayResult` (without its final model) and, on a
+    `dynrec data synth` folder, the hit rate at `k` of the data's oracle."""
+
+    result: ReplayResult
+    k: int
+    oracle_hr: float | None = None
+
+    @property
+    def hr(self) -> float:
+        return self.result.metrics[f"HR@{self.k}"]
+
+    @property
+    def ndcg(self) -> float:
+        return self.result.metrics[f"NDCG@{self.k}"]
+
+    @property
+    def n_events(self) -> int:
+        """Events replayed (predicted, then revealed)."""
+        return int(self.result.metrics["n_events"])
+
+    @property
+    def events_per_s(self) -> float:
+        return self.result.timing["events_per_s"]
+
+    @property
+    def hr_vs_oracle(self) -> float | None:
+        """The hit rate as a share of the oracle's (0 when the oracle hits nothing), or None."""
+        if self.oracle_hr is None:
+            return None
+        return self.hr / self.oracle_hr if self.oracle_hr else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """`ReplayResult.to_json`, with ``oracle_HR@k`` and ``HR@k_vs_oracle`` when there is an oracle."""
+        row = self.result.to_json()
+        if self.oracle_hr is not None:
+            row[f"oracle_HR@{self.k}"] = self.oracle_hr
+            row[f"HR@{self.k}_vs_oracle"] = self.hr_vs_oracle
+        return row
+
+
+@dataclass(frozen=True)
+class ReplayRun:
+    """What `run_replay` measured: one row per mode, in the order asked."""
+
+    rows: tuple[ReplayRow, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """One mode: its row; several: ``{"results": [row, ...]}``."""
+        if len(self.rows) == 1:
+            return self.rows[0].to_json()
+        return {"results": [r.to_json() for r in self.rows]}
 
 
 def load_replay_data(
@@ -51,24 +126,18 @@ def fit_for_replay(
     train, valid = holdout_last(rd.train)
     t0 = time.perf_counter()
     model.fit(train, valid)
-    model.meta.update(
-        {
-            "dataset": rd.name,
-            "split": "replay",
-            "replay_protocol": rd.protocol,
-            "fit_seconds": time.perf_counter() - t0,
-        }
-    )
+    model.meta[FIT_SECONDS] = time.perf_counter() - t0
+    Lineage.replay(rd.name, rd.protocol).write_to(model.meta)
     # the model's vocabulary is the pre-cut one (train shares it)
     return model
 
 
 def check_replay_model(model: Recommender, rd: ReplayData) -> None:
     """Refuse a saved model that was not trained on exactly this replay's pre-cut events."""
-    proto = model.meta.get("replay_protocol")
+    lineage = from_meta(model.meta)
     if (
-        proto != rd.protocol
-        or model.meta.get("dataset") != rd.name
+        lineage.replay_protocol != rd.protocol
+        or lineage.dataset != rd.name
         or model.item_vocab != rd.train.item_vocab
     ):
         raise DynrecError(
@@ -94,11 +163,11 @@ def run_replay(
     save_model: str | Path | None = None,
     plot: str | Path | None = None,
     data_dir: str | Path | None = None,
-) -> list[dict[str, Any]]:
+) -> ReplayRun:
     """Replay `dataset` (a registered name, an event file, or a `dynrec data synth` folder, whose
     oracle is then reported) with each mode, from one model: `target` is a saved model directory
-    trained for this replay, or a model name trained now on the pre-cut events. One JSON-able row
-    per mode."""
+    trained for this replay, or a model name trained now on the pre-cut events. One row per mode;
+    with `plot`, a PNG of NDCG@k over the stream."""
     for m in modes:
         if m not in MODES:
             raise DynrecError(f"mode must be one of {', '.join(MODES)}, got {m!r}")
@@ -113,7 +182,7 @@ def run_replay(
     rd = load_replay_data(
         dataset, data_dir=str(data_dir) if data_dir else None, quantile=quantile, last_n=last_n
     )
-    results: list[dict[str, Any]] = []
+    rows: list[ReplayRow] = []
     with tempfile.TemporaryDirectory(prefix="dynrec-replay-") as tmp:
         if Path(target).is_dir():
             src = Path(target)
@@ -134,7 +203,8 @@ def run_replay(
                 delay=delay,
                 update=update or UpdateConfig(),
             )
-            row = replay(model, rd, cfg).to_json()
+            result = replace(replay(model, rd, cfg), final_model=None)  # rows keep no model alive
+            o_hr: float | None = None
             if oracle is not None:
                 from dynrec.data.synthetic import oracle_ranks_for
 
@@ -142,13 +212,15 @@ def run_replay(
                 users = d.user_vocab.to_ids(d.users[rd.stream])
                 ranks = oracle_ranks_for(oracle, users, d.timestamps[rd.stream])
                 o_hr = float((ranks < k).mean()) if len(ranks) else 0.0
-                row[f"oracle_HR@{k}"] = o_hr
-                row[f"HR@{k}_vs_oracle"] = row[f"HR@{k}"] / o_hr if o_hr else 0.0
-            results.append(row)
+            rows.append(ReplayRow(result, k, o_hr))
+    run = ReplayRun(tuple(rows))
     if plot is not None:
         from dynrec.evaluation.report import plot_windows
 
         plot_windows(
-            results, Path(plot), metric=f"NDCG@{k}", title=f"{target} on {Path(dataset).name}: NDCG@{k}"
+            [r.to_json() for r in run.rows],
+            Path(plot),
+            metric=f"NDCG@{k}",
+            title=f"{target} on {Path(dataset).name}: NDCG@{k}",
         )
-    return results
+    return run

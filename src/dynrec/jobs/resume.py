@@ -18,6 +18,7 @@ elsewhere the model is saved in place (or to `out`), each file replaced atomical
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,69 @@ from dynrec.jobs.prepare import column_map
 from dynrec.models.base import Recommender
 from dynrec.online.store import StateStore, open_store
 from dynrec.online.store.versions import VersionRecord, VersionStore
-from dynrec.online.updater import IncrementalUpdater, UpdateConfig
+from dynrec.online.updater import IncrementalUpdater, UpdateConfig, UpdateReport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["resume_training"]
+__all__ = ["ResumeResult", "resume_training"]
+
+
+@dataclass(frozen=True)
+class ResumeResult:
+    """What `resume_training` did: the update (`IncrementalUpdater.update`: events learned, items
+    and users added, the method, its work in events x passes when it trained, seconds), how many
+    of the new events are test targets of the model's recorded split (None: the model records no
+    provenance), exact duplicate rows dropped, deleted users left out, where the model was saved
+    and, on a served root, the model version published."""
+
+    n_events: int
+    new_items: int
+    new_users: int
+    method: str
+    seconds: float
+    out: str
+    work_events: int | None = None
+    n_test_targets: int | None = None
+    n_duplicates: int = 0
+    deleted_users_left_out: int = 0
+    model_version: str | None = None
+
+    @classmethod
+    def of_update(cls, report: UpdateReport, out: str = "") -> ResumeResult:
+        """From the updater's report (its keys are `IncrementalUpdater.update_indexed`'s)."""
+        work = report.get("work_events")
+        return cls(
+            n_events=int(report["n_events"]),
+            new_items=int(report["new_items"]),
+            new_users=int(report["new_users"]),
+            method=str(report["method"]),
+            seconds=float(report["seconds"]),
+            out=out,
+            work_events=None if work is None else int(work),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The update's report, then ``n_test_targets``, ``n_duplicates`` and
+        ``deleted_users_left_out`` when there is something to say, ``out`` and ``model_version``."""
+        out: dict[str, Any] = {
+            "n_events": self.n_events,
+            "new_items": self.new_items,
+            "new_users": self.new_users,
+            "method": self.method,
+        }
+        if self.work_events is not None:
+            out["work_events"] = self.work_events
+        out["seconds"] = self.seconds
+        if self.n_test_targets is not None:
+            out["n_test_targets"] = self.n_test_targets
+        if self.n_duplicates:
+            out["n_duplicates"] = self.n_duplicates
+        if self.deleted_users_left_out:
+            out["deleted_users_left_out"] = self.deleted_users_left_out
+        out["out"] = self.out
+        if self.model_version is not None:
+            out["model_version"] = self.model_version
+        return out
 
 
 def resume_training(
@@ -52,7 +111,7 @@ def resume_training(
     strict: bool = False,
     columns: str | None = None,
     store_url: str | None = None,
-) -> tuple[Recommender, dict[str, Any]]:
+) -> tuple[Recommender, ResumeResult]:
     """Load a saved model, continue training it on the events in `events_file` (transfer / warm
     start: new users and items are added), save it to `out` (default: in place, or a new version
     on a served root; see the module docstring).
@@ -81,10 +140,9 @@ def resume_training(
             model, report = _resume(src, new_log, events_path, deleted, data_dir, config, columns)
             dest = Path(out) if out is not None else src
             save_model_dir(model, dest, read_item_info(src) if (src / "item_info.json").is_file() else None)
-            report["out"] = str(dest)
-            return model, report
+            return model, replace(report, out=str(dest))
         assert store is not None
-        results: list[tuple[Recommender, dict[str, Any]]] = []
+        results: list[tuple[Recommender, ResumeResult]] = []
 
         def build(parent: VersionRecord) -> Built:
             vdir = version_path(src, parent)
@@ -95,7 +153,7 @@ def resume_training(
             return Built(
                 model,
                 info,
-                "refit" if report["method"] == "refit" and deleted else "update",
+                "refit" if report.method == "refit" and deleted else "update",
                 events_hash=prov_.events_hash(new_log),
                 n_events=len(new_log),
                 deletion_generation=store.deletion_generation(),
@@ -104,9 +162,7 @@ def resume_training(
 
         rec, _ = publish(store, src, build)
         model, report = results[-1]
-        report["out"] = str(src / rec.path)
-        report["model_version"] = rec.id
-        return model, report
+        return model, replace(report, out=str(src / rec.path), model_version=rec.id)
     finally:
         if store is not None:
             store.close()
@@ -120,18 +176,18 @@ def _resume(
     data_dir: str | Path | None,
     config: UpdateConfig | None,
     columns: str | None,
-) -> tuple[Recommender, dict[str, Any]]:
+) -> tuple[Recommender, ResumeResult]:
     """The model at `load_dir` trained on `new_log`, `deleted` users left out (see the module
-    docstring); returns it with the update's report."""
+    docstring); returns it with what the update did (saved nowhere yet: no `out`)."""
     model = Recommender.load(load_dir)
     assert model.item_vocab is not None and model.user_vocab is not None
     if deleted:
         new_log = new_log.with_frame(new_log.frame.filter(~pl.col("user_id").is_in(sorted(deleted))))
     history = None
-    provenance = prov_.from_meta(model.meta, source=f"{load_dir.name}/config.json")
-    entry: prov_.ResumedFile | None = None
+    lineage = prov_.from_meta(model.meta, source=f"{load_dir.name}/config.json")
+    n_test = n_valid = 0
     forget = False
-    if provenance is not None or model.meta.get("dataset"):
+    if lineage.provenance is not None or lineage.dataset:
         th = training_history(model, data_dir)
         history = without_users(th.data, deleted)
         forget = history.n_events != th.data.n_events
@@ -146,23 +202,21 @@ def _resume(
                 n_test,
                 prepared.split.kind,
             )
-        entry = prov_.ResumedFile(
-            str(events_path), prov_.events_hash(new_log), len(new_log), n_test, n_valid, columns
-        )
-        # an older model (no provenance) gets none now either: its training data was never hashed,
-        # and `evaluate` must keep refusing it once resumed (older resumes leaked test targets)
     else:
         log.warning(
             "resume: %s records no dataset; the update learns from the new events only", load_dir.name
         )
+    # an older model (no provenance) gets none now either: its training data was never hashed, and
+    # `evaluate` must keep refusing it once resumed (older resumes leaked test targets)
+    entry = prov_.ResumedFile(
+        str(events_path), prov_.events_hash(new_log), len(new_log), n_test, n_valid, columns
+    )
     updater = IncrementalUpdater(model, history, config)
-    report: dict[str, Any] = dict(updater.update(new_log, refit=forget))
-    model.meta["update_files"] = [*model.meta.get("update_files", []), str(events_path)]
-    if provenance is not None and entry is not None:
-        model.meta[prov_.PROVENANCE_KEY] = provenance.with_resume(entry).to_dict()
-        report["n_test_targets"] = entry.n_test_targets
-    if new_log.report.exact_duplicates:
-        report["n_duplicates"] = new_log.report.exact_duplicates
-    if deleted:
-        report["deleted_users_left_out"] = len(deleted)
-    return model, report
+    report = ResumeResult.of_update(updater.update(new_log, refit=forget))
+    lineage.with_resume(entry).write_to(model.meta)
+    return model, replace(
+        report,
+        n_test_targets=n_test if lineage.provenance is not None else None,
+        n_duplicates=new_log.report.exact_duplicates,
+        deleted_users_left_out=len(deleted),
+    )

@@ -1,11 +1,13 @@
 """The training job: a prepared split -> a fitted model, its provenance recorded, saved atomically.
 
 `train` fits a model on the split's training part (validation for model selection only) and records
-where it came from (``meta``: dataset, split, provenance, `dynrec.jobs.provenance`); with `out` it
-saves the model and its item titles/tags through `save_model`, which writes the directory the one
-way every writer of a model directory does (`dynrec.jobs.model_root.save_model_dir`: each file in
-full to a temporary folder, then renamed into place). A reduced-precision scoring copy is never
-saved. `load_config_file` reads a ``--config`` TOML file.
+where it came from (its provenance, `dynrec.jobs.provenance.Lineage`) and how long the fit took
+(`fit_seconds`); `validate` measures it on the validation targets (`TrainSummary`, what ``dynrec
+train`` reports) and `evaluate_named` on the test targets (``dynrec evaluate MODEL_NAME``). With
+`out` it saves the model and its item titles/tags through `save_model`, which writes the directory
+the one way every writer of a model directory does (`dynrec.jobs.model_root.save_model_dir`: each
+file in full to a temporary folder, then renamed into place). A reduced-precision scoring copy is
+never saved. `load_config_file` reads a ``--config`` TOML file.
 
 Reading and splitting the data is `dynrec.jobs.prepare`; evaluating, `dynrec.jobs.evaluate`; what a
 saved model learned from, `dynrec.jobs.history`.
@@ -15,20 +17,71 @@ from __future__ import annotations
 
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dynrec.errors import DynrecError
 from dynrec.jobs import items as items_
-from dynrec.jobs import provenance as prov_
+from dynrec.jobs.evaluate import Evaluation, evaluate_model, scoring_model
 from dynrec.jobs.items import ItemInfo
 from dynrec.jobs.model_root import save_model_dir
-from dynrec.jobs.prepare import Prepared
+from dynrec.jobs.prepare import Prepared, prepare
+from dynrec.jobs.provenance import Lineage
 from dynrec.models.base import Recommender
 from dynrec.models.config import RunOptions
 from dynrec.models.neural.quantize import is_quantized
 from dynrec.models.registry import create_model
+from dynrec.models.retrieval import AnnConfig, AnnIndex
+from dynrec.preprocessing.split import SplitKind
 from dynrec.text import Encoder
+
+__all__ = [
+    "FIT_SECONDS",
+    "TrainSummary",
+    "evaluate_named",
+    "fit_seconds",
+    "load_config_file",
+    "save_model",
+    "train",
+    "validate",
+]
+
+FIT_SECONDS = "fit_seconds"
+"""Key of the fit's wall-clock seconds in a trained model's ``meta``."""
+
+
+def fit_seconds(model: Recommender) -> float:
+    """The seconds `model`'s fit took, as `train` (or `dynrec.jobs.replay.fit_for_replay`)
+    recorded them; `DynrecError` for a model that records none."""
+    seconds = model.meta.get(FIT_SECONDS)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise DynrecError(f"model {model.name!r} records no fit time (it was not trained by dynrec.jobs)")
+    return float(seconds)
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What ``dynrec train`` reports of a trained model (`validate`): its name, where it was
+    saved, the fit's seconds, the rows the reader rejected (invalid) or dropped (exact
+    duplicates), and the metrics on the split's validation targets."""
+
+    model: str
+    out: str
+    fit_seconds: float
+    n_invalid_rows: int
+    n_duplicate_rows: int
+    metrics: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "out": self.out,
+            "fit_seconds": self.fit_seconds,
+            "n_invalid_rows": self.n_invalid_rows,
+            "n_duplicate_rows": self.n_duplicate_rows,
+            **self.metrics,
+        }
 
 
 def load_config_file(path: str | Path) -> tuple[str | None, dict[str, Any]]:
@@ -70,7 +123,7 @@ def train(
     strict: bool = False,
 ) -> Recommender:
     """Fit `model_name` on the split's training part (validation for model selection only), record
-    where it came from (``meta``: dataset, split, provenance) and save it to `out` (`save_model`). Run-option keys
+    where it came from (its provenance) and save it to `out` (`save_model`). Run-option keys
     in `config`/`overrides` (e.g. ``device``) apply over `options` and are never saved.
 
     A model that reads item text gets its table before `fit` (`dynrec.jobs.items.attach_item_text`:
@@ -89,15 +142,8 @@ def train(
     text_meta = items_.attach_item_text(model, vocab, texts, encoder=encoder, progress=model.options.progress)
     t0 = time.perf_counter()
     model.fit(prepared.split.train, prepared.split.valid)
-    model.meta.update(
-        {
-            "dataset": prepared.name,
-            "split": prepared.split.kind,
-            "split_cut": prepared.split.cut,
-            "fit_seconds": time.perf_counter() - t0,
-            prov_.PROVENANCE_KEY: prepared.provenance().to_dict(),
-        }
-    )
+    model.meta[FIT_SECONDS] = time.perf_counter() - t0
+    Lineage.trained(prepared.provenance()).write_to(model.meta)
     if text_meta is not None:
         model.meta["item_text"] = text_meta
     if out is not None:
@@ -116,3 +162,36 @@ def save_model(model: Recommender, out: str | Path, item_info: ItemInfo | None =
             "scoring copy (precision=...), for scoring only; save the float32 model instead"
         )
     return save_model_dir(model, out, item_info)
+
+
+def validate(model_name: str, model: Recommender, prepared: Prepared, out: str | Path) -> TrainSummary:
+    """`model`, trained as `model_name` on `prepared` by `train` and saved to `out`, measured on
+    the split's validation targets (`dynrec.jobs.evaluate.evaluate_model`)."""
+    res = evaluate_model(model, prepared, on="valid")
+    rep = prepared.report
+    return TrainSummary(
+        model_name, str(out), fit_seconds(model), rep.n_invalid, rep.exact_duplicates, dict(res.metrics)
+    )
+
+
+def evaluate_named(
+    model_name: str,
+    dataset: str,
+    *,
+    split: SplitKind = "loo",
+    data_dir: str | Path | None = None,
+    columns: str | None = None,
+    overrides: dict[str, str] | None = None,
+    options: RunOptions | None = None,
+    ks: tuple[int, ...] = (10,),
+    exclude_seen: bool = True,
+    progress: bool = False,
+    ann: AnnConfig | AnnIndex | None = None,
+) -> Evaluation:
+    """Train `model_name` now on `dataset`'s `split` (`train`, nothing saved) and evaluate it on the
+    split's test targets (`dynrec.jobs.evaluate.evaluate_model`, at the ``precision`` of `options`;
+    with `ann`, approximately)."""
+    prepared = prepare(dataset, split=split, data_dir=data_dir, columns=columns)
+    model = scoring_model(train(model_name, prepared, overrides=overrides, options=options))
+    res = evaluate_model(model, prepared, ks=ks, exclude_seen=exclude_seen, progress=progress, ann=ann)
+    return Evaluation.of(model, res, ann)

@@ -118,11 +118,10 @@ def read_info(model_dir: str | Path) -> ItemInfo:
 def dataset_items(model: Recommender) -> ItemMetadata | None:
     """Item metadata of the model's registered dataset, when the data registry has it."""
     try:
-        prov = from_meta(model.meta)
+        name = from_meta(model.meta).dataset
     except DynrecError:
-        prov = None
-    name = prov.dataset if prov is not None else model.meta.get("dataset")
-    if not isinstance(name, str) or name not in registry.DATASETS:
+        name = None
+    if name is None or name not in registry.DATASETS:
         return None
     try:
         return registry.load_items(name)

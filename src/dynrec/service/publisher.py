@@ -210,7 +210,7 @@ class Publisher:
         validation/test targets of its recorded split (`evaluate` refuses a model that learned test
         targets of the split it is evaluated on)."""
         history = self._history(model)
-        provenance = from_meta(model.meta)
+        provenance = from_meta(model.meta).provenance
         if history is None or provenance is None or not events:
             return
         split = history.prepared.split
