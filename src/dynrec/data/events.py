@@ -10,9 +10,9 @@ Ordering rule used everywhere: events are ordered by ``(timestamp, row)``, i.e. 
 time — events with equal timestamps keep their file order.
 
 `Event` is one event at the public boundary (what the HTTP service, a session and a store take);
-`validate_events` checks a batch of them (ids by the rule of `dynrec.data.ids`, timestamps in
-[0, `MAX_TIMESTAMP`], weights finite and > 0) and names the first bad event's index and field in an
-`InvalidEventError`.
+`validate_events` checks a batch of them (user, item and the optional event ids by the rule of
+`dynrec.data.ids`, timestamps in [0, `MAX_TIMESTAMP`], weights finite and > 0) and names the first
+bad event's index and field in an `InvalidEventError`.
 """
 
 from __future__ import annotations
@@ -364,6 +364,11 @@ class Event:
     weight: float = 1.0
     """The event's strength (a rating, a dwell-time share, ...): finite and > 0; stored with the
     event and exported as its value."""
+    event_id: str | None = None
+    """The producer's id of the event (an id by the rule of `dynrec.data.ids`; an integer is
+    converted with str()), unique at least per user. A store applies an event whose id it already
+    applied for the user only once (`dynrec.online.store.protocol.StateStore.append`): a re-sent
+    or re-delivered event is skipped. None = no such check. Not stored with the history."""
 
 
 class InvalidEventError(DataError):
@@ -441,6 +446,7 @@ def validate_events(events: Event | Iterable[Event]) -> list[Event]:
                 _check_timestamp(i, e.timestamp),
                 str(et),
                 _check_weight(i, e.weight),
+                None if e.event_id is None else _check_id(i, "event_id", e.event_id, "user"),
             )
         )
     return out

@@ -128,6 +128,8 @@ class OnlineRecommender:
         """Reads served by a hot state (current, or caught up with events appended elsewhere)."""
         self.cache_misses = 0
         """Reads that rebuilt the state from the store (checkpoint + tail, or the whole history)."""
+        self.duplicates_skipped = 0
+        """Observed events the store skipped: their `Event.event_id` was already applied."""
         self._cats: Categories | None = None
         self.item_metadata = item_metadata
         """`ItemMetadata` (e.g. ``registry.load_items("ml-100k")``): its genres are the categories of
@@ -272,11 +274,17 @@ class OnlineRecommender:
         naming the event's index and field) and appended in one store transaction before any
         state moves. A hot state is stepped in place only when the store's stamp after the
         append shows exactly this batch on top of it; otherwise (another process appended or
-        deleted in between) the user's state is rebuilt from the store."""
+        deleted in between) the user's state is rebuilt from the store. Events the store skipped
+        (their event id was already applied: a re-delivery) move no state and count in
+        `duplicates_skipped`."""
         evs = validate_events(events)
         if not evs:
             return {}
         stamps = self.store.append(evs)
+        if stamps.skipped:
+            self.duplicates_skipped += len(stamps.skipped)
+            skipped = set(stamps.skipped)
+            evs = [e for i, e in enumerate(evs) if i not in skipped]
         by_user: dict[str, list[Event]] = {}
         for e in evs:
             by_user.setdefault(e.user_id, []).append(e)

@@ -10,7 +10,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dynrec.data.events import Event, validate_events
-from dynrec.online.store.protocol import CachedState, History, UserStamp, _events_of, _limit
+from dynrec.online.store.protocol import (
+    EVENT_ID_WINDOW,
+    Appended,
+    CachedState,
+    History,
+    UserStamp,
+    _events_of,
+    _limit,
+    repeated_in_batch,
+)
 from dynrec.online.store.versions import InMemoryVersions, Lease, Tombstone, VersionRecord
 
 __all__ = ["InMemoryStore"]
@@ -26,6 +35,7 @@ class _MemUser:
     types: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     state: CachedState | None = None
+    event_ids: dict[str, int] = field(default_factory=dict)  # id -> position, oldest first
 
 
 def _newer_same_version(held: CachedState | None, state: CachedState) -> bool:
@@ -53,11 +63,18 @@ class InMemoryStore:
         self._versions = InMemoryVersions()
         self._lock = threading.Lock()
 
-    def append(self, events: Iterable[Event]) -> dict[str, UserStamp]:
+    def append(self, events: Iterable[Event]) -> Appended:
         evs = validate_events(events)
         out: dict[str, UserStamp] = {}
+        skipped = repeated_in_batch(evs)
         with self._lock:
-            for e in evs:
+            for i, e in enumerate(evs):  # the ids held before the batch, as every store checks them
+                held = self._users.get(e.user_id)
+                if held is not None and e.event_id is not None and e.event_id in held.event_ids:
+                    skipped.add(i)
+            for i, e in enumerate(evs):
+                if i in skipped:
+                    continue
                 u = self._users.get(e.user_id)
                 if u is None:
                     self._generations += 1
@@ -69,11 +86,19 @@ class InMemoryStore:
                 u.types.append(e.event_type)
                 u.weights.append(e.weight)
                 u.n_events += 1
+                if e.event_id is not None:
+                    u.event_ids[e.event_id] = u.n_events
+                while u.event_ids and next(iter(u.event_ids.values())) <= u.n_events - EVENT_ID_WINDOW:
+                    del u.event_ids[next(iter(u.event_ids))]
                 if self.max_history is not None and len(u.items) > 2 * self.max_history:
                     cut = len(u.items) - self.max_history
                     del u.items[:cut], u.ts[:cut], u.types[:cut], u.weights[:cut], u.seqs[:cut]
                 out[e.user_id] = UserStamp(u.generation, u.n_events)
-        return out
+            for i in skipped:
+                if evs[i].user_id not in out:
+                    u = self._users.get(evs[i].user_id)
+                    out[evs[i].user_id] = UserStamp() if u is None else UserStamp(u.generation, u.n_events)
+        return Appended(out, tuple(sorted(skipped)))
 
     def _tail(self, u: _MemUser, start: int) -> History:
         return History(

@@ -27,6 +27,15 @@ Several processes may share one store, so every cached state says exactly what i
 
 Event batches are validated as a whole (`dynrec.data.events.validate_events`) before anything is
 written, and a batch is appended atomically: all of it or none of it.
+
+**Applied once by event id.** An event with an `Event.event_id` is appended only if the store has
+not applied that id for the user yet, checked in the same transaction as the append (a Lua script
+on Redis, the write transaction on SQLite, the lock in memory); a repeat within the batch is
+skipped too. `append` returns the skipped events' positions (`Appended.skipped`). A store keeps
+the ids of each user's last `EVENT_ID_WINDOW` events (deleted with the user): a re-sent or
+re-delivered event is recognised while fewer than that many of its user's events were appended
+after it — always so for ``dynrec consume``, whose batches are smaller (see
+`dynrec.service.consumer`). Events without an id are always appended.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -48,6 +57,8 @@ from dynrec.data.events import Event
 from dynrec.errors import DynrecError
 
 __all__ = [
+    "EVENT_ID_WINDOW",
+    "Appended",
     "CachedState",
     "History",
     "StateStore",
@@ -98,13 +109,57 @@ class CachedState:
     generation: int = 0
 
 
+EVENT_ID_WINDOW = 1024
+"""A store keeps the event ids of each user's last this many events: the window in which a
+repeated id is recognised (see the module docstring). In Redis each id costs about its length plus
+60 bytes (a sorted-set member); ``dynrec consume`` refuses a batch larger than this, so a
+re-delivered batch always falls inside the window."""
+
+
+@dataclass(frozen=True, eq=False)
+class Appended(Mapping[str, UserStamp]):
+    """What `StateStore.append` did: as a mapping, each user's stamp right after the batch (users
+    whose every event was skipped included, with their stamp as it stands); `skipped`, the
+    positions in the batch of the events skipped because their `Event.event_id` was already
+    applied for their user (earlier, or earlier in the same batch), ascending. Compares equal to
+    a plain dict of the same stamps."""
+
+    stamps: dict[str, UserStamp]
+    skipped: tuple[int, ...] = ()
+
+    def __getitem__(self, user: str) -> UserStamp:
+        return self.stamps[user]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.stamps)
+
+    def __len__(self) -> int:
+        return len(self.stamps)
+
+
+def repeated_in_batch(events: Sequence[Event]) -> set[int]:
+    """Positions of the events whose (user, event id) occurs earlier in the same batch: every store
+    skips those before it looks at the ids it holds."""
+    first: set[tuple[str, str]] = set()
+    out: set[int] = set()
+    for i, e in enumerate(events):
+        if e.event_id is not None:
+            key = (e.user_id, e.event_id)
+            if key in first:
+                out.add(i)
+            first.add(key)
+    return out
+
+
 @runtime_checkable
 class StateStore(Protocol):
     """Where per-user histories and cached model states live (in memory, SQLite, Redis, ...)."""
 
-    def append(self, events: Iterable[Event]) -> dict[str, UserStamp]:
+    def append(self, events: Iterable[Event]) -> Appended:
         """Validate the whole batch (`validate_events`), then add it to the users' histories (in
-        the given order) atomically. Returns each user's stamp right after the batch."""
+        the given order) atomically, skipping the events whose event id the store already applied
+        for their user (see the module docstring). Returns each user's stamp right after the
+        batch and the skipped positions."""
         ...
 
     def history(self, user: str, max_len: int | None = None) -> History:

@@ -31,6 +31,8 @@ key                          type     content
                                       ``seq``: they count as sequence 0 and are in no journal)
 ``{prefix}s:{user}``         hash     the cached state: ``version``, ``n``, ``gen``, ``blob``
                                       (`dynrec.online.store.protocol.encode_state`)
+``{prefix}d:{user}``         zset     the event ids of the user's last `EVENT_ID_WINDOW` events, score
+                                      the event's position (checked and written by the append script)
 ``{prefix}seq``              string   the last event sequence number handed out (never decreases)
 ``{prefix}journal``          zset     one entry per appended batch: score the batch's last sequence
                                       number, member the JSON array ``[first_seq, user_id, start, m,
@@ -75,7 +77,15 @@ from redis.exceptions import RedisClusterException
 
 from dynrec.data.events import Event, validate_events
 from dynrec.errors import DynrecError
-from dynrec.online.store.protocol import CachedState, History, UserStamp, decode_state, encode_state
+from dynrec.online.store.protocol import (
+    Appended,
+    CachedState,
+    History,
+    UserStamp,
+    decode_state,
+    encode_state,
+    repeated_in_batch,
+)
 from dynrec.online.store.redis_scripts import (
     _ACQUIRE_LEASE,
     _APPEND,
@@ -193,6 +203,9 @@ class RedisStore:
     def _k_state(self, user: str) -> str:
         return f"{self.prefix}s:{user}"
 
+    def _k_ids(self, user: str) -> str:
+        return f"{self.prefix}d:{user}"
+
     @contextmanager
     def _errors(self) -> Iterator[None]:
         try:
@@ -215,11 +228,13 @@ class RedisStore:
         return f"{type(self).__name__}({self.where!r}, prefix={self.prefix!r})"
 
     # -- the StateStore protocol --------------------------------------------------------------
-    def append(self, events: Iterable[Event]) -> dict[str, UserStamp]:
+    def append(self, events: Iterable[Event]) -> Appended:
         evs = validate_events(events)
         if not evs:
-            return {}
-        by_user = _encoded_by_user(evs)
+            return Appended({})
+        repeats = repeated_in_batch(evs)  # skipped here; the script checks the held ids
+        kept = [i for i in range(len(evs)) if i not in repeats]
+        by_user = _encoded_by_user([evs[i] for i in kept] if repeats else evs)
         keys = [
             self._k("generation"),
             self._k("users"),
@@ -227,13 +242,18 @@ class RedisStore:
             self._k("seq"),
             self._k("journal"),
         ]
-        args: list[str | bytes | int] = [len(evs)]
-        for user, (where, encoded) in by_user.items():
-            keys += [self._k_user(user), self._k_events(user)]
-            args += [user, _json(user), len(encoded), *where, *encoded]
+        args: list[str | bytes | int] = [len(kept)]
+        for user, (where, encoded, ids) in by_user.items():
+            keys += [self._k_user(user), self._k_events(user), self._k_ids(user)]
+            args += [user, _json(user), len(encoded), "0" if ids is None else "1", *where, *encoded]
+            args += ids or []
         with self._errors():
             res = cast("list[int | bytes]", self._append(keys=keys, args=args))
-        return {user: UserStamp(_int(res[1 + 2 * j]), _int(res[2 + 2 * j])) for j, user in enumerate(by_user)}
+        stamps = {
+            user: UserStamp(_int(res[1 + 2 * j]), _int(res[2 + 2 * j])) for j, user in enumerate(by_user)
+        }
+        skipped = repeats | {kept[_int(p)] for p in res[1 + 2 * len(by_user) :]}
+        return Appended(stamps, tuple(sorted(skipped)))
 
     def history(self, user: str, max_len: int | None = None) -> History:
         if max_len is not None and max_len <= 0:
@@ -292,6 +312,7 @@ class RedisStore:
             self._k("journal"),
             self._k("deletions"),
             self._k("tombstones"),
+            self._k_ids(user),
         ]
         with self._errors():
             args = [user, _json(user), "1" if tombstone else "0"]

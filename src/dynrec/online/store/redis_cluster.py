@@ -12,6 +12,7 @@ key                                type     content
                                             only ``floor`` (see below), expiring after a day
 ``{dynrec:u:<user>}e``             list     the user's events (as `RedisStore`'s ``e:<user>``, with seq)
 ``{dynrec:u:<user>}s``             hash     the cached state (as `RedisStore`'s ``s:<user>``)
+``{dynrec:u:<user>}d``             zset     the user's recent event ids (as `RedisStore`'s ``d:<user>``)
 ``{dynrec:}gens``                  hash     user -> current generation: the authority on generations
 ``{dynrec:}uj:<user>``             list     the scores (last numbers) of the journal entries naming the
                                             user (one per batch); the entries' list positions are -1:
@@ -75,7 +76,7 @@ from redis.exceptions import RedisClusterException
 
 from dynrec.data.events import Event, validate_events
 from dynrec.errors import DynrecError
-from dynrec.online.store.protocol import UserStamp
+from dynrec.online.store.protocol import EVENT_ID_WINDOW, Appended, UserStamp, repeated_in_batch
 from dynrec.online.store.redis import (
     DEFAULT_PREFIX,
     RedisStore,
@@ -130,25 +131,55 @@ redis.call('INCRBY', KEYS[3], total)
 return out
 """
 
-# Step 2 of an append, on the user's slot. KEYS: the user's stamp hash, event list, state hash.
-# ARGV: the generation step 1 gave, then the user's encoded events with their sequence numbers.
-# Returns the generation and the event count after, or {0, 0} when the generation has ended (a
-# delete came between the steps: the events left the journal with it).
+# Step 2 of an append, on the user's slot. KEYS: the user's stamp hash, event list, state hash,
+# event-id zset. ARGV: the generation step 1 gave, "1" when event ids follow the events ("0":
+# none), the user's m encoded events with their sequence numbers, then (with "1") their m event ids
+# ("" = none). An event whose id the zset holds is skipped (its sequence number stays unused); the
+# others are pushed and their ids kept as `RedisStore`'s append script keeps them. Returns the
+# generation, the event count after and the skipped events' indices (0-based, among the m), or
+# {0, 0} when the generation has ended (a delete came between the steps: the events left the
+# journal with it).
 _USER_APPEND = f"""
 local g = tonumber(ARGV[1])
 local held = redis.call('HMGET', KEYS[1], 'gen', 'floor')
 if held[2] and g <= tonumber(held[2]) then return {{0, 0}} end
 if held[1] and tonumber(held[1]) > g then return {{0, 0}} end
 if not held[1] or tonumber(held[1]) < g then
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
   redis.call('HSET', KEYS[1], 'gen', ARGV[1])
 end
-local m = #ARGV - 1
-local n = redis.call('HINCRBY', KEYS[1], 'n', m)
-for s = 2, #ARGV, {_PUSH_CHUNK} do
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, s, math.min(s + {_PUSH_CHUNK - 1}, #ARGV)))
+local hasids = ARGV[2] == '1'
+local m = #ARGV - 2
+if hasids then m = m / 2 end
+local rows, ids, out = {{}}, {{}}, {{g, 0}}
+for j = 1, m do
+  local id = ''
+  if hasids then id = ARGV[2 + m + j] end
+  if id ~= '' and redis.call('ZSCORE', KEYS[4], id) then
+    out[#out + 1] = j - 1
+  else
+    rows[#rows + 1] = ARGV[2 + j]
+    if id ~= '' then
+      ids[#ids + 1] = #rows
+      ids[#ids + 1] = id
+    end
+  end
 end
-return {{g, n}}
+local n = redis.call('HINCRBY', KEYS[1], 'n', #rows)
+for s = 1, #rows, {_PUSH_CHUNK} do
+  redis.call('RPUSH', KEYS[2], unpack(rows, s, math.min(s + {_PUSH_CHUNK - 1}, #rows)))
+end
+if #ids > 0 then
+  for x = 1, #ids, 2 do ids[x] = string.format('%d', n - #rows + ids[x]) end
+  for s = 1, #ids, {_PUSH_CHUNK} do
+    redis.call('ZADD', KEYS[4], unpack(ids, s, math.min(s + {_PUSH_CHUNK - 1}, #ids)))
+  end
+end
+if n > {EVENT_ID_WINDOW} then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', string.format('%d', n - {EVENT_ID_WINDOW}))
+end
+out[2] = n
+return out
 """
 
 # Step 1 of a delete, on the store-wide slot. KEYS: users zset, n_events counter, gens hash,
@@ -177,7 +208,8 @@ return {held and 1 or 0, last}
 """
 )
 
-# Step 2 of a delete, on the user's slot. KEYS: the user's stamp hash, event list, state hash.
+# Step 2 of a delete, on the user's slot. KEYS: the user's stamp hash, event list, state hash,
+# event-id zset.
 # ARGV: the last generation handed out at step 1, the floor's time to live (ms). Removes every
 # generation up to it and leaves the floor. Returns how many of the three keys it removed.
 _DELETE_USER = """
@@ -186,7 +218,7 @@ local held = redis.call('HMGET', KEYS[1], 'gen', 'floor')
 if held[1] and tonumber(held[1]) > last then return 0 end
 local n = redis.call('EXISTS', KEYS[2], KEYS[3])
 if held[1] then n = n + 1 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 local floor = ARGV[1]
 if held[2] and tonumber(held[2]) > last then floor = held[2] end
 redis.call('HSET', KEYS[1], 'floor', floor)
@@ -254,32 +286,64 @@ class RedisClusterStore(RedisStore):
     def _k_state(self, user: str) -> str:
         return "{" + self.prefix + "u:" + user + "}s"
 
+    def _k_ids(self, user: str) -> str:
+        return "{" + self.prefix + "u:" + user + "}d"
+
     def _user_keys(self, user: str) -> list[str]:
-        return [self._k_user(user), self._k_events(user), self._k_state(user)]
+        return [self._k_user(user), self._k_events(user), self._k_state(user), self._k_ids(user)]
 
     # -- the two-step writes ---------------------------------------------------------------------
-    def append(self, events: Iterable[Event]) -> dict[str, UserStamp]:
+    def _held_ids(self, evs: Sequence[Event], skipped: set[int]) -> None:
+        """Add to `skipped` the positions of the events whose id the user's zset holds (one read
+        per user with ids, before step 1, so that a re-delivered event takes no sequence number;
+        step 2 checks again atomically)."""
+        by_user: dict[str, tuple[list[int], list[str]]] = {}
+        for i, e in enumerate(evs):
+            if e.event_id is not None and i not in skipped:
+                where, ids = by_user.setdefault(e.user_id, ([], []))
+                where.append(i)
+                ids.append(e.event_id)
+        for user, (where, ids) in by_user.items():
+            scores: list[float | None] = self._client.zmscore(self._k_ids(user), ids)
+            skipped.update(i for i, sc in zip(where, scores, strict=True) if sc is not None)
+
+    def append(self, events: Iterable[Event]) -> Appended:
+        """See `StateStore.append`, in the two steps of the module docstring. A repeated event id
+        is found before step 1 (the common case: a re-delivery) or, when two appends of one id
+        race, by step 2, which then skips it after step 1 counted it: ``n_events`` and the batch's
+        journal entry then count one event too many, as after a crash between the steps."""
         evs = validate_events(events)
         if not evs:
-            return {}
-        by_user = _encoded_by_user(evs)
-        keys = [self._k(n) for n in ("generation", "users", "n_events", "seq", "journal", "gens")]
-        keys += [self._k(f"uj:{user}") for user in by_user]
-        args: list[str | bytes | int] = [len(evs)]
-        for user, (_, encoded) in by_user.items():
-            args += [user, _json(user), len(encoded)]
+            return Appended({})
+        skipped = repeated_in_batch(evs)
         out: dict[str, UserStamp] = {}
         with self._errors():
-            res = cast("list[int | bytes]", self._reserve(keys=keys, args=args))
-            seq0 = _int(res[0])
-            calls: list[tuple[list[str], list[Any]]] = []
-            for j, (user, (where, encoded)) in enumerate(by_user.items()):
-                rows = [enc + b"%d]" % (seq0 + i + 1) for i, enc in zip(where, encoded, strict=True)]
-                calls.append((self._user_keys(user), [_int(res[1 + j]), *rows]))
-            stamps = self._each(self._user_append, calls)
-        for user, (gen, n) in zip(by_user, stamps, strict=True):
-            out[user] = UserStamp(int(gen), int(n)) if gen else UserStamp()
-        return out
+            if any(e.event_id is not None for e in evs):
+                self._held_ids(evs, skipped)
+            kept = [i for i in range(len(evs)) if i not in skipped]
+            by_user = _encoded_by_user([evs[i] for i in kept])
+            if kept:
+                keys = [self._k(n) for n in ("generation", "users", "n_events", "seq", "journal", "gens")]
+                keys += [self._k(f"uj:{user}") for user in by_user]
+                args: list[str | bytes | int] = [len(kept)]
+                for user, (_, encoded, _) in by_user.items():
+                    args += [user, _json(user), len(encoded)]
+                res = cast("list[int | bytes]", self._reserve(keys=keys, args=args))
+                seq0 = _int(res[0])
+                calls: list[tuple[list[str], list[Any]]] = []
+                for j, (user, (where, encoded, ids)) in enumerate(by_user.items()):
+                    rows = [enc + b"%d]" % (seq0 + i + 1) for i, enc in zip(where, encoded, strict=True)]
+                    flag = "0" if ids is None else "1"
+                    calls.append((self._user_keys(user), [_int(res[1 + j]), flag, *rows, *(ids or [])]))
+                done = self._each(self._user_append, calls)
+                for (user, (where, _, _)), got in zip(by_user.items(), done, strict=True):
+                    gen, n = _int(got[0]), _int(got[1])
+                    out[user] = UserStamp(gen, n) if gen else UserStamp()
+                    skipped.update(kept[where[_int(j)]] for j in got[2:])
+            for i in skipped:  # users whose every event was skipped: their stamp as it stands
+                if evs[i].user_id not in out:
+                    out[evs[i].user_id] = self.stamp(evs[i].user_id)
+        return Appended(out, tuple(sorted(skipped)))
 
     def delete_user(self, user: str, *, tombstone: bool = True) -> bool:
         wide = [

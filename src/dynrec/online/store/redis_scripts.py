@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dynrec.data.events import Event
-from dynrec.online.store.protocol import History
+from dynrec.online.store.protocol import EVENT_ID_WINDOW, History
 
 _PUSH_CHUNK = 1000  # values per RPUSH/ZADD inside a script (Lua's unpack has a stack limit of ~8000)
 
@@ -19,42 +19,103 @@ _PUSH_CHUNK = 1000  # values per RPUSH/ZADD inside a script (Lua's unpack has a 
 # exponent notation above 1e14.
 
 # KEYS: generation counter, users zset, n_events counter, seq counter, journal, then per user its
-# stamp hash and event list. ARGV: the batch's number of events, then per user: its id, its id as
-# a JSON string, its number of events m, the m events' positions in the batch (0-based), its m
-# encoded events (`_encode`: each gets ``seq]`` appended). Event i of the batch gets sequence
-# number seq0 + i + 1; the batch's
-# journal entry (`_batch_entry`) names each user with where its events start in its list.
-# Returns the batch's first sequence number - 1, then per user: generation, event count after.
+# stamp hash, event list and event-id zset. ARGV: the batch's number of events, then per user: its
+# id, its id as a JSON string, its number of events m, "1" when event ids follow ("0": none), the
+# m events' positions in the batch (0-based), its m encoded events (`_encode`: each gets ``seq]``
+# appended), then (with "1") their m event ids ("" = none).
+# First the events whose id the user's zset holds are marked skipped; the kept ones get sequence
+# numbers seq0 + 1, seq0 + 2, ... in batch order, are pushed, and their ids enter the zset (score:
+# the event's position in the user's generation; ids of positions before the last
+# {EVENT_ID_WINDOW} are removed). The batch's journal entry (`_batch_entry`) names each user with
+# kept events and where they start in its list.
+# Returns the kept events' first sequence number - 1, then per user: generation, event count after
+# (as they stand for a user whose every event was skipped), then the skipped events' positions.
 _APPEND = f"""
 local total = tonumber(ARGV[1])
-local seq0 = redis.call('INCRBY', KEYS[4], total) - total
+local skip, nskip = {{}}, 0
+local a = 2
+for k = 6, #KEYS, 3 do
+  local m = tonumber(ARGV[a + 2])
+  if ARGV[a + 3] == '1' then
+    for j = 0, m - 1 do
+      local id = ARGV[a + 4 + 2 * m + j]
+      if id ~= '' and redis.call('ZSCORE', KEYS[k + 2], id) then
+        skip[tonumber(ARGV[a + 4 + j])] = true
+        nskip = nskip + 1
+      end
+    end
+    a = a + 4 + 3 * m
+  else
+    a = a + 4 + 2 * m
+  end
+end
+local kept = total - nskip
+local rank = {{}}
+local r = 0
+if nskip > 0 then
+  for i = 0, total - 1 do
+    if not skip[i] then
+      r = r + 1
+      rank[i] = r
+    end
+  end
+end
+local seq0 = redis.call('INCRBY', KEYS[4], kept) - kept
 local out = {{string.format('%d', seq0)}}
 local entry = {{'[' .. string.format('%d', seq0 + 1)}}
-local a = 2
-for k = 6, #KEYS, 2 do
-  local user, ujson, m = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
-  a = a + 3
-  local gen = redis.call('HGET', KEYS[k], 'gen')
-  if not gen then
-    gen = redis.call('INCR', KEYS[1])
-    redis.call('HSET', KEYS[k], 'gen', gen)
-    redis.call('ZADD', KEYS[2], 0, user)
-  end
-  local n = redis.call('HINCRBY', KEYS[k], 'n', m)
-  local elems = {{}}
+a = 2
+for k = 6, #KEYS, 3 do
+  local user, ujson, m, hasids = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3] == '1'
+  local p0, e0, i0 = a + 4, a + 4 + m, a + 4 + 2 * m
+  if hasids then a = a + 4 + 3 * m else a = a + 4 + 2 * m end
+  local elems, ids = {{}}, {{}}
   for j = 0, m - 1 do
-    elems[j + 1] = ARGV[a + m + j] .. string.format('%d', seq0 + tonumber(ARGV[a + j]) + 1) .. ']'
+    local pos = tonumber(ARGV[p0 + j])
+    if not skip[pos] then
+      elems[#elems + 1] = ARGV[e0 + j] .. string.format('%d', seq0 + (rank[pos] or pos + 1)) .. ']'
+      if hasids and ARGV[i0 + j] ~= '' then
+        ids[#ids + 1] = #elems
+        ids[#ids + 1] = ARGV[i0 + j]
+      end
+    end
   end
-  for s = 1, m, {_PUSH_CHUNK} do
-    redis.call('RPUSH', KEYS[k + 1], unpack(elems, s, math.min(s + {_PUSH_CHUNK - 1}, m)))
+  local mk = #elems
+  if mk == 0 then
+    local held = redis.call('HMGET', KEYS[k], 'gen', 'n')
+    out[#out + 1] = tonumber(held[1] or 0)
+    out[#out + 1] = tonumber(held[2] or 0)
+  else
+    local gen = redis.call('HGET', KEYS[k], 'gen')
+    if not gen then
+      gen = redis.call('INCR', KEYS[1])
+      redis.call('HSET', KEYS[k], 'gen', gen)
+      redis.call('ZADD', KEYS[2], 0, user)
+    end
+    local n = redis.call('HINCRBY', KEYS[k], 'n', mk)
+    for s = 1, mk, {_PUSH_CHUNK} do
+      redis.call('RPUSH', KEYS[k + 1], unpack(elems, s, math.min(s + {_PUSH_CHUNK - 1}, mk)))
+    end
+    if #ids > 0 then
+      for x = 1, #ids, 2 do ids[x] = string.format('%d', n - mk + ids[x]) end
+      for s = 1, #ids, {_PUSH_CHUNK} do
+        redis.call('ZADD', KEYS[k + 2], unpack(ids, s, math.min(s + {_PUSH_CHUNK - 1}, #ids)))
+      end
+    end
+    if n > {EVENT_ID_WINDOW} then
+      redis.call('ZREMRANGEBYSCORE', KEYS[k + 2], '-inf', string.format('%d', n - {EVENT_ID_WINDOW}))
+    end
+    entry[#entry + 1] = ujson .. ',' .. string.format('%d,%d', n - mk, mk)
+    out[#out + 1] = tonumber(gen)
+    out[#out + 1] = n
   end
-  a = a + 2 * m
-  entry[#entry + 1] = ujson .. ',' .. string.format('%d,%d', n - m, m)
-  out[#out + 1] = tonumber(gen)
-  out[#out + 1] = n
 end
-redis.call('ZADD', KEYS[5], string.format('%d', seq0 + total), table.concat(entry, ',') .. ']')
-redis.call('INCRBY', KEYS[3], total)
+if kept > 0 then
+  redis.call('ZADD', KEYS[5], string.format('%d', seq0 + kept), table.concat(entry, ',') .. ']')
+  redis.call('INCRBY', KEYS[3], kept)
+end
+for i = 0, total - 1 do
+  if skip[i] then out[#out + 1] = i end
+end
 return out
 """
 
@@ -102,10 +163,10 @@ end
 """
 
 # KEYS: users zset, n_events counter, the user's stamp hash, event list, state hash, the journal,
-# the deletion counter, the tombstones zset. ARGV: user, user as a JSON string, "1" to record a
-# tombstone ("0": a history replaced, not a person forgotten). The user's list holds its events
-# in sequence order, so each batch's journal entry (the first with a score >= an event's number)
-# is found once. Returns how many of the user's three keys existed.
+# the deletion counter, the tombstones zset, the user's event-id zset. ARGV: user, user as a JSON
+# string, "1" to record a tombstone ("0": a history replaced, not a person forgotten). The user's
+# list holds its events in sequence order, so each batch's journal entry (the first with a score
+# >= an event's number) is found once. Returns how many of the user's keys existed.
 _DELETE = (
     _TOMBSTONE
     + _UNJOURNAL
@@ -125,7 +186,7 @@ if held > 0 then
     end
   end
 end
-local n = redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+local n = redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[9])
 redis.call('ZREM', KEYS[1], ARGV[1])
 if held > 0 then redis.call('DECRBY', KEYS[2], held) end
 if ARGV[3] == '1' then tombstone(7, ARGV[2]) end
@@ -204,14 +265,20 @@ def _encode(e: Event) -> bytes:
     return f"[{_jstr(e.item_id)},{e.timestamp},{_jstr(e.event_type)},{e.weight!r},".encode()
 
 
-def _encoded_by_user(events: Sequence[Event]) -> dict[str, tuple[list[int], list[bytes]]]:
-    """Per user of a batch (in first-appearance order): the positions of their events in the batch
-    and the events encoded by `_encode` — what both append paths (one server, cluster) send."""
-    by_user: dict[str, tuple[list[int], list[bytes]]] = {}
+def _encoded_by_user(events: Sequence[Event]) -> dict[str, tuple[list[int], list[bytes], list[str] | None]]:
+    """Per user of a batch (in first-appearance order): the positions of their events in the batch,
+    the events encoded by `_encode` and their event ids ("" = none; None when none of the user's
+    events has one) — what both append paths (one server, cluster) send."""
+    by_user: dict[str, tuple[list[int], list[bytes], list[str] | None]] = {}
     for i, e in enumerate(events):
-        where, encoded = by_user.setdefault(e.user_id, ([], []))
+        where, encoded, ids = by_user.setdefault(e.user_id, ([], [], None))
+        if e.event_id is not None and ids is None:
+            ids = [""] * len(where)
+            by_user[e.user_id] = (where, encoded, ids)
         where.append(i)
         encoded.append(_encode(e))
+        if ids is not None:
+            ids.append(e.event_id or "")
     return by_user
 
 

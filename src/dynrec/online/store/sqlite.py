@@ -16,12 +16,15 @@ import numpy as np
 from dynrec.data.events import Event, validate_events
 from dynrec.errors import DynrecError
 from dynrec.online.store.protocol import (
+    EVENT_ID_WINDOW,
+    Appended,
     CachedState,
     History,
     UserStamp,
     _limit,
     decode_state,
     encode_state,
+    repeated_in_batch,
 )
 from dynrec.online.store.versions import Lease, Tombstone, VersionRecord
 
@@ -56,8 +59,12 @@ _SCHEMA = [
     "user_id TEXT NOT NULL, deleted_at REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL, "
     "note TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS event_ids (user_id TEXT NOT NULL, event_id TEXT NOT NULL, "
+    "pos INTEGER NOT NULL, PRIMARY KEY (user_id, event_id)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS event_ids_by_user_pos ON event_ids (user_id, pos)",
 ]
 _INDEX = "CREATE INDEX IF NOT EXISTS events_by_user_pos ON events (user_id, pos)"
+_ID_CHUNK = 500  # event ids per "IN (...)" lookup (SQLite's limit on parameters is 32766 or 999)
 
 
 @contextmanager
@@ -74,7 +81,8 @@ def _transaction(conn: sqlite3.Connection, begin: str) -> Iterator[None]:
 class SQLiteStore:
     """One SQLite file (stdlib `sqlite3`, WAL journal): ``events`` (user, item, event_type, ts,
     pos = 1-based position in the user's generation, weight), ``users`` (generation, event count),
-    ``meta`` (the generation counter) and ``states`` (safetensors-serialised model states).
+    ``meta`` (the generation counter), ``states`` (safetensors-serialised model states) and
+    ``event_ids`` (the ids of each user's last `EVENT_ID_WINDOW` events, with their positions).
 
     Safe to share between threads (one connection behind a lock) and between processes: every
     write is one ``BEGIN IMMEDIATE`` transaction, reads of several rows one read transaction
@@ -154,15 +162,50 @@ class SQLiteStore:
         ).fetchone()
         return UserStamp() if row is None else UserStamp(int(row[0]), int(row[1]))
 
-    def append(self, events: Iterable[Event]) -> dict[str, UserStamp]:
+    def _applied_ids(self, evs: list[Event], skipped: set[int]) -> None:
+        """Add to `skipped` the positions of the events whose id the store holds for their user."""
+        by_user: dict[str, list[int]] = {}
+        for i, e in enumerate(evs):
+            if e.event_id is not None and i not in skipped:
+                by_user.setdefault(e.user_id, []).append(i)
+        for user, where in by_user.items():
+            held: set[str] = set()
+            for a in range(0, len(where), _ID_CHUNK):
+                ids = [evs[i].event_id for i in where[a : a + _ID_CHUNK]]
+                held.update(
+                    str(r[0])
+                    for r in self._conn.execute(
+                        f"SELECT event_id FROM event_ids WHERE user_id = ? AND event_id IN "
+                        f"({', '.join('?' * len(ids))})",
+                        (user, *ids),
+                    )
+                )
+            skipped.update(i for i in where if evs[i].event_id in held)
+
+    def _keep_ids(self, rows: list[tuple[str, str, int]], stamps: dict[str, UserStamp]) -> None:
+        """Record the applied events' ids (user, event id, position) and drop those of events
+        before each user's last `EVENT_ID_WINDOW` (`stamps`: the users' stamps after the batch)."""
+        self._conn.executemany("INSERT INTO event_ids (user_id, event_id, pos) VALUES (?, ?, ?)", rows)
+        for user in dict.fromkeys(r[0] for r in rows):
+            if stamps[user].n_events > EVENT_ID_WINDOW:
+                self._conn.execute(
+                    "DELETE FROM event_ids WHERE user_id = ? AND pos <= ?",
+                    (user, stamps[user].n_events - EVENT_ID_WINDOW),
+                )
+
+    def append(self, events: Iterable[Event]) -> Appended:
         evs = validate_events(events)
         if not evs:
-            return {}
-        counts: dict[str, int] = {}
-        for e in evs:
-            counts[e.user_id] = counts.get(e.user_id, 0) + 1
+            return Appended({})
+        skipped = repeated_in_batch(evs)
         out: dict[str, UserStamp] = {}
         with self._lock, self._write():
+            if any(e.event_id is not None for e in evs):
+                self._applied_ids(evs, skipped)
+            applied = [e for i, e in enumerate(evs) if i not in skipped] if skipped else evs
+            counts: dict[str, int] = {}
+            for e in applied:
+                counts[e.user_id] = counts.get(e.user_id, 0) + 1
             start: dict[str, int] = {}
             for user, m in counts.items():
                 st = self._stamp(user)
@@ -180,14 +223,22 @@ class SQLiteStore:
                 start[user] = st.n_events
                 out[user] = UserStamp(gen, st.n_events + m)
             rows = []
-            for e in evs:
+            ids: list[tuple[str, str, int]] = []
+            for e in applied:
                 start[e.user_id] += 1
                 rows.append((e.user_id, e.item_id, e.event_type, e.timestamp, start[e.user_id], e.weight))
+                if e.event_id is not None:
+                    ids.append((e.user_id, e.event_id, start[e.user_id]))
             self._conn.executemany(
                 "INSERT INTO events (user_id, item_id, event_type, ts, pos, weight) VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
-        return out
+            if ids:
+                self._keep_ids(ids, out)
+            for i in skipped:  # users whose every event was skipped: their stamp as it stands
+                if evs[i].user_id not in out:
+                    out[evs[i].user_id] = self._stamp(evs[i].user_id)
+        return Appended(out, tuple(sorted(skipped)))
 
     @staticmethod
     def _history(rows: list[tuple[str, int, str, float]]) -> History:
@@ -268,6 +319,7 @@ class SQLiteStore:
             n1 = self._conn.execute("DELETE FROM events WHERE user_id = ?", (user,)).rowcount
             n2 = self._conn.execute("DELETE FROM states WHERE user_id = ?", (user,)).rowcount
             n3 = self._conn.execute("DELETE FROM users WHERE user_id = ?", (user,)).rowcount
+            self._conn.execute("DELETE FROM event_ids WHERE user_id = ?", (user,))
             if tombstone:
                 self._conn.execute(
                     "INSERT INTO tombstones (user_id, deleted_at) VALUES (?, ?)", (user, time.time())
