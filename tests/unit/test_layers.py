@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from dynrec.models.layers import Dropout, dropout_mask
 from dynrec.models.seq.common import histories_right_padded, resolve_amp
-from dynrec.models.seq.sasrec import SASRecNet
-from dynrec.models.seq.transformer import Block
+from dynrec.models.seq.sasrec import SASRecConfig, SASRecNet
+from dynrec.models.seq.transformer import Block, TransformerConfig
 
 
 def test_dropout_mask_rate_and_independence() -> None:
@@ -53,7 +53,7 @@ def test_dropout_identity_cases_and_reproducible() -> None:
 @pytest.mark.parametrize("causal", [True, False])
 def test_explicit_attention_equals_sdpa(causal: bool) -> None:
     torch.manual_seed(0)
-    blk = Block(16, 2, 32, 0.0, attn_dropout=0.3)
+    blk = Block(TransformerConfig(embedding_dim=16, num_heads=2, ffn_dim=32, dropout=0.0, attn_dropout=0.3))
     blk.attn_drop.eval()  # dropout off: the explicit products must be SDPA's function
     q, k, v = (torch.randn(3, 2, 7, 8) for _ in range(3))
     mask = None if causal else (torch.rand(3, 1, 7, 7) > 0.3) | torch.eye(7, dtype=torch.bool)
@@ -65,18 +65,10 @@ def test_explicit_attention_equals_sdpa(causal: bool) -> None:
 @pytest.mark.parametrize("layers", [1, 2, 3])
 def test_pruned_states_equal_full_encode(layers: int) -> None:
     torch.manual_seed(0)
-    net = SASRecNet(
-        50,
-        50,
-        dim=16,
-        layers=layers,
-        heads=2,
-        ffn_dim=32,
-        dropout=0.1,
-        max_len=6,
-        positional="rope",
-        rope_base=1e4,
-    ).eval()
+    cfg = SASRecConfig(
+        embedding_dim=16, num_layers=layers, num_heads=2, ffn_dim=32, dropout=0.1, attn_dropout=0.0, max_len=6
+    )
+    net = SASRecNet(cfg, 50).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0.0, 0.3)
@@ -89,7 +81,7 @@ def test_pruned_states_equal_full_encode(layers: int) -> None:
     hist = hist[:, : int(clen.max())]
     with torch.no_grad():
         got = net.user_states(hist, clen)
-        h = net.encode(hist, causal=True, window=net.max_len)
+        h = net.encode(hist, causal=True, window=net.config.max_len)
         want = h[torch.arange(len(lens)), (clen - 1).clamp(min=0)]
     ok = clen > 0
     assert torch.allclose(got[ok], want[ok], atol=1e-5)

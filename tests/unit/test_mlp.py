@@ -40,7 +40,8 @@ def test_learns_planted_cycles_from_recency(trained: MLPRecommender, cycles: Spl
 def test_training_pooling_is_causal_and_matches_scoring(pooling: str) -> None:
     """Position t of the training pass sees items 0..t only, exactly as scoring that prefix does."""
     torch.manual_seed(0)
-    net = MLPNet(20, 5, 8, (16,), 0.0, pooling, 0.7, False, True).eval()
+    cfg = MLPConfig(embedding_dim=8, hidden=(16,), dropout=0.0, pooling=pooling, decay=0.7)
+    net = MLPNet(cfg, 20, 5).eval()
     x = torch.tensor([[3, 5, 7, 9, 0, 0], [2, 4, 6, 8, 10, 12]])
     pooled = net.pool_all(x)
     for b in range(2):

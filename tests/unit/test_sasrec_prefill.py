@@ -23,14 +23,14 @@ def full_prefill(net: SASRecNet, hist: torch.Tensor, clen: torch.Tensor, length:
     """Reference: every position of the right-padded context through every block (band mask),
     the cache read off each block's keys/values at the last ``max_len`` real positions."""
     b, c = hist.shape
-    w = net.max_len
+    w = net.config.max_len
     cols = torch.arange(c)
     pos = (length - clen)[:, None] + cols[None, :]
     rope = net.rope(pos)
     x = net.embed(hist)
     d = cols[:, None] - cols[None, :]
     band = (d >= 0) & (d < w)
-    keys = torch.zeros(len(net.blocks), b, net.heads, w, net.head_dim)
+    keys = torch.zeros(len(net.blocks), b, net.config.num_heads, w, net.head_dim)
     values = torch.zeros_like(keys)
     for li, blk in enumerate(net.block_list()):
         q, k, v = blk.project(x, rope)
@@ -46,18 +46,10 @@ def full_prefill(net: SASRecNet, hist: torch.Tensor, clen: torch.Tensor, length:
 
 def random_net(layers: int) -> SASRecNet:
     torch.manual_seed(layers)
-    net = SASRecNet(
-        40,
-        40,
-        dim=16,
-        layers=layers,
-        heads=2,
-        ffn_dim=24,
-        dropout=0.1,
-        max_len=W,
-        positional="rope",
-        rope_base=1e4,
-    ).eval()
+    cfg = SASRecConfig(
+        embedding_dim=16, num_layers=layers, num_heads=2, ffn_dim=24, dropout=0.1, attn_dropout=0.0, max_len=W
+    )
+    net = SASRecNet(cfg, 40).eval()
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0.0, 0.3)

@@ -47,8 +47,6 @@ from dynrec.models.seq.event_samples import first_event_lookup, padded_lookup, p
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "decay", "both")
-
 
 @dataclass(frozen=True)
 class MLPConfig(SequenceConfig):
@@ -76,41 +74,36 @@ class MLPConfig(SequenceConfig):
 
 
 class MLPNet(nn.Module):
-    def __init__(
-        self,
-        n_items: int,
-        n_users: int,
-        dim: int,
-        hidden: tuple[int, ...],
-        dropout: float,
-        pooling: str,
-        decay: float,
-        use_user: bool,
-        tied: bool,
-    ) -> None:
+    """Pooled history (mean and/or learned-decay mean, + user embedding) -> MLP with a linear
+    shortcut -> dot with the item embeddings + item bias.
+
+    Built from its `config` and the vocabulary sizes `n_items`, `n_users` (row 0 of each: padding
+    and the unknown user)."""
+
+    def __init__(self, config: MLPConfig, n_items: int, n_users: int) -> None:
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r} ({', '.join(POOLINGS)})")
-        self.pooling = pooling
+        c = config
+        dim = c.embedding_dim
+        self.config = config
         self.item_emb = nn.Embedding(n_items, dim, padding_idx=0)
-        self.user_emb = nn.Embedding(n_users, dim) if use_user else None  # row 0 = unknown user
-        d = min(max(decay, 1e-4), 1 - 1e-4)
+        self.user_emb = nn.Embedding(n_users, dim) if c.use_user else None  # row 0 = unknown user
+        d = min(max(c.decay, 1e-4), 1 - 1e-4)
         self.decay_logit = nn.Parameter(torch.tensor(float(np.log(d / (1 - d)))))
-        self.drop = nn.Dropout(dropout)
-        n_in = dim * (2 if pooling == "both" else 1) + (dim if use_user else 0)
+        self.drop = nn.Dropout(c.dropout)
+        n_pool = 2 if c.pooling == "both" else 1
+        n_in = dim * n_pool + (dim if c.use_user else 0)
         layers: list[nn.Module] = []
-        for width in hidden:
-            layers += [nn.Linear(n_in, width), nn.ReLU(), nn.Dropout(dropout)]
+        for width in c.hidden:
+            layers += [nn.Linear(n_in, width), nn.ReLU(), nn.Dropout(c.dropout)]
             n_in = width
         layers.append(nn.Linear(n_in, dim))
         self.mlp = nn.Sequential(*layers)
         # linear shortcut from the pooled history, initialised to their average: the untrained
         # model already scores by similarity to the history, and the MLP learns the correction
-        n_pool = 2 if pooling == "both" else 1
         self.skip = nn.Linear(n_pool * dim, dim, bias=False)
         with torch.no_grad():
             self.skip.weight.copy_(torch.cat([torch.eye(dim)] * n_pool, dim=1) / n_pool)
-        self.out_emb = None if tied else nn.Embedding(n_items, dim)
+        self.out_emb = None if c.tied else nn.Embedding(n_items, dim)
         self.item_bias = nn.Parameter(torch.zeros(n_items))
         nn.init.normal_(self.item_emb.weight, std=0.05)
         with torch.no_grad():
@@ -132,9 +125,9 @@ class MLPNet(nn.Module):
         e = self.drop(self.item_emb(x))  # [B, L, d]
         m = (x > 0).to(e.dtype)  # [B, L]
         parts = []
-        if self.pooling in ("mean", "both"):
+        if self.config.pooling in ("mean", "both"):
             parts.append(torch.cumsum(e, 1) / torch.cumsum(m, 1).clamp(min=1.0)[..., None])
-        if self.pooling in ("decay", "both"):
+        if self.config.pooling in ("decay", "both"):
             t = torch.arange(x.shape[1], device=x.device)
             diff = (t[:, None] - t[None, :]).to(e.dtype)  # [L, L] t - j
             w = torch.exp(diff.clamp(min=0) * self._log_a()) * (diff >= 0).to(e.dtype)  # a^(t-j), j <= t
@@ -148,9 +141,9 @@ class MLPNet(nn.Module):
         e = self.drop(self.item_emb(x))  # [B, L, d]
         m = (x > 0).to(e.dtype)
         parts = []
-        if self.pooling in ("mean", "both"):
+        if self.config.pooling in ("mean", "both"):
             parts.append(e.sum(1) / m.sum(1).clamp(min=1.0)[:, None])
-        if self.pooling in ("decay", "both"):
+        if self.config.pooling in ("decay", "both"):
             age = (lengths[:, None] - 1 - torch.arange(x.shape[1], device=x.device)[None, :]).to(e.dtype)
             w = torch.exp(age.clamp(min=0) * self._log_a()) * m  # [B, L]
             parts.append((w[..., None] * e).sum(1) / w.sum(1).clamp(min=1e-6)[:, None])
@@ -185,18 +178,7 @@ class MLPRecommender(TorchRecommender):
         return self.build_net_from_meta()
 
     def build_net_from_meta(self) -> nn.Module:
-        c = self.config
-        return MLPNet(
-            int(self.meta["n_items"]),
-            int(self.meta["n_users"]),
-            c.embedding_dim,
-            tuple(c.hidden),
-            c.dropout,
-            c.pooling,
-            c.decay,
-            c.use_user,
-            c.tied,
-        )
+        return MLPNet(self.config, int(self.meta["n_items"]), int(self.meta["n_users"]))
 
     def prepare(self, data: InteractionData) -> None:
         c = self.config

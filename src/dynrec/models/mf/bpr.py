@@ -57,10 +57,13 @@ class BPRConfig(NeuralConfig):
 
 class BPRNet(nn.Module):
     """User/item factors and item biases; ``x_ui = p_u·q_i + b_i``. Rows are gathered with
-    `index_select` (about twice as fast as `nn.Embedding` forward + backward on CPU)."""
+    `index_select` (about twice as fast as `nn.Embedding` forward + backward on CPU). Built from
+    its `config` (``embedding_dim``; factors drawn from ``seed``) and the vocabulary sizes
+    `n_users`, `n_items`."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int, gen: torch.Generator) -> None:
+    def __init__(self, config: BPRConfig, n_users: int, n_items: int) -> None:
         super().__init__()
+        dim, gen = config.embedding_dim, torch.Generator().manual_seed(config.seed)
         self.user = nn.Parameter(torch.randn(n_users, dim, generator=gen) * 0.1)  # [U, k]
         self.item = nn.Parameter(torch.randn(n_items, dim, generator=gen) * 0.1)  # [I, k]
         self.bias = nn.Parameter(torch.zeros(n_items))  # [I]
@@ -98,8 +101,7 @@ class BPR(TorchRecommender):
         return self.build_net_from_meta()
 
     def build_net_from_meta(self) -> nn.Module:
-        gen = torch.Generator().manual_seed(self.config.seed)
-        return BPRNet(int(self.meta["n_users"]), int(self.meta["n_items"]), self.config.embedding_dim, gen)
+        return BPRNet(self.config, int(self.meta["n_users"]), int(self.meta["n_items"]))
 
     def prepare(self, data: InteractionData) -> None:
         m = data.csr(binary=True).tocoo()

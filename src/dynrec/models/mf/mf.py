@@ -87,13 +87,17 @@ class MFConfig(NeuralConfig):
 
 
 class MFNet(nn.Module):
-    """``r̂_ui = μ + b_u + b_i + p_u·q_i`` (rows gathered with `index_select`: fast on CPU)."""
+    """``r̂_ui = μ + b_u + b_i + p_u·q_i`` (rows gathered with `index_select`: fast on CPU).
+
+    Built from its `config` (``embedding_dim``; factors drawn from ``seed``) and the vocabulary
+    sizes `n_users`, `n_items`."""
 
     mu: torch.Tensor
     item_rating: torch.Tensor
 
-    def __init__(self, n_users: int, n_items: int, dim: int, gen: torch.Generator) -> None:
+    def __init__(self, config: MFConfig, n_users: int, n_items: int) -> None:
         super().__init__()
+        dim, gen = config.embedding_dim, torch.Generator().manual_seed(config.seed)
         self.user = nn.Parameter(torch.randn(n_users, dim, generator=gen) * 0.01)  # [U, k]
         self.item = nn.Parameter(torch.randn(n_items, dim, generator=gen) * 0.01)  # [I, k]
         self.user_bias = nn.Parameter(torch.zeros(n_users))  # [U]
@@ -139,8 +143,7 @@ class MatrixFactorization(TorchRecommender):
         return net
 
     def build_net_from_meta(self) -> nn.Module:
-        gen = torch.Generator().manual_seed(self.config.seed)
-        return MFNet(int(self.meta["n_users"]), int(self.meta["n_items"]), self.config.embedding_dim, gen)
+        return MFNet(self.config, int(self.meta["n_users"]), int(self.meta["n_items"]))
 
     def prepare(self, data: InteractionData) -> None:
         self._obs = (

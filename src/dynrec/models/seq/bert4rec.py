@@ -7,8 +7,9 @@ predicts the masked items with a softmax over the whole catalogue (chunked, `com
 or sampled softmax. Inference: [MASK] is appended after the last ``max_len - 1`` events and its
 hidden state, dotted with the (tied) item embeddings, scores the catalogue.
 
-The Transformer is `SeqTransformer` from `sasrec` (pre-LN blocks, `scaled_dot_product_attention`)
-without the causal mask.
+The Transformer is `SeqTransformer` from `dynrec.models.seq.transformer` (pre-LN blocks,
+`scaled_dot_product_attention`, built from the config's `TransformerConfig` options) without the
+causal mask.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -25,33 +25,30 @@ from torch import nn
 from dynrec.data.dataset import InteractionData
 from dynrec.data.query import QueryBatch
 from dynrec.errors import NotFittedError
-from dynrec.models.config import Fraction, NonNegInt, PositiveFloat, PositiveInt, Probability
+from dynrec.models.config import Fraction, PositiveInt, Probability
 from dynrec.models.explain import leave_one_out
 from dynrec.models.neural import TorchRecommender
 from dynrec.models.neural.base import Optimizer
 from dynrec.models.seq.common import (
     SequenceBatches,
-    SequenceConfig,
     catalogue_loss,
-    check_heads,
     histories_right_padded,
     log_popularity,
     resolve_amp,
     sampling_probs,
     training_sequences,
 )
-from dynrec.models.seq.transformer import SeqTransformer
+from dynrec.models.seq.transformer import Positional, SeqTransformer, TransformerConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class BERT4RecConfig(SequenceConfig):
-    embedding_dim: PositiveInt = 64
-    num_layers: PositiveInt = 2
-    num_heads: PositiveInt = 2
-    ffn_dim: NonNegInt = 256
+class BERT4RecConfig(TransformerConfig):
+    """BERT4Rec options (on top of the Transformer's `TransformerConfig`)."""
+
     dropout: Fraction = 0.2
+    """As in `TransformerConfig`; BERT4Rec takes no None (it resolves nothing from the data)."""
     attn_dropout: Fraction = 0.2
     max_len: PositiveInt = 200
     mask_prob: Probability = 0.2
@@ -60,18 +57,13 @@ class BERT4RecConfig(SequenceConfig):
     mask_repeats: PositiveInt = 10
     """Passes over the training rows per epoch, each with fresh masks (BERT4Rec's "dupe factor"):
     only ~mask_prob of the positions give a target per pass."""
-    positional: Literal["absolute", "rope", "none"] = "absolute"
+    positional: Positional = "absolute"
     """absolute (learned, as in the paper) | rope | none."""
-    rope_base: PositiveFloat = 10000.0
     optimizer: Optimizer = "adam"
     epochs: PositiveInt = 40
     """Epochs of ``mask_repeats`` passes each."""
     patience: PositiveInt = 3
     score_batch: PositiveInt = 256
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_heads(self, self.embedding_dim, self.num_heads, self.positional)
 
 
 class BERT4Rec(TorchRecommender):
@@ -88,19 +80,8 @@ class BERT4Rec(TorchRecommender):
 
     def _make_net(self, n_items: int) -> SeqTransformer:
         c = self.config
-        return SeqTransformer(
-            n_items,
-            n_items + 1,  # + [MASK]
-            dim=c.embedding_dim,
-            layers=c.num_layers,
-            heads=c.num_heads,
-            ffn_dim=c.ffn_dim,
-            dropout=c.dropout,
-            max_len=c.max_len,
-            positional=c.positional,
-            rope_base=c.rope_base,
-            attn_dropout=c.attn_dropout,
-        )
+        item_emb = nn.Embedding(n_items + 1, c.embedding_dim, padding_idx=0)  # + [MASK] (row n_items)
+        return SeqTransformer(c, item_emb, n_items)
 
     def build_net(self, data: InteractionData) -> nn.Module:
         net = self._make_net(data.n_items)

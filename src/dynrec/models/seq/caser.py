@@ -57,26 +57,24 @@ class CaserConfig(SequenceConfig):
 
 
 class CaserNet(nn.Module):
-    def __init__(
-        self,
-        n_items: int,
-        n_users: int,
-        dim: int,
-        window: int,
-        n_h: int,
-        n_v: int,
-        dropout: float,
-        use_user: bool,
-    ) -> None:
+    """Item embeddings -> horizontal and vertical convolutions over the last ``max_len`` items ->
+    fully connected layer (+ user embedding) -> scores ``W' z + b'``.
+
+    Built from its `config` and the vocabulary sizes `n_items`, `n_users` (row 0 of each: padding
+    and the unknown user)."""
+
+    def __init__(self, config: CaserConfig, n_items: int, n_users: int) -> None:
         super().__init__()
-        self.window = window
+        c = config
+        dim, window = c.embedding_dim, c.max_len
+        self.config = config
         self.item_emb = nn.Embedding(n_items, dim, padding_idx=0)
-        self.user_emb = nn.Embedding(n_users, dim) if use_user else None  # row 0 = unknown user
-        self.conv_v = nn.Conv2d(1, n_v, (window, 1))
-        self.conv_h = nn.ModuleList(nn.Conv2d(1, n_h, (h, dim)) for h in range(1, window + 1))
-        self.fc = nn.Linear(n_v * dim + n_h * window, dim)
-        self.drop = nn.Dropout(dropout)
-        out_dim = 2 * dim if use_user else dim
+        self.user_emb = nn.Embedding(n_users, dim) if c.use_user else None  # row 0 = unknown user
+        self.conv_v = nn.Conv2d(1, c.n_v, (window, 1))
+        self.conv_h = nn.ModuleList(nn.Conv2d(1, c.n_h, (h, dim)) for h in range(1, window + 1))
+        self.fc = nn.Linear(c.n_v * dim + c.n_h * window, dim)
+        self.drop = nn.Dropout(c.dropout)
+        out_dim = 2 * dim if c.use_user else dim
         self.out_emb = nn.Embedding(n_items, out_dim)
         self.out_bias = nn.Parameter(torch.zeros(n_items))
         nn.init.normal_(self.item_emb.weight, std=1.0 / dim)
@@ -116,17 +114,7 @@ class Caser(TorchRecommender):
         return self.build_net_from_meta()
 
     def build_net_from_meta(self) -> nn.Module:
-        c = self.config
-        return CaserNet(
-            int(self.meta["n_items"]),
-            int(self.meta["n_users"]),
-            c.embedding_dim,
-            c.max_len,
-            c.n_h,
-            c.n_v,
-            c.dropout,
-            c.use_user,
-        )
+        return CaserNet(self.config, int(self.meta["n_items"]), int(self.meta["n_users"]))
 
     def prepare(self, data: InteractionData) -> None:
         self._samples = next_event_windows(data, self.config.max_len)

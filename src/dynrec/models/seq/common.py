@@ -45,7 +45,6 @@ __all__ = [
     "SequenceConfig",
     "biased_ce",
     "catalogue_loss",
-    "check_heads",
     "full_ce_loss",
     "log_popularity",
     "next_item_pairs",
@@ -95,15 +94,6 @@ class SequenceConfig(NeuralConfig):
     """Training precision: none (float32) | bf16 (autocast matrix products to bfloat16; softmax and
     the loss stay float32) | auto (bf16 where the hardware has it: a CPU with AVX512-BF16/AMX or a
     CUDA GPU with bf16, else float32). Scoring is always float32."""
-
-
-def check_heads(config: NeuralConfig, dim: int, heads: int, positional: str) -> None:
-    """Transformer configs: `embedding_dim` splits into `num_heads` heads (of even width with rope)."""
-    config.require(dim % heads == 0, "num_heads", f"must divide embedding_dim={dim}")
-    if positional == "rope":
-        config.require(
-            (dim // heads) % 2 == 0, "num_heads", "with rope, embedding_dim / num_heads must be even"
-        )
 
 
 @functools.lru_cache(maxsize=16)

@@ -72,34 +72,25 @@ class GRU4RecConfig(SequenceConfig):
 
 
 class GRU4RecNet(nn.Module):
-    """Item (+ gap) embeddings -> GRU -> linear to embedding space -> dot with item embeddings."""
+    """Item (+ gap) embeddings -> GRU -> linear to embedding space -> dot with item embeddings.
 
-    def __init__(
-        self,
-        n_items: int,
-        embedding_dim: int,
-        hidden_dim: int,
-        num_layers: int,
-        dropout: float,
-        gap_buckets: int,
-        tied: bool,
-        ema_init: bool = True,
-    ) -> None:
+    Built from its `config` and the vocabulary size `n_items` (padding row 0 included)."""
+
+    def __init__(self, config: GRU4RecConfig, n_items: int) -> None:
         super().__init__()
+        c = config
+        self.config = config
         self.n_items = n_items
-        self.hidden_dim = hidden_dim
-        self.num_layers = num_layers
-        self.gap_buckets = gap_buckets
-        self.item_emb = nn.Embedding(n_items, embedding_dim, padding_idx=0)
-        self.gap_emb = nn.Embedding(gap_buckets, embedding_dim) if gap_buckets > 0 else None
-        self.drop = nn.Dropout(dropout)
+        self.item_emb = nn.Embedding(n_items, c.embedding_dim, padding_idx=0)
+        self.gap_emb = nn.Embedding(c.gap_buckets, c.embedding_dim) if c.time_gaps else None
+        self.drop = nn.Dropout(c.dropout)
         # one single-layer GRU per layer (padded runs give every layer's state at each row's end)
         self.grus = nn.ModuleList(
-            nn.GRU(embedding_dim if i == 0 else hidden_dim, hidden_dim, batch_first=True)
-            for i in range(num_layers)
+            nn.GRU(c.embedding_dim if i == 0 else c.hidden_dim, c.hidden_dim, batch_first=True)
+            for i in range(c.num_layers)
         )
-        self.proj = nn.Linear(hidden_dim, embedding_dim)
-        self.out_emb = None if tied else nn.Embedding(n_items, embedding_dim)
+        self.proj = nn.Linear(c.hidden_dim, c.embedding_dim)
+        self.out_emb = None if c.tied else nn.Embedding(n_items, c.embedding_dim)
         self.item_bias = nn.Parameter(torch.zeros(n_items))
         nn.init.normal_(self.item_emb.weight, std=0.05)
         with torch.no_grad():
@@ -108,7 +99,7 @@ class GRU4RecNet(nn.Module):
             nn.init.normal_(self.gap_emb.weight, std=0.05)
         if self.out_emb is not None:
             nn.init.normal_(self.out_emb.weight, std=0.05)
-        if ema_init:
+        if c.ema_init:
             self._ema_init()
 
     def _ema_init(self) -> None:
@@ -117,7 +108,7 @@ class GRU4RecNet(nn.Module):
         update-gate bias 1 (keep ~73% of the state per event), projection ~ identity. The untrained
         net then scores by similarity to a recency-weighted mean of the history, which is a good
         starting point and makes early training much faster."""
-        h = self.hidden_dim
+        h = self.config.hidden_dim
         with torch.no_grad():
             for gru in self.grus:
                 assert isinstance(gru, nn.GRU)
@@ -140,7 +131,7 @@ class GRU4RecNet(nn.Module):
         """[...] item ids (+ [...] raw gaps in seconds, -1 unknown) -> [..., D]."""
         x = self.item_emb(items)
         if self.gap_emb is not None:
-            b = torch.zeros_like(items) if gaps is None else gap_bucket(gaps, self.gap_buckets)
+            b = torch.zeros_like(items) if gaps is None else gap_bucket(gaps, self.config.gap_buckets)
             x = x + self.gap_emb(b)
         out: torch.Tensor = self.drop(x)
         return out
@@ -183,7 +174,10 @@ class GRU4RecNet(nn.Module):
         b = indptr.shape[0] - 1
         lens = indptr[1:] - indptr[:-1]
         state = torch.zeros(
-            b, self.num_layers * self.hidden_dim, device=items.device, dtype=self.item_emb.weight.dtype
+            b,
+            self.config.num_layers * self.config.hidden_dim,
+            device=items.device,
+            dtype=self.item_emb.weight.dtype,
         )
         order = torch.sort(lens, descending=True, stable=True).indices
         order = order[lens[order] > 0]
@@ -199,19 +193,19 @@ class GRU4RecNet(nn.Module):
             inp = torch.where(valid, items[src], 0)
             gp = None if gaps is None else torch.where(valid, gaps[src], -1)
             outs = self.run(self.embed(inp, gp))
-            last = (rl - 1)[:, None, None].expand(-1, 1, self.hidden_dim)
+            last = (rl - 1)[:, None, None].expand(-1, 1, self.config.hidden_dim)
             state[rows] = torch.cat([o.gather(1, last).squeeze(1) for o in outs], dim=1)
         return state
 
     def step(self, state: torch.Tensor, items: torch.Tensor, gaps: torch.Tensor | None) -> torch.Tensor:
         """One event per row: [B, layers*H], [B] -> [B, layers*H]."""
-        h0 = list(torch.split(state, self.hidden_dim, dim=1))
+        h0 = list(torch.split(state, self.config.hidden_dim, dim=1))
         outs = self.run(self.embed(items, gaps)[:, None, :], h0)  # layers x [B, 1, H]
         return torch.cat([o[:, 0] for o in outs], dim=1)
 
     def top(self, state: torch.Tensor) -> torch.Tensor:
         """Top layer's hidden state [B, H]."""
-        return state[:, (self.num_layers - 1) * self.hidden_dim :]
+        return state[:, (self.config.num_layers - 1) * self.config.hidden_dim :]
 
 
 class GRU4Rec(TorchRecommender):
@@ -233,17 +227,7 @@ class GRU4Rec(TorchRecommender):
         return self.build_net_from_meta()
 
     def build_net_from_meta(self) -> nn.Module:
-        c = self.config
-        return GRU4RecNet(
-            int(self.meta["n_items"]),
-            c.embedding_dim,
-            c.hidden_dim,
-            c.num_layers,
-            c.dropout,
-            c.gap_buckets if c.time_gaps else 0,
-            c.tied,
-            c.ema_init,
-        )
+        return GRU4RecNet(self.config, int(self.meta["n_items"]))
 
     def prepare(self, data: InteractionData) -> None:
         c = self.config
@@ -277,7 +261,7 @@ class GRU4Rec(TorchRecommender):
         tgt = targets[mask]
         if "first" in batch:  # a user's first event is also the target of the empty (zero) state
             t0 = seq[:, 0][batch["first"]]
-            z0 = net.head(z.new_zeros(1, net.hidden_dim)).expand(t0.shape[0], -1)
+            z0 = net.head(z.new_zeros(1, net.config.hidden_dim)).expand(t0.shape[0], -1)
             z, tgt = torch.cat([z, z0]), torch.cat([tgt, t0])
         return biased_ce(
             self.config,

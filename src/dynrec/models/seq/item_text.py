@@ -43,14 +43,14 @@ class TextItemEmbedding(nn.Module):
         *,
         known: torch.Tensor | None = None,
         id_dropout: float = 0.0,
-        projection: TextProjection = "linear",
+        text_projection: TextProjection = "linear",
     ) -> None:
         super().__init__()
         if text.dim() != 2 or text.shape[0] > n_tokens:
             raise ValueError(f"text table must be [<= {n_tokens}, d], got {tuple(text.shape)}")
         self.dim = dim
         self.id_dropout = float(id_dropout)
-        self.projection = projection
+        self.text_projection = text_projection
         self.id = nn.Embedding(n_tokens, dim, padding_idx=0)
         full = torch.zeros(n_tokens, text.shape[1], dtype=torch.float32)
         full[: text.shape[0]] = text.float()
@@ -61,7 +61,7 @@ class TextItemEmbedding(nn.Module):
         self.known: torch.Tensor
         self.register_buffer("known", k)
         d_text = text.shape[1]
-        if projection == "mlp":
+        if text_projection == "mlp":
             self.proj: nn.Module = nn.Sequential(
                 nn.Linear(d_text, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
             )

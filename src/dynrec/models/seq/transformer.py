@@ -1,17 +1,57 @@
-"""Transformer building blocks shared by the sequence models (SASRec, BERT4Rec): rotary position
-tables, a pre-LayerNorm block whose projection and output halves can be called separately (for the
-incremental key/value cache), and `SeqTransformer`, the embedding + blocks + final norm stack with
-causal / sliding-window / bidirectional attention."""
+"""Transformer building blocks shared by the sequence models (SASRec, BERT4Rec): their common
+options (`TransformerConfig`), rotary position tables, a pre-LayerNorm block whose projection and
+output halves can be called separately (for the incremental key/value cache), and
+`SeqTransformer`, the embedding + blocks + final norm stack with causal / sliding-window /
+bidirectional attention, built from a `TransformerConfig`."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dynrec.errors import DynrecError
+from dynrec.models.config import Fraction, NonNegInt, PositiveFloat, PositiveInt
 from dynrec.models.layers import Dropout
-from dynrec.models.seq.item_text import TextItemEmbedding, TextProjection
+from dynrec.models.seq.common import SequenceConfig
+from dynrec.models.seq.item_text import TextItemEmbedding
+
+Positional = Literal["rope", "absolute", "none"]
+LongTerm = Literal["none", "gate"]
+
+
+@dataclass(frozen=True)
+class TransformerConfig(SequenceConfig):
+    """Options of the Transformer stack (`SeqTransformer`), shared by SASRec and BERT4Rec; each
+    model's config extends it (and may change a default)."""
+
+    embedding_dim: PositiveInt = 64
+    num_layers: PositiveInt = 2
+    num_heads: PositiveInt = 2
+    ffn_dim: NonNegInt = 256
+    """Hidden size of the feed-forward sub-layer; 0 = ``embedding_dim`` (original SASRec)."""
+    dropout: Fraction | None = 0.2
+    """Dropout on the embeddings, inside the feed-forward sub-layer and on each residual branch.
+    None (a model that resolves it from the data) must be resolved before the net is built."""
+    attn_dropout: Fraction | None = 0.2
+    """Dropout on attention weights (None: resolved by the model before the net is built)."""
+    positional: Positional = "rope"
+    """rope (relative rotary embeddings; SASRec's incremental key/value-cache state needs it) |
+    absolute (learned) | none."""
+    rope_base: PositiveFloat = 10000.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        dim, heads = self.embedding_dim, self.num_heads
+        self.require(dim % heads == 0, "num_heads", f"must divide embedding_dim={dim}")
+        if self.positional == "rope":
+            self.require(
+                (dim // heads) % 2 == 0, "num_heads", "with rope, embedding_dim / num_heads must be even"
+            )
+
 
 # ---- building blocks ------------------------------------------------------------------------
 
@@ -37,15 +77,25 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1)
 
 
-class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: x + Attn(LN(x)), then x + FFN(LN(x))."""
+def resolved_dropouts(config: TransformerConfig) -> tuple[float, float]:
+    """(dropout, attn_dropout) of `config`, which a net needs resolved (not None)."""
+    if config.dropout is None or config.attn_dropout is None:
+        raise DynrecError(
+            f"{type(config).__name__}: dropout and attn_dropout must be resolved before the net is built"
+        )
+    return config.dropout, config.attn_dropout
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, attn_dropout: float = 0.0) -> None:
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block: x + Attn(LN(x)), then x + FFN(LN(x)), sized by `config`
+    (``embedding_dim``, ``num_heads``, ``ffn_dim``, the dropouts)."""
+
+    def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        if dim % heads:
-            raise DynrecError(f"embedding_dim {dim} is not divisible by num_heads {heads}")
-        self.heads = heads
-        self.head_dim = dim // heads
+        dim, ffn_dim = config.embedding_dim, config.ffn_dim or config.embedding_dim
+        dropout, attn_dropout = resolved_dropouts(config)
+        self.num_heads = config.num_heads
+        self.head_dim = dim // config.num_heads
         self.ln1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -61,7 +111,7 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys, values ``[B, H, L, hd]`` for ``x [B, L, d]`` (rotated when `rope`)."""
         b, n, d = x.shape
-        qkv = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(self.ln1(x)).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -72,7 +122,7 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like `project`, but queries only for the last `nq` positions (rope tables ``[1, 1, L, h]``)."""
         b, n, d = x.shape
-        hd, heads = self.head_dim, self.heads
+        hd, heads = self.head_dim, self.num_heads
         z = self.ln1(x)
         w, bias = self.qkv.weight, self.qkv.bias
         q = F.linear(z[:, n - nq :], w[:d], bias[:d]).view(b, nq, heads, hd).transpose(1, 2)
@@ -125,56 +175,31 @@ class Block(nn.Module):
 class SeqTransformer(nn.Module):
     """Item embeddings + Transformer blocks + final LayerNorm (shared by SASRec and BERT4Rec).
 
-    `n_tokens` rows of the embedding table: items ``0..n_items-1`` (0 = padding) plus any extra
-    tokens (BERT4Rec's [MASK]). Scores use the first `n_items` rows (tied output layer). With
-    `item_text` (``[n_items, d_text]``) the table is a `TextItemEmbedding`: ID embedding plus a
-    learned projection of the frozen text embedding, on the input and the output side.
+    Built from `config` (a `TransformerConfig` whose dropouts are resolved) and what the config
+    does not hold: `item_emb`, the item table (``nn.Embedding`` or `TextItemEmbedding`, padding row
+    0), whose rows are the items ``0..n_items-1`` plus any extra tokens (BERT4Rec's [MASK]) — scores
+    use its first `n_items` rows (tied output layer) — and `long_term`, SASRec's fusion of the
+    short-term state with the mean embedding of the whole history. The caller builds `item_emb`
+    just before this (its random initialisation comes first, as it always has).
     """
 
     def __init__(
         self,
+        config: TransformerConfig,
+        item_emb: nn.Embedding | TextItemEmbedding,
         n_items: int,
-        n_tokens: int,
         *,
-        dim: int,
-        layers: int,
-        heads: int,
-        ffn_dim: int,
-        dropout: float,
-        max_len: int,
-        positional: str,
-        rope_base: float,
-        long_term: str = "none",
-        attn_dropout: float = 0.0,
-        item_text: torch.Tensor | None = None,
-        known_items: torch.Tensor | None = None,
-        id_dropout: float = 0.0,
-        text_projection: TextProjection = "linear",
+        long_term: LongTerm = "none",
     ) -> None:
         super().__init__()
-        if positional not in ("rope", "absolute", "none"):
-            raise DynrecError(f"positional must be rope, absolute or none, not {positional!r}")
-        if long_term not in ("none", "gate"):
-            raise DynrecError(f"long_term must be none or gate, not {long_term!r}")
+        dropout, _ = resolved_dropouts(config)
+        dim = config.embedding_dim
+        self.config = config
         self.n_items = n_items
-        self.dim = dim
-        self.max_len = max_len
-        self.positional = positional
-        self.rope_base = rope_base
-        self.long_term = long_term
-        self.item_emb: nn.Embedding | TextItemEmbedding
-        if item_text is None:
-            self.item_emb = nn.Embedding(n_tokens, dim, padding_idx=0)
-        else:
-            self.item_emb = TextItemEmbedding(
-                n_tokens, dim, item_text, known=known_items, id_dropout=id_dropout, projection=text_projection
-            )
-        self.pos_emb = nn.Embedding(max_len + 1, dim) if positional == "absolute" else None
+        self.item_emb = item_emb
+        self.pos_emb = nn.Embedding(config.max_len + 1, dim) if config.positional == "absolute" else None
         self.emb_drop = Dropout(dropout)
-        self.heads = heads
-        self.blocks = nn.ModuleList(
-            Block(dim, heads, ffn_dim or dim, dropout, attn_dropout) for _ in range(layers)
-        )
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(dim)
         if long_term == "gate":
             self.lt_proj: nn.Linear | None = nn.Linear(dim, dim)
@@ -202,7 +227,7 @@ class SeqTransformer(nn.Module):
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.heads
+        return self.config.embedding_dim // self.config.num_heads
 
     @property
     def item_weight(self) -> torch.Tensor:
@@ -211,9 +236,9 @@ class SeqTransformer(nn.Module):
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Rotary tables for positions ``[L]`` or ``[B, L]``, shaped to broadcast over heads."""
-        if self.positional != "rope":
+        if self.config.positional != "rope":
             return None
-        cos, sin = rope_tables(positions, self.head_dim, self.rope_base)
+        cos, sin = rope_tables(positions, self.head_dim, self.config.rope_base)
         if cos.dim() == 2:  # [L, h] -> [1, 1, L, h]
             return cos[None, None], sin[None, None]
         return cos[:, None], sin[:, None]  # [B, L, h] -> [B, 1, L, h]
@@ -223,7 +248,7 @@ class SeqTransformer(nn.Module):
         x: torch.Tensor = self.item_emb(items)
         if self.pos_emb is not None:
             n = items.shape[1]
-            x = x + self.pos_emb(torch.arange(n, device=items.device).clamp(max=self.max_len))[None]
+            x = x + self.pos_emb(torch.arange(n, device=items.device).clamp(max=self.config.max_len))[None]
         out: torch.Tensor = self.emb_drop(x)
         return out
 
