@@ -117,7 +117,7 @@ def test_page_click_updates_recommendations_and_store(served: Served) -> None:
         timeout=30,
     )
     assert r.status_code == 200, r.text
-    assert r.json() == {"accepted": len(seen), "unknown_items": 0}
+    assert r.json() == {"accepted": len(seen), "unknown_items": 0, "shifts": []}
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=BROWSER_ARGS)

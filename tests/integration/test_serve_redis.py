@@ -103,7 +103,7 @@ def test_serve_on_redis_reflects_events_and_survives_kill9(
         history: list[str] = []
         for item in ("i3", "i17", "i4"):
             r = http.post("/v1/events", json={"events": [{"user_id": "r1", "item_id": item}]})
-            assert r.status_code == 200 and r.json() == {"accepted": 1, "unknown_items": 0}
+            assert r.status_code == 200 and r.json() == {"accepted": 1, "unknown_items": 0, "shifts": []}
             history.append(item)
             got = http.get("/v1/users/r1/recommendations?k=5").json()
             assert got["fallback"] is None

@@ -161,7 +161,7 @@ def test_each_event_changes_the_next_recommendation(client: TestClient, trained:
     previous = first["items"]
     for item in ["i1", "i14", "i2"]:
         r = _post(client, [{"user_id": "alice", "item_id": item, "timestamp": 100 + len(history)}])
-        assert r.status_code == 200 and r.json() == {"accepted": 1, "unknown_items": 0}
+        assert r.status_code == 200 and r.json() == {"accepted": 1, "unknown_items": 0, "shifts": []}
         history.append(item)
         got = client.get("/v1/users/alice/recommendations?k=5").json()
         want_items, want_scores = _reference(model, history, 5)
@@ -206,7 +206,7 @@ def test_all_or_nothing_and_422_names_the_field(client: TestClient) -> None:
 
 def test_defaults_and_unknown_items(client: TestClient) -> None:
     r = _post(client, [{"user_id": "carol", "item_id": "never-seen"}, {"user_id": "carol", "item_id": "i3"}])
-    assert r.json() == {"accepted": 2, "unknown_items": 1}
+    assert r.json() == {"accepted": 2, "unknown_items": 1, "shifts": []}
     user = client.get("/v1/users/carol").json()
     assert [e["item_id"] for e in user["history"]] == ["never-seen", "i3"]
     assert {e["event_type"] for e in user["history"]} == {"view"}
@@ -402,7 +402,7 @@ def test_update_makes_a_new_item_recommendable(client: TestClient) -> None:
             {"user_id": f"n{u}", "item_id": "fresh", "timestamp": 2},
         ]
     r = _post(client, events).json()
-    assert r == {"accepted": 12, "unknown_items": 6}
+    assert r == {"accepted": 12, "unknown_items": 6, "shifts": []}
     _post(client, [{"user_id": "probe", "item_id": "i1"}])
     before = client.get("/v1/users/probe/recommendations?k=1000").json()
     assert "fresh" not in {x["item_id"] for x in before["items"]}

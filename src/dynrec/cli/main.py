@@ -1,7 +1,7 @@
 """`dynrec` command line: parse the arguments, call a job in `dynrec.jobs`, print its result (text or --json).
 
 This module holds the app, the global options and the entry point; each command group lives in its
-own module (`data`, `train`, `recommend`, `items`, `store`, `models`, `replay`, `serve`), with the
+own module (`data`, `train`, `recommend`, `items`, `store`, `models`, `replay`, `serve`, `shifts`), with the
 shared helpers in `common`."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dynrec.cli.models import models_app
 from dynrec.cli.recommend import profile, recommend, similar
 from dynrec.cli.replay import replay
 from dynrec.cli.serve import serve
+from dynrec.cli.shifts import shifts
 from dynrec.cli.store import store_app
 from dynrec.cli.train import evaluate, train
 
@@ -34,6 +35,7 @@ app.command()(profile)
 app.command()(similar)
 app.command()(replay)
 app.command()(serve)
+app.command()(shifts)
 
 
 @app.callback()

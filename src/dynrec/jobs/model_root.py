@@ -17,6 +17,11 @@ A model directory saved in place (`train --out`, `train --resume`, `items add` o
 served, `replay --save-model`) goes through `save_model_dir`: every file written in full to a
 temporary folder next to it, then renamed over its old version, so a reader never sees a
 half-written model.
+
+Both writers save the interest-shift detector's calibration of the model (``shifts.json``,
+`dynrec.online.shifts.save_calibration`; made by `dynrec.jobs.shifts.calibrate_for` on what the
+model learned from) with the weights, so every process serving a version detects shifts with the
+same constants; a model saved without one has none (a stale one is removed).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from dynrec.jobs.items import ItemInfo, write_item_info
 from dynrec.jobs.provenance import count_targets
 from dynrec.models.base import Recommender
 from dynrec.online.session import model_version
+from dynrec.online.shifts import SHIFT_FILE, ShiftCalibration, save_calibration
 from dynrec.online.store import StateStore
 from dynrec.online.store.versions import VersionRecord, VersionStore
 
@@ -105,10 +111,16 @@ def new_version_id(model: Recommender) -> str:
     return f"{model_version(model)[:12]}-{secrets.token_hex(3)}"
 
 
-def write_version_dir(root: str | Path, model: Recommender, item_info: ItemInfo | None) -> tuple[str, str]:
-    """Save `model` (and `item_info`) as a new immutable version directory under `root`; returns
-    (its path relative to the root, its id). Written under a temporary name, synced, then renamed
-    into place (a rename never replaces a directory that holds files)."""
+def write_version_dir(
+    root: str | Path,
+    model: Recommender,
+    item_info: ItemInfo | None,
+    shifts: ShiftCalibration | None = None,
+) -> tuple[str, str]:
+    """Save `model` (and `item_info`, and the shift calibration `shifts` as ``shifts.json``) as a
+    new immutable version directory under `root`; returns (its path relative to the root, its id).
+    Written under a temporary name, synced, then renamed into place (a rename never replaces a
+    directory that holds files)."""
     vid = new_version_id(model)
     base = Path(root) / VERSIONS_DIR
     base.mkdir(parents=True, exist_ok=True)
@@ -118,6 +130,8 @@ def write_version_dir(root: str | Path, model: Recommender, item_info: ItemInfo 
         model.save(tmp)
         if item_info is not None:
             write_item_info(tmp, item_info)
+        if shifts is not None:
+            save_calibration(tmp, shifts)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -199,6 +213,8 @@ class Built:
     deletion_generation: int | None = None
     """Tombstones honoured up to this generation (None = the parent's)."""
     note: str = ""
+    shifts: ShiftCalibration | None = None
+    """The shift detector's calibration saved with the version (None: the version has none)."""
 
 
 def publish(
@@ -221,7 +237,7 @@ def publish(
         built = build(parent)
         if built is None:
             return parent, False
-        rel, vid = write_version_dir(root, built.model, built.item_info)
+        rel, vid = write_version_dir(root, built.model, built.item_info, built.shifts)
         rec = VersionRecord(
             id=vid,
             path=rel,
@@ -326,11 +342,17 @@ def version_memory(
     )
 
 
-def save_model_dir(model: Recommender, model_dir: str | Path, item_info: ItemInfo | None = None) -> Path:
-    """Save `model` (and `item_info`) into `model_dir` without leaving a half-written model: every
-    file is written in full (and synced) to a temporary folder next to it first, then each is moved
-    over its old version (an atomic rename per file). Other files in `model_dir` (a service's
-    event store) are left alone."""
+def save_model_dir(
+    model: Recommender,
+    model_dir: str | Path,
+    item_info: ItemInfo | None = None,
+    shifts: ShiftCalibration | None = None,
+) -> Path:
+    """Save `model` (and `item_info`, and the shift calibration `shifts` as ``shifts.json``) into
+    `model_dir` without leaving a half-written model: every file is written in full (and synced)
+    to a temporary folder next to it first, then each is moved over its old version (an atomic
+    rename per file). Without `shifts` a ``shifts.json`` there (an earlier model's) is removed.
+    Other files in `model_dir` (a service's event store) are left alone."""
     target = Path(model_dir)
     target.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.saving-"))
@@ -338,6 +360,10 @@ def save_model_dir(model: Recommender, model_dir: str | Path, item_info: ItemInf
         model.save(tmp)
         if item_info is not None:
             write_item_info(tmp, item_info)
+        if shifts is not None:
+            save_calibration(tmp, shifts)
+        else:
+            (target / SHIFT_FILE).unlink(missing_ok=True)
         names = sorted(p.name for p in tmp.iterdir())
         for name in names:
             with open(tmp / name, "rb") as fh:

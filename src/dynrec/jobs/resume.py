@@ -33,7 +33,9 @@ from dynrec.jobs.history import training_history
 from dynrec.jobs.items import read_item_info
 from dynrec.jobs.model_root import Built, publish, save_model_dir, version_path, without_users
 from dynrec.jobs.prepare import column_map
+from dynrec.jobs.shifts import calibrate_for
 from dynrec.models.base import Recommender
+from dynrec.online.shifts import ShiftCalibration
 from dynrec.online.store import StateStore, open_store
 from dynrec.online.store.versions import VersionRecord, VersionStore
 from dynrec.online.updater import IncrementalUpdater, UpdateConfig, UpdateReport
@@ -137,17 +139,18 @@ def resume_training(
             {t.user_id for t in store.tombstones()} if isinstance(store, VersionStore) else set()
         )
         if not served:
-            model, report = _resume(src, new_log, events_path, deleted, data_dir, config, columns)
+            model, report, shifts = _resume(src, new_log, events_path, deleted, data_dir, config, columns)
             dest = Path(out) if out is not None else src
-            save_model_dir(model, dest, read_item_info(src) if (src / "item_info.json").is_file() else None)
+            info = read_item_info(src) if (src / "item_info.json").is_file() else None
+            save_model_dir(model, dest, info, shifts)
             return model, replace(report, out=str(dest))
         assert store is not None
-        results: list[tuple[Recommender, ResumeResult]] = []
+        results: list[tuple[Recommender, ResumeResult, ShiftCalibration | None]] = []
 
         def build(parent: VersionRecord) -> Built:
             vdir = version_path(src, parent)
             results.append(_resume(vdir, new_log, events_path, deleted, data_dir, config, columns))
-            model, report = results[-1]
+            model, report, shifts = results[-1]
             info = read_item_info(vdir) if (vdir / "item_info.json").is_file() else None
             assert isinstance(store, VersionStore)
             return Built(
@@ -158,10 +161,11 @@ def resume_training(
                 n_events=len(new_log),
                 deletion_generation=store.deletion_generation(),
                 note=f"train --resume on {events_path.name}",
+                shifts=shifts,
             )
 
         rec, _ = publish(store, src, build)
-        model, report = results[-1]
+        model, report, _ = results[-1]
         return model, replace(report, out=str(src / rec.path), model_version=rec.id)
     finally:
         if store is not None:
@@ -176,9 +180,11 @@ def _resume(
     data_dir: str | Path | None,
     config: UpdateConfig | None,
     columns: str | None,
-) -> tuple[Recommender, ResumeResult]:
+) -> tuple[Recommender, ResumeResult, ShiftCalibration | None]:
     """The model at `load_dir` trained on `new_log`, `deleted` users left out (see the module
-    docstring); returns it with what the update did (saved nowhere yet: no `out`)."""
+    docstring); returns it with what the update did (saved nowhere yet: no `out`) and its
+    interest-shift calibration on what it has now learned from (`dynrec.jobs.shifts.calibrate_for`
+    on the updater's memory; None when there is none to make)."""
     model = Recommender.load(load_dir)
     assert model.item_vocab is not None and model.user_vocab is not None
     if deleted:
@@ -214,9 +220,10 @@ def _resume(
     updater = IncrementalUpdater(model, history, config)
     report = ResumeResult.of_update(updater.update(new_log, refit=forget))
     lineage.with_resume(entry).write_to(model.meta)
-    return model, replace(
+    report = replace(
         report,
         n_test_targets=n_test if lineage.provenance is not None else None,
         n_duplicates=new_log.report.exact_duplicates,
         deleted_users_left_out=len(deleted),
     )
+    return model, report, calibrate_for(model, updater.memory, read_item_info(load_dir))

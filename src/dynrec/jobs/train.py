@@ -28,11 +28,13 @@ from dynrec.jobs.items import ItemInfo
 from dynrec.jobs.model_root import save_model_dir
 from dynrec.jobs.prepare import Prepared, prepare
 from dynrec.jobs.provenance import Lineage
+from dynrec.jobs.shifts import calibrate_for
 from dynrec.models.base import Recommender
 from dynrec.models.config import RunOptions
 from dynrec.models.neural.quantize import is_quantized
 from dynrec.models.registry import create_model
 from dynrec.models.retrieval import AnnConfig, AnnIndex
+from dynrec.online.shifts import ShiftCalibration
 from dynrec.preprocessing.split import SplitKind
 from dynrec.text import Encoder
 
@@ -147,12 +149,19 @@ def train(
     if text_meta is not None:
         model.meta["item_text"] = text_meta
     if out is not None:
-        save_model(model, out, texts.info(vocab) or None)
+        info = texts.info(vocab) or None
+        save_model(model, out, info, calibrate_for(model, prepared.split.train, info))
     return model
 
 
-def save_model(model: Recommender, out: str | Path, item_info: ItemInfo | None = None) -> Path:
-    """Save `model` (and `item_info`, as ``item_info.json``) to `out` atomically
+def save_model(
+    model: Recommender,
+    out: str | Path,
+    item_info: ItemInfo | None = None,
+    shifts: ShiftCalibration | None = None,
+) -> Path:
+    """Save `model` (and `item_info`, as ``item_info.json``; the interest-shift calibration
+    `shifts`, made on its training part by `train`, as ``shifts.json``) to `out` atomically
     (`dynrec.jobs.model_root.save_model_dir`), refusing a reduced-precision scoring copy
     (`quantize` / ``--set precision=...``): its layers are packed for scoring only; save the
     float32 model."""
@@ -161,7 +170,7 @@ def save_model(model: Recommender, out: str | Path, item_info: ItemInfo | None =
             f"{out}: refusing to save {model.name!r}: it is a {model.meta.get('inference_precision')} "
             "scoring copy (precision=...), for scoring only; save the float32 model instead"
         )
-    return save_model_dir(model, out, item_info)
+    return save_model_dir(model, out, item_info, shifts)
 
 
 def validate(model_name: str, model: Recommender, prepared: Prepared, out: str | Path) -> TrainSummary:

@@ -11,6 +11,8 @@ Routes (JSON in and out; the page at ``/``, its files under ``/static``):
   "popular"``). ``POST /v1/recommendations`` — the same for an anonymous session's history.
 * ``GET /v1/users/{user_id}``, ``GET /v1/users``, ``GET /v1/items``, ``GET /v1/items/{id}/similar``.
 * ``GET /v1/users/{user_id}/profile`` — long- vs short-term interests (tags, representative titles).
+  Both user routes carry the user's interest shifts (``last_shift``, ``shifts`` newest first;
+  `dynrec.online.shifts`), and ``POST /v1/events`` answers the shifts its events completed.
 * ``POST /v1/items`` — items without events join the live model from their text (models that read
   item text), published as a new model version.
 * ``DELETE /v1/users/{user_id}`` — removes everything held about the user and records a tombstone
@@ -43,7 +45,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -58,6 +60,7 @@ from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.jobs.items import ExistingItemsError
 from dynrec.jobs.model_root import PublishConflict
 from dynrec.online.interests import ProfileWindow
+from dynrec.online.shifts import Shift
 from dynrec.service.edge import EdgeGuardMiddleware, json_safe, redact_paths
 from dynrec.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from dynrec.service.runtime import (
@@ -65,12 +68,12 @@ from dynrec.service.runtime import (
     Recommended,
     Runtime,
     UpdateRunning,
-    default_event,
     serving_threads,
 )
 from dynrec.service.schemas import (
     MAX_ID_LENGTH,
     DeleteOut,
+    EventShiftOut,
     EventsIn,
     EventsOut,
     ExplanationOut,
@@ -90,6 +93,7 @@ from dynrec.service.schemas import (
     ReloadIn,
     ReloadOut,
     SessionIn,
+    ShiftOut,
     SimilarItemOut,
     SimilarOut,
     UserOut,
@@ -226,6 +230,17 @@ def _rec_out(user_id: str | None, rec: Recommended) -> RecommendationsOut:
     )
 
 
+def _shift_json(s: Shift) -> dict[str, Any]:
+    """A shift in the form of `ShiftOut`."""
+    return {
+        "when": s.timestamp,
+        "event_index": s.event_index,
+        "score": s.score,
+        "from": list(s.from_),
+        "to": list(s.to),
+    }
+
+
 def create_app(settings: ServiceSettings) -> FastAPI:
     """The service for `settings`: loads the model and opens the store now (errors surface here)."""
     metrics = ServiceMetrics()
@@ -305,9 +320,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     def post_events(body: EventsIn) -> EventsOut:
         """Store events (durably, all or nothing) and move the users' live states."""
-        evs = [default_event(e.user_id, e.item_id, e.timestamp, e.event_type, e.weight) for e in body.events]
-        accepted, unknown = runtime.ingest(evs)
-        return EventsOut(accepted=accepted, unknown_items=unknown)
+        done = runtime.ingest([e.to_event() for e in body.events])
+        shifts = [EventShiftOut.model_validate({"user_id": u, **_shift_json(s)}) for u, s in done.shifts]
+        return EventsOut(accepted=done.accepted, unknown_items=done.unknown_items, shifts=shifts)
 
     @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsOut, tags=["recommend"])
     async def user_recommendations(
@@ -334,11 +349,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.get("/v1/users/{user_id}", response_model=UserOut, tags=["users"])
     def get_user(user_id: UserId, limit: Annotated[int, Query(ge=1, le=10_000)] = 50) -> UserOut:
-        """The user's last `limit` events (most recent last) and short- vs long-term interests."""
+        """The user's last `limit` events (most recent last), short- vs long-term interests and
+        recent interest shifts."""
         got = runtime.user(user_id, limit)
         if got is None:
             raise HTTPException(404, f"user {user_id!r} has no events")
-        n, hist, holder, it = got
+        detail, holder = got
+        hist, it = detail.history, detail.interests
         history = [
             HistoryEventOut(item_id=i, timestamp=int(t), event_type=et, title=holder.title(i))
             for i, t, et in zip(hist.items, hist.timestamps.tolist(), hist.event_types, strict=True)
@@ -348,18 +365,28 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             short_term=InterestProfileOut(categories=it.short_term.categories, items=it.short_term.items),
             long_term=InterestProfileOut(categories=it.long_term.categories, items=it.long_term.items),
         )
-        return UserOut(user_id=user_id, n_events=n, history=history, interests=interests)
+        shifts = [ShiftOut.model_validate(_shift_json(s)) for s in detail.shifts]
+        return UserOut(
+            user_id=user_id,
+            n_events=detail.n_events,
+            history=history,
+            interests=interests,
+            last_shift=shifts[0] if shifts else None,
+            shifts=shifts,
+        )
 
     @app.get("/v1/users/{user_id}/profile", response_model=ProfileOut, tags=["users"])
     def user_profile(
         user_id: UserId, short_window: Annotated[int, Query(ge=1, le=10_000)] = 10
     ) -> ProfileOut:
         """Long- vs short-term interests of the user's stored history: tag (genre/category) shares,
-        representative titles, and the tags rising in the last `short_window` events."""
+        representative titles, the tags rising in the last `short_window` events, and the user's
+        recent interest shifts."""
         got = runtime.profile(user_id, short_window)
         if got is None:
             raise HTTPException(404, f"user {user_id!r} has no events")
         prof, holder = got
+        shifts = [ShiftOut.model_validate(_shift_json(s)) for s in runtime.shifts(user_id, holder)]
 
         def window(w: ProfileWindow) -> ProfileWindowOut:
             return ProfileWindowOut(n_events=w.n_events, tags=w.tags, items=w.items, item_ids=w.item_ids)
@@ -371,6 +398,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             shift=prof.shift,
             short_window=short_window,
             model_version=holder.version,
+            last_shift=shifts[0] if shifts else None,
+            shifts=shifts,
         )
 
     @app.delete("/v1/users/{user_id}", response_model=DeleteOut, dependencies=write, tags=["users"])

@@ -5,6 +5,12 @@ over the shared store (hot per-user states, under ``holder.lock``), the scoring 
 approximate index of the settings' precision and ANN options, titles and item vectors. It is
 never changed after it is built except through its session's hot states; a newer model version is
 a new holder (`dynrec.service.follower.VersionFollower` swaps them).
+
+The session detects interest shifts (`dynrec.online.shifts`) with the version's calibration
+(``shifts.json``, saved with it by every writer of a model version); for a version without one
+it is calibrated on the store's histories when the holder is built (a warning: processes that
+calibrate on different histories tag their users' states differently and rebuild them), and
+detection is off when that fails too (no item vectors nor categories, too few events).
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ from dynrec.jobs.provenance import from_meta
 from dynrec.models.base import Recommender
 from dynrec.models.retrieval import AnnIndex, unit_item_vectors
 from dynrec.online.session import OnlineRecommender
+from dynrec.online.shifts import ShiftCalibration, load_calibration
 from dynrec.online.store import StateStore
 from dynrec.online.store.versions import VersionRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelHolder", "dataset_items", "metadata_info", "read_info"]
+__all__ = ["ModelHolder", "dataset_items", "metadata_info", "read_info", "saved_shifts"]
 
 
 class ModelHolder:
@@ -68,12 +75,33 @@ class ModelHolder:
             cache_size=cache_size,
             persist_every=persist_every,
         )
+        self._detect_shifts()
         self.lock = threading.Lock()
         """Guards the session's hot per-user states (observe, recommend, interests, delete)."""
         self.titles: dict[str, str] = {
             i: r["title"] for i, r in self.item_info.items() if isinstance(r.get("title"), str)
         }
         self._unit: torch.Tensor | None = None
+
+    def _detect_shifts(self) -> None:
+        """Turn on the session's shift detection (see the module docstring)."""
+        vid = self.record.id
+        saved = saved_shifts(self.model_dir)
+        why = "has no shifts.json"
+        if saved is not None:
+            try:
+                self.online.detect_shifts(saved)
+                return
+            except DynrecError as exc:
+                why = f"has a shifts.json for another model ({exc})"
+        try:
+            self.online.detect_shifts()
+        except DynrecError as exc:
+            log.warning("model version %s %s: interest shifts are not detected (%s)", vid, why, exc)
+            return
+        log.warning(
+            "model version %s %s: calibrated interest-shift detection on the store's histories", vid, why
+        )
 
     @property
     def version(self) -> str:
@@ -113,6 +141,16 @@ def read_info(model_dir: str | Path) -> ItemInfo:
     except (DynrecError, OSError) as exc:
         log.warning("ignoring the item_info.json of a model version: %s", exc)
         return {}
+
+
+def saved_shifts(model_dir: str | Path) -> ShiftCalibration | None:
+    """The shift calibration saved in a model directory, best effort (None when missing; logged
+    when unreadable)."""
+    try:
+        return load_calibration(model_dir)
+    except DynrecError as exc:
+        log.warning("ignoring the shifts.json of a model version: %s", exc)
+        return None
 
 
 def dataset_items(model: Recommender) -> ItemMetadata | None:

@@ -3,9 +3,9 @@ several apps — tests, workers — never share or clash).
 
 Per route (the route *template*, e.g. ``/v1/users/{user_id}``, never the raw path): request counts
 by status and a latency histogram. Service-wide: events ingested (and how many named items the
-model does not know yet), recommendation micro-batch sizes, the loaded model (a gauge = 1 labelled
-with name and version), incremental updates, and the per-user state cache's hits and misses
-(read from the session's counters when scraped).
+model does not know yet), the interest shifts they completed, recommendation micro-batch sizes,
+the loaded model (a gauge = 1 labelled with name and version), incremental updates, and the
+per-user state cache's hits and misses (read from the session's counters when scraped).
 """
 
 from __future__ import annotations
@@ -84,6 +84,9 @@ class ServiceMetrics:
         self.pending = Gauge("dynrec_pending_update_events", "Events waiting for the next update", registry=r)
         self.fallbacks = Counter(
             "dynrec_recommend_fallbacks", "Recommendations answered by the popular fallback", registry=r
+        )
+        self.shifts = Counter(
+            "dynrec_interest_shifts", "Interest shifts completed by ingested events", registry=r
         )
 
     def watch_cache(self, stats: Callable[[], tuple[int, int]]) -> None:

@@ -8,6 +8,11 @@ expiry, so a crashed updater frees it) and trains on the store's events since th
 — ingested by any process — leaving every tombstoned user out; when the current version was trained
 with a user deleted since, the update refits from scratch so that the version it publishes is free
 of them.
+
+Every version is published with its interest-shift calibration (``shifts.json``): an update's is
+made on what the updated model learned from (`dynrec.jobs.shifts.calibrate_for` on the updater's
+memory; the parent's when that memory is unknown), item additions keep the parent's (same
+constants, more items), a reloaded directory brings its own.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from dynrec.jobs.model_root import (
     version_path,
 )
 from dynrec.jobs.provenance import PROVENANCE_KEY, ServedEvents, from_meta, target_frame
+from dynrec.jobs.shifts import calibrate_for
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemText, PartialFit
 from dynrec.online.session import model_version
@@ -43,7 +49,7 @@ from dynrec.online.store import StateStore
 from dynrec.online.store.versions import Lease, VersionRecord, VersionStore
 from dynrec.online.updater import IncrementalUpdater, UpdateReport
 from dynrec.service.follower import VersionFollower
-from dynrec.service.holder import ModelHolder, read_info
+from dynrec.service.holder import ModelHolder, read_info, saved_shifts
 from dynrec.service.metrics import ServiceMetrics
 from dynrec.text import Encoder, ItemTexts
 
@@ -194,15 +200,21 @@ class Publisher:
         report = updater.update(pending, refit=forget)
         reports.append(report)
         self._record_served(model, pending)
+        info = read_info(version_path(self.root, parent))
+        shifts = None
+        if memory is not None:
+            holder = self.holder
+            shifts = calibrate_for(model, updater.memory, holder.item_info, holder.metadata)
         return Built(
             model,
-            read_info(version_path(self.root, parent)),
+            info,
             "refit" if forget else "update",
             events_hash=events_digest(pending),
             n_events=len(pending),
             event_seq=seq,
             deletion_generation=generation,
             note=f"{report.get('method', '')}",
+            shifts=shifts if shifts is not None else saved_shifts(version_path(self.root, parent)),
         )
 
     def _record_served(self, model: Recommender, events: Sequence[Event]) -> None:
@@ -253,7 +265,8 @@ class Publisher:
                     **read_info(version_path(self.root, parent)),
                     **item_info_from_texts(texts, added.added),
                 }
-                return Built(model, info, "items", note=f"{len(added.added)} item(s) added")
+                shifts = saved_shifts(version_path(self.root, parent))
+                return Built(model, info, "items", note=f"{len(added.added)} item(s) added", shifts=shifts)
 
             rec, _ = self._publish(build)
             return done[-1], rec.id
@@ -285,7 +298,12 @@ class Publisher:
             model = Recommender.load(path)
             new, _ = self._publish(
                 lambda parent: Built(
-                    model, read_info(path), "reload", deletion_generation=0, note=f"reloaded {ref}"
+                    model,
+                    read_info(path),
+                    "reload",
+                    deletion_generation=0,
+                    note=f"reloaded {ref}",
+                    shifts=saved_shifts(path),
                 )
             )
             return new.id

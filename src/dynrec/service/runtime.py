@@ -10,8 +10,9 @@
 * `dynrec.service.privacy.TrainedWith` — the model versions still trained with a deleted user;
 * the store itself — events, per-user states, model versions, tombstones and leases.
 
-`Runtime` wires them for the routes and answers the reads: ingest, recommendations (micro-batched),
-explanations and profiles (`dynrec.service.answers`), users and items. Pending events are not kept in memory: an update trains on the
+`Runtime` wires them for the routes and answers the reads: ingest (with the interest shifts the
+events complete), recommendations (micro-batched), explanations, profiles and shifts
+(`dynrec.service.answers`), users and items. Pending events are not kept in memory: an update trains on the
 store's events after the current version's event sequence number, so events ingested by any
 process are learned by the next update wherever it runs, and none is lost on a restart.
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -54,12 +54,13 @@ from dynrec.jobs.model_root import (
 from dynrec.models.base import Recommender
 from dynrec.models.neural.quantize import quantize
 from dynrec.models.retrieval import AnnIndex, retrieve, similar_items
-from dynrec.online.interests import InterestProfile, Interests
-from dynrec.online.store import History, open_store, store_kind
+from dynrec.online.interests import InterestProfile
+from dynrec.online.shifts import Shift
+from dynrec.online.store import open_store, store_kind
 from dynrec.online.store.versions import VersionRecord, VersionStore, new_owner_id
 from dynrec.online.updater import UpdateReport
 from dynrec.service import answers
-from dynrec.service.answers import EXPLAIN_TOP
+from dynrec.service.answers import EXPLAIN_TOP, UserDetail
 from dynrec.service.batching import MicroBatcher, Pending
 from dynrec.service.follower import VersionFollower
 from dynrec.service.holder import ModelHolder, dataset_items, read_info
@@ -75,16 +76,13 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DeleteResult",
     "EXPLAIN_TOP",
+    "Ingested",
     "ModelHolder",
     "Recommended",
     "Runtime",
     "UpdateRunning",
-    "default_event",
     "serving_threads",
 ]
-
-HTTP_EVENT_TYPE = "view"
-"""Event type of an HTTP event that names none."""
 
 # ---- results ----------------------------------------------------------------------------------------
 
@@ -109,6 +107,16 @@ class _RecRequest:
     k: int
     exclude_seen: bool
     explain: bool
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What an ingest did: events accepted, those whose item the model does not know yet, and the
+    interest shifts the events completed as (user, shift), oldest first per user, sides named."""
+
+    accepted: int
+    unknown_items: int
+    shifts: list[tuple[str, Shift]]
 
 
 @dataclass(frozen=True)
@@ -259,15 +267,16 @@ class Runtime:
         self.metrics.pending.set(max(0, seq - self.holder.record.event_seq))
 
     # -- events ----------------------------------------------------------------------------------------
-    def ingest(self, events: Sequence[Event]) -> tuple[int, int]:
+    def ingest(self, events: Sequence[Event]) -> Ingested:
         """Validate `events` as a batch, append them to the store in one transaction (durable on
-        return) and advance the users' states. Returns (accepted, events with unknown items)."""
+        return) and advance the users' states (and their shift detectors)."""
         evs = validate_events(events)
         if not evs:
-            return 0, 0
+            return Ingested(0, 0, [])
         holder = self.holder
         with holder.lock:
-            holder.online.observe(evs)
+            done = holder.online.observe(evs)
+        shifts = [(u, s) for u, got in done.items() for s in answers.named_shifts(holder, got)]
         unknown = int((holder.item_vocab.lookup([e.item_id for e in evs], policy="skip") == 0).sum())
         with self._recent_lock:
             for e in evs:
@@ -277,7 +286,8 @@ class Runtime:
                 self._recent.popitem(last=False)
         self.metrics.events.inc(len(evs))
         self.metrics.unknown_items.inc(unknown)
-        return len(evs), unknown
+        self.metrics.shifts.inc(len(shifts))
+        return Ingested(len(evs), unknown, shifts)
 
     # -- recommendations ----------------------------------------------------------------------------
     def recommend(
@@ -419,20 +429,10 @@ class Runtime:
     def text_encoder(self, encoder: Encoder | None) -> None:
         self.publisher.text_encoder = encoder
 
-    # -- users -------------------------------------------------------------------------------------
+    # -- items -------------------------------------------------------------------------------------
     def search_items(self, query: str, limit: int) -> list[tuple[str, str | None]]:
-        """Catalogue items whose title or id contains `query` (case-insensitive), in catalogue
-        order; the first `limit` items when `query` is empty."""
-        holder = self.holder
-        q = query.strip().lower()
-        out: list[tuple[str, str | None]] = []
-        for item in holder.item_vocab.ids:
-            title = holder.titles.get(item)
-            if not q or q in item.lower() or (title is not None and q in title.lower()):
-                out.append((item, title))
-                if len(out) >= limit:
-                    break
-        return out
+        """See `answers.search_items`."""
+        return answers.search_items(self.holder, query, limit)
 
     # -- users -------------------------------------------------------------------------------------
     def users(self, limit: int) -> list[str]:
@@ -456,12 +456,16 @@ class Runtime:
                     seen.add(u)
         return out
 
-    def user(self, user: str, limit: int) -> tuple[int, History, ModelHolder, Interests] | None:
-        """(events appended, the last `limit` events, holder, `Interests`) or None when the store
-        holds no event of `user`."""
+    def user(self, user: str, limit: int) -> tuple[UserDetail, ModelHolder] | None:
+        """`user`'s detail (`answers.user_detail`) with the holder that answered, or None when the
+        store holds no event of `user`."""
         holder = self.holder
         got = answers.user_detail(self.store, holder, user, limit)
-        return None if got is None else (got[0], got[1], holder, got[2])
+        return None if got is None else (got, holder)
+
+    def shifts(self, user: str, holder: ModelHolder) -> list[Shift]:
+        """`user`'s recent interest shifts by `holder`'s session, newest first."""
+        return answers.user_shifts(holder, user)
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------
@@ -479,13 +483,3 @@ def serving_threads() -> int:
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     return torch.get_num_threads()
-
-
-def default_event(
-    user: str, item: str, timestamp: float | None, event_type: str | None, weight: float | None = None
-) -> Event:
-    """An `Event` from an HTTP event (timestamp default: now, UTC seconds; type default "view";
-    weight default 1)."""
-    ts = int(time.time()) if timestamp is None else int(timestamp)
-    et = event_type if event_type is not None else HTTP_EVENT_TYPE
-    return Event(user, item, ts, et, 1.0 if weight is None else float(weight))

@@ -10,6 +10,7 @@ events: ``["body", "events", INDEX, FIELD]``).
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -24,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from dynrec.data.events import MAX_TIMESTAMP
+from dynrec.data.events import MAX_TIMESTAMP, Event
 from dynrec.data.ids import MAX_ID_LENGTH, IdKind, id_problem
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "EventIn",
     "EventsIn",
     "EventsOut",
+    "EventShiftOut",
     "ExplanationOut",
     "HealthOut",
     "HistoryEventOut",
@@ -52,6 +54,7 @@ __all__ = [
     "ReloadIn",
     "ReloadOut",
     "SessionIn",
+    "ShiftOut",
     "SimilarItemOut",
     "SimilarOut",
     "UserId",
@@ -80,6 +83,9 @@ ItemId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH), id_
 
 Number = StrictInt | StrictFloat
 
+HTTP_EVENT_TYPE = "view"
+"""Event type of an HTTP event that names none."""
+
 
 class _Strict(BaseModel):
     """Unknown fields refused. (A string holding a lone surrogate never validates: pydantic
@@ -101,14 +107,44 @@ class EventIn(_Strict):
         default=None, description="event weight (default 1), stored with the event and exported as its value"
     )
 
+    def to_event(self) -> Event:
+        """The `Event` (timestamp default: now, UTC seconds, fractions truncated; type default
+        `HTTP_EVENT_TYPE`; weight default 1)."""
+        ts = int(time.time()) if self.timestamp is None else int(self.timestamp)
+        et = self.event_type if self.event_type is not None else HTTP_EVENT_TYPE
+        return Event(self.user_id, self.item_id, ts, et, 1.0 if self.weight is None else float(self.weight))
+
 
 class EventsIn(_Strict):
     events: list[EventIn]
 
 
+class ShiftOut(BaseModel):
+    """One detected shift of a user's interests (`dynrec.online.shifts`)."""
+
+    when: int = Field(description="timestamp of the event after which the shift was flagged")
+    event_index: int = Field(
+        description="0-based position of that event among the user's events whose item the model knows"
+    )
+    score: float = Field(description="cosine distance between the interests before and after")
+    from_: list[str] = Field(
+        alias="from", description="what the interests moved from: categories, or representative titles"
+    )
+    to: list[str] = Field(description="what they moved to: categories, or representative titles")
+
+
+class EventShiftOut(ShiftOut):
+    """A shift that an event of the request completed."""
+
+    user_id: str
+
+
 class EventsOut(BaseModel):
     accepted: int
     unknown_items: int = Field(description="events whose item the loaded model does not know yet")
+    shifts: list[EventShiftOut] = Field(
+        default_factory=list, description="interest shifts these events completed, in event order per user"
+    )
 
 
 class ExplanationOut(BaseModel):
@@ -160,6 +196,8 @@ class UserOut(BaseModel):
     n_events: int
     history: list[HistoryEventOut]
     interests: InterestsOut
+    last_shift: ShiftOut | None = Field(description="the user's latest interest shift (null: none)")
+    shifts: list[ShiftOut] = Field(description="recent interest shifts, newest first")
 
 
 class UsersOut(BaseModel):
@@ -276,3 +314,5 @@ class ProfileOut(BaseModel):
     )
     short_window: int
     model_version: str
+    last_shift: ShiftOut | None = Field(description="the user's latest interest shift (null: none)")
+    shifts: list[ShiftOut] = Field(description="recent interest shifts, newest first")

@@ -227,7 +227,12 @@
     );
   }
 
-  function renderInterests(interests) {
+  function sides(shift) {
+    const side = (names) => (names && names.length ? names.join(", ") : "?");
+    return `${side(shift.from)} → ${side(shift.to)}`;
+  }
+
+  function renderInterests(interests, lastShift) {
     const box = $("interests");
     if (!interests) {
       box.replaceChildren(el("p", { class: "note", text: "No interests yet: this user has no events." }));
@@ -241,7 +246,21 @@
         profile("Short term (latest events)", "interests-short", interests.short_term),
         profile("Long term (whole history)", "interests-long", interests.long_term),
       ),
+      lastShift
+        ? el("p", {
+            class: "hint",
+            "data-testid": "last-shift",
+            text: `Last interest shift: ${sides(lastShift)} (${when(lastShift.when)})`,
+          })
+        : null,
     );
+  }
+
+  // The shift a click completed: shown until the next click or another user.
+  function showShift(shift) {
+    const box = $("shift-note");
+    box.textContent = shift ? `Interests shifted: ${sides(shift)}` : "";
+    box.hidden = !shift;
   }
 
   function plural(n, word) {
@@ -285,7 +304,7 @@
         if (user.status === "fulfilled") {
           const u = user.value;
           renderHistory(u ? u.history : [], u ? u.n_events : 0);
-          renderInterests(u ? u.interests : null);
+          renderInterests(u ? u.interests : null, u ? u.last_shift : null);
         } else showError(user.reason.message);
         if (res.status === "fulfilled") renderRecs(res.value);
         else showError(res.reason.message);
@@ -337,6 +356,8 @@
       if (res && res.unknown_items) {
         showError(`Item ${itemId} is not in the model's catalogue: the event is stored but cannot change scores.`);
       }
+      const shifted = ((res && res.shifts) || []).filter((s) => s.user_id === state.userId);
+      showShift(shifted.length ? shifted[shifted.length - 1] : null);
     } catch (e) {
       showError(e.message);
       return;
@@ -351,6 +372,7 @@
       return;
     }
     clearErrors();
+    showShift(null);
     state.mode = "user";
     state.userId = userId;
     $("user-id").value = userId;
@@ -362,6 +384,7 @@
 
   function startAnonymous() {
     clearErrors();
+    showShift(null);
     state.mode = "anon";
     state.userId = null;
     state.anonHistory = [];
