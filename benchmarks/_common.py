@@ -51,12 +51,25 @@ QUESTIONS = (
 Record = dict[str, Any]
 
 
+BF16_FLAGS = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16"}
+"""CPU flags (``/proc/cpuinfo``) that decide whether ``amp=auto`` trains in bfloat16, so that two
+machines reporting the same model name but training differently are told apart."""
+
+
 def cpu_name() -> str:
-    """The CPU model as the OS reports it (``/proc/cpuinfo`` on Linux)."""
+    """The CPU model as the OS reports it (``/proc/cpuinfo`` on Linux), with its bfloat16 units
+    when it has any (e.g. ``AMD EPYC with AVX512-BF16``): they change what a bf16-capable model
+    trains, hence its numbers."""
     with contextlib.suppress(OSError):
+        name, flags = "", set()
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+        if name:
+            units = [label for flag, label in BF16_FLAGS.items() if flag in flags]
+            return name + (f" with {', '.join(units)}" if units else "")
     return platform.processor() or platform.machine()
 
 
