@@ -10,7 +10,7 @@ $(BIN)/dynrec: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,text,ann]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[all,dev]'
 	touch $(BIN)/dynrec
 
 venv: $(BIN)/dynrec

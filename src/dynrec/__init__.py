@@ -40,12 +40,12 @@ if TYPE_CHECKING:
     from dynrec.online import IncrementalUpdater as IncrementalUpdater
     from dynrec.online import InMemoryStore as InMemoryStore
     from dynrec.online import OnlineRecommender as OnlineRecommender
-    from dynrec.online import RedisClusterStore as RedisClusterStore
-    from dynrec.online import RedisStore as RedisStore
     from dynrec.online import SQLiteStore as SQLiteStore
     from dynrec.online import StateStore as StateStore
     from dynrec.online import UpdateConfig as UpdateConfig
     from dynrec.online import open_store as open_store
+    from dynrec.online.store.redis import RedisStore as RedisStore
+    from dynrec.online.store.redis_cluster import RedisClusterStore as RedisClusterStore
 
     load = load_model  # an assignment, not `import ... as load`: re-exported without a literal __all__
 
@@ -67,8 +67,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "StateStore": ("dynrec.online", "StateStore"),
     "InMemoryStore": ("dynrec.online", "InMemoryStore"),
     "SQLiteStore": ("dynrec.online", "SQLiteStore"),
-    "RedisStore": ("dynrec.online", "RedisStore"),
-    "RedisClusterStore": ("dynrec.online", "RedisClusterStore"),
+    "RedisStore": ("dynrec.online.store.redis", "RedisStore"),  # the redis extra
+    "RedisClusterStore": ("dynrec.online.store.redis_cluster", "RedisClusterStore"),
     "open_store": ("dynrec.online", "open_store"),
     "IncrementalUpdater": ("dynrec.online", "IncrementalUpdater"),
     "UpdateConfig": ("dynrec.online", "UpdateConfig"),

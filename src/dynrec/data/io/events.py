@@ -38,7 +38,7 @@ from dynrec.data.io.columns import ColumnMap, auto_columns, check_event_types, s
 from dynrec.data.io.duplicates import Duplicates, apply_duplicates, require_events
 from dynrec.data.io.formats import Format, detect_format
 from dynrec.data.io.readers import read_headerless, read_jsonl, read_line_file, read_recbole, read_with_header
-from dynrec.errors import DataError
+from dynrec.errors import DataError, requires_extra
 
 
 def read_events(
@@ -144,10 +144,14 @@ def from_dataframe(
 def _from_pandas(df: Any, cm: ColumnMap, source: str) -> pl.DataFrame:
     try:
         import pandas as pd
-    except ImportError as exc:  # pragma: no cover - pandas is a dependency
-        raise DataError("expected a Polars or pandas DataFrame", source=source) from exc
+    except ImportError:  # no pandas here: `df` is not a pandas frame either
+        raise DataError(
+            f"expected a Polars or pandas DataFrame, got {type(df).__name__}", source=source
+        ) from None
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"expected a Polars or pandas DataFrame, got {type(df).__name__}", source=source)
+    with requires_extra("pandas", "reading a pandas DataFrame"):
+        import pyarrow  # noqa: F401  (pl.from_pandas converts string and nullable columns through Arrow)
     wanted = cm.wanted()
     missing = [c for c in wanted if c not in df.columns]
     if missing:

@@ -1,7 +1,9 @@
 """Where per-user histories, cached model states and model versions live, one file a room:
 `protocol` (`StateStore`, `UserStamp`, `CachedState`, `History`, state encoding), `versions`
 (`VersionStore` and its records), `memory` (`InMemoryStore`), `sqlite` (`SQLiteStore`), `redis`
-(`RedisStore`) and `redis_cluster` (`RedisClusterStore`); this module opens one by URL.
+(`RedisStore`) and `redis_cluster` (`RedisClusterStore`); this module opens one by URL. The two Redis
+stores need the ``redis`` extra and are imported only when a Redis URL is opened (import them from
+their modules); without the extra, opening one is a `MissingExtraError` naming it.
 
 Open a `StateStore` by URL (what ``dynrec serve --store`` and ``dynrec store export --store`` take).
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 import sqlite3
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from dynrec.errors import DynrecError
+from dynrec.errors import DynrecError, MissingExtraError
 from dynrec.online.store.memory import InMemoryStore
 from dynrec.online.store.protocol import (
     CachedState,
@@ -38,9 +40,8 @@ from dynrec.online.store.protocol import (
     decode_state,
     encode_state,
 )
-from dynrec.online.store.redis import RedisStore, redact_url
-from dynrec.online.store.redis_cluster import CLUSTER_SCHEMES, RedisClusterStore
 from dynrec.online.store.sqlite import SQLiteStore
+from dynrec.online.store.urls import CLUSTER_SCHEMES, redact_url
 from dynrec.online.store.versions import Lease, Tombstone, VersionRecord, VersionStore
 
 __all__ = [
@@ -49,8 +50,6 @@ __all__ = [
     "History",
     "InMemoryStore",
     "Lease",
-    "RedisClusterStore",
-    "RedisStore",
     "SQLiteStore",
     "StateStore",
     "Tombstone",
@@ -60,6 +59,7 @@ __all__ = [
     "decode_state",
     "encode_state",
     "open_store",
+    "redact_url",
     "store_kind",
 ]
 
@@ -124,7 +124,10 @@ def open_store(url: str) -> StateStore:
         except sqlite3.Error as exc:  # e.g. "file is not a database": name the file
             raise DynrecError(f"cannot open state store {path}: {exc}") from None
     # redis, rediss, unix and the cluster schemes: redis-py parses the URL; only our own option
-    # is taken out
+    # is taken out. Imported here: the redis extra is needed only by who opens a Redis store.
+    from dynrec.online.store.redis import RedisStore
+    from dynrec.online.store.redis_cluster import RedisClusterStore
+
     cls = RedisClusterStore if scheme in CLUSTER_SCHEMES else RedisStore
     query = parse_qsl(parts.query, keep_blank_values=True)
     prefixes = [value for key, value in query if key == "prefix"]
@@ -141,10 +144,15 @@ def store_kind(store: StateStore) -> str:
     opens; another implementation's class name, lower-cased."""
     if isinstance(store, SQLiteStore):
         return "sqlite"
+    if isinstance(store, InMemoryStore):
+        return "memory"
+    try:  # without the redis extra no store is a Redis store
+        from dynrec.online.store.redis import RedisStore
+        from dynrec.online.store.redis_cluster import RedisClusterStore
+    except MissingExtraError:
+        return type(store).__name__.lower()
     if isinstance(store, RedisClusterStore):
         return "redis-cluster"
     if isinstance(store, RedisStore):
         return "redis"
-    if isinstance(store, InMemoryStore):
-        return "memory"
     return type(store).__name__.lower()

@@ -69,14 +69,9 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
-
-import redis
-from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException
 
 from dynrec.data.events import Event, validate_events
-from dynrec.errors import DynrecError
+from dynrec.errors import DynrecError, requires_extra
 from dynrec.online.store.protocol import (
     Appended,
     CachedState,
@@ -101,7 +96,13 @@ from dynrec.online.store.redis_scripts import (
     _json,
     _seq_events,
 )
+from dynrec.online.store.urls import redact_url
 from dynrec.online.store.versions import Lease, Tombstone, VersionRecord
+
+with requires_extra("redis", "a Redis state store"):
+    import redis
+    from redis.cluster import RedisCluster
+    from redis.exceptions import RedisClusterException
 
 log = logging.getLogger(__name__)
 
@@ -114,20 +115,6 @@ _PAGE = 1000  # journal entries (batches) per round trip of events_since
 
 class RedisStoreError(DynrecError):
     """The Redis server could not be reached or refused a command."""
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password replaced by ``***`` (for messages and logs)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    netloc = (parts.username or "") + ":***@" + (parts.hostname or "")
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _check_prefix(prefix: object) -> None:

@@ -70,12 +70,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, cast
 
-from redis.cluster import RedisCluster
-from redis.commands.core import Script
-from redis.exceptions import RedisClusterException
-
 from dynrec.data.events import Event, validate_events
-from dynrec.errors import DynrecError
+from dynrec.errors import DynrecError, requires_extra
 from dynrec.online.store.protocol import EVENT_ID_WINDOW, Appended, UserStamp, repeated_in_batch
 from dynrec.online.store.redis import (
     DEFAULT_PREFIX,
@@ -83,7 +79,6 @@ from dynrec.online.store.redis import (
     RedisStoreError,
     _check_prefix,
     _int,
-    redact_url,
 )
 from dynrec.online.store.redis_scripts import (
     _PUSH_CHUNK,
@@ -93,10 +88,15 @@ from dynrec.online.store.redis_scripts import (
     _history,
     _json,
 )
+from dynrec.online.store.urls import CLUSTER_SCHEMES, redact_url
+
+with requires_extra("redis", "a Redis state store"):
+    from redis.cluster import RedisCluster
+    from redis.commands.core import Script
+    from redis.exceptions import RedisClusterException
 
 __all__ = ["CLUSTER_SCHEMES", "RedisClusterStore"]
 
-CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 FLOOR_TTL_MS = 86_400_000
 """How long a deleted user's ``floor`` is kept: longer than any append takes between its steps."""
 
