@@ -254,3 +254,21 @@ except MissingExtraError as exc:
     proc = run_without(("pyarrow",), body, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == missing_extra("reading a pandas DataFrame", "pandas", "pyarrow")
+
+
+def test_store_seed_and_replay_plot_without_extras(events_csv: Path, tmp_path: Path) -> None:
+    """A SQLite store needs no extra; `replay --plot` says it needs 'plots' before replaying."""
+    model = tmp_path / "m"
+    train = cli_without(
+        EXTRA_PACKAGES, "train", "itemknn", "--dataset", str(events_csv), "--out", str(model), cwd=tmp_path
+    )
+    assert train.returncode == 0, train.stderr
+    db = f"sqlite:///{tmp_path / 'state.db'}"
+    seeded = cli_without(EXTRA_PACKAGES, "store", "seed", str(model), "--store", db, cwd=tmp_path)
+    assert seeded.returncode == 0, seeded.stderr
+    args = ("replay", str(model), "--dataset", str(events_csv), "--plot", str(tmp_path / "p.png"))
+    proc = cli_without(EXTRA_PACKAGES, *args, cwd=tmp_path)
+    assert one_error_line(proc) == "error: " + missing_extra(
+        "plotting (replay --plot)", "plots", "matplotlib"
+    )
+    assert not (tmp_path / "p.png").exists()

@@ -39,8 +39,7 @@ def store_seed(
     `serve --store` takes), so an OnlineRecommender over the store starts where `dynrec recommend
     --user` is."""
     from dynrec.jobs.recommend import seed_store
-    from dynrec.online.store import open_store
-    from dynrec.online.store.redis import redact_url
+    from dynrec.online.store import open_store, redact_url
 
     url = store if "://" in store else f"sqlite:///{store}"  # a bare path: SQLite
     st = open_store(url)

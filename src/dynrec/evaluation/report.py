@@ -12,7 +12,13 @@ from typing import Any
 
 from dynrec.errors import requires_extra
 
-__all__ = ["markdown_table", "plot_windows"]
+__all__ = ["markdown_table", "plot_windows", "require_plots"]
+
+
+def require_plots() -> None:
+    """`MissingExtraError` now when the 'plots' extra is missing (before a long run that plots)."""
+    with requires_extra("plots", "plotting (replay --plot)"):
+        import matplotlib  # noqa: F401
 
 
 def plot_windows(

@@ -14,6 +14,7 @@ from typing import Any
 from dynrec.data import registry
 from dynrec.data.dataset import InteractionData
 from dynrec.errors import DynrecError
+from dynrec.evaluation.report import plot_windows, require_plots
 from dynrec.jobs.model_root import save_model_dir
 from dynrec.jobs.provenance import Lineage, from_meta
 from dynrec.jobs.train import FIT_SECONDS
@@ -171,6 +172,8 @@ def run_replay(
     for m in modes:
         if m not in MODES:
             raise DynrecError(f"mode must be one of {', '.join(MODES)}, got {m!r}")
+    if plot is not None:
+        require_plots()  # say so before the replay, not after it
     ds_path = Path(dataset)
     oracle = None
     if ds_path.is_dir() and (ds_path / "events.csv").exists():
@@ -215,8 +218,6 @@ def run_replay(
             rows.append(ReplayRow(result, k, o_hr))
     run = ReplayRun(tuple(rows))
     if plot is not None:
-        from dynrec.evaluation.report import plot_windows
-
         plot_windows(
             [r.to_json() for r in run.rows],
             Path(plot),
