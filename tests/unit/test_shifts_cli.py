@@ -15,11 +15,14 @@ from typer.testing import CliRunner
 from dynrec import jobs
 from dynrec.cli.main import app
 from dynrec.data.events import Event
+from dynrec.jobs.catalogue import add_items
 from dynrec.jobs.recommend import seed_store
+from dynrec.models import registry
 from dynrec.models.base import Recommender
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.shifts import SHIFT_FILE, load_calibration
+from dynrec.online.shifts import SHIFT_FILE, ShiftCalibration, load_calibration, save_calibration
 from dynrec.online.store import InMemoryStore
+from tests.unit.test_items_jobs import ToyEncoder, write_events, write_items
 
 runner = CliRunner()
 
@@ -146,6 +149,24 @@ def test_resume_rewrites_the_calibration(models: dict[str, Path], tmp_path: Path
     before, after = load_calibration(models["als"]), load_calibration(out)
     assert before is not None and after is not None
     assert after.n_events == before.n_events + 5 * (12 - after.config.warmup)  # the new users' events too
+
+
+def test_items_added_in_place_keep_the_calibration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(registry.MODELS, "toytext", "tests.unit.test_items_jobs:ToyText")
+    out, enc = tmp_path / "m", ToyEncoder()
+    jobs.train(
+        "toytext",
+        jobs.prepare(str(write_events(tmp_path))),
+        out=out,
+        items=write_items(tmp_path),
+        encoder=enc,
+    )
+    cal = ShiftCalibration(0.5, 1.0, 0.2, 0.8, 100, "item vectors")
+    save_calibration(out, cal)
+    new = tmp_path / "new.csv"
+    new.write_text("item_id,title,tags,text\nx1,Rocket,scifi,space space space\n")
+    assert add_items(out, new, encoder=enc).added == ("x1",)
+    assert load_calibration(out) == cal  # same constants for the grown catalogue
 
 
 # ---- dynrec shifts ----------------------------------------------------------------------------------

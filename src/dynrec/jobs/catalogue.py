@@ -24,6 +24,7 @@ from dynrec.jobs.items import (
     reads_item_text,
 )
 from dynrec.jobs.model_root import Built, open_version, publish, save_model_dir, version_path
+from dynrec.jobs.shifts import saved_calibration
 from dynrec.models.base import Recommender
 from dynrec.online.store import open_store
 from dynrec.online.store.versions import VersionRecord
@@ -109,7 +110,7 @@ def add_items(
         if done.added:
             info = read_item_info(model_dir)
             info.update(item_info_from_texts(texts, done.added))
-            save_model_dir(model, model_dir, info)
+            save_model_dir(model, model_dir, info, saved_calibration(model_dir))  # same constants
         results.append((model, done))
         encoders.append(enc)
     else:
@@ -129,7 +130,11 @@ def add_items(
                 info = read_item_info(version_path(model_dir, parent))
                 info.update(item_info_from_texts(texts, done.added))
                 return Built(
-                    model, info, "items", note=f"{len(done.added)} item(s) added by `dynrec items add`"
+                    model,
+                    info,
+                    "items",
+                    note=f"{len(done.added)} item(s) added by `dynrec items add`",
+                    shifts=saved_calibration(version_path(model_dir, parent)),
                 )
 
             rec, _ = publish(store, model_dir, build)

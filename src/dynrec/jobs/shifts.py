@@ -4,7 +4,8 @@
 learned from (each user's item indices in time order). Every writer of a model directory passes it
 to `dynrec.jobs.model_root` (``save_model_dir`` / ``write_version_dir``), which saves it as
 ``shifts.json`` (`dynrec.online.shifts.save_calibration`) next to the weights, so every process
-serving the version detects shifts with the same constants. `shift_names` names a shift's sides
+serving the version detects shifts with the same constants; a writer that keeps the model's
+vectors' meaning (items added) carries the saved one over (`saved_calibration`). `shift_names` names a shift's sides
 for people (categories, or item titles). ``dynrec shifts`` is `dynrec.jobs.shift_replay`.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -22,11 +24,11 @@ from dynrec.errors import DynrecError
 from dynrec.models.base import Recommender
 from dynrec.online.interests import ItemInfo, item_categories
 from dynrec.online.shift_state import build_detector
-from dynrec.online.shifts import ShiftCalibration, ShiftDetector
+from dynrec.online.shifts import ShiftCalibration, ShiftDetector, load_calibration
 
 log = logging.getLogger(__name__)
 
-__all__ = ["calibrate_for", "shift_names", "training_sequences"]
+__all__ = ["calibrate_for", "saved_calibration", "shift_names", "training_sequences"]
 
 IntArray = npt.NDArray[np.int64]
 
@@ -70,3 +72,13 @@ def shift_names(detector: ShiftDetector, names: Sequence[str], item_info: ItemIn
         title = item_info.get(n, {}).get("title")
         out.append(title if isinstance(title, str) and title else n)
     return out
+
+
+def saved_calibration(model_dir: str | Path) -> ShiftCalibration | None:
+    """The calibration saved in a model directory (``shifts.json``), best effort: None when there
+    is none, and (logged) when it is unreadable."""
+    try:
+        return load_calibration(model_dir)
+    except DynrecError as exc:
+        log.warning("ignoring the shifts.json of %s: %s", Path(model_dir).name, exc)
+        return None

@@ -27,16 +27,16 @@ from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError
 from dynrec.jobs.items import ItemInfo, read_item_info
 from dynrec.jobs.provenance import from_meta
+from dynrec.jobs.shifts import saved_calibration
 from dynrec.models.base import Recommender
 from dynrec.models.retrieval import AnnIndex, unit_item_vectors
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.shifts import ShiftCalibration, load_calibration
 from dynrec.online.store import StateStore
 from dynrec.online.store.versions import VersionRecord
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ModelHolder", "dataset_items", "metadata_info", "read_info", "saved_shifts"]
+__all__ = ["ModelHolder", "dataset_items", "metadata_info", "read_info"]
 
 
 class ModelHolder:
@@ -86,7 +86,7 @@ class ModelHolder:
     def _detect_shifts(self) -> None:
         """Turn on the session's shift detection (see the module docstring)."""
         vid = self.record.id
-        saved = saved_shifts(self.model_dir)
+        saved = saved_calibration(self.model_dir)
         why = "has no shifts.json"
         if saved is not None:
             try:
@@ -141,16 +141,6 @@ def read_info(model_dir: str | Path) -> ItemInfo:
     except (DynrecError, OSError) as exc:
         log.warning("ignoring the item_info.json of a model version: %s", exc)
         return {}
-
-
-def saved_shifts(model_dir: str | Path) -> ShiftCalibration | None:
-    """The shift calibration saved in a model directory, best effort (None when missing; logged
-    when unreadable)."""
-    try:
-        return load_calibration(model_dir)
-    except DynrecError as exc:
-        log.warning("ignoring the shifts.json of a model version: %s", exc)
-        return None
 
 
 def dataset_items(model: Recommender) -> ItemMetadata | None:

@@ -41,7 +41,7 @@ from dynrec.jobs.model_root import (
     version_path,
 )
 from dynrec.jobs.provenance import PROVENANCE_KEY, ServedEvents, from_meta, target_frame
-from dynrec.jobs.shifts import calibrate_for
+from dynrec.jobs.shifts import calibrate_for, saved_calibration
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemText, PartialFit
 from dynrec.online.session import model_version
@@ -49,7 +49,7 @@ from dynrec.online.store import StateStore
 from dynrec.online.store.versions import Lease, VersionRecord, VersionStore
 from dynrec.online.updater import IncrementalUpdater, UpdateReport
 from dynrec.service.follower import VersionFollower
-from dynrec.service.holder import ModelHolder, read_info, saved_shifts
+from dynrec.service.holder import ModelHolder, read_info
 from dynrec.service.metrics import ServiceMetrics
 from dynrec.text import Encoder, ItemTexts
 
@@ -214,7 +214,7 @@ class Publisher:
             event_seq=seq,
             deletion_generation=generation,
             note=f"{report.get('method', '')}",
-            shifts=shifts if shifts is not None else saved_shifts(version_path(self.root, parent)),
+            shifts=shifts if shifts is not None else saved_calibration(version_path(self.root, parent)),
         )
 
     def _record_served(self, model: Recommender, events: Sequence[Event]) -> None:
@@ -265,7 +265,7 @@ class Publisher:
                     **read_info(version_path(self.root, parent)),
                     **item_info_from_texts(texts, added.added),
                 }
-                shifts = saved_shifts(version_path(self.root, parent))
+                shifts = saved_calibration(version_path(self.root, parent))
                 return Built(model, info, "items", note=f"{len(added.added)} item(s) added", shifts=shifts)
 
             rec, _ = self._publish(build)
@@ -303,7 +303,7 @@ class Publisher:
                     "reload",
                     deletion_generation=0,
                     note=f"reloaded {ref}",
-                    shifts=saved_shifts(path),
+                    shifts=saved_calibration(path),
                 )
             )
             return new.id
