@@ -12,7 +12,6 @@ import polars as pl
 from dynrec.data.events import EventLog, validate_frame
 from dynrec.errors import DataError
 
-VALUE_COLUMNS = ("rating", "value")  # read as the event value when no mapping is given
 _ISO_DATE = r"^\s*\d{4}-\d\d-\d\d"
 _ISO_FORMATS_TZ = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z")
 _ISO_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d")
@@ -88,11 +87,75 @@ def parse_columns(spec: str) -> ColumnMap:
     return ColumnMap(**values)  # type: ignore[arg-type]
 
 
+# role -> header names recognised for it without a mapping, compared case-insensitively
+ALIASES: dict[str, tuple[str, ...]] = {
+    "user": ("user_id", "user", "userid", "uid"),
+    "item": ("item_id", "item", "itemid", "movieid", "iid", "productid", "asin"),
+    "time": ("timestamp", "time", "ts", "datetime"),
+    "rating": ("rating", "score"),
+    "type": ("event_type", "event", "type"),
+}
+VALUE_FALLBACK = "value"  # the event value when no rating alias is present
+
+
+def _matches(available: list[str], role: str) -> list[str]:
+    names = ALIASES[role]
+    return [c for c in available if c.strip().lower() in names]
+
+
+def _fix(found: dict[str, str], available: list[str]) -> str:
+    """The ``--columns`` spec naming user, item and time: the columns recognised for them, the
+    header's other columns in order for the rest (a guess the user checks), else a placeholder."""
+    spare = iter(c for c in available if c not in found.values())
+    parts = []
+    for role in ("user", "item", "time"):
+        col = found.get(role) or next(spare, None)
+        parts.append(f"{role}={col if col is not None else role.upper() + '_COLUMN'}")
+    return ",".join(parts)
+
+
 def auto_columns(available: list[str]) -> ColumnMap:
-    """The mapping used when none is given: defaults plus a value and event type column if present."""
+    """The mapping used when none is given, from the header's names: each role's column found by
+    the names in `ALIASES` (case-insensitive; ISO time strings are parsed later), ``value`` as the
+    event value when no rating column is present.
+
+    A user, item or time column that is not recognised, or a role two columns claim, is a
+    `DataError` naming the header and the ``--columns`` spec that fixes it (``time=`` empty when the
+    rows are in time order and there is no time column).
+    """
+    found: dict[str, str] = {}
+    for role in ALIASES:
+        hits = _matches(available, role)
+        if len(hits) > 1:
+            raise DataError(
+                f"columns {hits[0]!r} and {hits[1]!r} both look like the {role} column (header: {available}); "
+                f"choose one with --columns {role}={hits[0]} (or {role}={hits[1]})",
+                field=hits[0],
+            )
+        if hits:
+            found[role] = hits[0]
+    missing = [role for role in ("user", "item", "time") if role not in found]
+    if missing:
+        spec = _fix(found, available)
+        known = "; ".join(f"{role}: {', '.join(ALIASES[role])}" for role in missing)
+        no_time = (
+            " (or time= with an empty name when the rows are in time order)" if "time" in missing else ""
+        )
+        raise DataError(
+            f"no {' / '.join(missing)} column recognised in the header {available} (recognised names, any case: "
+            f"{known}); name the columns with --columns {spec}{no_time} "
+            f'(Python: read_events(path, columns=parse_columns("{spec}")))',
+            field=missing[0],
+        )
+    value = found.get("rating")
+    if value is None and VALUE_FALLBACK in available:
+        value = VALUE_FALLBACK
     return ColumnMap(
-        value=next((c for c in VALUE_COLUMNS if c in available), None),
-        event_type="event_type" if "event_type" in available else None,
+        user=found["user"],
+        item=found["item"],
+        timestamp=found["time"],
+        value=value,
+        event_type=found.get("type"),
     )
 
 
@@ -179,8 +242,8 @@ def validated(
 
 
 __all__ = [
+    "ALIASES",
     "COLUMN_KEYS",
-    "VALUE_COLUMNS",
     "ColumnMap",
     "auto_columns",
     "check_event_types",

@@ -17,8 +17,12 @@ Timestamps: integers are seconds; fractional seconds are truncated; ISO-8601 str
 without an offset; naive ones are taken as UTC) and datetime columns are converted to epoch seconds.
 
 Columns: `ColumnMap` (or `parse_columns("user=u,item=i,time=t,rating=r,type=e")`). Without a
-mapping the columns are ``user_id``, ``item_id``, ``timestamp``, plus ``rating`` (else ``value``) as
-the event value and ``event_type`` when the source has them.
+mapping they are found by common names, case-insensitively (`dynrec.data.io.columns.ALIASES`): user
+``user_id``/``user``/``userId``/``uid``, item ``item_id``/``item``/``itemId``/``movieId``/``iid``/
+``productId``/``asin``, time ``timestamp``/``time``/``ts``/``datetime``, plus ``rating``/``score``
+(else ``value``) as the event value and ``event_type``/``event``/``type`` when the source has them.
+A header without a recognised user, item or time column, or with two columns for one role, is a
+`DataError` naming the header and the ``--columns`` spec that fixes it.
 
 Duplicates: rows equal on user, item, timestamp, event type and value are *exact duplicates*.
 `read_events` reports them (count and first lines) and by default drops the later copies
@@ -126,7 +130,7 @@ def from_dataframe(
 
     Datetime/date columns become epoch seconds (naive = UTC); float id columns holding whole
     numbers (pandas ints with missing values) become ``"1"``, not ``"1.0"``. Without `columns`,
-    a ``rating`` (else ``value``) column is the event value and ``event_type`` the event type.
+    the columns are found by their names as for files (see the module docstring).
     Exact duplicates are kept by default here (in-memory data is the caller's own; see
     `dynrec.preprocessing.filters.dedup`); an empty result is returned, not an error.
     """
