@@ -18,16 +18,20 @@ from dynrec.data import registry
 from dynrec.data.registry import ChecksumError, Download, DownloadError, fetch, load, load_items, resolve
 from dynrec.errors import DataError, DatasetNotFoundError
 
+REAL_CHECKOUT_DATA_DIR = registry.checkout_data_dir  # before the fixture replaces it
 U_DATA = "1\t10\t5\t100\n1\t20\t3\t101\n2\t10\t4\t102\n"
 U_ITEM = "10|Ten (1995)|01-Jan-1995||u|" + "|".join(["0"] * 18 + ["1"]) + "\n"
 
 
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No real data, cache or network: every test starts with empty search dirs."""
+    """No real data, cache or network: every test starts with empty search dirs (the checkout's
+    shared/data is tmp_path/shared, absent until a test makes it)."""
     monkeypatch.setenv("DYNREC_DATA_DIR", str(tmp_path / "env"))
     monkeypatch.setenv("DYNREC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("DYNREC_OFFLINE", "1")
+    shared = tmp_path / "shared"
+    monkeypatch.setattr(registry, "checkout_data_dir", lambda: shared if shared.is_dir() else None)
     return tmp_path
 
 
@@ -97,6 +101,32 @@ def test_resolution_order_explicit_then_env_then_cache(isolated_dirs: Path) -> N
     assert resolve("ml-100k")[1] == isolated_dirs / "cache/ml-100k/u.data"
 
 
+def test_shared_data_next_to_the_checkout_comes_after_the_env_and_before_the_cache(
+    isolated_dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for d in ("shared", "cache"):
+        (isolated_dirs / d / "ml-100k").mkdir(parents=True)
+        (isolated_dirs / d / "ml-100k" / "u.data").write_text(U_DATA)
+    assert [label for label, _ in registry.search_places("x")] == [
+        "--data-dir",
+        "DYNREC_DATA_DIR",
+        "shared/data next to the checkout",
+        "cache",
+    ]
+    assert resolve("ml-100k")[1] == isolated_dirs / "shared/ml-100k/u.data"
+    monkeypatch.delenv("DYNREC_DATA_DIR")  # outside make: found in the same place
+    assert resolve("ml-100k")[1] == isolated_dirs / "shared/ml-100k/u.data"
+    monkeypatch.setenv("DYNREC_DATA_DIR", str(isolated_dirs / "shared"))  # inside make: searched once
+    assert registry.search_dirs() == [isolated_dirs / "shared", isolated_dirs / "cache"]
+
+
+def test_the_checkout_dir_is_shared_data_next_to_this_repository() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    shared = repo.parent / "shared" / "data"
+    from_checkout = Path(registry.__file__).resolve().parents[3] == repo  # else an installed package
+    assert REAL_CHECKOUT_DATA_DIR() == (shared if from_checkout and shared.is_dir() else None)
+
+
 def test_file_directly_in_data_dir_and_second_candidate(isolated_dirs: Path) -> None:
     d = isolated_dirs / "flat"
     d.mkdir()
@@ -117,12 +147,22 @@ def test_load_by_path_and_unknown_names(isolated_dirs: Path) -> None:
         load(str(isolated_dirs / "missing.csv"))
 
 
-def test_offline_not_found_says_how_to_point_at_a_copy() -> None:
+def test_offline_not_found_says_how_to_point_at_a_copy(isolated_dirs: Path) -> None:
+    (isolated_dirs / "shared").mkdir()
     with pytest.raises(DatasetNotFoundError) as err:
-        load("ml-100k")
+        load("ml-100k", isolated_dirs / "explicit")
     msg = str(err.value)
     assert "DYNREC_DATA_DIR" in msg and "--data-dir" in msg and "file path" in msg
     assert "ml-100k/u.data" in msg and "offline" in msg
+    looked = (
+        f"looked for u.data or ml-100k.inter in --data-dir {isolated_dirs}/explicit/ml-100k (and "
+        f"{isolated_dirs}/explicit); DYNREC_DATA_DIR {isolated_dirs}/env/ml-100k (and {isolated_dirs}/env); "
+        f"shared/data next to the checkout {isolated_dirs}/shared/ml-100k (and {isolated_dirs}/shared); "
+        f"cache {isolated_dirs}/cache/ml-100k (and {isolated_dirs}/cache)."
+    )
+    assert looked in msg
+    assert "publisher serves it (https://files.grouplens.org/datasets/movielens/ml-100k.zip)" in msg
+    assert "without it dynrec downloads it into the cache" in msg
 
 
 def test_ml_1m_is_offline_only_and_explains_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -243,3 +283,27 @@ def test_ml_1m_items_rekeyed_to_sasrec_ids(isolated_dirs: Path) -> None:
     assert load_items("ml-1m-full").title("5") == "X"
     with pytest.raises(DatasetNotFoundError, match="no item metadata"):
         load_items("yelp")
+
+
+def test_cli_finds_data_outside_make_and_says_where_it_looked(
+    isolated_dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from dynrec.cli.main import app
+
+    runner = CliRunner()
+    monkeypatch.delenv("DYNREC_DATA_DIR")
+    (isolated_dirs / "shared").mkdir()
+    r = runner.invoke(app, ["data", "stats", "ml-100k", "--json"])
+    assert r.exit_code == 1
+    assert (
+        f"looked for u.data or ml-100k.inter in shared/data next to the checkout {isolated_dirs}/shared/ml-100k"
+        in r.stderr
+    )
+    assert "DYNREC_DATA_DIR is not set" in r.stderr
+    (isolated_dirs / "shared" / "ml-100k").mkdir()
+    (isolated_dirs / "shared" / "ml-100k" / "u.data").write_text(U_DATA)
+    r = runner.invoke(app, ["data", "stats", "ml-100k", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert '"n_events": 3' in r.stdout

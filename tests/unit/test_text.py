@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dynrec.data import registry
 from dynrec.data.events import ROW_FIELD
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DataError, DatasetNotFoundError
@@ -31,6 +32,7 @@ def no_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Datasets only where the test writes them (tmp_path/data); no real data, own cache."""
     monkeypatch.setenv("DYNREC_DATA_DIR", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("DYNREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(registry, "checkout_data_dir", lambda: None)
     root = tmp_path / "data"
     root.mkdir()
     return root

@@ -15,7 +15,12 @@ from dynrec.errors import DynrecError
 
 SplitOpt = Annotated[str, typer.Option("--split", help="loo (temporal leave-one-out) or time (global cut)")]
 DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="folder with datasets (else DYNREC_DATA_DIR)")
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="folder with datasets (else DYNREC_DATA_DIR, then shared/data next to the checkout, then "
+        "~/.cache/dynrec/data; MovieLens is downloaded there when missing)",
+    ),
 ]
 ColumnsOpt = Annotated[
     str | None,

@@ -1,9 +1,12 @@
 """Datasets by name, resolved from an explicit path, ``DYNREC_DATA_DIR`` or the user cache dir.
 
 Resolution order for ``load("ml-100k", data_dir)``: `data_dir` (``--data-dir``), then
-``$DYNREC_DATA_DIR``, then the cache dir (``$DYNREC_CACHE_DIR``, else
-``$XDG_CACHE_HOME/dynrec/data``, else ``~/.cache/dynrec/data``). In each directory a dataset's
-files are looked for in ``<dir>/<folder>/`` and then directly in ``<dir>/``.
+``$DYNREC_DATA_DIR``, then ``shared/data`` next to the source checkout dynrec runs from
+(``../shared/data`` from the repository root, the folder the Makefile sets ``DYNREC_DATA_DIR`` to,
+so the CLI finds the same data inside and outside make), then the cache dir (``$DYNREC_CACHE_DIR``,
+else ``$XDG_CACHE_HOME/dynrec/data``, else ``~/.cache/dynrec/data``). In each directory a dataset's
+files are looked for in ``<dir>/<folder>/`` and then directly in ``<dir>/``. A dataset found
+nowhere names every place looked (`search_places`).
 
 Downloads: only where the publisher serves the data — GroupLens for MovieLens (``ml-100k`` from
 ``ml-100k.zip``, ``ml-1m-full`` from ``ml-1m.zip``). The archive is streamed to a temporary file
@@ -195,15 +198,43 @@ def cache_dir() -> Path:
     return Path(base) / "dynrec" / "data"
 
 
-def search_dirs(data_dir: str | Path | None = None) -> list[Path]:
-    dirs = []
+def checkout_data_dir() -> Path | None:
+    """``shared/data`` next to the source checkout this package runs from (``../shared/data`` from
+    the repository root) when dynrec runs from a checkout (``src/dynrec`` under a folder with
+    ``pyproject.toml``) and that folder exists; None for an installed package."""
+    root = Path(__file__).resolve().parents[3]
+    if not ((root / "pyproject.toml").is_file() and (root / "src" / "dynrec").is_dir()):
+        return None
+    shared = root.parent / "shared" / "data"
+    return shared if shared.is_dir() else None
+
+
+def search_places(data_dir: str | Path | None = None) -> list[tuple[str, Path]]:
+    """(where it comes from, directory) of every directory datasets are looked for in, in order
+    (see the module docstring); a directory named twice is searched once, under its first name."""
+    places: list[tuple[str, Path]] = []
     if data_dir is not None:
-        dirs.append(Path(data_dir))
+        places.append(("--data-dir", Path(data_dir)))
     env = os.environ.get("DYNREC_DATA_DIR")
     if env:
-        dirs.append(Path(env))
-    dirs.append(cache_dir())
-    return dirs
+        places.append(("DYNREC_DATA_DIR", Path(env)))
+    shared = checkout_data_dir()
+    if shared is not None:
+        places.append(("shared/data next to the checkout", shared))
+    places.append(("cache", cache_dir()))
+    seen: set[Path] = set()
+    out = []
+    for label, d in places:
+        key = d.expanduser().resolve()
+        if key not in seen:
+            seen.add(key)
+            out.append((label, d))
+    return out
+
+
+def search_dirs(data_dir: str | Path | None = None) -> list[Path]:
+    """The directories of `search_places`, in search order."""
+    return [d for _, d in search_places(data_dir)]
 
 
 def offline() -> bool:
@@ -228,10 +259,20 @@ def _find(spec_: DatasetSpec, files: tuple[str, ...], data_dir: str | Path | Non
     return None
 
 
+def looked_in(folder: str, data_dir: str | Path | None) -> str:
+    """Every place `_find` looks for a dataset's files, for messages: ``label dir/folder`` each,
+    and a note when ``DYNREC_DATA_DIR`` is not set."""
+    tried = "; ".join(f"{label} {d / folder} (and {d})" for label, d in search_places(data_dir))
+    unset = "" if os.environ.get("DYNREC_DATA_DIR") else "; DYNREC_DATA_DIR is not set"
+    return tried + unset
+
+
 def _not_found(spec_: DatasetSpec, data_dir: str | Path | None, why: str = "") -> DatasetNotFoundError:
-    tried = ", ".join(str(d / spec_.folder) for d in search_dirs(data_dir))
     where = f"{spec_.folder}/{spec_.files[0]}"
-    parts = [f"dataset {spec_.name!r} not found (looked for {' or '.join(spec_.files)} in {tried})."]
+    parts = [
+        f"dataset {spec_.name!r} not found: looked for {' or '.join(spec_.files)} in "
+        f"{looked_in(spec_.folder, data_dir)}."
+    ]
     if why:
         parts.append(why)
     if spec_.howto:
@@ -255,8 +296,17 @@ def resolve(
         raise _not_found(s, data_dir)
     if not allowed:
         raise _not_found(
-            s, data_dir, "Not downloading (offline mode: DYNREC_OFFLINE is set or download=False)."
+            s,
+            data_dir,
+            f"Its publisher serves it ({s.download.url}) but this is offline mode (DYNREC_OFFLINE is set "
+            "or download=False), so it was not downloaded; without it dynrec downloads it into the cache.",
         )
+    log.warning(
+        "dataset %s not found (looked in %s); downloading it from its publisher into %s",
+        name,
+        looked_in(s.folder, data_dir),
+        cache_dir(),
+    )
     try:
         fetch(name)
     except DownloadError as exc:
@@ -308,8 +358,8 @@ def load_items(
     path = _find(s, s.item_files, data_dir)
     if path is None:
         raise DatasetNotFoundError(
-            f"item metadata of {s.name!r} not found (looked for {' or '.join(s.item_files)} in "
-            f"{', '.join(str(d / s.folder) for d in search_dirs(data_dir))})."
+            f"item metadata of {s.name!r} not found: looked for {' or '.join(s.item_files)} in "
+            f"{looked_in(s.folder, data_dir)}."
         )
     items = read_items(path, strict=strict)
     mapping = item_id_map(s.name, data_dir)
@@ -332,7 +382,7 @@ def item_id_map(name: str, data_dir: str | Path | None = None) -> dict[str, str]
     if map_path is None:
         raise DatasetNotFoundError(
             f"{s.name!r} item ids differ from its metadata files'; the map {s.item_id_map} was not "
-            f"found in {', '.join(str(d / s.folder) for d in search_dirs(data_dir))}"
+            f"found: looked in {looked_in(s.folder, data_dir)}"
         )
     pairs = read_events(map_path, format="pair-lines", strict=True).frame
     return dict(zip(pairs["user_id"].to_list(), pairs["item_id"].to_list(), strict=True))

@@ -64,7 +64,7 @@ def column_map(columns: str | ColumnMap | None) -> ColumnMap | None:
 
 def _locate(dataset: str, data_dir: str | Path | None) -> tuple[str, str]:
     """(name to record, absolute location): a registered name stays a name (its file resolved
-    through --data-dir / DYNREC_DATA_DIR / the cache); a file path becomes absolute, so the model
+    through `registry.search_places`); a file path becomes absolute, so the model
     works from any directory."""
     if dataset in registry.DATASETS:
         _, path = registry.resolve(dataset, data_dir)
