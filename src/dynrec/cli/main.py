@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from dynrec.cli.common import _DEBUG, error_line
+from dynrec.cli.consume import consume
 from dynrec.cli.data import data_app
 from dynrec.cli.items import items_app
 from dynrec.cli.models import models_app
@@ -35,6 +36,7 @@ app.command()(profile)
 app.command()(similar)
 app.command()(replay)
 app.command()(serve)
+app.command()(consume)
 app.command()(shifts)
 
 

@@ -106,13 +106,19 @@ class EventIn(_Strict):
     weight: Annotated[Number, Field(gt=0, allow_inf_nan=False)] | None = Field(
         default=None, description="event weight (default 1), stored with the event and exported as its value"
     )
+    event_id: UserId | None = Field(
+        default=None,
+        description="the producer's id of the event: one whose id the store already applied for the user "
+        "is skipped, so a retried request applies once",
+    )
 
     def to_event(self) -> Event:
         """The `Event` (timestamp default: now, UTC seconds, fractions truncated; type default
         `HTTP_EVENT_TYPE`; weight default 1)."""
         ts = int(time.time()) if self.timestamp is None else int(self.timestamp)
         et = self.event_type if self.event_type is not None else HTTP_EVENT_TYPE
-        return Event(self.user_id, self.item_id, ts, et, 1.0 if self.weight is None else float(self.weight))
+        weight = 1.0 if self.weight is None else float(self.weight)
+        return Event(self.user_id, self.item_id, ts, et, weight, self.event_id)
 
 
 class EventsIn(_Strict):
