@@ -12,6 +12,7 @@ from dynrec.models.registry import create_model
 from dynrec.online.session import OnlineRecommender
 from dynrec.online.shift_state import ShiftAdapter, build_detector, split_shift_state
 from dynrec.online.shifts import (
+    DEFAULT_LEAN,
     ShiftCalibration,
     ShiftConfig,
     ShiftDetector,
@@ -237,6 +238,7 @@ def test_build_detector_calibrates_on_histories_and_refuses_a_foreign_calibratio
     hists = [data.sequence(u) for u in range(1, len(model.user_vocab) + 1)]
     det = build_detector(model, hists, config=ShiftConfig(bootstrap_chains=200, warmup=3))
     assert det.calibration.n_events > 100 and det.space.kind == "item vectors"
+    assert det.calibration.lean == DEFAULT_LEAN["als"] > 0  # ALS leans on a fresh shift by default
     foreign = ShiftCalibration(0.5, 1.0, 0.0, 1.0, 0, "categories")
     with pytest.raises(Exception, match="categories"):
         build_detector(model, hists, calibration=foreign)

@@ -28,6 +28,7 @@ from dynrec.models.retrieval import unit_item_vectors
 from dynrec.online.adapters import StateAdapter, StateBatch
 from dynrec.online.interests import Categories
 from dynrec.online.shifts import (
+    DEFAULT_LEAN,
     Shift,
     ShiftCalibration,
     ShiftConfig,
@@ -91,9 +92,12 @@ def build_detector(
     calibration: ShiftCalibration | None = None,
 ) -> ShiftDetector:
     """A detector for `model`: `calibration` when given (e.g. a model directory's ``shifts.json``),
-    else calibrated on `histories` (item indices of the model, time order)."""
+    else calibrated on `histories` (item indices of the model, time order) with the strategy weight
+    `DEFAULT_LEAN` gives the model."""
     space = shift_space(model, categories)
-    cal = calibration if calibration is not None else calibrate(histories, space, config)
+    if calibration is None:  # the strategy's weight: the model family's measured default
+        calibration = calibrate(histories, space, config).with_lean(DEFAULT_LEAN.get(model.name, 0.0))
+    cal = calibration
     if cal.space != space.kind:
         raise DynrecError(f"shift calibration is for {cal.space}, the model gives {space.kind}")
     return ShiftDetector(space, cal)
