@@ -94,3 +94,27 @@ def test_observe_moves_no_state_for_a_skipped_event() -> None:
     torch.testing.assert_close(
         online.scores("u", exclude_seen=False), online.recompute_scores("u"), rtol=1e-4, atol=1e-4
     )
+
+
+def test_redis_keeps_a_users_ids_in_the_compact_encoding(redis_url: str, redis_cluster_url: str) -> None:
+    """The ids outside the window leave before new ones enter, so a user's zset never grows past
+    EVENT_ID_WINDOW and Redis keeps it a listpack (it never converts a skiplist back)."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    from dynrec.online.store.redis import RedisStore
+    from dynrec.online.store.redis_cluster import RedisClusterStore, cluster_node_url
+
+    single, cluster = (
+        redis.Redis.from_url(redis_url),
+        RedisCluster.from_url(cluster_node_url(redis_cluster_url)),
+    )
+    for store, raw, key in (
+        (RedisStore(single), single, "dynrec:d:u"),
+        (RedisClusterStore(cluster), cluster, "{dynrec:u:u}d"),
+    ):
+        store.append([_ev("u", "i", j, f"id-{j}") for j in range(EVENT_ID_WINDOW - 3)])
+        store.append([_ev("u", "i", j, f"id-{j}") for j in range(EVENT_ID_WINDOW - 3, EVENT_ID_WINDOW + 40)])
+        assert raw.zcard(key) == EVENT_ID_WINDOW and raw.object("encoding", key) == b"listpack"
+        assert raw.zrange(key, 0, 0, withscores=True) == [(b"id-40", 41.0)]
+        raw.close()

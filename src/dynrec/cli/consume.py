@@ -37,7 +37,7 @@ def consume(
     source: Annotated[
         str | None, typer.Option("--source", help="Redis URL of the stream (default: the --store URL)")
     ] = None,
-    batch: Annotated[int, typer.Option("--batch", help="entries per read and partition (<= 1024)")] = 100,
+    batch: Annotated[int, typer.Option("--batch", help="entries per read and partition (<= 128)")] = 100,
     block_ms: Annotated[int, typer.Option("--block-ms", help="how long a read waits for entries")] = 1000,
     claim_idle_ms: Annotated[
         int,

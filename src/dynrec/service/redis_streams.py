@@ -279,7 +279,7 @@ class RedisStreamSource:
             self.consumer,
             dict.fromkeys(live, ">"),
             count=count,
-            block=block_ms if block_ms > 0 else None,
+            block=min(block_ms, self.claim_idle_ms // 3) if block_ms > 0 else None,  # leases stay renewed
         )
         out: list[Entry] = []
         for stream, rows in reply or []:

@@ -169,14 +169,19 @@ local n = redis.call('HINCRBY', KEYS[1], 'n', #rows)
 for s = 1, #rows, {_PUSH_CHUNK} do
   redis.call('RPUSH', KEYS[2], unpack(rows, s, math.min(s + {_PUSH_CHUNK - 1}, #rows)))
 end
-if #ids > 0 then
-  for x = 1, #ids, 2 do ids[x] = string.format('%d', n - #rows + ids[x]) end
-  for s = 1, #ids, {_PUSH_CHUNK} do
-    redis.call('ZADD', KEYS[4], unpack(ids, s, math.min(s + {_PUSH_CHUNK - 1}, #ids)))
-  end
-end
 if n > {EVENT_ID_WINDOW} then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', string.format('%d', n - {EVENT_ID_WINDOW}))
+end
+local add = {{}}
+for x = 1, #ids, 2 do
+  local pos = n - #rows + ids[x]
+  if pos > n - {EVENT_ID_WINDOW} then
+    add[#add + 1] = string.format('%d', pos)
+    add[#add + 1] = ids[x + 1]
+  end
+end
+for s = 1, #add, {_PUSH_CHUNK} do
+  redis.call('ZADD', KEYS[4], unpack(add, s, math.min(s + {_PUSH_CHUNK - 1}, #add)))
 end
 out[2] = n
 return out

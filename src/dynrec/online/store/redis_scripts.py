@@ -25,9 +25,11 @@ _PUSH_CHUNK = 1000  # values per RPUSH/ZADD inside a script (Lua's unpack has a 
 # appended), then (with "1") their m event ids ("" = none).
 # First the events whose id the user's zset holds are marked skipped; the kept ones get sequence
 # numbers seq0 + 1, seq0 + 2, ... in batch order, are pushed, and their ids enter the zset (score:
-# the event's position in the user's generation; ids of positions before the last
-# {EVENT_ID_WINDOW} are removed). The batch's journal entry (`_batch_entry`) names each user with
-# kept events and where they start in its list.
+# the event's position in the user's generation). Ids of positions before the user's last
+# EVENT_ID_WINDOW are removed first and never added, so the zset never holds more than the window
+# (Redis keeps a zset of up to 128 short members in its compact listpack encoding and never converts
+# one back). The batch's journal entry (`_batch_entry`) names each user with kept events and where
+# they start in its list.
 # Returns the kept events' first sequence number - 1, then per user: generation, event count after
 # (as they stand for a user whose every event was skipped), then the skipped events' positions.
 _APPEND = f"""
@@ -95,14 +97,19 @@ for k = 6, #KEYS, 3 do
     for s = 1, mk, {_PUSH_CHUNK} do
       redis.call('RPUSH', KEYS[k + 1], unpack(elems, s, math.min(s + {_PUSH_CHUNK - 1}, mk)))
     end
-    if #ids > 0 then
-      for x = 1, #ids, 2 do ids[x] = string.format('%d', n - mk + ids[x]) end
-      for s = 1, #ids, {_PUSH_CHUNK} do
-        redis.call('ZADD', KEYS[k + 2], unpack(ids, s, math.min(s + {_PUSH_CHUNK - 1}, #ids)))
-      end
-    end
     if n > {EVENT_ID_WINDOW} then
       redis.call('ZREMRANGEBYSCORE', KEYS[k + 2], '-inf', string.format('%d', n - {EVENT_ID_WINDOW}))
+    end
+    local add = {{}}
+    for x = 1, #ids, 2 do
+      local pos = n - mk + ids[x]
+      if pos > n - {EVENT_ID_WINDOW} then
+        add[#add + 1] = string.format('%d', pos)
+        add[#add + 1] = ids[x + 1]
+      end
+    end
+    for s = 1, #add, {_PUSH_CHUNK} do
+      redis.call('ZADD', KEYS[k + 2], unpack(add, s, math.min(s + {_PUSH_CHUNK - 1}, #add)))
     end
     entry[#entry + 1] = ujson .. ',' .. string.format('%d,%d', n - mk, mk)
     out[#out + 1] = tonumber(gen)
