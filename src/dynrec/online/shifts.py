@@ -41,7 +41,7 @@ benchmark measured it helping.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -570,8 +570,13 @@ def _null_threshold(null: Sequence[IntArray], space: ShiftSpace, guess: ShiftCal
         run_histories(null, space, cal, alarms=hits)
         return 1000.0 * sum(len(rows) for rows, _ in hits) / n_events
 
-    target = cfg.false_alarms_per_1000
-    lo, hi = 0.0, max(guess.threshold, 1e-3)
+    return _smallest(rate, max(guess.threshold, 1e-3), cfg.false_alarms_per_1000)
+
+
+def _smallest(rate: Callable[[float], float], start: float, target: float) -> float:
+    """The smallest threshold (to 1 %) whose alarm `rate` is at most `target` (rates fall as the
+    threshold grows)."""
+    lo, hi = 0.0, start
     while rate(hi) > target:
         lo, hi = hi, hi * 1.5
         if hi > 1e4:
@@ -589,7 +594,6 @@ def _threshold(increments: npt.NDArray[np.float64], cfg: ShiftConfig, rng: np.ra
     """The smallest h at which a CUSUM over increments drawn from `increments` alarms at most
     ``false_alarms_per_1000`` per 1,000 steps (restarting at 0 after each alarm)."""
     draws = rng.choice(increments, (cfg.bootstrap_chains, cfg.bootstrap_length))
-    target = cfg.false_alarms_per_1000 / 1000.0
 
     def rate(h: float) -> float:
         s = np.zeros(cfg.bootstrap_chains)
@@ -599,20 +603,9 @@ def _threshold(increments: npt.NDArray[np.float64], cfg: ShiftConfig, rng: np.ra
             hit = s >= h
             alarms += int(hit.sum())
             s[hit] = 0.0
-        return alarms / draws.size
+        return 1000.0 * alarms / draws.size
 
-    lo, hi = 0.0, float(max(increments.max(), 1e-6))
-    while rate(hi) > target:
-        lo, hi = hi, hi * 2
-        if hi > 1e6:
-            raise DynrecError("cannot calibrate shift detection: the distances never settle")
-    for _ in range(30):
-        mid = 0.5 * (lo + hi)
-        if rate(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return _smallest(rate, float(max(increments.max(), 1e-3)), cfg.false_alarms_per_1000)
 
 
 # ---- the detector beside a model's state ----------------------------------------------------------
