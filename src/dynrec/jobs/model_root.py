@@ -111,6 +111,22 @@ def new_version_id(model: Recommender) -> str:
     return f"{model_version(model)[:12]}-{secrets.token_hex(3)}"
 
 
+def _write_synced(
+    folder: Path, model: Recommender, item_info: ItemInfo | None, shifts: ShiftCalibration | None
+) -> list[str]:
+    """Write a model directory's files into `folder` and sync each; their names, sorted."""
+    model.save(folder)
+    if item_info is not None:
+        write_item_info(folder, item_info)
+    if shifts is not None:
+        save_calibration(folder, shifts)
+    names = sorted(p.name for p in folder.iterdir())
+    for name in names:
+        with open(folder / name, "rb") as fh:
+            os.fsync(fh.fileno())
+    return names
+
+
 def write_version_dir(
     root: str | Path,
     model: Recommender,
@@ -127,14 +143,7 @@ def write_version_dir(
     final = base / vid
     tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{vid}.writing-"))
     try:
-        model.save(tmp)
-        if item_info is not None:
-            write_item_info(tmp, item_info)
-        if shifts is not None:
-            save_calibration(tmp, shifts)
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        _write_synced(tmp, model, item_info, shifts)
         os.chmod(tmp, 0o755)
         os.rename(tmp, final)
         _fsync_dir(base)
@@ -357,17 +366,9 @@ def save_model_dir(
     target.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.saving-"))
     try:
-        model.save(tmp)
-        if item_info is not None:
-            write_item_info(tmp, item_info)
-        if shifts is not None:
-            save_calibration(tmp, shifts)
-        else:
+        names = _write_synced(tmp, model, item_info, shifts)
+        if shifts is None:
             (target / SHIFT_FILE).unlink(missing_ok=True)
-        names = sorted(p.name for p in tmp.iterdir())
-        for name in names:
-            with open(tmp / name, "rb") as fh:
-                os.fsync(fh.fileno())
         # weights last: a reader that sees new vocabularies with old weights fails its checks
         names.sort(key=lambda n: n == "model.safetensors")
         for name in names:
