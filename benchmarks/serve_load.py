@@ -607,7 +607,7 @@ def seeded(model_dir: Path, url: str) -> tuple[list[str], list[str], int]:
         model = Recommender.load(model_dir)
         assert model.user_vocab is not None and model.item_vocab is not None
         users = [u for u in model.user_vocab.ids if len(store.history(u, 1))]
-        return users, list(model.item_vocab.ids), int(info["events"])
+        return users, list(model.item_vocab.ids), info.events
     finally:
         close = getattr(store, "close", None)
         if close is not None:
