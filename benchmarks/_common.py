@@ -47,6 +47,7 @@ QUESTIONS = (
     "quantize",
     "convergence",
     "scale",
+    "shifts",
 )
 Record = dict[str, Any]
 

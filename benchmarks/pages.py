@@ -56,6 +56,7 @@ targets only. Peers (RecBole, implicit) ran on the same split with `benchmarks/p
 | streaming replay, four modes | `python -m benchmarks.replay` | `results/replay.json` |
 | state step + top-10 latency | `python -m benchmarks.latency` | `results/latency.json` |
 | the HTTP service under load | `python -m benchmarks.serve_load` | `results/serve.json` |
+| interest shifts: detection, real data, the lean | `python -m benchmarks.shifts` | `results/shifts.json` |
 """
 
 
@@ -1099,6 +1100,236 @@ def quantize_tables(quant: list[Record]) -> str:
     )
 
 
+def _pct(v: Any) -> str:
+    return "–" if v is None or v != v else f"{100 * v:+.1f}%"
+
+
+def _lean_cell(m: dict[str, Any], lean: float, part: str) -> str:
+    """HR@10 / NDCG@10 of one replay part; with a lean, the relative changes against lean 0 (HR@10's
+    with its paired standard error)."""
+    x, base = m[f"lean_{lean:g}"].get(part), m["lean_0"].get(part)
+    if x is None or base is None:
+        return "–"
+    txt = f"{fmt(x['HR@10'])} / {fmt(x['NDCG@10'])}"
+    if lean == 0:
+        return txt + ("" if part == "overall" else f", n={int(x['n']):,}")
+    se = 100 * x["HR@10_diff_se"] / base["HR@10"] if base["HR@10"] else float("nan")
+    return txt + f" ({_pct(x['HR@10_change'])} ± {se:.1f}, {_pct(x['NDCG@10_change'])})"
+
+
+def shifts_tables(records: list[Record]) -> str:
+    """benchmarks/shifts.py: detection on planted change points, real data, the strategy's lean."""
+    if not records:
+        return ""
+    parts = [
+        "## Interest shifts\n\n"
+        "`benchmarks/shifts.py` (its docstring has the protocol). The detector (`dynrec.online.shifts`:\n"
+        "CUSUM over each event's cosine distance to the long-term interest, in the model's item-vector\n"
+        "space) is calibrated on the model's training histories with `false_alarms_per_1000` = "
+        f"{records[0]['params']['false_alarms_per_1000']:g}\n"
+        "(the default); k and h are the calibrated reference and threshold."
+    ]
+    det = sorted((r for r in records if r["params"]["part"] == "synthetic"), key=lambda r: str(r["key"]))
+    if det:
+        rows = []
+        for r in det:
+            p, m = r["params"], r["metrics"]
+            c = m["calibration"]
+            rows.append(
+                [
+                    p["model"] + "".join(f" {k}={v}" for k, v in sorted(p["overrides"].items())),
+                    m["precision"],
+                    m["recall"],
+                    m["recall_all"],
+                    m["F1"],
+                    f"{m['median_delay']:g}",
+                    f"{m['mean_delay']:.2f}",
+                    m["false_alarms_per_1000_stable"],
+                    f"{int(m['n_change_points']):,} / {int(m['n_flagged']):,}",
+                    f"{c['reference']:.3f} / {c['threshold']:.3f}",
+                    r["machine"]["cpu"],
+                    cmd(r),
+                ]
+            )
+        s = det[0]["params"]["synth"]
+        parts.append(
+            "### Planted change points\n\n"
+            f"`dynrec data synth`: {s['n_users']:,} users, {s['n_items']:,} items in {s['n_groups']} groups,\n"
+            f"{s['events_per_user']} events per user on average, switch probability {s['switch_prob']},\n"
+            f"{100 * s['stable_fraction']:.0f}% of the users never switch (seed {s['seed']}). The model trains\n"
+            f"on {100 * (1 - det[0]['params']['heldout_fraction']):.0f}% of the users; the detector runs over\n"
+            "the others' events from an empty state. A flag within 5 events after a true change point c\n"
+            "(`[c, c+5]`, one-to-one) is a hit; recall counts the change points at c >= warm-up (*recall,\n"
+            "all*: every one); the delay is flag - c; false alarms are counted on the users who never\n"
+            "switch, per 1,000 of their events.\n\n"
+            + table(
+                [
+                    "model",
+                    "precision",
+                    "recall",
+                    "recall, all",
+                    "F1",
+                    "median delay",
+                    "mean delay",
+                    "false alarms / 1000 stable events",
+                    "change points / flags",
+                    "k / h",
+                    "CPU",
+                    "reproduce",
+                ],
+                rows,
+            )
+        )
+    real = sorted((r for r in records if r["params"]["part"] == "real"), key=lambda r: str(r["key"]))
+    if real:
+        rows = []
+        for r in real:
+            p, m = r["params"], r["metrics"]
+            for w in p["windows"]:
+                x = m[f"window_{w}"]
+                rows.append(
+                    [
+                        p["dataset"],
+                        f"{int(m['n_users']):,} / {int(m['n_events']):,}",
+                        m["share_users_with_shift"],
+                        m["shifts_per_1000_events"],
+                        w,
+                        f"{fmt(x['cp_tv'])} vs {fmt(x['cp_tv_random'])}: **{x['cp_tv_ratio']:.2f}x** "
+                        f"(JS {x['cp_js_ratio']:.2f}x), n={int(x['cp_n']):,}",
+                        f"{fmt(x['flag_tv'])} vs {fmt(x['flag_tv_random'])}: **{x['flag_tv_ratio']:.2f}x** "
+                        f"(JS {x['flag_js_ratio']:.2f}x), n={int(x['flag_n']):,}",
+                        r["machine"]["cpu"],
+                        cmd(r),
+                    ]
+                )
+        parts.append(
+            "### Real data: are the flagged shifts real?\n\n"
+            "No ground truth. ALS trained on each user's events but the last N (ml-1m 20, Beauty 1) gives the\n"
+            "vectors; the detector runs over every user's whole history. For each flagged shift, the\n"
+            "total-variation distance between the category distributions (ml-1m genres; Beauty brand and\n"
+            "category tags) of W events before and W after it, against the same windows at random positions\n"
+            "of the same users (ratio = flagged / random; Jensen-Shannon ratio in brackets; n = shifts with\n"
+            "both windows inside the history). *At the change point*: split where the shift's run of\n"
+            "new-interest events began; *after the flag*: the W events after the flagged one (none of them\n"
+            "seen by the detector) against the W before the change point.\n\n"
+            + table(
+                [
+                    "dataset",
+                    "users / events",
+                    "users with >= 1 shift",
+                    "shifts / 1000 events",
+                    "W",
+                    "TV at the change point: flagged vs random",
+                    "TV after the flag: flagged vs random",
+                    "CPU",
+                    "reproduce",
+                ],
+                rows,
+            )
+        )
+    strat = sorted((r for r in records if r["params"]["part"] == "strategy"), key=lambda r: str(r["key"]))
+    if strat:
+        rows = []
+        for r in strat:
+            p, m = r["params"], r["metrics"]
+            for lean in [0.0, *p["leans"]]:
+                x = m[f"lean_{lean:g}"]
+                rows.append(
+                    [
+                        p["dataset"],
+                        p["model"],
+                        f"{lean:g}",
+                        *(_lean_cell(m, lean, part) for part in ("overall", "after_true", "after_detected")),
+                        x.get("events_changed"),
+                        x["seconds"],
+                        r["machine"]["cpu"],
+                        cmd(r),
+                    ]
+                )
+        parts.append(
+            "### Strategy: leaning on the new interest after a shift\n\n"
+            "State-mode replay (full ranking, seen items excluded) with the detector riding along the\n"
+            "model's state; for 10 events after a detected shift the scores add\n"
+            "`lean · std(scores) · z(cos(item, new interest))`, a weight falling linearly to 0 (lean 0 = off).\n"
+            "synth: the held-out users from empty; ml-1m: each user's last 20 events after the rest. Cells\n"
+            "are HR@10 / NDCG@10 (relative change of HR@10 against lean 0 ± its standard error in points of\n"
+            "per cent, paired over the same events; relative change of NDCG@10). *after true*: the 10 events\n"
+            "from each planted change point; *after detected*: the 10 events after each flagged shift (the\n"
+            "only events the lean can change: the runner checks every other event keeps its rank).\n\n"
+            + table(
+                [
+                    "dataset",
+                    "model",
+                    "lean",
+                    "overall",
+                    "after true shifts",
+                    "after detected shifts",
+                    "events changed",
+                    "replay s",
+                    "CPU",
+                    "reproduce",
+                ],
+                rows,
+            )
+        )
+    return "\n\n".join(parts)
+
+
+def consume_table(records: list[Record]) -> str:
+    """benchmarks/consume.py: events/s of `dynrec consume` with 1 and 2 consumers."""
+    if not records:
+        return ""
+    rows = []
+    for r in sorted(
+        records, key=lambda r: (r["params"]["dataset"], r["params"]["model"], r["params"]["consumers"])
+    ):
+        p, m = r["params"], r["metrics"]
+        rows.append(
+            [
+                p["dataset"],
+                p["model"],
+                f"{m['events']:,}" + (" (prefix)" if p.get("prefix") else ""),
+                p["consumers"],
+                m["events_per_s"],
+                m["overall_events_per_s"],
+                m["consumer_cpu_s_per_1k"],
+                m["redis_cpu_s_per_1k"],
+                f"{fmt(m['state_bytes_per_user'])} / {fmt(m['history_bytes_per_user'])} / "
+                f"{fmt(m['event_ids_bytes_per_user'])}",
+                f"{m['loadavg_before']:.1f} / {m['loadavg_after']:.1f}",
+                f"{r['machine']['cpu']} ({r['machine']['cpus']} cores); {p['model_source']}; {r.get('note', '')}",
+                cmd(r),
+            ]
+        )
+    return (
+        "## Consuming a stream (`dynrec consume`)\n\n"
+        "The dataset's events in time order, each with an event id, on a Redis stream of 2 partitions,\n"
+        "applied by `dynrec consume --drain` processes (1: both partitions; 2: one each) to an empty Redis\n"
+        "store as `POST /v1/events` applies them (append, state step, a checkpoint every 16 events).\n"
+        "*events/s*: steady rate between 10% and 90% of the stream; *overall*: first to last applied\n"
+        "event. CPU seconds per 1,000 events of the consumers and of redis-server. Bytes per user (Redis\n"
+        "`MEMORY USAGE`, mean over a sample of users): cached state / history / event ids. The load\n"
+        "average before / after shows how busy the shared machine was.\n\n"
+        + table(
+            [
+                "dataset",
+                "model",
+                "events",
+                "consumers",
+                "events/s",
+                "overall events/s",
+                "consumer CPU s / 1k",
+                "redis CPU s / 1k",
+                "bytes per user: state / history / ids",
+                "load avg",
+                "CPU; notes",
+                "reproduce",
+            ],
+            rows,
+        )
+    )
+
+
 def render() -> str:
     quality, peers = load("quality"), load("peers")
     sections = [
@@ -1115,6 +1346,7 @@ def render() -> str:
         ann_tables(load("ann")),
         quantize_tables(load("quantize")),
         scale_tables(load("scale")),
+        shifts_tables(load("shifts")),
     ]
     return "\n\n".join(s.strip() for s in sections) + "\n"
 
