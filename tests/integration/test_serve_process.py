@@ -107,3 +107,35 @@ def test_serve_reflects_events_and_survives_kill9(model_dir: Path, tmp_path: Pat
             assert not missing, f"{user}: {len(missing)} acknowledged events lost, e.g. {missing[:5]}"
         assert [e["item_id"] for e in http.get("/v1/users/p1").json()["history"]] == ["i1", "i14"]
         assert http.get("/v1/users/w0/recommendations?k=3").json()["fallback"] is None
+
+
+def test_serve_seeds_a_new_store_so_known_users_get_the_model(model_dir: Path, tmp_path: Path) -> None:
+    from dynrec import jobs
+
+    store = f"sqlite:///{tmp_path / 'seeded.db'}"
+    log = tmp_path / "seeded.log"
+    with running_server(model_dir, store, log) as (_, url), httpx.Client(base_url=url, timeout=10) as http:
+        for user in ("u1", "u17", "u30"):
+            got = http.get(f"/v1/users/{user}/recommendations?k=5").json()
+            assert got["fallback"] is None
+            assert [x["item_id"] for x in got["items"]] == jobs.recommend_for(model_dir, user=user, k=5).items
+    lines = [ln for ln in log.read_text().splitlines() if "seeded the store" in ln]
+    assert lines == [
+        f"seeded the store {tmp_path / 'seeded.db'} with the training histories of 30 users "
+        f"({_n_train(model_dir)} "
+        "events), so they get personalised recommendations (--no-seed: leave the store as it is)"
+    ]
+    # restarted on the seeded store: nothing to say; --no-seed on a new store: the popular fallback
+    with running_server(model_dir, store, log) as (_, url):
+        assert httpx.get(f"{url}/v1/users/u1/recommendations?k=5").json()["fallback"] is None
+    assert sum("seeded the store" in ln for ln in log.read_text().splitlines()) == 1
+    fresh = f"sqlite:///{tmp_path / 'unseeded.db'}"
+    with running_server(model_dir, fresh, tmp_path / "unseeded.log", "--no-seed") as (_, url):
+        assert httpx.get(f"{url}/v1/users/u1/recommendations?k=5").json()["fallback"] == "popular"
+    assert "seeded" not in (tmp_path / "unseeded.log").read_text()
+
+
+def _n_train(model_dir: Path) -> int:
+    from dynrec.jobs.history import training_history
+
+    return training_history(Recommender.load(model_dir)).data.n_events

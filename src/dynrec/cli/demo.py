@@ -3,10 +3,12 @@
 Loads the dataset, makes the temporal leave-one-out split, trains the baselines and the
 dynamic-interest sequence model, evaluates all of them by full ranking (seen items excluded),
 prints the result table, saves the models under ``runs/``, then shows real-time interest
-updates: a user's recommendations before and after new events arrive.
+updates (`show_real_time`): a user receives events from a genre absent from their history, and
+their interest shares and recommendations change with no retraining.
 
-It ends by serving the dynamic-interest model over HTTP with the try-it page (`dynrec serve`, a
-SQLite store in the output folder seeded with every user's training history), until Ctrl-C.
+It ends by serving the dynamic-interest model over HTTP with the try-it page (`dynrec serve` on a
+new SQLite store in the output folder, which it seeds with every user's training history), until
+Ctrl-C.
 ``DEMO_SERVE=0`` skips serving, ``DEMO_SERVE=1`` serves even without a terminal; unset, it serves
 only when run from a terminal, so scripted runs never hang.
 """
@@ -25,6 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,9 @@ import numpy as np
 from dynrec import jobs
 from dynrec.data import registry
 from dynrec.errors import DynrecError
+from dynrec.models.config import RunOptions
 from dynrec.models.registry import available_models
+from dynrec.online.interests import Categories, category_shares
 
 log = logging.getLogger("dynrec.cli.demo")
 
@@ -48,11 +53,21 @@ SERVE_START_TIMEOUT_S = 300.0
 """How long the served model may take to load before the demo gives up on it."""
 
 
+COLUMNS = (("model", 10), ("HR@10", 7), ("NDCG@10", 7), ("MRR@10", 7), ("Cov@10", 7), ("fit s", 7))
+"""The result table's columns and their widths."""
+
+
+def _header() -> str:
+    head = "| " + " | ".join(f"{name:<{w}}" for name, w in COLUMNS) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for _, w in COLUMNS) + "|"
+    return f"{head}\n{rule}"
+
+
 def _row(name: str, metrics: dict[str, float], seconds: float) -> str:
-    return (
-        f"| {name:<10} | {metrics['HR@10']:.4f} | {metrics['NDCG@10']:.4f} | {metrics['MRR@10']:.4f} "
-        f"| {metrics['Coverage@10']:.3f} | {seconds:7.1f} |"
-    )
+    cells = [metrics["HR@10"], metrics["NDCG@10"], metrics["MRR@10"], metrics["Coverage@10"]]
+    values = [f"{v:.4f}" for v in cells] + [f"{seconds:.1f}"]
+    w = [width for _, width in COLUMNS]
+    return f"| {name:<{w[0]}} | " + " | ".join(f"{v:>{x}}" for v, x in zip(values, w[1:], strict=True)) + " |"
 
 
 def run(dataset: str, models: tuple[str, ...], out: Path, sets: dict[str, dict[str, str]]) -> dict[str, Any]:
@@ -64,72 +79,198 @@ def run(dataset: str, models: tuple[str, ...], out: Path, sets: dict[str, dict[s
     )
     have = set(available_models())
     results: dict[str, Any] = {}
-    header = "| model      | HR@10  | NDCG@10 | MRR@10 | Cov@10 | fit s   |\n|------------|--------|---------|--------|--------|---------|"
     rows = []
     trained = {}
-    for name in models:
+    bars = sys.stderr.isatty()  # the training bar of `dynrec train`, only on a terminal
+    options = RunOptions(progress=bars)
+    for pos, name in enumerate(models, 1):
         if name not in have:
             print(f"(skipping {name}: not available in this build)")
             continue
-        print(f"training {name} ...", flush=True)
-        m = jobs.train(name, prepared, overrides=sets.get(name), out=out / f"{dataset}-{name}")
+        tag = f"[{pos}/{len(models)}] {name:<10}"
+        # on a terminal the finished line overwrites this one (below a model's training bar)
+        print(f"{tag} training ...", end="\r" if bars else "\n", flush=True)
+        t_model = time.perf_counter()
+        m = jobs.train(
+            name, prepared, overrides=sets.get(name), options=options, out=out / f"{dataset}-{name}"
+        )
         res = jobs.evaluate_model(m, prepared)
         results[name] = {**res.metrics, "fit_seconds": jobs.fit_seconds(m)}
         rows.append(_row(name, res.metrics, jobs.fit_seconds(m)))
         trained[name] = m
+        print(f"{tag} trained and evaluated in {time.perf_counter() - t_model:6.1f} s", flush=True)
     print(f"\nTest (full ranking over all {len(prepared.data.item_vocab)} items, seen items excluded):")
-    print(header)
+    print(_header())
     print("\n".join(rows))
     dyn = next((trained[n] for n in DYNAMIC_MODELS if n in trained), None)
     if dyn is not None:
-        _show_real_time(dyn, prepared, out)
+        show_real_time(dyn, prepared, out / f"{dataset}-{dyn.name}")
     (out / f"{dataset}-results.json").write_text(json.dumps(results, indent=2))
     print(f"\nmodels saved under {out}/ ; results in {out / f'{dataset}-results.json'}")
     return results
 
 
-def _show_real_time(model: Any, prepared: jobs.Prepared, out: Path) -> None:
-    """Serve the model through the online path (SQLite state store): load a user's history, then
-    stream new events; each recommendation already reflects them, with no retraining."""
+NEW_EVENTS = 5
+"""Events from the new genre fed to the demo user."""
+
+SHORT_WINDOW = 10
+"""The recent events whose interest shares the demo shows (the page's short-term window)."""
+
+
+@dataclass(frozen=True)
+class Newcomer:
+    """The demo's user, their history (item ids, time order, with timestamps), the category absent
+    from it and the catalogue items from that category fed to them."""
+
+    user: str
+    history: list[str]
+    timestamps: list[int]
+    category: str | None
+    new_items: list[str]
+
+
+def pick_newcomer(
+    model: Any, prepared: jobs.Prepared, cats: Categories | None, n_new: int = NEW_EVENTS
+) -> Newcomer:
+    """The first test user with 15+ past events that has a category (with 10+ items mainly in it)
+    taking at most 2% of their history, with the most popular such category (by training events of
+    its items); the `n_new` most popular items mainly in that category that the user never had.
+    Without categories (or no such user): the first test user and the most popular unseen items."""
+    vocab = model.item_vocab
+    train = prepared.split.train
+    counts = np.bincount(train.items, minlength=train.item_vocab.size)
+    pop = np.zeros(vocab.size)
+    idx = vocab.lookup(train.item_vocab.ids, policy="skip")
+    pop[idx[idx > 0]] = counts[1:][idx > 0]  # training events per model item index
+    q = prepared.split.test.queries
+    main = None if cats is None or cats.basis == "items" else (cats.matrix >= 0.5).toarray()
+    first: Newcomer | None = None
+    for row in range(min(len(q.users), 300)):
+        one = q.slice(row, row + 1)
+        user = prepared.data.user_vocab.to_ids(one.users)[0]
+        hist = prepared.data.item_vocab.to_ids(one.items)
+        ts = one.timestamps.tolist() if one.timestamps is not None else list(range(len(hist)))
+        seen = vocab.lookup(hist, policy="skip")
+        unseen_pop = pop.copy()
+        unseen_pop[seen] = -1.0
+        unseen_pop[0] = -1.0
+        if first is None:
+            top = np.argsort(-unseen_pop, kind="stable")[:n_new]
+            first = Newcomer(user, hist, [int(t) for t in ts], None, vocab.to_ids(top))
+        if main is None or cats is None or len(hist) < 15:
+            continue
+        shares = category_shares(seen[seen > 0], cats)
+        best: tuple[float, int] | None = None
+        for j, name in enumerate(cats.names):
+            members = np.flatnonzero(main[:, j])
+            if len(members) < 10 or shares.get(name, 0.0) > 0.02:
+                continue
+            mass = float(pop[members].sum())
+            if best is None or mass > best[0]:
+                best = (mass, j)
+        if best is None:
+            continue
+        j = best[1]
+        cand = np.flatnonzero(main[:, j] & (unseen_pop > 0))
+        top = cand[np.argsort(-unseen_pop[cand], kind="stable")][:n_new]
+        if len(top) == n_new:
+            return Newcomer(user, hist, [int(t) for t in ts], cats.names[j], vocab.to_ids(top))
+    assert first is not None
+    return first
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def share_table(before: list[tuple[str, float]], after: list[tuple[str, float]], new: str | None) -> str:
+    """Percent shares of the categories in either top 3 (and `new`), before and after, aligned."""
+    b, a = dict(before), dict(after)
+    names = list(
+        dict.fromkeys([*(n for n, _ in before[:3]), *(n for n, _ in after[:3]), *([new] if new else [])])
+    )
+    width = max([len("interest"), *(len(n) for n in names)])
+    head = f"  {'interest':<{width}}  {'before':>7}  {'after':>7}"
+    lines = [head, "  " + "-" * (len(head) - 2)]
+    for n in names:
+        mark = "  <- new" if n == new else ""
+        lines.append(f"  {n:<{width}}  {b.get(n, 0.0):>7.1%}  {a.get(n, 0.0):>7.1%}{mark}")
+    return "\n".join(lines)
+
+
+def rec_table(before: list[str], after: list[str], width: int = 40) -> str:
+    """Ranked titles before and after, side by side, aligned."""
+    left = max([len("before"), *(len(_cut(t, width)) for t in before)])
+    lines = [f"  rank  {'before':<{left}}  after", "  " + "-" * (8 + left + 2 + width)]
+    for r in range(max(len(before), len(after))):
+        x = _cut(before[r], width) if r < len(before) else ""
+        y = _cut(after[r], width) if r < len(after) else ""
+        lines.append(f"  {r + 1:>4}  {x:<{left}}  {y}")
+    return "\n".join(lines)
+
+
+def show_real_time(model: Any, prepared: jobs.Prepared, model_dir: Path) -> None:
+    """Real-time interests through the online path (an in-memory state store, no serving, no
+    retraining): a user's history, then events from a category absent from it (`pick_newcomer`);
+    prints the short-term interest shares and the recommendations before and after, and the
+    interest shift the model's detector flags (when ``shifts.json`` is in `model_dir`)."""
     from dynrec.data.events import Event
-    from dynrec.online import OnlineRecommender, SQLiteStore
+    from dynrec.online import InMemoryStore, OnlineRecommender
+    from dynrec.online.shifts import load_calibration
 
-    vocab = prepared.data.item_vocab
-    try:
-        meta = registry.load_items(prepared.name)
-    except DynrecError:
-        meta = None
+    info = jobs.read_item_info(model_dir)
+    meta = None
+    if prepared.name in registry.DATASETS:  # an event file has no metadata of its own
+        try:
+            meta = registry.load_items(prepared.name)
+        except DynrecError:
+            meta = None
+    online = OnlineRecommender(model, InMemoryStore(), item_metadata=meta, item_info=info or None)
+    cats = online.categories()
+    calibration = load_calibration(model_dir)
+    if calibration is not None:
+        online.detect_shifts(calibration)
 
-    def names(ids: list[str]) -> list[str]:
-        return [(meta.title(i) or i) if meta is not None else i for i in ids]
+    def title(item: str) -> str:
+        t = (info.get(item) or {}).get("title") or (meta.title(item) if meta is not None else None)
+        return str(t) if t else item
 
-    q = prepared.split.test.queries.slice(0, 1)
-    user = prepared.data.user_vocab.to_ids(q.users)[0]
-    hist = vocab.to_ids(q.items)
-    ts = q.timestamps.tolist() if q.timestamps is not None else list(range(len(hist)))
-    db = out / "state.db"
-    db.unlink(missing_ok=True)
-    online = OnlineRecommender(model, SQLiteStore(str(db)), item_metadata=meta)
-    online.observe([Event(user, i, timestamp=int(t)) for i, t in zip(hist, ts, strict=True)])
-    before = online.recommend(user, k=5)
-    # the user suddenly picks a random item they have never touched, then follows the recommendations
-    rng = np.random.default_rng(0)
-    unseen = np.setdiff1d(np.arange(1, vocab.size), q.items)
-    pick = vocab.to_ids([int(rng.choice(unseen))])[0]
-    t = int(ts[-1]) if ts else 0
+    def shares() -> list[tuple[str, float]]:
+        return online.interests(
+            who.user, short_window=SHORT_WINDOW, top=len(cats.names)
+        ).short_term.categories
+
+    who = pick_newcomer(model, prepared, cats)
+    online.observe(
+        [Event(who.user, i, timestamp=t) for i, t in zip(who.history, who.timestamps, strict=True)]
+    )
+    before, before_shares = online.recommend(who.user, k=5).items, shares()
+    t = who.timestamps[-1] if who.timestamps else 0
+    after = before
+    shifted: list[str] = []
     t0 = time.perf_counter()
-    online.observe(Event(user, pick, timestamp=t + 1))
-    follow = online.recommend(user, k=2).items
-    online.observe([Event(user, i, timestamp=t + 2 + j) for j, i in enumerate(follow)])
-    after = online.recommend(user, k=5)
-    ms = (time.perf_counter() - t0) * 1000 / 2
-    interests = online.interests(user)
-    print(f"\nServing {model.name} from {db} (SQLite state); user {user}, {len(hist)} past events:")
-    print(f"  before      : {names(before.items)}")
-    print(f"  new events  : {names([pick, *follow])}")
-    print(f"  after       : {names(after.items)}   (~{ms:.1f} ms per observe+recommend)")
-    print(f"  short-term  : {interests.short_term.categories[:3]}")
-    print(f"  long-term   : {interests.long_term.categories[:3]}")
+    for n, item in enumerate(who.new_items, 1):
+        for s in online.observe(Event(who.user, item, timestamp=t + n)).get(who.user, []):
+            shifted.append(
+                f"after new event {n}: interests shifted: {', '.join(s.from_)} -> {', '.join(s.to)}"
+            )
+        after = online.recommend(who.user, k=5).items
+    ms = (time.perf_counter() - t0) * 1000 / max(1, len(who.new_items))
+    genre = f" ({who.category}, absent from their history)" if who.category else ""
+    print(
+        f"\nReal-time interests with {model.name} (no retraining): user {who.user}, {len(who.history)} past events"
+    )
+    print(f"  new events{genre}:")
+    for item in who.new_items:
+        print(f"    {title(item)}")
+    if calibration is not None:
+        print("  " + ("\n  ".join(shifted) if shifted else "no interest shift detected"))
+    if cats.basis != "items":
+        print(f"\n  share of the last {SHORT_WINDOW} events")
+        print(share_table(before_shares, shares(), who.category))
+    print()
+    print(rec_table([title(i) for i in before], [title(i) for i in after]))
+    print(f"  ({ms:.1f} ms per event: observe + recommend)")
 
 
 def _want_serve(flag: bool) -> bool:
@@ -192,23 +333,15 @@ def _example(url: str) -> tuple[str, str]:
 
 
 def serve(dataset: str, model_name: str, out: Path, host: str, port: int) -> int:
-    """Serve ``out/<dataset>-<model_name>`` with `dynrec serve` (the same command a user runs) and
-    a SQLite store ``out/<dataset>-serve.db`` seeded with every user's training history (so the
-    page lists users with a past); print the page's URL and curl examples once it answers, then
-    wait until Ctrl-C. Returns the server's exit code (0 after Ctrl-C)."""
-    from dynrec.online import SQLiteStore
-
+    """Serve ``out/<dataset>-<model_name>`` with `dynrec serve` (the same command a user runs) on a
+    new SQLite store ``out/<dataset>-serve.db``, which `dynrec serve` seeds with every user's
+    training history (so the page lists users with a past); print the page's URL and curl examples
+    once it answers, then wait until Ctrl-C. Returns the server's exit code (0 after Ctrl-C)."""
     model_dir = out / f"{dataset}-{model_name}"
     db = out / f"{dataset}-serve.db"
     for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         stale.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    with SQLiteStore(db) as store:
-        seeded = jobs.seed_store(model_dir, store)
-    print(
-        f"\nseeded {db} with {seeded.users} users' training histories ({seeded.events} events) "
-        f"in {time.perf_counter() - t0:.1f}s"
-    )
+    print()
     port = _port(host, port)
     cmd = [
         sys.executable,

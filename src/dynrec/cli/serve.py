@@ -72,9 +72,21 @@ def serve(
         list[str] | None,
         typer.Option("--set", help="run option key=value: precision=int8 (session recommendations)"),
     ] = None,
+    no_seed: Annotated[
+        bool,
+        typer.Option(
+            "--no-seed",
+            help="leave a new store empty (default: a store that serves no model yet and holds none of "
+            "the model's users is seeded with its training histories, as `dynrec store seed` does)",
+        ),
+    ] = False,
 ) -> None:
     """Serve MODEL_DIR over HTTP: events in (POST /v1/events), live recommendations out, the page at /,
     API docs at /docs, Prometheus metrics at /metrics.
+
+    A new store (one that serves no model yet and holds none of the model's users) is first
+    seeded with the model's training histories, so known users get personalised recommendations
+    at once; one line says so. --no-seed leaves it empty.
 
     --ann hnsw|ivf: session (history) recommendations come from an approximate index over the
     model's item table, built at start and rebuilt on reload, update and item additions; a stored
@@ -110,5 +122,6 @@ def serve(
         precision=options.precision,
         bind_host=host,
         allowed_hosts=tuple(allowed_hosts or ()),
+        seed=not no_seed,
     )
-    run_service(settings, host=host, port=port, workers=workers)
+    run_service(settings, host=host, port=port, workers=workers, say=typer.echo)

@@ -41,6 +41,7 @@ from dynrec.online.store import StateStore
 from dynrec.online.store.versions import VersionStore
 
 __all__ = [
+    "NewStoreSeed",
     "ProfileResult",
     "RecommendResult",
     "SeedResult",
@@ -48,6 +49,7 @@ __all__ = [
     "popular_items",
     "profile_for",
     "recommend_for",
+    "seed_new_store",
     "seed_store",
     "user_history_batch",
 ]
@@ -315,6 +317,28 @@ def profile_for(
     return ProfileResult(user, model.name, bool(info), prof)
 
 
+def _seed_plan(
+    model_dir: str | Path, store: StateStore, data_dir: str | Path | None
+) -> tuple[Recommender, InteractionData, list[str]]:
+    """The model, its training histories less the users the store holds a tombstone of, and the
+    external ids of the users with a non-empty history."""
+    model = Recommender.load(model_dir)
+    hist = training_history(model, data_dir).data
+    if isinstance(store, VersionStore):
+        hist = without_users(hist, {t.user_id for t in store.tombstones()})
+    lens = hist.lengths()
+    users = [u for u in range(1, hist.n_users) if lens[u] > 0]
+    return model, hist, hist.user_vocab.to_ids(users)
+
+
+def _append_histories(store: StateStore, hist: InteractionData) -> None:
+    item_ids = hist.item_vocab.to_ids(hist.items)
+    user_ids = hist.user_vocab.to_ids(hist.users)
+    ts = hist.timestamps.tolist()
+    # one batch: the store validates and writes it all or nothing; users' events stay in time order
+    store.append(Event(user_ids[j], item_ids[j], int(ts[j])) for j in range(hist.n_events))
+
+
 def seed_store(
     model_dir: str | Path,
     store: StateStore,
@@ -335,13 +359,7 @@ def seed_store(
             "the store already serves model versions (`dynrec models list`): seed it before its first "
             "`dynrec serve`, or seed a new store"
         )
-    model = Recommender.load(model_dir)
-    hist = training_history(model, data_dir).data
-    if isinstance(store, VersionStore):
-        hist = without_users(hist, {t.user_id for t in store.tombstones()})
-    lens = hist.lengths()
-    users = [u for u in range(1, hist.n_users) if lens[u] > 0]
-    names = hist.user_vocab.to_ids(users)
+    model, hist, names = _seed_plan(model_dir, store, data_dir)
     for name in names:
         if len(store.history(name, 1)):
             if not replace:
@@ -350,9 +368,50 @@ def seed_store(
                     "those users' histories (--replace)"
                 )
             store.delete_user(name, tombstone=False)
-    item_ids = hist.item_vocab.to_ids(hist.items)
-    user_ids = hist.user_vocab.to_ids(hist.users)
-    ts = hist.timestamps.tolist()
-    # one batch: the store validates and writes it all or nothing; users' events stay in time order
-    store.append(Event(user_ids[j], item_ids[j], int(ts[j])) for j in range(hist.n_events))
-    return SeedResult(model.name, len(users), hist.n_events)
+    _append_histories(store, hist)
+    return SeedResult(model.name, len(names), hist.n_events)
+
+
+@dataclass(frozen=True)
+class NewStoreSeed:
+    """What `seed_new_store` did: `seeded` when it filled the store, else why not (`skipped`;
+    `quiet` when there was nothing to say: the store was seeded or served before)."""
+
+    seeded: SeedResult | None
+    skipped: str = ""
+    quiet: bool = False
+
+    def line(self, store: str) -> str | None:
+        """The one line ``dynrec serve`` prints about it (None when quiet)."""
+        if self.seeded is not None:
+            s = self.seeded
+            return (
+                f"seeded the store {store} with the training histories of {s.users:,} users ({s.events:,} "
+                "events), so they get personalised recommendations (--no-seed: leave the store as it is)"
+            )
+        return None if self.quiet else f"the store {store} was not seeded: {self.skipped}"
+
+
+def seed_new_store(
+    model_dir: str | Path, store: StateStore, *, data_dir: str | Path | None = None
+) -> NewStoreSeed:
+    """`seed_store` for a store that serves no model version yet and holds none of the model's
+    users (``dynrec serve`` calls it before registering the model, unless --no-seed); a store that
+    serves versions or holds some of these users is left as it is (quietly), and so is one whose
+    training histories cannot be read (the reason is returned, the service still starts)."""
+    if isinstance(store, VersionStore) and store.current_version() is not None:
+        return NewStoreSeed(None, "the store already serves model versions", quiet=True)
+    try:
+        model, hist, names = _seed_plan(model_dir, store, data_dir)
+    except DynrecError as exc:
+        return NewStoreSeed(
+            None,
+            f"the model's training histories could not be read ({exc}); known users get the popular fallback",
+        )
+    if not names:
+        return NewStoreSeed(None, "the model records no training histories")
+    held = next((n for n in names if len(store.history(n, 1))), None)
+    if held is not None:
+        return NewStoreSeed(None, f"the store already holds events of user {held!r}", quiet=True)
+    _append_histories(store, hist)
+    return NewStoreSeed(SeedResult(model.name, len(names), hist.n_events))

@@ -51,6 +51,7 @@ from dynrec.jobs.model_root import (
     training_memory,
     version_path,
 )
+from dynrec.jobs.recommend import NewStoreSeed, seed_new_store
 from dynrec.models.base import Recommender
 from dynrec.models.neural.quantize import quantize
 from dynrec.models.retrieval import AnnIndex, retrieve, similar_items
@@ -156,6 +157,8 @@ class Runtime:
         self._retired = (0, 0)  # cache hits/misses of swapped-out sessions
         self._base: TrainingHistory | None = None
         self._base_ready = False
+        off = NewStoreSeed(None, "seeding is off", quiet=True)
+        self.seeding = seed_new_store(self.root, self.store) if settings.seed else off  # before registering
         first = register_initial(self.store, self.root)
         holder = self._load(first)
         root_rec = self.versions.get_version(self._root_id(first)) or first

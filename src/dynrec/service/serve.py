@@ -21,12 +21,14 @@ import dataclasses
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import uvicorn
 
 from dynrec.errors import DynrecError
-from dynrec.online.store import open_store, store_kind
+from dynrec.jobs.recommend import seed_new_store
+from dynrec.online.store import open_store, redact_url, store_kind
 from dynrec.service.app import create_app
 from dynrec.service.edge import ANY_HOST, is_loopback
 from dynrec.service.runtime import serving_threads
@@ -39,7 +41,7 @@ else:  # the implementation uvicorn's default ``http="auto"`` picks (httptools w
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NoDelayHTTPProtocol", "is_loopback", "serve"]
+__all__ = ["NoDelayHTTPProtocol", "is_loopback", "serve", "store_shown"]
 
 
 class NoDelayHTTPProtocol(_HTTPProtocol):
@@ -53,8 +55,24 @@ class NoDelayHTTPProtocol(_HTTPProtocol):
         super().connection_made(transport)
 
 
-def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    """Serve `settings` on host:port until interrupted (see the module docstring)."""
+def store_shown(url: str) -> str:
+    """A store URL as messages show it: a SQLite store as its file path, others without secrets."""
+    return url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else redact_url(url)
+
+
+def serve(
+    settings: ServiceSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    say: Callable[[str], None] = log.warning,
+) -> None:
+    """Serve `settings` on host:port until interrupted (see the module docstring).
+
+    With ``settings.seed`` the store is seeded before the model is registered (by the app for one
+    worker, here once for several, which then start with ``seed`` off); `say` gets the one line
+    that tells what seeding did, when there is something to tell (``dynrec serve`` prints it)."""
     if workers < 1:
         raise DynrecError(f"--workers must be >= 1, got {workers}")
     if not 0 <= port <= 65535:
@@ -73,17 +91,26 @@ def serve(settings: ServiceSettings, *, host: str = "127.0.0.1", port: int = 800
             "this address): name them with --allowed-host to refuse DNS-rebinding pages",
             host,
         )
+    shown = store_shown(settings.store)
     if workers == 1:
         serving_threads()
-        uvicorn.run(create_app(settings), host=host, port=port, http=NoDelayHTTPProtocol, log_level="info")
+        app = create_app(settings)
+        if (line := app.state.runtime.seeding.line(shown)) is not None:
+            say(line)
+        uvicorn.run(app, host=host, port=port, http=NoDelayHTTPProtocol, log_level="info")
         return
     store = open_store(settings.store)  # fail here, once, rather than in every worker
-    kind = store_kind(store)
-    if kind == "memory":
-        raise DynrecError(
-            "several workers need a shared store (sqlite:///PATH or redis://...), not memory://"
-        )
-    store.close()
+    try:
+        if store_kind(store) == "memory":
+            raise DynrecError(
+                "several workers need a shared store (sqlite:///PATH or redis://...), not memory://"
+            )
+        if settings.seed:  # once, before any worker registers the model
+            if (line := seed_new_store(settings.model_dir, store).line(shown)) is not None:
+                say(line)
+            settings = dataclasses.replace(settings, seed=False)
+    finally:
+        store.close()
     os.environ.update(settings.to_env())
     uvicorn.run(
         "dynrec.service.app:app_from_env",

@@ -103,7 +103,13 @@ class ServiceSettings:
     recommendations come from their cached incremental state and stay exact. `precision`: ``int8``
     / ``bf16`` = session recommendations from a reduced-precision scoring copy of a neural model
     (`dynrec.models.neural.quantize`); cached states stay float32, since they are checkpointed in
-    the shared store under the model's version for every worker."""
+    the shared store under the model's version for every worker.
+
+    `seed`: before the model is first registered, a store that serves no model version and holds
+    none of the model's users is filled with the model's training histories
+    (`dynrec.jobs.recommend.seed_new_store`, what ``dynrec store seed`` does), so known users get
+    personalised answers rather than the popular fallback; ``dynrec serve`` sets it unless
+    ``--no-seed``. The outcome is `Runtime.seeding`."""
 
     model_dir: str
     store_url: str | None = None
@@ -121,6 +127,7 @@ class ServiceSettings:
     precision: str = "float32"
     bind_host: str | None = None
     allowed_hosts: tuple[str, ...] = ()
+    seed: bool = False
 
     def __post_init__(self) -> None:
         if not str(self.model_dir).strip():
@@ -202,6 +209,8 @@ class ServiceSettings:
                     kw[f.name] = int(v)
                 elif f.name == "batch_wait_ms":
                     kw[f.name] = float(v)
+                elif f.name == "seed":
+                    kw[f.name] = v == "True"
                 elif f.name in ("model_dirs", "ann_options", "allowed_hosts"):
                     kw[f.name] = tuple(str(x) for x in json.loads(v))
                 else:
