@@ -81,12 +81,44 @@ def recommend(
     why_rows = recs.explanations
     if recs.explained and why_rows is None:
         typer.echo(f"(no explanations: {recs.explanation_unavailable})")
-    for rank, (item, score) in enumerate(zip(recs.items, recs.scores, strict=True), 1):
-        title = recs.title(item) if recs.explained else None
-        typer.echo(f"{rank:>3}  {item:<12} {score:.4f}" + (f"  {title}" if title else ""))
+    rows = [
+        [str(rank), item, *([recs.title(item) or "-"] if recs.titles else []), f"{score:.4f}"]
+        for rank, (item, score) in enumerate(zip(recs.items, recs.scores, strict=True), 1)
+    ]
+    lines = ranked_table(["rank", "item", *(["title"] if recs.titles else []), "score"], rows)
+    typer.echo(lines[0])
+    typer.echo(lines[1])
+    for rank, line in enumerate(lines[2:], 1):
+        typer.echo(line)
         if why_rows is not None:
             why = ", ".join(f"{recs.title(h) or h} ({w:.3g})" for h, w in why_rows[rank - 1])
-            typer.echo(f"       because: {why or '-'}")
+            typer.echo(f"      because: {why or '-'}")
+
+
+TITLE_WIDTH = 60
+"""Titles longer than this are cut (with an ellipsis) in the human tables."""
+
+
+def ranked_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """Header, rule and one line per row: the first and last columns (rank, score) right-aligned,
+    the others left-aligned, a ``title`` column cut at `TITLE_WIDTH`."""
+    if "title" in head:
+        t = head.index("title")
+        rows = [
+            [*r[:t], r[t] if len(r[t]) <= TITLE_WIDTH else r[t][: TITLE_WIDTH - 1] + "…", *r[t + 1 :]]
+            for r in rows
+        ]
+    widths = [max(len(c) for c in col) for col in zip(head, *rows, strict=True)]
+    last = len(head) - 1
+
+    def line(cells: list[str]) -> str:
+        out = [
+            c.rjust(w) if j in (0, last) else c.ljust(w)
+            for j, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    return [line(head), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
 
 
 @handled

@@ -106,9 +106,10 @@ class RecommendResult:
 
     def to_json(self) -> dict[str, Any]:
         """``{"user", "items", "scores", "model", "fallback"}``, ``"retrieval"`` (the index kind)
-        for approximate retrieval, ``"precision"`` when not float32, and with explanations asked
-        for ``"titles"`` (per item), ``"because"`` (per item ``[{"item", "title", "weight"}, ...]``,
-        or None) and ``"explanation_unavailable"``."""
+        for approximate retrieval, ``"precision"`` when not float32, ``"titles"`` (parallel to
+        ``"items"``, null where unknown) when an item has a title or explanations were asked for,
+        and with explanations ``"because"`` (per item ``[{"item", "title", "weight"}, ...]``, or
+        None) and ``"explanation_unavailable"``."""
         out: dict[str, Any] = {
             "user": self.user,
             "items": self.items,
@@ -120,9 +121,10 @@ class RecommendResult:
             out["retrieval"] = self.retrieval.removeprefix("ann:")
         if self.precision is not None:
             out["precision"] = self.precision
+        if self.explained or self.titles:
+            out["titles"] = [self.title(i) for i in self.items]
         if self.explained:
             expl = self.explanations
-            out["titles"] = [self.title(i) for i in self.items]
             out["because"] = (
                 None
                 if expl is None
@@ -213,25 +215,27 @@ def recommend_for(
     or a prebuilt `AnnIndex`: the top-k comes from the index (approximate, retrieval
     ``"ann:KIND"``); refused for a model without the `QueryEmbeddings` capability.
 
-    With `explain`: per recommended item, the history items that drove it
-    (`dynrec.jobs.explain.explain_items`), titles from the model directory's ``item_info.json``;
-    none, with `RecommendResult.explanation_unavailable` saying why, for a model that is no
-    `Explainer`.
+    The items' titles (and with `explain` those of the history items named) come from the model
+    directory's ``item_info.json``. With `explain`: per recommended item, the history items that
+    drove it (`dynrec.jobs.explain.explain_items`); none, with
+    `RecommendResult.explanation_unavailable` saying why, for a model that is no `Explainer`.
 
     An empty `history` gets the popular fallback, as the service answers an anonymous session
     with no known item: `popular_items`, retrieval ``"popular"``."""
     k = check_k(k)
     model = scoring_model(Recommender.load(model_dir, options=options))
     assert model.item_vocab is not None
+    info = read_item_info(model_dir)
     if user is None and history is not None and not history:
         popular = popular_items(model, k, data_dir)
+        titles = _titles(info, popular.item_ids[0])
         if not explain:
-            return RecommendResult(popular, None, model.name)
+            return RecommendResult(popular, None, model.name, titles=titles)
         return RecommendResult(
             popular.with_explanations([None]),
             None,
             model.name,
-            titles=_titles(read_item_info(model_dir), popular.item_ids[0]),
+            titles=titles,
             explanation_unavailable=POPULAR_NOT_EXPLAINED,
         )
     q = _query(model, user, history, data_dir)
@@ -241,7 +245,7 @@ def recommend_for(
     recs = Recommendations.from_topk(idx, scores, model.item_vocab, retrieval=served)
     precision = model.options.precision if model.options.precision != "float32" else None
     if not explain:
-        return RecommendResult(recs, user, model.name, precision)
+        return RecommendResult(recs, user, model.name, precision, titles=_titles(info, recs.item_ids[0]))
     expl = explain_items(model, q, recs.item_ids[0])
     named = [*recs.item_ids[0], *(h for row in expl or [] for h, _ in row)]
     return RecommendResult(
@@ -249,7 +253,7 @@ def recommend_for(
         user,
         model.name,
         precision,
-        titles=_titles(read_item_info(model_dir), named),
+        titles=_titles(info, named),
         explanation_unavailable=explanation_unavailable(model),
     )
 
