@@ -27,7 +27,9 @@ ColumnsOpt = Annotated[
     typer.Option(
         "--columns",
         help="an event file's columns: user=COL,item=COL,time=COL,rating=COL,type=COL (any subset; "
-        "time= empty: no timestamps). Recorded with a trained model.",
+        "time= empty: no timestamps). Without it, headers are recognised by common names (user_id, "
+        "userId, uid; item_id, movieId, itemId, productId, asin; timestamp, time, ts, datetime; rating, "
+        "score; event_type, event, type). Recorded with a trained model.",
     ),
 ]
 
