@@ -160,3 +160,39 @@ def test_an_update_publishes_its_calibration(model_dir: Path, tmp_path: Path) ->
     cal, first = load_calibration(vdir), load_calibration(model_dir)
     assert cal is not None and first is not None and cal.space == "item vectors"
     assert cal.n_events > first.n_events  # made on what the updated model learned from: z's events too
+
+
+def test_a_later_version_without_calibration_reuses_the_held_one(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    copy = Path(shutil.copytree(model_dir, model_dir / "copy", ignore=shutil.ignore_patterns(SHIFT_FILE)))
+    assert not (copy / SHIFT_FILE).exists()
+    with caplog.at_level(logging.INFO), TestClient(create_app(_settings(model_dir, tmp_path))) as c:
+        r = c.post("/v1/admin/reload", json={"model_dir": "copy"}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        rt = c.app.state.runtime  # type: ignore[attr-defined]
+        assert rt.holder.version == r.json()["model_version"]
+        assert rt.holder.shift_calibration == load_calibration(model_dir)  # no calibration made now
+        assert "reusing an earlier version's" in caplog.text and "store's histories" not in caplog.text
+        assert len(_clicks(c, "z", _planted())) == 1
+
+
+def test_a_swapped_version_never_calibrates_an_update_publishes_one(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (model_dir / SHIFT_FILE).unlink()
+    copy = Path(shutil.copytree(model_dir, model_dir / "copy"))
+    with caplog.at_level(logging.WARNING), TestClient(create_app(_settings(model_dir, tmp_path))) as c:
+        rt = c.app.state.runtime  # type: ignore[attr-defined]
+        assert rt.holder.shift_calibration is None  # an empty store: nothing to calibrate on
+        rng = np.random.default_rng(2)
+        for u in range(20):  # enough histories to calibrate on now
+            _clicks(c, f"w{u}", group_items("ab"[u % 2], rng, 10))
+        caplog.clear()
+        assert c.post("/v1/admin/reload", json={"model_dir": "copy"}, headers=AUTH).status_code == 200
+        assert rt.holder.shift_calibration is None and "not detected until a version with one" in caplog.text
+        assert _clicks(c, "z", _planted()) == []
+        r = c.post("/v1/admin/update", headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert rt.holder.version == r.json()["model_version"] and rt.holder.shift_calibration is not None
+    assert not (copy / SHIFT_FILE).exists()

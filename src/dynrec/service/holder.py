@@ -7,10 +7,15 @@ never changed after it is built except through its session's hot states; a newer
 a new holder (`dynrec.service.follower.VersionFollower` swaps them).
 
 The session detects interest shifts (`dynrec.online.shifts`) with the version's calibration
-(``shifts.json``, saved with it by every writer of a model version); for a version without one
-it is calibrated on the store's histories when the holder is built (a warning: processes that
-calibrate on different histories tag their users' states differently and rebuild them), and
-detection is off when that fails too (no item vectors nor categories, too few events).
+(``shifts.json``, saved with it by every writer of a model version). For a version without one it
+uses the calibration this process used for an earlier version of the root (`shifts_fallback`: the
+same lineage), else — for the version a process starts with (`calibrate`) — one made on the
+store's histories now (a warning: processes that calibrate on different histories tag their
+users' states differently and rebuild them). A version swapped in later never calibrates (that
+costs seconds, and readers would wait on the swap): without a calibration it detects nothing until
+a version with one is published (updates publish theirs). Detection is also off when the model has
+no space to detect in (no item vectors nor categories: checked before any history is read) or too
+few events.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from dynrec.jobs.shifts import saved_calibration
 from dynrec.models.base import Recommender
 from dynrec.models.retrieval import AnnIndex, unit_item_vectors
 from dynrec.online.session import OnlineRecommender
+from dynrec.online.shift_state import shift_space
+from dynrec.online.shifts import ShiftCalibration
 from dynrec.online.store import StateStore
 from dynrec.online.store.versions import VersionRecord
 
@@ -55,6 +62,8 @@ class ModelHolder:
         item_info: ItemInfo | None = None,
         scoring: Recommender | None = None,
         index: AnnIndex | None = None,
+        shifts_fallback: ShiftCalibration | None = None,
+        calibrate: bool = True,
     ) -> None:
         self.record = record
         self.model_dir = model_dir
@@ -75,7 +84,7 @@ class ModelHolder:
             cache_size=cache_size,
             persist_every=persist_every,
         )
-        self._detect_shifts()
+        self._detect_shifts(shifts_fallback, calibrate)
         self.lock = threading.Lock()
         """Guards the session's hot per-user states (observe, recommend, interests, delete)."""
         self.titles: dict[str, str] = {
@@ -83,18 +92,29 @@ class ModelHolder:
         }
         self._unit: torch.Tensor | None = None
 
-    def _detect_shifts(self) -> None:
+    def _detect_shifts(self, fallback: ShiftCalibration | None, calibrate: bool) -> None:
         """Turn on the session's shift detection (see the module docstring)."""
         vid = self.record.id
         saved = saved_calibration(self.model_dir)
         why = "has no shifts.json"
-        if saved is not None:
+        for cal in (saved, fallback):
+            if cal is None:
+                continue
             try:
-                self.online.detect_shifts(saved)
-                return
+                self.online.detect_shifts(cal)
             except DynrecError as exc:
-                why = f"has a shifts.json for another model ({exc})"
+                why = f"has no shifts.json for its space ({exc})"
+                continue
+            if cal is not saved:
+                log.info("model version %s has no shifts.json: reusing an earlier version's", vid)
+            return
+        if not calibrate:
+            log.warning(
+                "model version %s %s: interest shifts are not detected until a version with one", vid, why
+            )
+            return
         try:
+            shift_space(self.model, self.online.categories())  # no space: no histories to read
             self.online.detect_shifts()
         except DynrecError as exc:
             log.warning("model version %s %s: interest shifts are not detected (%s)", vid, why, exc)
@@ -102,6 +122,12 @@ class ModelHolder:
         log.warning(
             "model version %s %s: calibrated interest-shift detection on the store's histories", vid, why
         )
+
+    @property
+    def shift_calibration(self) -> ShiftCalibration | None:
+        """The calibration the session detects shifts with (None: detection is off)."""
+        det = self.online.shift_detector
+        return None if det is None else det.calibration
 
     @property
     def version(self) -> str:

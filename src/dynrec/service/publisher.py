@@ -11,8 +11,9 @@ of them.
 
 Every version is published with its interest-shift calibration (``shifts.json``): an update's is
 made on what the updated model learned from (`dynrec.jobs.shifts.calibrate_for` on the updater's
-memory; the parent's when that memory is unknown), item additions keep the parent's (same
-constants, more items), a reloaded directory brings its own.
+memory; else the parent's), item additions keep the parent's (same constants, more items) — for a
+parent without one, the calibration this process serves with — and a reloaded directory brings
+its own.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from dynrec.jobs.shifts import calibrate_for, saved_calibration
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemText, PartialFit
 from dynrec.online.session import model_version
+from dynrec.online.shifts import ShiftCalibration
 from dynrec.online.store import StateStore
 from dynrec.online.store.versions import Lease, VersionRecord, VersionStore
 from dynrec.online.updater import IncrementalUpdater, UpdateReport
@@ -121,6 +123,11 @@ class Publisher:
         if holder.version == parent.id:
             return copy.deepcopy(holder.model)
         return open_version(self.root, parent)
+
+    def _parent_shifts(self, parent: VersionRecord) -> ShiftCalibration | None:
+        """`parent`'s saved shift calibration, else the one the current version serves with."""
+        saved = saved_calibration(version_path(self.root, parent))
+        return saved if saved is not None else self.holder.shift_calibration
 
     def update(self) -> UpdateReport:
         """Incremental training on the store's events since the current version (whichever process
@@ -214,7 +221,7 @@ class Publisher:
             event_seq=seq,
             deletion_generation=generation,
             note=f"{report.get('method', '')}",
-            shifts=shifts if shifts is not None else saved_calibration(version_path(self.root, parent)),
+            shifts=shifts if shifts is not None else self._parent_shifts(parent),
         )
 
     def _record_served(self, model: Recommender, events: Sequence[Event]) -> None:
@@ -265,7 +272,7 @@ class Publisher:
                     **read_info(version_path(self.root, parent)),
                     **item_info_from_texts(texts, added.added),
                 }
-                shifts = saved_calibration(version_path(self.root, parent))
+                shifts = self._parent_shifts(parent)
                 return Built(model, info, "items", note=f"{len(added.added)} item(s) added", shifts=shifts)
 
             rec, _ = self._publish(build)

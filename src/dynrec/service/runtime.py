@@ -56,7 +56,7 @@ from dynrec.models.base import Recommender
 from dynrec.models.neural.quantize import quantize
 from dynrec.models.retrieval import AnnIndex, retrieve, similar_items
 from dynrec.online.interests import InterestProfile
-from dynrec.online.shifts import Shift
+from dynrec.online.shifts import Shift, ShiftCalibration
 from dynrec.online.store import open_store, store_kind
 from dynrec.online.store.versions import VersionRecord, VersionStore, new_owner_id
 from dynrec.online.updater import UpdateReport
@@ -157,6 +157,8 @@ class Runtime:
         self._retired = (0, 0)  # cache hits/misses of swapped-out sessions
         self._base: TrainingHistory | None = None
         self._base_ready = False
+        self._shifts: ShiftCalibration | None = None  # the last one a holder used (`ModelHolder`)
+        self._started = False  # only the first holder may calibrate shift detection on the store
         off = NewStoreSeed(None, "seeding is off", quiet=True)
         self.seeding = seed_new_store(self.root, self.store) if settings.seed else off  # before registering
         first = register_initial(self.store, self.root)
@@ -228,7 +230,7 @@ class Runtime:
     def _holder_for(self, record: VersionRecord, model: Recommender) -> ModelHolder:
         metadata = self.items_override if self.items_override is not None else dataset_items(model)
         scoring, index = self._scoring(model)
-        return ModelHolder(
+        holder = ModelHolder(
             record,
             version_path(self.root, record),
             model,
@@ -239,7 +241,11 @@ class Runtime:
             item_info=read_info(version_path(self.root, record)),
             scoring=scoring,
             index=index,
+            shifts_fallback=self._shifts,
+            calibrate=not self._started,
         )
+        self._shifts, self._started = holder.shift_calibration or self._shifts, True
+        return holder
 
     def _scoring(self, model: Recommender) -> tuple[Recommender, AnnIndex | None]:
         """(scoring model at the settings' precision, approximate index over it or None)."""
