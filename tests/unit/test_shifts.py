@@ -242,3 +242,59 @@ def test_build_detector_calibrates_on_histories_and_refuses_a_foreign_calibratio
     foreign = ShiftCalibration(0.5, 1.0, 0.0, 1.0, 0, "categories")
     with pytest.raises(Exception, match="categories"):
         build_detector(model, hists, calibration=foreign)
+
+
+CHILD = """
+import sys, time
+import numpy as np
+from dynrec.data.events import Event
+from dynrec.models.registry import load_model
+from dynrec.online.session import OnlineRecommender
+from dynrec.online.shifts import ShiftCalibration, ShiftConfig
+from dynrec.online.store import SQLiteStore
+
+model = load_model(sys.argv[1])
+rec = OnlineRecommender(model, SQLiteStore(sys.argv[2]))
+rec.detect_shifts(ShiftCalibration(0.3, 0.6, 0.0, 1.0, 0, "item vectors", 0.0, ShiftConfig()))
+ids = model.item_vocab.ids
+for t in range(10_000):
+    rec.observe(Event("k", ids[(t // 7) % len(ids)], t))
+    print(t, flush=True)
+"""
+
+
+def test_the_detector_state_survives_kill_9(mf, tmp_path) -> None:
+    """A process observing events (write-through) is killed with SIGKILL mid-stream: the store's
+    detector state equals recomputation from the stored history, and a new process goes on."""
+    import signal
+    import subprocess
+    import sys
+
+    model, _ = mf
+    model.save(tmp_path / "m")
+    db = tmp_path / "state.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path / "m"), str(db)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    for _ in range(60):  # let it observe a while, then kill it without warning
+        proc.stdout.readline()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    from dynrec.online.store import SQLiteStore
+
+    cal = _cal(k=0.3, h=0.6)
+    after = _session(model, SQLiteStore(db), cal)
+    history = after.store.history("k")
+    assert len(history) >= 60
+    stored = after.store.get_state("k")
+    assert stored is not None
+    fresh = after.shift_detector.init([model.item_vocab.lookup(history.items)], [history.timestamps])
+    _, det = split_shift_state(stored.tensors)
+    if int(stored.n_events) == len(history):  # the kill may fall between append and state write
+        for k, v in fresh.items():
+            torch.testing.assert_close(det[k], v[0], rtol=0, atol=1e-9)
+    assert [s.event_index for s in after.shifts("k")] == [
+        s.event_index for s in after.shift_detector.shifts(fresh)
+    ]
+    assert after.shifts("k")  # the stream changes item every 7 events: there are shifts to keep
