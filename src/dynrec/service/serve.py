@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 __all__ = ["NoDelayHTTPProtocol", "is_loopback", "serve", "store_shown"]
 
 
+WORKER_HEALTHCHECK_S = 60
+"""Seconds a worker may take to answer the supervisor's ping (`uvicorn.run`)."""
+
+
 class NoDelayHTTPProtocol(_HTTPProtocol):
     """uvicorn's HTTP protocol with TCP_NODELAY set on each accepted TCP connection (see the module
     docstring); connections on other sockets (a Unix socket) are left as they are."""
@@ -120,4 +124,8 @@ def serve(
         workers=workers,
         http=NoDelayHTTPProtocol,
         log_level="info",
+        # the supervisor pings each worker and replaces one that does not answer in time; a worker
+        # importing torch and loading a model on a busy small machine can take longer than
+        # uvicorn's default 5 s, and would be replaced over and over before it ever serves
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
     )
