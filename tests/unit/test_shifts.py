@@ -298,3 +298,12 @@ def test_the_detector_state_survives_kill_9(mf, tmp_path) -> None:
         s.event_index for s in after.shift_detector.shifts(fresh)
     ]
     assert after.shifts("k")  # the stream changes item every 7 events: there are shifts to keep
+
+
+def test_calibration_ends_when_nobody_ever_strays() -> None:
+    """Every user stays in one interest, no stray event: no threshold alarms, and the search for
+    the smallest one still ends (at a small positive threshold)."""
+    space = _space()
+    calm = [np.array([[A, B, C][u % 3][t % 4] for t in range(40)]) for u in range(90)]
+    cal = calibrate(calm, space, ShiftConfig(bootstrap_chains=100))
+    assert 0.0 < cal.threshold <= 0.01

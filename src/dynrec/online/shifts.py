@@ -574,14 +574,14 @@ def _null_threshold(null: Sequence[IntArray], space: ShiftSpace, guess: ShiftCal
 
 
 def _smallest(rate: Callable[[float], float], start: float, target: float) -> float:
-    """The smallest threshold (to 1 %) whose alarm `rate` is at most `target` (rates fall as the
-    threshold grows)."""
+    """The smallest threshold (to 1 %, or 0.001) whose alarm `rate` is at most `target` (rates
+    fall as the threshold grows)."""
     lo, hi = 0.0, start
     while rate(hi) > target:
         lo, hi = hi, hi * 1.5
         if hi > 1e4:
             raise DynrecError("cannot calibrate shift detection: the distances never settle")
-    while hi - lo > 0.01 * hi:
+    while hi - lo > max(0.01 * hi, 1e-3):  # an absolute floor: no alarm at all still ends
         mid = 0.5 * (lo + hi)
         if rate(mid) > target:
             lo = mid
