@@ -219,9 +219,7 @@ def servers(content_dir: Path, store_url: str, tmp_path: Path) -> Iterator[tuple
         ports = []
         for i, extra in enumerate((("--workers", "2"), ())):
             log = tmp_path / f"server{i}.log"
-            # --no-seed: an empty store, the conditions the staleness bound below was set under
-            served = running_server(root, store_url, log, "--api-key", KEY, "--no-seed", *extra)
-            _, url = stack.enter_context(served)
+            _, url = stack.enter_context(running_server(root, store_url, log, "--api-key", KEY, *extra))
             ports.append(int(url.rsplit(":", 1)[1]))
         yield root, ports
 
