@@ -48,6 +48,7 @@ QUESTIONS = (
     "convergence",
     "scale",
     "shifts",
+    "consume",
 )
 Record = dict[str, Any]
 

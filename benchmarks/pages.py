@@ -56,6 +56,7 @@ targets only. Peers (RecBole, implicit) ran on the same split with `benchmarks/p
 | streaming replay, four modes | `python -m benchmarks.replay` | `results/replay.json` |
 | state step + top-10 latency | `python -m benchmarks.latency` | `results/latency.json` |
 | the HTTP service under load | `python -m benchmarks.serve_load` | `results/serve.json` |
+| events from a Redis stream (`dynrec consume`) | `python -m benchmarks.consume` | `results/consume.json` |
 | interest shifts: detection, real data, the lean | `python -m benchmarks.shifts` | `results/shifts.json` |
 """
 
@@ -563,7 +564,7 @@ def serve_table(serve: list[Record]) -> str:
 
 
 SERVE_FINDINGS = """Where the time goes (profiled in-process with cProfile and in the running server with a
-stack sampler, on this machine): one server process is bound by one core (the GIL) at 1.3-1.8 ms
+stack sampler, on the 2-core AMD EPYC machine of the records): one server process is bound by one core (the GIL) at 1.3-1.8 ms
 of CPU per recommendation, of which the model path (state lookup, scores, top-k for a micro-batch)
 is about 0.5 ms and the HTTP stack (uvicorn, FastAPI validation and serialisation, the Prometheus
 middleware, the access log) the rest (Redis adds a network round trip per store read), so 1,500/s
@@ -573,7 +574,7 @@ now step together (round r = every user's r-th event, one batched state step, as
 engine does), which took SASRec from 518 to about 1,200 events/s; what remains is per-request
 work that does not batch (validating and storing 100 events, encoding and checkpointing the states
 that reach `persist_every`, the HTTP stack) — itemknn, whose step is cheap, stays near 4,000
-events/s, far from 20,000/s on this machine. Fixed on the way: torch's thread-per-core default made every tiny operator a
+events/s, far from 20,000/s on that machine. Fixed on the way: torch's thread-per-core default made every tiny operator a
 parallel region fighting the request threads (a SASRec state step 18 ms with 2 threads, 2 ms with
 1): serving processes now use one torch thread; the state was written to the store on every event
 (half of the ingest time): it is now checkpointed every 16 events per user (`persist_every`; events
@@ -1342,6 +1343,7 @@ def render() -> str:
         replay_table(load("replay")),
         latency_tables(load("latency")),
         serve_table(load("serve")),
+        consume_table(load("consume")),
         text_tables(load("text")),
         ann_tables(load("ann")),
         quantize_tables(load("quantize")),

@@ -15,7 +15,7 @@ results/quantize.json per dataset/model/overrides.
 position-wise feed-forward (``Linear(d, d) -> ReLU -> Linear(d, d)``, SASRec's shape) over
 ``--rows`` positions (a 256-user scoring batch of 200-item histories by default), float32 against
 the same dynamic int8 quantisation, the two taking turns. It shows from which width int8 pays on
-this CPU. One record per width, key ``linear/d=D``.
+the CPU it runs on (each record names it). One record per width, key ``linear/d=D``.
 """
 
 from __future__ import annotations
