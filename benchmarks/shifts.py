@@ -111,7 +111,7 @@ MODEL_OVERRIDES_QUICK = {"sasrec": {"epochs": "1"}, "als": {"epochs": "3"}, "bpr
 log = logging.getLogger("benchmarks.shifts")
 
 
-# ---- pure measurement helpers (tested in tests/unit/test_bench_shifts.py) --------------------------
+# ---- pure measurement helpers (tested in tests/unit/benchmarks/test_shifts.py) --------------------------
 
 
 def match_shifts(truth: Sequence[int], flagged: Sequence[int], tolerance: int = TOLERANCE) -> list[int]:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from dynrec.cli.main import app
 from dynrec.errors import EXTRA_MODULES, MissingExtraError, missing_extra, requires_extra
-from tests.unit.test_provenance import write_events
+from tests.unit.jobs.test_provenance import write_events
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -272,7 +272,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         """FastAPI's own 422, except that offending inputs its handler fails to encode (answering
-        500, found by tests/unit/test_service_fuzz.py) are shown safely: bytes that are not UTF-8
+        500, found by tests/unit/service/test_fuzz.py) are shown safely: bytes that are not UTF-8
         (a body sent without a JSON content type) with replacement characters, ``NaN`` /
         ``Infinity`` / ``1e400`` as strings, lone surrogates escaped (`edge.json_safe`)."""
         detail = jsonable_encoder(

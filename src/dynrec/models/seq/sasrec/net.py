@@ -114,7 +114,7 @@ class SASRecNet(SeqTransformer):
         the right (left padding, padding keys masked) so that "the last positions" are shared
         columns. Same function as `encode` + readout (attention depends only on distances);
         scoring every ml-1m validation user is ~1.5x faster than the full encode (tested equal
-        to it in `tests/unit/test_layers.py`).
+        to it in `tests/unit/models/test_layers.py`).
         """
         if self.config.positional == "rope" and not self.training:
             return self._pruned_states(hist, lens)
