@@ -134,27 +134,48 @@ def profile(
         int, typer.Option("--short-window", help="events of the short-term window (the most recent)")
     ] = 10,
     data_dir: DataDirOpt = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="with --user: their history in this state store (what `dynrec serve --store` shows "
+            "on its page, events since the seeding included): sqlite:///PATH or a file path, redis://...",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Long- vs short-term interests of a user or a history: tag (genre/category) shares,
     representative titles, and the tags rising in the short term. Tags and titles come from the
-    model directory's item_info.json (written at training for datasets with item metadata)."""
+    model directory's item_info.json (written at training for datasets with item metadata); without
+    tags, clusters of the model's item vectors (as on the service's page). Percentages are rounded
+    as the page rounds them, so both show the same numbers for the same history."""
     from dynrec.jobs.recommend import profile_for
+    from dynrec.online.interests import percent
+    from dynrec.online.store import open_store
 
     if (user is None) == (history is None):
         _fail("give exactly one of --user or --history")
+    if store is not None and user is None:
+        _fail("--store reads a user's history: give --user")
     items = [h.strip() for h in history.split(",") if h.strip()] if history is not None else None
-    prof = profile_for(model_dir, user=user, history=items, short_window=short_window, data_dir=data_dir)
+    if store is not None:
+        st = open_store(store if "://" in store else f"sqlite:///{store}")  # a bare path: SQLite
+        try:
+            prof = profile_for(model_dir, user=user, short_window=short_window, store=st)
+        finally:
+            st.close()
+    else:
+        prof = profile_for(model_dir, user=user, history=items, short_window=short_window, data_dir=data_dir)
     if as_json:
         typer.echo(json.dumps(prof.to_json()))
         return
     if not prof.has_item_info:
         typer.echo("(the model directory has no item_info.json: no tags or titles)")
     for w, label in ((prof.profile.long_term, "long term"), (prof.profile.short_term, "short term")):
-        tags = ", ".join(f"{t} {s:.0%}" for t, s in w.tags) or "-"
+        tags = ", ".join(f"{t} {percent(s)}%" for t, s in w.tags) or "-"
         typer.echo(f"{label} ({w.n_events} events): {tags}")
         typer.echo(f"  e.g. {'; '.join(w.items) or '-'}")
-    shift = ", ".join(f"{t} +{r:.0%}" for t, r in prof.profile.shift) or "-"
+    shift = ", ".join(f"{t} +{percent(r)}%" for t, r in prof.profile.shift) or "-"
     typer.echo(f"rising: {shift}")
 
 

@@ -36,7 +36,7 @@ from dynrec.jobs.model_root import without_users
 from dynrec.models.base import Recommender
 from dynrec.models.config import RunOptions
 from dynrec.models.retrieval import AnnConfig, AnnIndex, retrieve
-from dynrec.online.interests import InterestProfile, interest_profile
+from dynrec.online.interests import InterestProfile, interest_profile, item_categories
 from dynrec.online.store import StateStore
 from dynrec.online.store.versions import VersionStore
 
@@ -308,17 +308,42 @@ def profile_for(
     history: list[str] | None = None,
     short_window: int = 10,
     data_dir: str | Path | None = None,
+    store: StateStore | None = None,
 ) -> ProfileResult:
     """The interest profile (`dynrec.online.interests.interest_profile`) of `user` (their training
-    history, as `recommend_for` reads it) or of an explicit `history`, with the tags and titles of
-    the model directory's ``item_info.json``."""
+    history, as `recommend_for` reads it; with `store`, the history the store holds — what a
+    service on that store shows, events posted since the seeding included, items the model does
+    not know skipped as the service skips them) or of an explicit `history`, over the categories
+    the service's page uses (`dynrec.online.interests.item_categories`: the tags of the model
+    directory's ``item_info.json``, else clusters of the model's item vectors; none without
+    either), titles from it."""
     if isinstance(short_window, bool) or not isinstance(short_window, int) or short_window < 1:
         raise DynrecError(f"--short-window must be an integer >= 1, got {short_window!r}")
     model = Recommender.load(model_dir)
-    q = _query(model, user, history, data_dir)
+    if store is not None and user is not None and history is None:
+        q = _stored_query(model, store, user)
+    else:
+        q = _query(model, user, history, data_dir)
     info = read_item_info(model_dir)
-    prof = interest_profile(model, q, info, short_window=short_window)
+    cats = item_categories(model, item_info=info)
+    tags = cats if cats.basis != "items" else None  # items themselves are no tags: none listed
+    prof = interest_profile(model, q, info, short_window=short_window, categories=tags)
     return ProfileResult(user, model.name, bool(info), prof)
+
+
+def _stored_query(model: Recommender, store: StateStore, user: str) -> QueryBatch:
+    """`user`'s history in `store` as a one-query batch, built as `OnlineRecommender` builds it."""
+    hist = store.history(user)
+    if not hist.items:
+        raise UnknownIdError(f"user {user!r} has no events in the store")
+    assert model.item_vocab is not None and model.user_vocab is not None
+    return QueryBatch.from_ids(
+        model.item_vocab,
+        [hist.items],
+        users=[user],
+        user_vocab=model.user_vocab,
+        timestamps=[hist.timestamps],
+    )
 
 
 def _seed_plan(

@@ -21,6 +21,7 @@ short-term share exceeds their long-term one (`shift`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ __all__ = [
     "interests_of",
     "item_categories",
     "item_vectors",
+    "percent",
     "tag_categories",
     "top_shares",
 ]
@@ -127,6 +129,16 @@ def category_shares(
 def top_shares(shares: Mapping[str, float], n: int) -> list[tuple[str, float]]:
     """The `n` largest shares, ties by name."""
     return sorted(shares.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def percent(share: float) -> int:
+    """`share` (0..1) as a whole percentage, halves rounded up: the rounding of JavaScript's
+    ``Math.round(share * 100)``, which the service's page applies to the same shares, so that
+    ``dynrec profile`` and the page print the same numbers (Python's ``round`` and ``:.0%`` round
+    halves to even: 0.125 would be 12% here and 13% there)."""
+    x = share * 100.0
+    whole = math.floor(x)
+    return int(whole + 1 if x - whole >= 0.5 else whole)
 
 
 # ---- the session's view (the page) -------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """What the routes answer about one stored user besides their recommendations: per recommended
 item the history items that drove it (`explain_user`, `explain`), the interest profile of
-``/v1/users/{id}/profile`` and the interests of ``/v1/users/{id}`` — both from
-`dynrec.online.interests`, over the same categories (the session's), so the page and the profile
-give the same shares for the same user — the user's interest shifts (`user_shifts`: the session's
+``/v1/users/{id}/profile``, the interests of ``/v1/users/{id}`` and of an anonymous session
+(`session_interests`) — all from `dynrec.online.interests`, over the same categories (the
+session's), so the page and the profile give the same shares for the same user — the user's interest shifts (`user_shifts`: the session's
 detector, newest first; `named_shifts` names their sides for people), and the catalogue search of
 ``GET /v1/items`` (`search_items`)."""
 
@@ -15,7 +15,7 @@ from dynrec.data.query import QueryBatch
 from dynrec.jobs.explain import EXPLAIN_TOP, explain_items
 from dynrec.jobs.shifts import shift_names
 from dynrec.models.capabilities import Explainer
-from dynrec.online.interests import InterestProfile, Interests, interest_profile
+from dynrec.online.interests import InterestProfile, Interests, interest_profile, interests_of
 from dynrec.online.shifts import Shift
 from dynrec.online.store import History, StateStore
 from dynrec.service.holder import ModelHolder
@@ -28,6 +28,7 @@ __all__ = [
     "named_shifts",
     "profile",
     "search_items",
+    "session_interests",
     "stored_query",
     "user_detail",
     "user_shifts",
@@ -68,15 +69,26 @@ def explain_user(
 
 def profile(store: StateStore, holder: ModelHolder, user: str, short_window: int) -> InterestProfile | None:
     """`user`'s interest profile over their stored history (`dynrec.online.interests.interest_profile`
-    with the session's categories when they are tags or genres, titles from the holder's item
-    info); None when the store holds no event of them."""
+    with the session's categories — tags or genres, else clusters of the item vectors, as
+    ``dynrec profile`` takes them; none when they are the items themselves — titles from the
+    holder's item info); None when the store holds no event of them."""
     if store.stamp(user).n_events == 0:
         return None
     q = stored_query(store, holder, user)
     with holder.lock:
         cats = holder.online.categories()
-    tags = cats if cats.basis == "categories" else None
+    tags = cats if cats.basis != "items" else None
     return interest_profile(holder.model, q, holder.item_info, short_window=short_window, categories=tags)
+
+
+def session_interests(holder: ModelHolder, history: Sequence[str], short_window: int = 10) -> Interests:
+    """The interests of an anonymous session's item ids (oldest first; ids the model does not know
+    skipped), computed as a stored user's (`OnlineRecommender.interests`: `interests_of` over the
+    session's categories), so the page shows a session what it shows a user with that history."""
+    q = QueryBatch.from_ids(holder.item_vocab, [list(history)])
+    with holder.lock:
+        cats = holder.online.categories()
+        return interests_of(holder.model, "", q, cats, short_window=short_window)
 
 
 @dataclass(frozen=True)

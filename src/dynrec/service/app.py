@@ -9,7 +9,8 @@ Routes (JSON in and out; the page at ``/``, its files under ``/static``):
 * ``GET /v1/users/{user_id}/recommendations`` — from the user's cached state (micro-batched with
   concurrent requests); users without stored events get the popular fallback (``"fallback":
   "popular"``). ``POST /v1/recommendations`` — the same for an anonymous session's history.
-* ``GET /v1/users/{user_id}``, ``GET /v1/users``, ``GET /v1/items``, ``GET /v1/items/{id}/similar``.
+* ``GET /v1/users/{user_id}``, ``GET /v1/users``, ``GET /v1/items``, ``GET /v1/items/{id}/similar``;
+  ``POST /v1/interests`` — an anonymous session's interests (`dynrec.service.page`).
 * ``GET /v1/users/{user_id}/profile`` — long- vs short-term interests (tags, representative titles).
   Both user routes carry the user's interest shifts (``last_shift``, ``shifts`` newest first;
   `dynrec.online.shifts`), and ``POST /v1/events`` answers the shifts its events completed.
@@ -51,8 +52,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dynrec.data.events import InvalidEventError
@@ -63,6 +63,7 @@ from dynrec.online.interests import ProfileWindow
 from dynrec.online.shifts import Shift
 from dynrec.service.edge import EdgeGuardMiddleware, json_safe, redact_paths
 from dynrec.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
+from dynrec.service.page import add_page, docs_app, interests_out
 from dynrec.service.runtime import (
     ModelHolder,
     Recommended,
@@ -79,8 +80,6 @@ from dynrec.service.schemas import (
     ExplanationOut,
     HealthOut,
     HistoryEventOut,
-    InterestProfileOut,
-    InterestsOut,
     ItemOut,
     ItemsAddIn,
     ItemsAddOut,
@@ -106,8 +105,6 @@ from dynrec.text import ItemTexts
 log = logging.getLogger(__name__)
 
 __all__ = ["BodyLimitMiddleware", "app_from_env", "create_app"]
-
-STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 UserId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH), id_rule("user")]
 ItemId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH), id_rule("item")]
@@ -253,7 +250,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         finally:
             runtime.close()
 
-    app = FastAPI(
+    app = docs_app(  # Swagger UI from this service's files, no CDN (dynrec.service.page)
         title="dynrec",
         summary="Dynamic-interest recommendations: events in, live recommendations out.",
         version="1",
@@ -355,22 +352,17 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if got is None:
             raise HTTPException(404, f"user {user_id!r} has no events")
         detail, holder = got
-        hist, it = detail.history, detail.interests
+        hist = detail.history
         history = [
             HistoryEventOut(item_id=i, timestamp=int(t), event_type=et, title=holder.title(i))
             for i, t, et in zip(hist.items, hist.timestamps.tolist(), hist.event_types, strict=True)
         ]
-        interests = InterestsOut(
-            basis=it.basis,
-            short_term=InterestProfileOut(categories=it.short_term.categories, items=it.short_term.items),
-            long_term=InterestProfileOut(categories=it.long_term.categories, items=it.long_term.items),
-        )
         shifts = [ShiftOut.model_validate(_shift_json(s)) for s in detail.shifts]
         return UserOut(
             user_id=user_id,
             n_events=detail.n_events,
             history=history,
-            interests=interests,
+            interests=interests_out(detail.interests),
             last_shift=shifts[0] if shifts else None,
             shifts=shifts,
         )
@@ -482,15 +474,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        index = STATIC_DIR / "index.html"
-        if not index.is_file():
-            raise HTTPException(404, "the page is not installed")
-        return FileResponse(index)
-
-    if STATIC_DIR.is_dir():
-        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    add_page(app, runtime)  # the page at /, its files, POST /v1/interests (dynrec.service.page)
     return app
 
 

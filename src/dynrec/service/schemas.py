@@ -54,6 +54,7 @@ __all__ = [
     "ReloadIn",
     "ReloadOut",
     "SessionIn",
+    "SessionInterestsIn",
     "ShiftOut",
     "SimilarItemOut",
     "SimilarOut",
@@ -177,6 +178,13 @@ class SessionIn(_Strict):
     k: Annotated[StrictInt, Field(ge=1, le=1000)] = 10
     exclude_seen: StrictBool = True
     explain: StrictBool = False
+
+
+class SessionInterestsIn(_Strict):
+    history: Annotated[list[ItemId], Field(max_length=10_000)] = Field(description="item ids, oldest first")
+    short_window: Annotated[StrictInt, Field(ge=1, le=10_000)] = Field(
+        10, description="events of the short-term window (the most recent)"
+    )
 
 
 class HistoryEventOut(BaseModel):

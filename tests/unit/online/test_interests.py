@@ -11,7 +11,13 @@ import scipy.sparse as sp
 from dynrec.data.events import Event
 from dynrec.data.query import QueryBatch
 from dynrec.data.vocab import Vocabulary
-from dynrec.online.interests import Categories, category_shares, interest_profile, tag_categories
+from dynrec.online.interests import (
+    Categories,
+    category_shares,
+    interest_profile,
+    percent,
+    tag_categories,
+)
 from dynrec.online.session import OnlineRecommender
 from tests.unit.online.test_state import clustered_data, fitted
 
@@ -41,3 +47,23 @@ def test_categories_rows_spread_one_event() -> None:
     assert category_shares(np.array([0]), cats) == {}
     tagged = tag_categories(Vocabulary(["i", "j"]), {"i": {"tags": ["t", "t"]}, "k": {"tags": ["s"]}})
     assert tagged.names == ["t"] and category_shares(np.array([1, 2]), tagged) == {"t": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("share", "js_round"),
+    # what the page's Math.round(share * 100) gives (node -e "console.log(Math.round(0.125 * 100))": 13)
+    [
+        (0.125, 13),
+        (0.025, 3),
+        (0.145, 14),
+        (0.29, 29),
+        (0.005, 1),
+        (0.0049, 0),
+        (1 / 3, 33),
+        (1.0, 100),
+        (0.0, 0),
+    ],
+)
+def test_percent_rounds_as_the_page_does(share: float, js_round: int) -> None:
+    # Python's :.0% rounds halves to even: 0.125 -> "12%", 0.025 -> "2%", where the page shows 13%, 3%
+    assert percent(share) == js_round

@@ -8,6 +8,7 @@
   const K = 10; // recommendations shown
   const HISTORY_SHOWN = 50;
   const HISTORY_READ = 500; // read further back than shown: titles for the explanations' items
+  const USERS_LISTED = 1000; // the picker's users (the API's most)
   const $ = (id) => document.getElementById(id);
 
   const titles = new Map(); // item_id -> title, from every response that carried one
@@ -101,8 +102,9 @@
     }
   }
 
+  // An item as people read it: its title, else its id alone (ids like "item138" need no prefix).
   function label(itemId) {
-    return titles.get(String(itemId)) || `item ${itemId}`;
+    return titles.get(String(itemId)) || String(itemId);
   }
 
   function el(tag, attrs, ...children) {
@@ -127,11 +129,23 @@
 
   // ---- rendering --------------------------------------------------------------------------------
 
+  // Title and id; an item without a title shows its id once (as the title).
   function itemHead(itemId, title) {
-    return [
-      el("span", { class: "title", text: title || `item ${itemId}` }),
-      el("span", { class: "id", text: `#${itemId}` }),
-    ];
+    if (!title) return [el("span", { class: "title", text: String(itemId) })];
+    return [el("span", { class: "title", text: title }), el("span", { class: "id", text: `#${itemId}` })];
+  }
+
+  // The popular fallback ranks by events per item: its scores are counts, shown as such.
+  function scoreCell(score, fallback) {
+    if (fallback === "popular") {
+      const n = Math.round(Number(score));
+      return el("span", {
+        class: "score",
+        title: "popular fallback: the item's number of events",
+        text: `${n.toLocaleString("en")} ${n === 1 ? "event" : "events"}`,
+      });
+    }
+    return el("span", { class: "score", title: "model score", text: Number(score).toFixed(3) });
   }
 
   function renderRecs(res) {
@@ -144,29 +158,33 @@
           type: "button",
           class: "pick",
           "data-testid": "rec-pick",
-          "aria-label": `Pick ${it.title || "item " + it.item_id} (rank ${i + 1})`,
+          "aria-label": `Pick ${it.title || it.item_id} (rank ${i + 1})`,
         },
         ...itemHead(it.item_id, it.title),
       );
       pick.addEventListener("click", () => pickItem(it.item_id));
+      // "because of" names the history items that raised the score. A negative contribution
+      // (a model whose history item pulls this item down, e.g. a negative similarity or factor
+      // product) is the opposite of a reason: left out here; the API still returns it.
       let why = null;
-      if (Array.isArray(it.explanation) && it.explanation.length) {
-        const parts = it.explanation
-          .slice(0, 3)
-          .map((e) => `${label(e.item_id)} (${Number(e.weight).toFixed(2)})`);
+      const reasons = (Array.isArray(it.explanation) ? it.explanation : []).filter((e) => Number(e.weight) > 0);
+      if (reasons.length) {
+        const parts = reasons.slice(0, 3).map((e) => `${label(e.item_id)} (${Number(e.weight).toFixed(2)})`);
         why = el("p", { class: "why", "data-testid": "rec-why", text: `because of ${parts.join(" · ")}` });
       }
       return el(
         "li",
         { class: "item", "data-testid": "rec-item", "data-item-id": String(it.item_id) },
         pick,
-        el("span", { class: "score", title: "model score", text: Number(it.score).toFixed(3) }),
+        scoreCell(it.score, res.fallback),
         why,
       );
     });
     list.replaceChildren(...rows);
     const notes = [];
-    if (res.fallback) notes.push(`No usable history yet: showing the "${res.fallback}" fallback.`);
+    if (res.fallback === "popular") {
+      notes.push("No usable history yet: showing the most popular items (by number of events).");
+    } else if (res.fallback) notes.push(`No usable history yet: showing the "${res.fallback}" fallback.`);
     if (!res.items.length) notes.push("No recommendations.");
     notes.push(`model version ${res.model_version}`);
     $("recs-note").textContent = notes.join(" ");
@@ -206,12 +224,14 @@
     const bars = cats.map(([cat, share]) => {
       const bar = el("span", { class: "bar", "aria-hidden": "true" });
       bar.style.setProperty("--share", `${Math.max(0, Math.min(1, Number(share))) * 100}%`);
+      // halves rounded up, as dynrec.online.interests.percent rounds for `dynrec profile`
+      const pct = Math.round(Number(share) * 100);
       return el(
         "li",
-        { "data-testid": "interest-category" },
-        el("span", { class: "name", text: String(cat) }),
+        { "data-testid": "interest-category", "data-category": String(cat), "data-share": String(share) },
+        el("span", { class: "name", title: String(cat), text: String(cat) }),
         bar,
-        el("span", { class: "pct", text: `${Math.round(Number(share) * 100)}%` }),
+        el("span", { class: "pct", text: `${pct}%` }),
       );
     });
     const items = ((p && p.items) || []).map((id) =>
@@ -232,10 +252,12 @@
     return `${side(shift.from)} → ${side(shift.to)}`;
   }
 
-  function renderInterests(interests, lastShift) {
+  function renderInterests(interests, lastShift, emptyNote) {
     const box = $("interests");
-    if (!interests) {
-      box.replaceChildren(el("p", { class: "note", text: "No interests yet: this user has no events." }));
+    const empty = !interests || !(interests.long_term.categories.length || interests.long_term.items.length);
+    if (empty) {
+      const note = emptyNote || "No interests yet: this user has no events.";
+      box.replaceChildren(el("p", { class: "note", "data-testid": "interests-empty", text: note }));
       return;
     }
     box.replaceChildren(
@@ -317,16 +339,14 @@
           explain: true,
         });
         if (my !== state.token) return;
+        // the session's interests, computed by the service as for a stored user
+        const interests = await api("POST", "/v1/interests", { history: hist });
+        if (my !== state.token) return;
         renderHistory(
           state.anonHistory.map((h) => ({ ...h, event_type: "view", title: titles.get(h.item_id) })),
           state.anonHistory.length,
         );
-        $("interests").replaceChildren(
-          el("p", {
-            class: "note",
-            text: "Interests are computed for stored users; pick or type a user id to see them.",
-          }),
-        );
+        renderInterests(interests, null, "No interests yet: click items to build this session's history.");
         renderRecs(res);
       }
     } catch (e) {
@@ -404,7 +424,7 @@
       const rows = res.items.map((it) => {
         const add = el(
           "button",
-          { type: "button", class: "pick", "aria-label": `Pick ${it.title || "item " + it.item_id}` },
+          { type: "button", class: "pick", "aria-label": `Pick ${it.title || it.item_id}` },
           ...itemHead(it.item_id, it.title),
         );
         add.addEventListener("click", () => pickItem(it.item_id));
@@ -419,9 +439,12 @@
 
   async function loadUsers() {
     try {
-      const res = await api("GET", "/v1/users?limit=50");
+      const res = await api("GET", `/v1/users?limit=${USERS_LISTED}`);
       const select = $("user-select");
-      for (const u of res.users) select.append(el("option", { value: String(u), text: String(u) }));
+      // numeric ids in numeric order (1, 2, 10, not 1, 10, 2); others alphabetically
+      const order = new Intl.Collator("en", { numeric: true }).compare;
+      const users = res.users.map(String).sort(order);
+      for (const u of users) select.append(el("option", { value: u, text: u }));
       select.dataset.loaded = "true";
     } catch (e) {
       showError(e.message);
