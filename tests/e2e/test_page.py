@@ -6,11 +6,13 @@ clicking one posts the event (with the API key the page was given) and the page 
 interests and recommendations. Checked: a write without the key is refused and the API's error is
 shown in the page; with the key the list changes (the clicked item leaves it and heads the history),
 and the event is in the store (over HTTP and in the SQLite file itself). An anonymous session, fed
-from the item search, gets recommendations from its in-page history.
+from the item search, gets recommendations and an interest panel from its in-page history (before
+its first click: the popular fallback, its scores labelled as event counts).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -173,6 +175,10 @@ def test_page_click_updates_recommendations_and_store(served: Served) -> None:
             page.click("#anon-start")
             gen = wait_rendered(page, gen)
             assert page.get_attribute("#recs", "data-fallback") == "popular"
+            assert page.locator('[data-testid="interests-empty"]').count() == 1  # nothing clicked yet
+            # the fallback's scores are event counts, labelled so
+            scores = page.locator("#recs .score").all_inner_texts()
+            assert scores and all(re.fullmatch(r"[0-9][0-9,]* events?", t) for t in scores), scores
             page.fill("#search-query", "Film 1")
             page.click("#search-go")
             page.wait_for_selector('[data-testid="search-item"]')
@@ -190,6 +196,12 @@ def test_page_click_updates_recommendations_and_store(served: Served) -> None:
             anon = shown(page, "rec-item")
             assert anon and picked not in anon
             assert page.get_attribute("#recs", "data-fallback") == ""
+            # the session's interest panel, from its one item: Film N is in Group(N-1)//8
+            short = page.eval_on_selector_all(
+                '[data-testid="interests-short"] [data-testid="interest-category"]',
+                "els => els.map(e => [e.dataset.category, e.querySelector('.pct').textContent])",
+            )
+            assert short == [[f"Group{(int(picked[1:]) - 1) // 8}", "100%"]]
             assert page_errors == []
         finally:
             browser.close()

@@ -260,7 +260,7 @@
       box.replaceChildren(el("p", { class: "note", "data-testid": "interests-empty", text: note }));
       return;
     }
-    box.replaceChildren(
+    const parts = [
       el("p", { class: "hint", text: `by ${BASIS[interests.basis] || interests.basis}` }),
       el(
         "div",
@@ -268,14 +268,17 @@
         profile("Short term (latest events)", "interests-short", interests.short_term),
         profile("Long term (whole history)", "interests-long", interests.long_term),
       ),
-      lastShift
-        ? el("p", {
-            class: "hint",
-            "data-testid": "last-shift",
-            text: `Last interest shift: ${sides(lastShift)} (${when(lastShift.when)})`,
-          })
-        : null,
-    );
+    ];
+    if (lastShift) {
+      parts.push(
+        el("p", {
+          class: "hint",
+          "data-testid": "last-shift",
+          text: `Last interest shift: ${sides(lastShift)} (${when(lastShift.when)})`,
+        }),
+      );
+    }
+    box.replaceChildren(...parts); // (replaceChildren would print a null child as the text "null")
   }
 
   // The shift a click completed: shown until the next click or another user.
