@@ -80,6 +80,12 @@ def serve(
             "the model's users is seeded with its training histories, as `dynrec store seed` does)",
         ),
     ] = False,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log", help="log one line per request (off by default: it costs CPU per request)"
+        ),
+    ] = False,
 ) -> None:
     """Serve MODEL_DIR over HTTP: events in (POST /v1/events), live recommendations out, the page at /,
     API docs at /docs, Prometheus metrics at /metrics.
@@ -124,4 +130,4 @@ def serve(
         allowed_hosts=tuple(allowed_hosts or ()),
         seed=not no_seed,
     )
-    run_service(settings, host=host, port=port, workers=workers, say=typer.echo)
+    run_service(settings, host=host, port=port, workers=workers, access_log=access_log, say=typer.echo)

@@ -46,7 +46,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -60,13 +60,12 @@ from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.jobs.items import ExistingItemsError
 from dynrec.jobs.model_root import PublishConflict
 from dynrec.online.interests import ProfileWindow
-from dynrec.online.shifts import Shift
+from dynrec.service.answers_json import JSONBytes, events_json, recommendations_json, shift_json
 from dynrec.service.edge import EdgeGuardMiddleware, json_safe, redact_paths
 from dynrec.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from dynrec.service.page import add_page, docs_app, interests_out
 from dynrec.service.runtime import (
     ModelHolder,
-    Recommended,
     Runtime,
     UpdateRunning,
     serving_threads,
@@ -74,10 +73,8 @@ from dynrec.service.runtime import (
 from dynrec.service.schemas import (
     MAX_ID_LENGTH,
     DeleteOut,
-    EventShiftOut,
     EventsIn,
     EventsOut,
-    ExplanationOut,
     HealthOut,
     HistoryEventOut,
     ItemOut,
@@ -88,7 +85,6 @@ from dynrec.service.schemas import (
     ProfileOut,
     ProfileWindowOut,
     RecommendationsOut,
-    RecommendedItemOut,
     ReloadIn,
     ReloadOut,
     SessionIn,
@@ -214,30 +210,6 @@ def _batch_check(max_batch: int) -> Callable[[Request], Awaitable[None]]:
     return check_batch
 
 
-def _rec_out(user_id: str | None, rec: Recommended) -> RecommendationsOut:
-    h = rec.holder
-    items = []
-    for j, (item, score) in enumerate(zip(rec.items, rec.scores, strict=True)):
-        expl = None
-        if rec.explanations is not None:
-            expl = [ExplanationOut(item_id=i, weight=w) for i, w in rec.explanations[j]]
-        items.append(RecommendedItemOut(item_id=item, score=score, title=h.title(item), explanation=expl))
-    return RecommendationsOut(
-        user_id=user_id, items=items, fallback="popular" if rec.fallback else None, model_version=rec.version
-    )
-
-
-def _shift_json(s: Shift) -> dict[str, Any]:
-    """A shift in the form of `ShiftOut`."""
-    return {
-        "when": s.timestamp,
-        "event_index": s.event_index,
-        "score": s.score,
-        "from": list(s.from_),
-        "to": list(s.to),
-    }
-
-
 def create_app(settings: ServiceSettings) -> FastAPI:
     """The service for `settings`: loads the model and opens the store now (errors surface here)."""
     metrics = ServiceMetrics()
@@ -315,29 +287,28 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         dependencies=[*write, Depends(_batch_check(settings.max_batch))],
         tags=["events"],
     )
-    def post_events(body: EventsIn) -> EventsOut:
+    def post_events(body: EventsIn) -> Response:
         """Store events (durably, all or nothing) and move the users' live states."""
         done = runtime.ingest([e.to_event() for e in body.events])
-        shifts = [EventShiftOut.model_validate({"user_id": u, **_shift_json(s)}) for u, s in done.shifts]
-        return EventsOut(accepted=done.accepted, unknown_items=done.unknown_items, shifts=shifts)
+        return JSONBytes(events_json(done))
 
     @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendationsOut, tags=["recommend"])
     async def user_recommendations(
         user_id: UserId, k: K = 10, exclude_seen: bool = True, explain: bool = False
-    ) -> RecommendationsOut:
+    ) -> Response:
         """The user's top k from their live state; the popular fallback for users without events."""
         rec = await asyncio.wrap_future(
             runtime.recommend(user_id, k, exclude_seen=exclude_seen, explain=explain)
         )
-        return _rec_out(user_id, rec)
+        return JSONBytes(recommendations_json(user_id, rec))
 
     @app.post("/v1/recommendations", response_model=RecommendationsOut, tags=["recommend"])
-    def session_recommendations(body: SessionIn) -> RecommendationsOut:
+    def session_recommendations(body: SessionIn) -> Response:
         """Top k for an anonymous session's history (item ids, oldest first)."""
         rec = runtime.recommend_history(
             body.history, body.k, exclude_seen=body.exclude_seen, explain=body.explain
         )
-        return _rec_out(None, rec)
+        return JSONBytes(recommendations_json(None, rec))
 
     @app.get("/v1/users", response_model=UsersOut, tags=["users"])
     def list_users(limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> UsersOut:
@@ -357,7 +328,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             HistoryEventOut(item_id=i, timestamp=int(t), event_type=et, title=holder.title(i))
             for i, t, et in zip(hist.items, hist.timestamps.tolist(), hist.event_types, strict=True)
         ]
-        shifts = [ShiftOut.model_validate(_shift_json(s)) for s in detail.shifts]
+        shifts = [ShiftOut.model_validate(shift_json(s)) for s in detail.shifts]
         return UserOut(
             user_id=user_id,
             n_events=detail.n_events,
@@ -378,7 +349,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if got is None:
             raise HTTPException(404, f"user {user_id!r} has no events")
         prof, holder = got
-        shifts = [ShiftOut.model_validate(_shift_json(s)) for s in runtime.shifts(user_id, holder)]
+        shifts = [ShiftOut.model_validate(shift_json(s)) for s in runtime.shifts(user_id, holder)]
 
         def window(w: ProfileWindow) -> ProfileWindowOut:
             return ProfileWindowOut(n_events=w.n_events, tags=w.tags, items=w.items, item_ids=w.item_ids)

@@ -53,6 +53,9 @@ ANY_HOST = "*"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 """Names a loopback-bound service answers to besides its bound address."""
 
+_MAX_HOST_VALUES = 256
+"""Host header values whose verdict `EdgeGuardMiddleware` remembers (clients choose them)."""
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JSON_TYPE = "application/json"
 
@@ -165,6 +168,18 @@ class EdgeGuardMiddleware:
         self.app = app
         self.hosts = hosts
         self.json_only = json_only
+        self._answered: dict[bytes, bool] = {}  # Host header value -> answered (parsed once)
+
+    def _answers(self, host: bytes) -> bool:
+        """Whether a request with this ``Host`` value is answered (`hosts` holds its name)."""
+        known = self._answered.get(host)
+        if known is None:
+            assert self.hosts is not None
+            known = host_name(host.decode("latin-1")) in self.hosts
+            if len(self._answered) >= _MAX_HOST_VALUES:
+                self._answered.clear()
+            self._answered[host] = known
+        return known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (self.hosts is None and not self.json_only):
@@ -172,15 +187,13 @@ class EdgeGuardMiddleware:
             return
         headers = dict(scope.get("headers") or [])
         host = headers.get(b"host")
-        if self.hosts is not None and host is not None:
-            name = host_name(host.decode("latin-1"))
-            if name not in self.hosts:
-                detail = (
-                    f"Host {host.decode('latin-1')[:200]!r} is not a name this service answers to "
-                    "(start it with --allowed-host NAME to add one)"
-                )
-                await JSONResponse({"detail": detail}, status_code=421)(scope, receive, send)
-                return
+        if self.hosts is not None and host is not None and not self._answers(host):
+            detail = (
+                f"Host {host.decode('latin-1')[:200]!r} is not a name this service answers to "
+                "(start it with --allowed-host NAME to add one)"
+            )
+            await JSONResponse({"detail": detail}, status_code=421)(scope, receive, send)
+            return
         method = str(scope.get("method", "GET")).upper()
         if self.json_only and method not in SAFE_METHODS:
             has_body = (

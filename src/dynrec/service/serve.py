@@ -12,6 +12,11 @@ connection: in multi-process mode uvicorn binds the listening socket with protoc
 asyncio only disables Nagle's algorithm on sockets whose protocol is IPPROTO_TCP, so each answer's
 body (written after its headers) would wait for the client's delayed ACK, about 40 ms per request
 on a keep-alive connection.
+
+The access log (one line per request) is off unless asked for (``access_log``, ``dynrec serve
+--access-log``): formatting and writing it is CPU on every request. uvicorn takes its fastest
+parts when installed (the ``serve`` extra installs them): httptools for HTTP parsing and uvloop
+for the event loop.
 """
 
 from __future__ import annotations
@@ -70,13 +75,15 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: int = 1,
+    access_log: bool = False,
     say: Callable[[str], None] = log.warning,
 ) -> None:
     """Serve `settings` on host:port until interrupted (see the module docstring).
 
     With ``settings.seed`` the store is seeded before the model is registered (by the app for one
     worker, here once for several, which then start with ``seed`` off); `say` gets the one line
-    that tells what seeding did, when there is something to tell (``dynrec serve`` prints it)."""
+    that tells what seeding did, when there is something to tell (``dynrec serve`` prints it);
+    `access_log`: one log line per request (see the module docstring)."""
     if workers < 1:
         raise DynrecError(f"--workers must be >= 1, got {workers}")
     if not 0 <= port <= 65535:
@@ -101,7 +108,9 @@ def serve(
         app = create_app(settings)
         if (line := app.state.runtime.seeding.line(shown)) is not None:
             say(line)
-        uvicorn.run(app, host=host, port=port, http=NoDelayHTTPProtocol, log_level="info")
+        uvicorn.run(
+            app, host=host, port=port, http=NoDelayHTTPProtocol, log_level="info", access_log=access_log
+        )
         return
     store = open_store(settings.store)  # fail here, once, rather than in every worker
     try:
@@ -124,6 +133,7 @@ def serve(
         workers=workers,
         http=NoDelayHTTPProtocol,
         log_level="info",
+        access_log=access_log,
         # the supervisor pings each worker and replaces one that does not answer in time; a worker
         # importing torch and loading a model on a busy small machine can take longer than
         # uvicorn's default 5 s, and would be replaced over and over before it ever serves
