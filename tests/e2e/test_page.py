@@ -23,10 +23,12 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from dynrec.data.dataset import InteractionData
+from dynrec.data.vocab import Vocabulary
 from dynrec.models.registry import create_model
 from dynrec.online.store import SQLiteStore
 from tests.conftest import clustered_data
 from tests.serve_process import running_server
+from tests.unit.online.test_state import tiny_model
 
 API_KEY = "page-test-key"
 USER = "u3"
@@ -212,3 +214,52 @@ def test_page_click_updates_recommendations_and_store(served: Served) -> None:
     assert [h["item_id"] for h in user["history"]] == [*seen, clicked]
     with SQLiteStore(served.db) as store:  # anonymous picks stay in the page
         assert store.history(USER).items == (*seen, clicked)
+
+
+@pytest.fixture
+def untitled(tmp_path: Path) -> Iterator[str]:
+    """`dynrec serve` of an ALS model (item vectors) on data without titles or genres, its item
+    ids like "item138": the page's categories are clusters of the item vectors, named by ids."""
+    base = clustered_data(n_users=30, n_items=24, n_groups=3, per_user=10, seed=1)
+    ids = Vocabulary(f"item{100 + j}" for j in range(1, 25))
+    data = InteractionData.from_arrays(
+        base.users, base.items, timestamps=base.timestamps, user_vocab=base.user_vocab, item_vocab=ids
+    )
+    model_dir = tmp_path / "model"
+    tiny_model("als", data).save(model_dir)
+    with running_server(model_dir, "memory://", tmp_path / "server.log") as (_, url):
+        events = [{"user_id": "u1", "item_id": f"item{100 + j}", "timestamp": j} for j in (1, 2, 9, 17)]
+        assert httpx.post(f"{url}/v1/events", json={"events": events}, timeout=30).status_code == 200
+        yield url
+
+
+def test_page_without_titles_shows_ids_once_and_full_cluster_names(untitled: str) -> None:
+    chromium = chromium_path()
+    if chromium is None:
+        pytest.skip("no chromium binary found (.ci/run installs Debian's chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page.set_default_timeout(STEP_TIMEOUT_MS)
+            page.goto(f"{untitled}/?user=u1")
+            wait_rendered(page, "0")
+            # an item without a title: its id once (not "item item101 #item101")
+            first = page.locator('[data-testid="history-item"]').first
+            assert first.inner_text().splitlines()[0] == "item117"
+            assert first.locator(".id").count() == 0
+            rec = page.locator('[data-testid="rec-item"] .pick').first
+            assert re.fullmatch(r"item1[0-9]{2}", rec.inner_text())
+            # clusters named in full: the whole name shown (wrapped), nothing cut off
+            names = page.eval_on_selector_all(
+                '[data-testid="interest-category"]',
+                "els => els.map(e => { const n = e.querySelector('.name');"
+                " return [e.dataset.category, n.textContent, n.title, n.scrollWidth <= n.clientWidth]; })",
+            )
+            assert names and "clusters" in page.inner_text("#interests")
+            for category, text, tooltip, fits in names:
+                assert re.fullmatch(r"cluster \d+: item1\d\d(, item1\d\d){0,2}", category)
+                assert text == tooltip == category and fits, (category, text)
+            assert max(len(n[0]) for n in names) > 30, names  # one longer than its column: wrapped
+        finally:
+            browser.close()
