@@ -7,6 +7,8 @@ private attribute — so a new model gains a behaviour by implementing it, with 
 * `IncrementalState` — per-user state: ``init_state(histories)``, ``step_state(state, events)``,
   ``score_state(state)``. Invariant (tested for every implementer): a state built by ``init_state``
   plus any number of ``step_state`` calls scores like ``model.score`` on the whole history.
+  `RowStep` steps chosen rows of a state in place (no row copies of a large state);
+  `StateQueryEmbeddings` gives a state's `QueryEmbeddings` query vector (ANN retrieval from states).
 * `PartialFit` — incremental training on new events with vocabulary growth (``partial_fit``).
 * `ItemEmbeddings` — one vector per item (similar items, clustering, ANN indexes, text fusion).
 * `Explainer` — per recommended item, how much each history event contributed to its score.
@@ -36,7 +38,9 @@ __all__ = [
     "ItemText",
     "PartialFit",
     "QueryEmbeddings",
+    "RowStep",
     "StateBatch",
+    "StateQueryEmbeddings",
     "StateLayout",
     "UpdateBatch",
     "UpdateConfig",
@@ -215,4 +219,34 @@ class QueryEmbeddings(Protocol):
         """(vectors [n, d] float32 CPU, bias [n] float32 CPU or None): the item side of the dot
         product (row 0 = padding; n <= n_items). Not always `ItemEmbeddings.item_embeddings` (a
         model with separate input and output item tables returns the output one here)."""
+        ...
+
+
+@runtime_checkable
+class RowStep(Protocol):
+    """An `IncrementalState` model that advances chosen rows of a batch of states in place: the
+    callers that own a large batch (the replay engine, a session's batched ingest) then copy no
+    state rows per event."""
+
+    def step_state_rows_(
+        self, state: StateBatch, rows: IntArray, items: IntArray, timestamps: IntArray
+    ) -> None:
+        """Rows `rows` (distinct) of `state` each consume one more event (``items [R]``,
+        ``timestamps [R]``), in place: afterwards `state` equals ``step_state`` applied to those
+        rows, the other rows unchanged."""
+        ...
+
+
+@runtime_checkable
+class StateQueryEmbeddings(Protocol):
+    """An `IncrementalState` model that is also `QueryEmbeddings`: a state gives the query vector,
+    so an approximate index can serve users from their live states.
+
+    Contract (tested for every implementer): for a state built from a non-empty history (by
+    ``init_state`` and any number of ``step_state`` calls), ``state_query_embeddings(state)``
+    equals ``query_embeddings`` of that history, so ``score_state`` ranks the items of the output
+    table as ``q · vectors[i] + bias[i]``."""
+
+    def state_query_embeddings(self, state: StateBatch) -> torch.Tensor:
+        """[B, d] float32 CPU query vectors of the states."""
         ...

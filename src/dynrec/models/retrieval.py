@@ -263,6 +263,14 @@ class AnnIndex:
             cfg = cfg.replace(num_threads=model.options.num_threads)
         return cls.build(vectors, bias, cfg)
 
+    def fits(self, model: Recommender) -> bool:
+        """Whether this index was built from `model`'s current output item table."""
+        vectors, bias = _output_table(model)
+        return (
+            _fingerprint(_as_f32(vectors), None if bias is None else _as_f32(bias).reshape(-1))
+            == self.fingerprint
+        )
+
     # ---- searching -----------------------------------------------------------------------------
     def search(
         self,

@@ -23,7 +23,13 @@ import torch
 
 from dynrec.data.query import QueryBatch
 from dynrec.models.base import Recommender
-from dynrec.models.capabilities import IncrementalState, StateBatch
+from dynrec.models.capabilities import (
+    IncrementalState,
+    QueryEmbeddings,
+    RowStep,
+    StateBatch,
+    StateQueryEmbeddings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,18 @@ class StateAdapter(ABC):
         """Like `step`, but may reuse (overwrite) `state`'s buffers — for callers that own the
         state and drop the old one (the replay engine, the session's hot cache)."""
         return self.step(state, items, timestamps)
+
+    # -- approximate retrieval from states (`dynrec.online.retrieval`) ----------------------------
+    def query_embeddings(self, state: StateBatch) -> torch.Tensor | None:
+        """[B, d] query vectors whose dot products with the model's output item table
+        (`QueryEmbeddings.output_embeddings`) rank like `score` (None: the model's scores are no
+        dot product, or its state gives no query vector)."""
+        return None
+
+    def dot_rows(self, state: StateBatch) -> npt.NDArray[np.bool_]:
+        """[B] the rows `score` ranks exactly by `query_embeddings`' dot products (all of them
+        unless a wrapper adds a term of its own to some rows' scores)."""
+        return np.ones(self.size(state), dtype=bool)
 
     # -- batch plumbing (generic over the tensors' batch dimension) -------------------------
     def _dim(self, key: str) -> int:
@@ -139,6 +157,30 @@ class StateAdapter(ABC):
                 v.index_copy_(d, ix.to(v.device), part[k].to(v.dtype))
         return state
 
+    def step_runs_(
+        self, states: Sequence[StateBatch], items: Sequence[IntArray], timestamps: Sequence[IntArray]
+    ) -> list[StateBatch]:
+        """One-row states, owned by the caller (they may be overwritten), each advanced through its
+        own run of events ``items[b]``, ``timestamps[b]``. The rows move together: round r steps
+        every row's r-th event as one batch (as the replay engine does), in place on one
+        concatenated batch (`step_rows_`: no row copied per event where the model has `RowStep`)."""
+        lens = np.array([len(i) for i in items], dtype=np.int64)
+        n_rounds = int(lens.max(initial=0))
+        if n_rounds == 0:
+            return list(states)
+        if len(states) == 1:
+            st = states[0]
+            for r in range(n_rounds):
+                st = self.step_(st, items[0][r : r + 1], timestamps[0][r : r + 1])
+            return [st]
+        state = self.concat(states)
+        for r in range(n_rounds):
+            rows = np.flatnonzero(lens > r)
+            it = np.array([items[b][r] for b in rows.tolist()], dtype=np.int64)
+            ts = np.array([timestamps[b][r] for b in rows.tolist()], dtype=np.int64)
+            state = self.step_rows_(state, rows, it, ts)
+        return [self.select(state, np.array([b], dtype=np.int64)) for b in range(len(states))]
+
 
 class ModelStateAdapter(StateAdapter):
     """The state of a model implementing `IncrementalState` (its own init / step / score)."""
@@ -161,6 +203,21 @@ class ModelStateAdapter(StateAdapter):
 
     def score(self, state: StateBatch) -> torch.Tensor:
         return self.states.score_state(state)
+
+    def query_embeddings(self, state: StateBatch) -> torch.Tensor | None:
+        if isinstance(self.states, StateQueryEmbeddings) and isinstance(self.states, QueryEmbeddings):
+            return self.states.state_query_embeddings(state)
+        return None
+
+    def step_rows_(
+        self, state: StateBatch, rows: IntArray, items: IntArray, timestamps: IntArray
+    ) -> StateBatch:
+        """In place through the model's `RowStep` when it has one (no row is copied)."""
+        if not isinstance(self.states, RowStep):
+            return super().step_rows_(state, rows, items, timestamps)
+        if len(rows):
+            self.states.step_state_rows_(state, np.asarray(rows, dtype=np.int64), items, timestamps)
+        return state
 
 
 class RecomputeAdapter(StateAdapter):
@@ -253,6 +310,11 @@ class RecomputeAdapter(StateAdapter):
 
     def score(self, state: StateBatch) -> torch.Tensor:
         return self.model.score(self.queries(state)).clone()
+
+    def query_embeddings(self, state: StateBatch) -> torch.Tensor | None:
+        if isinstance(self.model, QueryEmbeddings):
+            return self.model.query_embeddings(self.queries(state))
+        return None
 
 
 def adapter_for(model: Recommender, *, prefer: str | None = None) -> StateAdapter:

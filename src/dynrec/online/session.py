@@ -2,12 +2,12 @@
 
 ``observe(event)`` appends the event to the user's history and advances the user's cached model
 state by one step (O(1) in the history length for sequence, MF and KNN models — see
-`dynrec.online.adapters`); ``recommend(user, k)`` scores the cached state, so the very next request
-follows the new event. ``update(events)`` continues training the model on new events
-(`dynrec.online.updater`) and invalidates every cached state (they are rebuilt lazily from the
-histories, tagged by the model version). ``interests(user)`` shows short- vs long-term interests.
-``delete_user`` removes everything held about a user (history, state, the updater's memory).
-"""
+`dynrec.online.adapters`); ``recommend(user, k)`` scores the cached state (or searches an index
+with it), so the very next request follows the new event. ``update(events)`` continues training
+the model on new events (`dynrec.online.updater`) and invalidates every cached state (rebuilt
+lazily from the histories, tagged by the model version). ``interests(user)`` shows short- vs
+long-term interests. ``delete_user`` removes everything held about a user (history, state, the
+updater's memory)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ import torch
 
 from dynrec.data.events import Event, validate_events
 from dynrec.data.items import ItemMetadata
-from dynrec.data.query import QueryBatch, Recommendations, check_k, topk_stable
+from dynrec.data.query import QueryBatch, Recommendations, check_k
 from dynrec.errors import NotFittedError
 from dynrec.models.base import Recommender
 from dynrec.models.files import tensor_fingerprint
+from dynrec.models.retrieval import AnnIndex
 from dynrec.online.adapters import RecomputeAdapter, StateAdapter, StateBatch, adapter_for
 from dynrec.online.interests import (
     Categories,
@@ -38,6 +39,7 @@ from dynrec.online.interests import (
     item_categories,
     item_vectors,
 )
+from dynrec.online.retrieval import state_top_k
 from dynrec.online.shift_state import ShiftAdapter, build_detector, recent_shifts, stored_histories
 from dynrec.online.shifts import Shift, ShiftCalibration, ShiftConfig, ShiftDetector
 from dynrec.online.store import CachedState, History, InMemoryStore, StateStore, UserStamp
@@ -65,6 +67,8 @@ class Recommendation:
     user_id: str
     items: list[str]
     scores: list[float]
+    retrieval: str = "exact"
+    """What served the list: ``"exact"`` or ``"ann:<kind>"``."""
 
 
 @dataclass
@@ -88,8 +92,8 @@ class OnlineRecommender:
     `item_categories`: optional ``(matrix [n_items, n_categories], names)`` in the model's item
     index order (e.g. ``ItemMetadata.genre_matrix(model.item_vocab)``) for `interests`; else the
     tags of `item_info`, the genres of `item_metadata`, clusters or items
-    (`dynrec.online.interests.item_categories`).
-    """
+    (`dynrec.online.interests.item_categories`). `index`: an `AnnIndex` over the model's item
+    table that `recommend` searches (`dynrec.online.retrieval`; None = exact), rebuilt by `refresh`."""
 
     def __init__(
         self,
@@ -104,6 +108,7 @@ class OnlineRecommender:
         cache_size: int = 10_000,
         persist_every: int = 1,
         shifts: ShiftDetector | None = None,
+        index: AnnIndex | None = None,
     ) -> None:
         if not model.fitted:
             raise NotFittedError(f"{model.name} is not fitted")
@@ -115,6 +120,7 @@ class OnlineRecommender:
         self.adapter = self._wrap(adapter if adapter is not None else adapter_for(model))
         self.version = self._version()
         self.updater = updater
+        self.index = index
         self.cache_size = cache_size
         """Users whose decoded state and seen items stay in this process (LRU; 0 = none). Every
         read checks a hot state against the store's stamp of the user (one indexed lookup), so
@@ -339,9 +345,8 @@ class OnlineRecommender:
         return None
 
     def _advance(self, ours: list[tuple[str, _Hot, list[Event], UserStamp]]) -> None:
-        """Step the owned hot states past their users' just-appended events. The users move
-        together: round r steps every user's r-th event as one batch (what the replay engine
-        does), so a request's cost follows its longest per-user run, not its event count."""
+        """Step the owned hot states past their users' just-appended events, together
+        (`StateAdapter.step_runs_`): a request's cost follows its longest per-user run."""
         if not ours:
             return
         assert self.model.item_vocab is not None
@@ -350,21 +355,9 @@ class OnlineRecommender:
         keep = [i > 0 for i in idx]  # items unknown to the model are kept in the history, skipped here
         idx = [i[k].astype(np.int64) for i, k in zip(idx, keep, strict=True)]
         ts = [t[k] for t, k in zip(ts, keep, strict=True)]
-        lens = np.array([len(i) for i in idx], dtype=np.int64)
-        n_rounds = int(lens.max(initial=0))
-        if n_rounds and len(ours) == 1:
-            hot = ours[0][1]
-            for r in range(n_rounds):  # the hot state is owned here: step in place
-                hot.state = self.adapter.step_(hot.state, idx[0][r : r + 1], ts[0][r : r + 1])
-        elif n_rounds:
-            state = self.adapter.concat([hot.state for _, hot, _, _ in ours])
-            for r in range(n_rounds):
-                mask = lens > r
-                items = np.array([i[r] if len(i) > r else 0 for i in idx], dtype=np.int64)
-                times = np.array([t[r] if len(t) > r else 0 for t in ts], dtype=np.int64)
-                state = self.adapter.step_where(state, items, times, mask)
-            for b, (_, hot, _, _) in enumerate(ours):
-                hot.state = self.adapter.select(state, np.array([b], dtype=np.int64))
+        states = self.adapter.step_runs_([hot.state for _, hot, _, _ in ours], idx, ts)
+        for (_, hot, _, _), st in zip(ours, states, strict=True):
+            hot.state = st
         for (user, hot, ues, stamp), done in zip(ours, idx, strict=True):
             hot.seen.update(done.tolist())
             hot.generation, hot.n_events, hot.dirty = stamp.generation, stamp.n_events, hot.dirty + len(ues)
@@ -385,9 +378,7 @@ class OnlineRecommender:
         hot = self._load(user)
         s = self.adapter.score(hot.state)[0]
         if exclude_seen and hot.seen:
-            if hot.seen_idx is None or hot.seen_idx.numel() != len(hot.seen):
-                hot.seen_idx = torch.tensor(sorted(hot.seen), dtype=torch.int64)
-            s[hot.seen_idx] = -torch.inf
+            s[self._seen_idx(hot)] = -torch.inf
         s[0] = -torch.inf
         return s
 
@@ -398,33 +389,33 @@ class OnlineRecommender:
     def recommend(self, user: str, k: int = 10, *, exclude_seen: bool = True) -> Recommendation:
         """The user's top `k` items (fewer when fewer are recommendable: a `k` beyond the
         catalogue returns every item not excluded). `k` must be an integer >= 1."""
-        k = check_k(k)
-        assert self.model.item_vocab is not None
-        s = self.scores(user, exclude_seen=exclude_seen)
-        idx, vals = topk_stable(s[None, :], min(int(k), s.shape[0]))
-        items, scores = Recommendations.from_topk(idx, vals, self.model.item_vocab).row()
-        return Recommendation(user, items, scores)
+        return self.recommend_many([user], k, exclude_seen=exclude_seen)[0]
 
     def recommend_many(
         self, users: Sequence[str], k: int = 10, *, exclude_seen: bool = True
     ) -> list[Recommendation]:
-        """`recommend` for several users with one scoring call over their cached states (the
-        service's micro-batches); the same result as calling `recommend` for each user in turn."""
+        """`recommend` for several users with one scoring (or index search) over their cached
+        states (the service's micro-batches); the same as `recommend` for each user in turn."""
         k = check_k(k)
         assert self.model.item_vocab is not None
         if not users:
             return []
         hots = [self._load(u) for u in users]
-        s = self.adapter.score(self.adapter.concat([h.state for h in hots]))
-        for row, hot in enumerate(hots):
-            if exclude_seen and hot.seen:
-                if hot.seen_idx is None or hot.seen_idx.numel() != len(hot.seen):
-                    hot.seen_idx = torch.tensor(sorted(hot.seen), dtype=torch.int64)
-                s[row, hot.seen_idx] = -torch.inf
-        s[:, 0] = -torch.inf
-        idx, vals = topk_stable(s, min(int(k), s.shape[1]))
-        recs = Recommendations.from_topk(idx, vals, self.model.item_vocab)
-        return [Recommendation(user, *recs.row(row)) for row, user in enumerate(users)]
+        state = hots[0].state if len(hots) == 1 else self.adapter.concat([h.state for h in hots])
+        exclude = None
+        if exclude_seen:
+            seen = [self._seen_idx(h) for h in hots]
+            rows = torch.repeat_interleave(torch.arange(len(hots)), torch.tensor([t.numel() for t in seen]))
+            exclude = (rows, torch.cat(seen))
+        got = state_top_k(self.adapter, state, k, exclude=exclude, index=self.index)
+        recs = Recommendations.from_topk(got.items, got.scores, self.model.item_vocab)
+        return [Recommendation(u, *recs.row(b), got.served[b]) for b, u in enumerate(users)]
+
+    @staticmethod
+    def _seen_idx(hot: _Hot) -> torch.Tensor:  # kept until the seen set grows
+        if hot.seen_idx is None or hot.seen_idx.numel() != len(hot.seen):
+            hot.seen_idx = torch.tensor(sorted(hot.seen), dtype=torch.int64)
+        return hot.seen_idx
 
     # -- interests ----------------------------------------------------------------------------
     def interests(
@@ -477,6 +468,8 @@ class OnlineRecommender:
         if not isinstance(inner, RecomputeAdapter):  # the model's own state may have changed kind
             inner = adapter_for(self.model)
         self.adapter = self._wrap(inner)
+        if self.index is not None and not self.index.fits(self.model):  # the item table changed
+            self.index = AnnIndex.for_model(self.model, self.index.config)
         self.version = self._version()
 
     def detect_shifts(

@@ -157,6 +157,15 @@ class ShiftAdapter(StateAdapter):
         inner, det = split_shift_state(state)
         return self.detector.lean(self.inner.score(inner), det)
 
+    def query_embeddings(self, state: StateBatch) -> torch.Tensor | None:
+        return self.inner.query_embeddings(split_shift_state(state)[0])
+
+    def dot_rows(self, state: StateBatch) -> npt.NDArray[np.bool_]:
+        """The rows the lean leaves alone (a leaning row's scores are no dot product)."""
+        inner, det = split_shift_state(state)
+        leaning: npt.NDArray[np.bool_] = self.detector.leaning(det).numpy()
+        return self.inner.dot_rows(inner) & ~leaning
+
     def counts(self, state: StateBatch) -> torch.Tensor:
         """[B] shifts detected so far per row (a row's count grows when a step completed a shift)."""
         return shift_counts(state)

@@ -396,6 +396,12 @@ def events_since_shift(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.where(last >= 0, seen - 1 - last, torch.full_like(last, torch.inf))
 
 
+def lean_weights(state: Mapping[str, torch.Tensor], cal: ShiftCalibration) -> torch.Tensor:
+    """[B] the lean's weight per state (0: its scores are the model's own)."""
+    since = events_since_shift(state)
+    return (cal.lean * (1.0 - since / cal.config.lean_events)).clamp(min=0.0)
+
+
 def lean_scores(
     scores: torch.Tensor, state: Mapping[str, torch.Tensor], space: ShiftSpace, cal: ShiftCalibration
 ) -> torch.Tensor:
@@ -403,8 +409,7 @@ def lean_scores(
     (in place on the rows concerned; returned)."""
     if cal.lean <= 0:
         return scores
-    since = events_since_shift(state)
-    w = cal.lean * (1.0 - since / cal.config.lean_events)
+    w = lean_weights(state, cal)
     rows = torch.nonzero(w > 0).squeeze(1)
     if rows.numel() == 0:
         return scores
@@ -638,3 +643,7 @@ class ShiftDetector:
 
     def lean(self, scores: torch.Tensor, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return lean_scores(scores, state, self.space, self.calibration)
+
+    def leaning(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """[B] bool: the states whose scores `lean` changes."""
+        return lean_weights(state, self.calibration) > 0

@@ -23,6 +23,13 @@ order-only data (ml-1m, Amazon), each user's last ``last_n`` events, interleaved
 (round-robin: everyone's n-th-last event, then everyone's (n-1)-th-last, ...). The model's
 vocabulary is built from the pre-cut events only; items first seen in the stream are unknown to a
 static model (a miss) until an update adds them.
+
+Retrieval (`ReplayConfig.ann`): exact by default — every item scored, the revealed item's rank
+counted. With an `AnnConfig`, each segment builds an index over its model's item table and every
+prediction is the top k of `dynrec.online.retrieval.state_top_k` from the users' states (the same
+seen-item exclusions; rows the index cannot answer stay exact): the revealed item's rank is its
+position in that list, a miss when absent — what a user served by the index would see. Then the
+engine keeps no dense per-user score or seen rows, only the states and the seen (row, item) pairs.
 """
 
 from __future__ import annotations
@@ -43,7 +50,9 @@ from dynrec.errors import DynrecError
 from dynrec.evaluation import metrics as M
 from dynrec.evaluation.offline import target_ranks
 from dynrec.models.base import Recommender
+from dynrec.models.retrieval import AnnConfig, AnnIndex
 from dynrec.online.adapters import StateAdapter, adapter_for
+from dynrec.online.retrieval import state_top_k
 from dynrec.online.updater import IncrementalUpdater, UpdateConfig
 from dynrec.replay.strategies import UpdateFn, incremental_fn, retrain_fn
 from dynrec.replay.stream import ReplayData, holdout_last
@@ -85,6 +94,8 @@ class ReplayConfig:
     holdout: bool = True
     """Keep each user's last pre-cut event out of every update / retrain, as `fit_for_replay` keeps
     it out of the initial fit (it validates, and measures forgetting after the replay)."""
+    ann: AnnConfig | None = None
+    """Serve each prediction's top `k` through an approximate index (module docstring); None = exact."""
 
 
 @dataclass
@@ -100,6 +111,8 @@ class ReplayResult:
     updates: list[dict[str, Any]]
     final_model: Recommender | None = None
     """The model at the end of the replay (changed by incremental / retrain modes)."""
+    retrieval: str = "exact"
+    """``"exact"`` or ``"ann:<kind>"`` (`ReplayConfig.ann`)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +120,7 @@ class ReplayResult:
             "model": self.model,
             "dataset": self.dataset,
             "protocol": self.protocol,
+            "retrieval": self.retrieval,
             **self.metrics,
             **self.timing,
             "windows": self.windows,
@@ -159,13 +173,14 @@ def _revealed_counts(rd: ReplayData, delay: int, static: bool) -> IntArray:
     return out
 
 
-def _chunk_users(adapter: StateAdapter, n_items: int, budget_mb: int) -> int:
+def _chunk_users(adapter: StateAdapter, n_items: int, budget_mb: int, dense: bool) -> int:
     try:
         one = adapter.init(QueryBatch.from_histories([[1]]))
         per = sum(v.numel() * v.element_size() for v in one.values())
     except Exception:  # pragma: no cover - sizing is best effort
         per = 4 * n_items
-    per += 8 * n_items  # score row + seen row
+    if dense:
+        per += 8 * n_items  # score row + seen row
     return int(max(16, min(8192, budget_mb * (1 << 20) // max(1, per))))
 
 
@@ -174,6 +189,8 @@ class _Clock:
     serve: float = 0.0
     init: float = 0.0
     update: float = 0.0
+    index: float = 0.0
+    ann_rows: int = 0
 
 
 def replay(
@@ -212,7 +229,12 @@ def replay(
     segs = _segments(rd, cfg)
     for si, (a, b) in enumerate(segs):
         adapter = make_adapter(model)
-        _run_segment(model, adapter, rd, a, b, revealed, ranks, predicted, cfg, clock)
+        index = None
+        if cfg.ann is not None:  # the segment's model: a new index after every update
+            t0 = time.perf_counter()
+            index = AnnIndex.for_model(model, cfg.ann)
+            clock.index += time.perf_counter() - t0
+        _run_segment(model, adapter, rd, a, b, revealed, ranks, predicted, cfg, clock, index)
         if cfg.mode in ("incremental", "retrain") and si + 1 < len(segs):
             assert update_fn is not None
             t_b = int(rd.time[b - 1])
@@ -242,8 +264,13 @@ def replay(
         "n_updates": float(len(updates)),
         "work_events": float(sum(float(u.get("work_events", 0)) for u in updates)),
     }
+    served = "exact"
+    if cfg.ann is not None:
+        served = f"ann:{cfg.ann.kind}"
+        timing["index_build_seconds"] = clock.index
+        timing["ann_share"] = clock.ann_rows / s if s else 0.0
     return ReplayResult(
-        cfg.mode, model.name, rd.name, rd.protocol, ranks, metrics, windows, timing, updates, model
+        cfg.mode, model.name, rd.name, rd.protocol, ranks, metrics, windows, timing, updates, model, served
     )
 
 
@@ -277,11 +304,13 @@ def _run_segment(
     predicted: npt.NDArray[np.bool_],
     cfg: ReplayConfig,
     clock: _Clock,
+    index: AnnIndex | None = None,
 ) -> None:
     """Predict stream events [a, b) with a fixed model, users in chunks, events in rounds.
 
     Users are ordered by their number of events in the segment (descending), so the users active
-    in round r are a prefix of the chunk and every batched operation works on views."""
+    in round r are a prefix of the chunk and every batched operation works on views. With `index`,
+    predictions come from `state_top_k` and seen items are kept as (row, item) pairs."""
     data = rd.data
     n_model = model.n_items
     n_model_users = model.user_vocab.size if model.user_vocab is not None else 1
@@ -298,7 +327,7 @@ def _run_segment(
     by_count = np.lexsort((-hist_len, -counts))
     starts, counts = starts[by_count], counts[by_count]
     seg_users = u_sorted[starts]
-    chunk = _chunk_users(adapter, n_model, cfg.state_budget_mb)
+    chunk = _chunk_users(adapter, n_model, cfg.state_budget_mb, dense=index is None)
     for c0 in range(0, len(seg_users), chunk):
         c1 = min(len(seg_users), c0 + chunk)
         cu = seg_users[c0:c1]
@@ -309,9 +338,9 @@ def _run_segment(
         t0 = time.perf_counter()
         q = _history_batch(data, cu, data.indptr[cu], rd.pre_end[cu] + cnt, n_model, n_model_users)
         state = adapter.init(q)
-        seen = torch.zeros(nb, n_model, dtype=torch.bool)
-        if cfg.exclude_seen and len(q.items):
-            seen[torch.from_numpy(q.row_ids()), torch.from_numpy(q.items)] = True
+        seen = _Seen(nb, n_model, dense=index is None)
+        if cfg.exclude_seen:
+            seen.add(q.row_ids(), q.items)
         clock.init += time.perf_counter() - t0
         t1 = time.perf_counter()
         for r in range(int(c_counts.max(initial=0))):
@@ -331,13 +360,21 @@ def _run_segment(
                     rows = rr[ok]
                     state = adapter.step_rows_(state, rows, it[ok], data.timestamps[p[ok]])
                     if cfg.exclude_seen:
-                        seen[torch.from_numpy(rows), torch.from_numpy(it[ok])] = True
+                        seen.add(rows, it[ok])
                 cnt[rr] += 1
+            tgt = data.items[rd.stream[ev]]
+            if index is not None:
+                got = state_top_k(
+                    adapter, adapter.narrow(state, n_act), cfg.k, exclude=seen.pairs(n_act), index=index
+                )
+                clock.ann_rows += sum(x != "exact" for x in got.served)
+                ranks[ev] = _list_ranks(got.items, tgt)
+                predicted[ev] = True
+                continue
             scores = adapter.score(adapter.narrow(state, n_act))
             if cfg.exclude_seen:
-                scores.masked_fill_(seen[:n_act], -torch.inf)
+                scores.masked_fill_(seen.dense[:n_act], -torch.inf)
             scores[:, 0] = -torch.inf
-            tgt = data.items[rd.stream[ev]]
             known = tgt < n_model
             rk = np.full(n_act, np.inf)
             if known.all():
@@ -348,6 +385,40 @@ def _run_segment(
             ranks[ev] = rk
             predicted[ev] = True
         clock.serve += time.perf_counter() - t1
+
+
+class _Seen:
+    """The seen items of a chunk's rows: a dense [rows, items] mask (exact scoring masks with it)
+    or (row, item) pairs (an index takes those)."""
+
+    def __init__(self, n_rows: int, n_items: int, *, dense: bool) -> None:
+        self.dense = torch.zeros(n_rows if dense else 0, n_items if dense else 0, dtype=torch.bool)
+        self.is_dense = dense
+        self._rows: list[IntArray] = []
+        self._items: list[IntArray] = []
+
+    def add(self, rows: IntArray, items: IntArray) -> None:
+        if self.is_dense:
+            self.dense[torch.from_numpy(np.asarray(rows)), torch.from_numpy(np.asarray(items))] = True
+        else:
+            self._rows.append(np.asarray(rows, dtype=np.int64))
+            self._items.append(np.asarray(items, dtype=np.int64))
+
+    def pairs(self, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (row, item) pairs of rows 0..n_rows-1."""
+        if len(self._rows) > 1:  # merged once, then appended to
+            self._rows, self._items = [np.concatenate(self._rows)], [np.concatenate(self._items)]
+        r = self._rows[0] if self._rows else np.zeros(0, np.int64)
+        i = self._items[0] if self._items else np.zeros(0, np.int64)
+        keep = r < n_rows
+        return torch.from_numpy(r[keep]), torch.from_numpy(i[keep])
+
+
+def _list_ranks(items: torch.Tensor, targets: IntArray) -> npt.NDArray[np.float64]:
+    """0-based position of each row's target in its top list (inf when absent)."""
+    hit = items.numpy() == np.asarray(targets, dtype=np.int64)[:, None]
+    pos = hit.argmax(axis=1).astype(np.float64)
+    return np.where(hit.any(axis=1), pos, np.inf)
 
 
 def _history_batch(

@@ -71,7 +71,8 @@ class ModelHolder:
         self.scoring = scoring if scoring is not None else model
         """The model session recommendations are scored with (`model` or its reduced-precision copy)."""
         self.index = index
-        """The approximate index over `scoring`'s item table (None = exact)."""
+        """The approximate index over `scoring`'s item table (None = exact); stored users' live
+        states are served through it too when `scoring` is the model itself (float32)."""
         self.metadata = metadata
         self.item_info: ItemInfo = {**(item_info or {}), **metadata_info(metadata)}
         """Titles and tags per item: the version directory's item_info.json, then the metadata. Its
@@ -83,6 +84,7 @@ class ModelHolder:
             item_info=self.item_info,
             cache_size=cache_size,
             persist_every=persist_every,
+            index=index if self.scoring is model else None,  # an index over a reduced copy ranks its scores
         )
         self._detect_shifts(shifts_fallback, calibrate)
         self.lock = threading.Lock()

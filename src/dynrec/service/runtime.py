@@ -19,9 +19,9 @@ process are learned by the next update wherever it runs, and none is lost on a r
 Approximate retrieval and precision (`ServiceSettings.ann` / ``precision``): each holder has a
 *scoring* model (the model itself, or its int8/bf16 copy) and, with ``ann``, a FAISS index over
 that model's item table, both made when the holder is built — so every new version gets its own.
-They serve the stateless session path (`recommend_history`). A stored user's recommendations come
-from their cached incremental state (`OnlineRecommender`), which stays exact and float32: states
-are checkpointed in the shared store under the model's version and read back by every worker.
+They serve the session path (`recommend_history`); a stored user's recommendations come from their
+cached float32 state (`OnlineRecommender`, whoever stepped it: an ingest or ``dynrec consume``),
+through the index too at float32 (`dynrec.online.retrieval`). Each answer names its retrieval.
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ class Recommended:
     fallback: bool
     version: str
     holder: ModelHolder
+    retrieval: str = "exact"
+    """``"exact"``, ``"ann:<kind>"`` or ``"popular"``."""
 
 
 @dataclass(frozen=True)
@@ -349,7 +351,7 @@ class Runtime:
                 r = reqs[j]
                 items, scores = rec.items[: r.k], rec.scores[: r.k]
                 expl = answers.explain_user(self.store, holder, r.user, items) if r.explain else None
-                out[j] = Recommended(items, scores, expl, False, holder.version, holder)
+                out[j] = Recommended(items, scores, expl, False, holder.version, holder, rec.retrieval)
         return [o for o in out if o is not None]
 
     def recommend_history(
@@ -371,7 +373,7 @@ class Runtime:
             served = "exact"
         items, scores = Recommendations.from_topk(top, vals, holder.item_vocab, retrieval=served).row()
         expl = answers.explain(holder, q, items) if explain else None
-        return Recommended(items, scores, expl, False, holder.version, holder)
+        return Recommended(items, scores, expl, False, holder.version, holder, served)
 
     def _popular(self, holder: ModelHolder, k: int) -> Recommended:
         s = self.popularity.scores(holder).clone()
@@ -379,7 +381,7 @@ class Runtime:
         top, vals = topk_stable(s[None, :].float(), min(k, s.shape[0]))
         items, scores = Recommendations.from_topk(top, vals, holder.item_vocab, retrieval="popular").row()
         self.metrics.fallbacks.inc()
-        return Recommended(items, scores, None, True, holder.version, holder)
+        return Recommended(items, scores, None, True, holder.version, holder, "popular")
 
     # -- explanations and profiles (`dynrec.service.answers`) ------------------------------------------
     def profile(self, user: str, short_window: int) -> tuple[InterestProfile, ModelHolder] | None:

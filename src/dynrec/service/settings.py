@@ -96,11 +96,12 @@ class ServiceSettings:
     addresses for a loopback bind, plus the allowed hosts; 421 for others). None and no allowed
     hosts: no Host check (an app built directly, as in tests).
 
-    `ann`: ``hnsw`` or ``ivf`` = session (history) recommendations come from an approximate index
+    `ann`: ``hnsw`` or ``ivf`` = recommendations come from an approximate index
     over the model's item table (`dynrec.models.retrieval`; the model needs the `QueryEmbeddings`
     capability), built when a model is loaded and rebuilt with every new model (reload, update,
     items added); `ann_options`: the index's ``key=value`` options (`AnnConfig`). A stored user's
-    recommendations come from their cached incremental state and stay exact. `precision`: ``int8``
+    recommendations come from their cached incremental state, through the index too (float32
+    precision; the model's state must give a query vector, else exact). `precision`: ``int8``
     / ``bf16`` = session recommendations from a reduced-precision scoring copy of a neural model
     (`dynrec.models.neural.quantize`); cached states stay float32, since they are checkpointed in
     the shared store under the model's version for every worker.

@@ -135,6 +135,30 @@ def test_batched_replay_equals_naive_for_stateful_models(rd: ReplayData, name: s
     assert same.mean() > 0.97 and np.all(np.abs(res.ranks[~same] - want[~same]) <= 2)
 
 
+@pytest.mark.parametrize(("mode", "delay"), [("state", 0), ("state", 150), ("incremental", 0)])
+def test_replay_through_an_exact_index_equals_exact_replay(rd: ReplayData, mode: str, delay: int) -> None:
+    pytest.importorskip("faiss")
+    from dynrec.models.retrieval import AnnConfig
+
+    exact_index = AnnConfig(kind="ivf", nlist=1, nprobe=1, num_threads=1)  # one cell scanned whole
+    cfgs = [
+        ReplayConfig(mode=mode, delay=delay, update_every=20, state_budget_mb=1, ann=a)
+        for a in (None, exact_index)
+    ]  # type: ignore[arg-type]
+    exact, ann = (replay(tiny_model("als", rd.train), rd, c) for c in cfgs)
+    k = cfgs[0].k
+    # the index's list is the exact top k: the same hits at the same positions, misses beyond k
+    # (float32 dot products in the index: two items within rounding of each other may swap, so
+    # a target at the list's end may move by a place or out of it)
+    want = np.where(exact.ranks < k, exact.ranks, np.inf)
+    same = want == ann.ranks
+    assert same.mean() > 0.97 and np.isfinite(ann.ranks).sum() > 20
+    assert np.all(np.minimum(want[~same], ann.ranks[~same]) >= k - 2)
+    assert (exact.retrieval, ann.retrieval) == ("exact", "ann:ivf")
+    assert ann.to_json()["retrieval"] == "ann:ivf" and ann.timing["ann_share"] > 0.9
+    assert ann.timing["index_build_seconds"] > 0 and "ann_share" not in exact.timing
+
+
 def test_incremental_itemknn_equals_retrain_and_reports(rd: ReplayData) -> None:
     model = tiny_model("itemknn", rd.train)
     inc = replay(model, rd, ReplayConfig(mode="incremental", update_every=10))

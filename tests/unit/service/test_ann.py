@@ -57,7 +57,8 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     prepared = jobs.prepare(str(_write_csv(data, root / "events.csv")))
     jobs.train("sasrec", prepared, config=SASREC, out=root / "sasrec")
     jobs.train("pop", prepared, out=root / "pop")
-    return {"sasrec": root / "sasrec", "pop": root / "pop"}
+    jobs.train("als", prepared, config={"embedding_dim": 8, "num_threads": 1}, out=root / "als")
+    return {"sasrec": root / "sasrec", "pop": root / "pop", "als": root / "als"}
 
 
 def _cli(*args: str) -> dict[str, object]:
@@ -229,3 +230,39 @@ def test_service_sessions_through_the_index_and_int8(saved: dict[str, Path], tmp
         assert rt.holder is not h and rt.holder.index is not None and rt.holder.index is not h.index
     with pytest.raises(DynrecError, match="'pop' does not score by a dot product"):
         create_app(ServiceSettings(model_dir=str(saved["pop"]), store_url="memory://", ann="hnsw"))
+
+
+def test_stored_users_through_an_exact_index_get_the_exact_answer(saved: dict[str, Path]) -> None:
+    """ALS states (a query vector each) served through a one-cell IVF index (a flat scan: exact)
+    give the exact path's items, before and after new events; the answer names its retrieval."""
+    base = {"model_dir": str(saved["als"]), "store_url": "memory://"}
+    ann = {"ann": "ivf", "ann_options": ("nlist=1", "nprobe=1", "num_threads=1")}
+    with (
+        TestClient(create_app(ServiceSettings(**base))) as c_exact,  # type: ignore[arg-type]
+        TestClient(create_app(ServiceSettings(**base, **ann))) as c_ann,  # type: ignore[arg-type]
+    ):
+        exact, approx = (c.app.state.runtime for c in (c_exact, c_ann))  # type: ignore[attr-defined]
+        assert isinstance(exact, Runtime) and isinstance(approx, Runtime)
+        users = [f"s{b}" for b in range(len(HISTORIES))]
+        hist = [
+            {"user_id": u, "item_id": i, "timestamp": 1000 + t}
+            for u, h in zip(users, HISTORIES, strict=True)
+            for t, i in enumerate(h)
+        ]
+        for c in (c_exact, c_ann):
+            assert c.post("/v1/events", json={"events": hist}).status_code == 200
+        assert approx.holder.online.index is approx.holder.index is not None
+        for step in range(2):
+            for u in users:
+                want, got = exact.recommend_now(u, 6), approx.recommend_now(u, 6)
+                assert got.items == want.items and (want.retrieval, got.retrieval) == ("exact", "ann:ivf")
+                np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4, atol=1e-4)
+                seen = set(exact.store.history(u).items)
+                assert not seen & set(got.items)  # seen items excluded, as on the exact path
+                r = c_ann.get(f"/v1/users/{u}/recommendations", params={"k": 6}).json()
+                assert [x["item_id"] for x in r["items"]] == want.items
+                if step == 0:  # the user takes their top item: both paths move on from it
+                    ev = {"events": [{"user_id": u, "item_id": want.items[0], "timestamp": 10**9}]}
+                    for c in (c_exact, c_ann):
+                        assert c.post("/v1/events", json=ev).status_code == 200
+        assert approx.recommend_now("nobody-yet", 3).retrieval == "popular"

@@ -68,14 +68,20 @@ def finish_scores(scores: torch.Tensor, n_items: int) -> torch.Tensor:
 
 
 def gram_per_query(
-    rows: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor, factors: torch.Tensor, n_queries: int
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    weights: torch.Tensor,
+    factors: torch.Tensor,
+    n_queries: int,
+    *,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """[B, k, k] (float32): for each query, the sum over its events of ``w · v_i v_iᵀ``.
+    """[B, k, k] (`dtype`): for each query, the sum over its events of ``w · v_i v_iᵀ``.
 
     Queries are sorted by history length and processed in groups padded to the group's longest
     history, so the work is one batched matmul per group (~nnz · k² flops, little padding)."""
     k = factors.shape[1]
-    out = torch.zeros(n_queries, k, k, dtype=torch.float32)
+    out = torch.zeros(n_queries, k, k, dtype=dtype)
     if rows.numel() == 0:
         return out
     r = rows.numpy()
@@ -84,10 +90,9 @@ def gram_per_query(
     starts = np.zeros(n_queries, dtype=np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
     cols_sorted = cols.numpy()[order]
-    w_sorted = weights.to(torch.float32).numpy()[order]
+    w_sorted = weights.to(dtype).numpy()[order]
     by_len = np.argsort(lengths, kind="stable")
     by_len = by_len[lengths[by_len] > 0]
-    f32 = factors.to(torch.float32)
     a = 0
     while a < by_len.shape[0]:
         longest = int(lengths[by_len[min(by_len.shape[0], a + GROUP) - 1]])
@@ -97,8 +102,8 @@ def gram_per_query(
         pos = np.arange(int(ln.max()))[None, :]
         valid = pos < ln[:, None]  # [g, L]
         idx = np.where(valid, starts[q][:, None] + pos, 0)
-        v = f32[torch.from_numpy(cols_sorted[idx])]  # [g, L, k]
-        w = torch.from_numpy(np.where(valid, w_sorted[idx], 0.0).astype(np.float32))
+        v = factors[torch.from_numpy(cols_sorted[idx])].to(dtype)  # [g, L, k]
+        w = torch.from_numpy(np.where(valid, w_sorted[idx], 0.0)).to(dtype)
         out[torch.from_numpy(q)] = torch.bmm((v * w[:, :, None]).transpose(1, 2), v)
         a += size
     return out

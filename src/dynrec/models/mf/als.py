@@ -18,7 +18,6 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -147,9 +146,6 @@ class ALS(Recommender):
     # items (w_i = events on item i). An event on item i adds α v_i v_iᵀ to A and α v_i to b (plus
     # v_i the first time i is seen): O(k²) per event; a read solves the k×k system, the same normal
     # equations `user_vectors` solves from the whole history.
-    event_block: ClassVar[int] = 2048
-    """History events whose outer products are formed at once when building states."""
-
     def state_layout(self) -> StateLayout:
         return StateLayout("fold-in")
 
@@ -163,18 +159,13 @@ class ALS(Recommender):
         a = g.to(torch.float64)[None].repeat(len(batch), 1, 1)
         b = torch.zeros(len(batch), k, dtype=torch.float64)
         if len(batch.items):
-            rows = torch.from_numpy(batch.row_ids())
-            cols = torch.from_numpy(batch.items.astype(np.int64))
-            keep = (cols > 0) & (cols < n)
-            rows, cols = rows[keep], cols[keep]
-            for s0 in range(0, int(rows.shape[0]), self.event_block):  # bounded [block, k, k] memory
-                r = rows[s0 : s0 + self.event_block]
-                vv = v[cols[s0 : s0 + self.event_block]].to(torch.float64)
-                a.index_add_(0, r, alpha * vv[:, :, None] * vv[:, None, :])
-                b.index_add_(0, r, alpha * vv)
+            rows, cols, _ = history_events(batch, n, np.ones(len(batch.items), dtype=np.float32))
+            # one (row, item, count) per distinct pair: A gets α·count·v vᵀ, b gets (1 + α·count)·v
+            rows, cols, cnt = sum_duplicates(rows, cols, torch.ones(rows.shape[0]), n)
+            c64 = cnt.to(torch.float64)
+            a += gram_per_query(rows, cols, alpha * c64, v, len(batch), dtype=torch.float64)
+            b.index_add_(0, rows, v[cols].to(torch.float64) * (1.0 + alpha * c64)[:, None])
             seen[rows, cols] = True
-            r2, c2 = torch.nonzero(seen, as_tuple=True)
-            b.index_add_(0, r2, v[c2].to(torch.float64))
         return {"A": a, "b": b, "seen": seen}
 
     def step_state(
@@ -191,9 +182,31 @@ class ALS(Recommender):
         b = state["b"] + (alpha + first.to(torch.float64))[:, None] * vv
         return {"A": a, "b": b, "seen": seen}
 
+    def step_state_rows_(
+        self, state: StateBatch, rows: IntArray, items: IntArray, timestamps: IntArray
+    ) -> None:
+        """`RowStep`: the rows' A, b and seen flags updated where they are (no row is copied)."""
+        v, alpha = self.item_vectors(), float(self.config.alpha)
+        r = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        it = torch.from_numpy(np.asarray(items, dtype=np.int64))
+        vv = v[it].to(torch.float64)
+        first = ~state["seen"][r, it]
+        state["seen"][r, it] = True
+        state["A"].index_add_(0, r, alpha * vv[:, :, None] * vv[:, None, :])
+        state["b"].index_add_(0, r, (alpha + first.to(torch.float64))[:, None] * vv)
+
+    def state_query_embeddings(self, state: StateBatch) -> torch.Tensor:
+        """`StateQueryEmbeddings`: the folded-in user vectors ``A⁻¹ b`` of the states."""
+        a, b = state["A"], state["b"]
+        chol, info = torch.linalg.cholesky_ex(a)  # A = VᵀV + λI + α Σ v vᵀ: positive definite when λ > 0
+        if bool((info != 0).any()):  # λ = 0 and a rank-deficient history
+            u: torch.Tensor = torch.linalg.solve(a, b)
+        else:
+            u = torch.cholesky_solve(b[:, :, None], chol)[:, :, 0]
+        return u.to(torch.float32)
+
     def score_state(self, state: StateBatch) -> torch.Tensor:
-        u = torch.linalg.solve(state["A"], state["b"]).to(torch.float32)
-        return finish_scores(u @ self.item_vectors().T, self.n_items)
+        return finish_scores(self.state_query_embeddings(state) @ self.item_vectors().T, self.n_items)
 
     # ---- Explainer: the fold-in's right-hand side is a sum over the history ----------------------
     def explain(self, batch: QueryBatch, items: torch.Tensor) -> torch.Tensor:
