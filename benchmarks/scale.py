@@ -22,6 +22,14 @@ the 1-minute load average before and after the stage. Stages:
                events, then a state-mode replay of the rest (every event: recommend from the user's
                current state, then reveal it): events/s including building the users' states, with
                the engine's state budget bounding memory.
+``live``     — the live path with and without an approximate index, side by side in one process on
+               the replay stage's cut and model: the state-mode replay exact and through each of
+               ``--ann-kinds`` (default FAISS settings; the index built once per model, its build
+               time reported apart); and, for ``--fresh-users`` users of the stream whose pre-cut
+               history is in an in-memory store, one new event -> a fresh top-10
+               (`OnlineRecommender.observe` then ``recommend``, seen items excluded), timed per
+               retrieval on the same events; recall@10 of each index's lists against the exact
+               lists of the same states.
 
 One record per size and stage in results/scale.json, and results/scale_cost.png (cost vs events).
 
@@ -43,7 +51,7 @@ from typing import Any
 
 from benchmarks._common import REPO, RESULTS, load, put, record
 
-STAGES = ("generate", "prepare", "model", "replay")
+STAGES = ("generate", "prepare", "model", "replay", "live")
 MIB = 1 << 20
 
 
@@ -98,6 +106,8 @@ def child_flags(args: argparse.Namespace) -> list[str]:
         f"--eval-users={args.eval_users}",
         f"--latency-queries={args.latency_queries}",
         f"--replay-quantile={args.replay_quantile}",
+        f"--ann-kinds={args.ann_kinds}",
+        f"--fresh-users={args.fresh_users}",
     ]
 
 
@@ -125,8 +135,10 @@ def params(n_events: int, stage: str, args: argparse.Namespace) -> dict[str, Any
         p.update({"model": "als", "als_epochs": args.als_epochs})
     if stage == "model":
         p.update({"eval_users": args.eval_users, "latency_queries": args.latency_queries})
-    if stage == "replay":
+    if stage in ("replay", "live"):
         p.update({"replay_quantile": args.replay_quantile, "replay_mode": "state"})
+    if stage == "live":
+        p.update({"ann_kinds": args.ann_kinds, "fresh_users": args.fresh_users, "k": 10})
     return p
 
 
@@ -171,7 +183,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     for r in records:
         by_stage.setdefault(r["params"]["stage"], []).append((int(r["params"]["events"]), r["metrics"]))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for stage in STAGES:
+    for stage in STAGES[:4]:  # the cost stages (live compares retrievals: its own table)
         pts = sorted(by_stage.get(stage, []), key=lambda x: x[0])
         if not pts:
             continue
@@ -209,6 +221,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-users", type=int, default=2000)
     ap.add_argument("--latency-queries", type=int, default=200)
     ap.add_argument("--replay-quantile", type=float, default=0.995)
+    ap.add_argument("--ann-kinds", default="hnsw,ivf", help="live stage: the indexes beside exact")
+    ap.add_argument("--fresh-users", type=int, default=300, help="live stage: users timed event -> top-10")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dynrec-scale")
     ap.add_argument("--plot", type=Path, default=RESULTS / "scale_cost.png")
     ap.add_argument("--child", choices=STAGES, default=None, help=argparse.SUPPRESS)
@@ -351,7 +365,102 @@ def child_replay(folder: Path, n_events: int, args: argparse.Namespace) -> dict[
     }
 
 
-CHILD = {"generate": child_generate, "prepare": child_prepare, "model": child_model, "replay": child_replay}
+def child_live(folder: Path, n_events: int, args: argparse.Namespace) -> dict[str, Any]:
+    from dynrec.jobs import fit_for_replay, load_replay_data
+    from dynrec.models.retrieval import AnnConfig, AnnIndex
+    from dynrec.replay import ReplayConfig, replay
+
+    base = _rss_mib()
+    rd = load_replay_data(str(folder / "events.csv"), quantile=args.replay_quantile)
+    model = fit_for_replay("als", rd, overrides={"epochs": str(args.als_epochs)})
+    kinds = [k for k in args.ann_kinds.split(",") if k]
+    out: dict[str, Any] = {"rss_after_imports_mib": base, "n_stream": len(rd), "n_items": model.n_items - 1}
+    indexes: dict[str, AnnIndex | None] = {"exact": None}
+    for kind in kinds:  # one thread, as a serving process runs (`serving_threads`)
+        t0 = time.perf_counter()
+        indexes[kind] = AnnIndex.for_model(model, AnnConfig(kind=kind, num_threads=1))  # type: ignore[arg-type]
+        out[f"{kind}_index_build_s"] = time.perf_counter() - t0
+    out.update(_fresh(model, rd, indexes, args))
+    # the replay: each retrieval on the same model and stream, every thread (the engine builds its
+    # own index; its build time is reported apart from the replay's wall time)
+    for name in indexes:
+        cfg = ReplayConfig(mode="state", ann=None if name == "exact" else AnnConfig(kind=name))  # type: ignore[arg-type]
+        res = replay(model, rd, cfg)
+        build = float(res.timing.get("index_build_seconds", 0.0))
+        wall = float(res.timing["seconds"]) - build
+        out[f"{name}_replay"] = {
+            "events_per_s": len(rd) / wall,
+            "events_per_s_with_build": len(rd) / float(res.timing["seconds"]),
+            "seconds": wall,
+            "state_init_s": float(res.timing["state_init_seconds"]),
+            "index_build_s": build,
+            "ann_share": float(res.timing.get("ann_share", 0.0)),
+            "HR@10": float(res.metrics["HR@10"]),
+            "NDCG@10": float(res.metrics["NDCG@10"]),
+        }
+    return out
+
+
+def _fresh(model: Any, rd: Any, indexes: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Event -> fresh top-10 per retrieval on one torch thread, as `dynrec serve` runs: users with
+    a pre-cut history and a stream event, the same users and events for every retrieval; recall@10
+    of each list against the exact list of the same state."""
+    import numpy as np
+    import torch
+
+    from dynrec.data.events import Event
+    from dynrec.online.session import OnlineRecommender
+    from dynrec.online.store import InMemoryStore
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    d = rd.data
+    users_s = rd.stream_users
+    first = np.unique(users_s, return_index=True)[1]
+    cand = users_s[np.sort(first)]
+    cand = cand[rd.pre_end[cand] > d.indptr[cand]]
+    rng = np.random.default_rng(args.seed)
+    pick = np.sort(rng.choice(cand, min(args.fresh_users, len(cand)), replace=False))
+    uid, iid = d.user_vocab.ids, d.item_vocab.ids
+    hist = {int(u): [Event(uid[u - 1], iid[d.items[p] - 1], int(d.timestamps[p])) for p in range(d.indptr[u], rd.pre_end[u])] for u in pick}  # fmt: skip
+    nxt = {int(u): Event(uid[u - 1], iid[d.items[rd.pre_end[u]] - 1], int(d.timestamps[rd.pre_end[u]])) for u in pick}  # fmt: skip
+    out: dict[str, Any] = {}
+    lists: dict[str, list[list[str]]] = {}
+    for name, index in indexes.items():
+        online = OnlineRecommender(model, InMemoryStore(), index=index)
+        for u in pick.tolist():  # the pre-cut history stored, its state built and cached
+            online.observe(hist[u])
+            online.recommend(uid[u - 1], 10)
+        both, rec, got = [], [], []
+        for u in pick.tolist():
+            t0 = time.perf_counter()
+            online.observe(nxt[u])
+            t1 = time.perf_counter()
+            r = online.recommend(uid[u - 1], 10)
+            t2 = time.perf_counter()
+            both.append((t2 - t0) * 1e3)
+            rec.append((t2 - t1) * 1e3)
+            got.append(r.items)
+        lists[name] = got
+        hits = [len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(got, lists["exact"], strict=True)]
+        out[f"{name}_fresh"] = {
+            "p50_ms": float(np.median(both)),
+            "p90_ms": float(np.quantile(both, 0.9)),
+            "recommend_p50_ms": float(np.median(rec)),
+            "users": len(both),
+            "recall@10": float(np.mean(hits)),
+        }
+    torch.set_num_threads(threads)
+    return out
+
+
+CHILD = {
+    "generate": child_generate,
+    "prepare": child_prepare,
+    "model": child_model,
+    "replay": child_replay,
+    "live": child_live,
+}
 
 
 if __name__ == "__main__":
