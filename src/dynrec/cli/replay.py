@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dynrec.cli.common import DataDirOpt, _parse_sets, handled
+from dynrec.cli.common import AnnOpt, AnnSetOpt, DataDirOpt, _ann_config, _parse_sets, handled
 
 
 @handled
@@ -47,9 +47,15 @@ def replay(
     ] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="PNG of NDCG@k over the stream")] = None,
     data_dir: DataDirOpt = None,
+    ann: AnnOpt = None,
+    ann_sets: AnnSetOpt = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Streaming (prequential) replay: predict each event from the current state, then reveal it."""
+    """Streaming (prequential) replay: predict each event from the current state, then reveal it.
+
+    --ann hnsw|ivf: each prediction is the top k of an approximate index over the model's item
+    table, searched with the user's state (seen items excluded as on the exact path); a revealed
+    item outside that list is a miss. The output names the retrieval."""
     from dynrec.jobs.replay import run_replay
     from dynrec.online.updater import UpdateConfig
 
@@ -69,6 +75,7 @@ def replay(
         save_model=save_model,
         plot=plot,
         data_dir=data_dir,
+        ann=_ann_config(ann, ann_sets),
     )
     if as_json:
         typer.echo(json.dumps(run.to_json()))
@@ -78,5 +85,5 @@ def replay(
             extra = f"  ({vs:.1%} of oracle)" if vs is not None else ""
             typer.echo(
                 f"{row.result.mode:<12} HR@{k} {row.hr:.4f}  NDCG@{k} {row.ndcg:.4f}  "
-                f"{row.n_events} events, {row.events_per_s:.0f} events/s{extra}"
+                f"{row.n_events} events, {row.events_per_s:.0f} events/s, {row.result.retrieval}{extra}"
             )

@@ -20,6 +20,7 @@ from dynrec.jobs.provenance import Lineage, from_meta
 from dynrec.jobs.train import FIT_SECONDS
 from dynrec.models.base import Recommender
 from dynrec.models.registry import create_model
+from dynrec.models.retrieval import AnnConfig
 from dynrec.online.updater import UpdateConfig
 from dynrec.replay import (
     MODES,
@@ -164,11 +165,13 @@ def run_replay(
     save_model: str | Path | None = None,
     plot: str | Path | None = None,
     data_dir: str | Path | None = None,
+    ann: AnnConfig | None = None,
 ) -> ReplayRun:
     """Replay `dataset` (a registered name, an event file, or a `dynrec data synth` folder, whose
     oracle is then reported) with each mode, from one model: `target` is a saved model directory
     trained for this replay, or a model name trained now on the pre-cut events. One row per mode;
-    with `plot`, a PNG of NDCG@k over the stream."""
+    with `plot`, a PNG of NDCG@k over the stream; with `ann`, every prediction through an
+    approximate index over the model's item table (`ReplayConfig.ann`)."""
     for m in modes:
         if m not in MODES:
             raise DynrecError(f"mode must be one of {', '.join(MODES)}, got {m!r}")
@@ -205,6 +208,7 @@ def run_replay(
                 n_updates=n_updates,
                 delay=delay,
                 update=update or UpdateConfig(),
+                ann=ann,
             )
             result = replace(replay(model, rd, cfg), final_model=None)  # rows keep no model alive
             o_hr: float | None = None

@@ -296,3 +296,14 @@ def test_cli_synth_and_replay(tmp_path: Path) -> None:
     assert one["mode"] == "incremental" and {"HR@10", "NDCG@10", "n_events", "events_per_s"} <= set(one)
     r = runner.invoke(app, ["replay", "itemknn", "--dataset", str(out), "--mode", "bogus"])
     assert r.exit_code != 0
+    pytest.importorskip("faiss")
+    ann = ["--ann", "ivf", "--ann-set", "nlist=1", "--ann-set", "nprobe=1"]  # one cell: exact
+    saved = tmp_path / "als"  # trained once, replayed exactly and through the index
+    for extra in (["als", "--save-model", str(saved)], [str(saved), *ann]):
+        r = runner.invoke(app, ["replay", *extra, "--dataset", str(out), "--json"])
+        assert r.exit_code == 0, r.output
+        res.append(json.loads(r.output.strip().splitlines()[-1]))
+    assert (res[-2]["retrieval"], res[-1]["retrieval"]) == ("exact", "ann:ivf")
+    assert res[-1]["HR@10"] == pytest.approx(res[-2]["HR@10"], abs=0.01) and res[-1]["HR@10"] > 0
+    r = runner.invoke(app, ["replay", "pop", "--dataset", str(out), *ann])
+    assert r.exit_code != 0 and "does not score by a dot product" in r.output
