@@ -38,6 +38,16 @@ The machine has 2 cores: the load generator (this process) competes with the ser
 Each phase records both sides' CPU use (seconds of CPU per second of wall time, from /proc: the
 server process tree, and this process), so a generator-bound phase shows itself.
 
+*Server CPU per request* (``server_cpu_ms_per_request`` of every phase): the server's CPU over
+the phase divided by the answers it gave (for ingest also per event): the figure that holds while
+the generator shares the cores.
+
+*Side by side* (``--baseline-src DIR``): the same phases against a server run from another tree's
+``src`` (e.g. a ``git worktree`` of an older commit) with the same Python, alternating baseline and
+this tree for ``--rounds`` rounds, each run on a freshly seeded store; ``--baseline-block MODULE``
+makes modules unimportable for the baseline server (packages the older code's environment did not
+have). The record then holds each round's key figures of both (``pairs``) and their medians.
+
 One record per (dataset, model, store, workers) in results/serve.json, with the goals of the
 service issue beside the numbers (``goals``). Redis (``--stores redis``) is a throw-away
 ``redis-server`` started here, durable as the service documents it for production: append-only
@@ -162,15 +172,21 @@ def redis_server(workdir: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def dynrec_server(
-    model_dir: Path, store: str, workers: int, log: Path, launcher: list[str]
+    model_dir: Path,
+    store: str,
+    workers: int,
+    log: Path,
+    launcher: list[str],
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[int, str]]:
     """The real ``dynrec serve`` process (pid, base URL), ready; always stopped. `launcher`: the
-    command before ``serve`` (default: this Python, ``-m dynrec.cli.main``)."""
+    command before ``serve`` (default: this Python, ``-m dynrec.cli.main``); `env`: its
+    environment (default: this process's)."""
     port = free_port()
     cmd = [*launcher, "serve", str(model_dir), "--store", store]
     cmd += ["--port", str(port), "--workers", str(workers)]
     with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -237,6 +253,7 @@ class Phase:
             "seconds": self.seconds,
             "server_cpu_per_s": self.server_cpu / self.seconds if self.seconds else 0.0,
             "generator_cpu_per_s": self.generator_cpu / self.seconds if self.seconds else 0.0,
+            "server_cpu_ms_per_request": 1e3 * self.server_cpu / self.ok if self.ok else None,
             **extra,
         }
 
@@ -548,6 +565,7 @@ async def drive(
         clients=args.ingest_clients,
         batch=args.ingest_batch,
         events_per_s=ph.ok * args.ingest_batch / ph.seconds,
+        server_cpu_ms_per_event=1e3 * ph.server_cpu / (ph.ok * args.ingest_batch) if ph.ok else None,
     )
     print(f"  ingest: {out['ingest']['events_per_s']:,.0f} events/s", flush=True)
 
@@ -614,6 +632,80 @@ def seeded(model_dir: Path, url: str) -> tuple[list[str], list[str], int]:
             close()
 
 
+KEY_FIGURES = (
+    "rec_per_s_1",
+    "rec_per_s_16",
+    "p99_ms_16",
+    "server_cpu_ms_per_rec_1",
+    "server_cpu_ms_per_rec_16",
+    "events_per_s",
+    "server_cpu_ms_per_event",
+    "freshness_p50_ms",
+)
+"""What a side-by-side run compares (`key_figures`)."""
+
+
+def key_figures(m: dict[str, Any]) -> dict[str, float | None]:
+    """The figures of one run that `KEY_FIGURES` names (None where the run has no such phase)."""
+    recs, ing = m["recommendations"], m["ingest"]
+    r1, r16 = recs.get("1", {}), recs.get("16", {})
+    return {
+        "rec_per_s_1": r1.get("per_s"),
+        "rec_per_s_16": r16.get("per_s"),
+        "p99_ms_16": r16.get("p99_ms"),
+        "server_cpu_ms_per_rec_1": r1.get("server_cpu_ms_per_request"),
+        "server_cpu_ms_per_rec_16": r16.get("server_cpu_ms_per_request"),
+        "events_per_s": ing.get("events_per_s"),
+        "server_cpu_ms_per_event": ing.get("server_cpu_ms_per_event"),
+        "freshness_p50_ms": m["freshness_idle"].get("p50_ms"),
+    }
+
+
+def medians(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for k in KEY_FIGURES:
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        out[k] = float(np.median(vals)) if vals else None
+    return out
+
+
+def blocker_dir(root: Path, modules: list[str]) -> Path:
+    """A folder of modules that raise ImportError (put first on the baseline server's path)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in modules:
+        (root / f"{name}.py").write_text(f"raise ImportError('{name} is left out of the baseline')\n")
+    return root
+
+
+@dataclass
+class Variant:
+    """One code tree the server runs from: a name, its environment (None: this process's)."""
+
+    name: str
+    env: dict[str, str] | None
+
+
+def run_once(
+    variant: Variant, kind: str, model_dir: Path, tmp: Path, args: argparse.Namespace, tag: str
+) -> tuple[dict[str, Any], int, int]:
+    """Seed a fresh store of `kind`, serve it from `variant`'s code, drive every phase; (metrics,
+    seeded users, seeded events)."""
+    with contextlib.ExitStack() as stack:
+        if kind == "redis":
+            rdir = tmp / f"redis-{tag}"
+            rdir.mkdir(exist_ok=True)
+            url = stack.enter_context(redis_server(rdir))
+        else:
+            url = f"sqlite:///{tmp / f'events-{tag}.db'}"
+        users, items, n_seeded = seeded(model_dir, url)
+        print(f"{variant.name}: {kind} / {args.workers} worker(s): {len(users)} users seeded", flush=True)
+        log = tmp / f"server-{kind}-{tag}.log"
+        pid, base = stack.enter_context(
+            dynrec_server(model_dir, url, args.workers, log, args.launcher, variant.env)
+        )
+        return asyncio.run(drive(pid, base, users, items, args)), len(users), n_seeded
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, default=None, help="a saved model (default: train one here)")
@@ -635,6 +727,20 @@ def main() -> None:
         default=[sys.executable, "-m", "dynrec.cli.main"],
         help="the command before `serve` (e.g. a profiling wrapper around dynrec's CLI)",
     )
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="another tree's src folder: its server runs the same phases, alternating with this tree's",
+    )
+    ap.add_argument("--baseline-name", default="baseline", help="how the record names the baseline")
+    ap.add_argument(
+        "--baseline-block",
+        nargs="*",
+        default=[],
+        help="modules the baseline server cannot import (packages its environment did not have)",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="side by side: rounds of baseline + this tree")
     ap.add_argument("--note", default="", help="added to each record's note")
     ap.add_argument("--dry-run", action="store_true", help="print, do not write the results store")
     args = ap.parse_args()
@@ -652,29 +758,42 @@ def main() -> None:
         from dynrec.models.base import Recommender
 
         model_name = Recommender.load(model_dir).name
+        this = Variant("this tree", None)
+        baseline = None
+        if args.baseline_src is not None:
+            path = [str(args.baseline_src.resolve())]
+            if args.baseline_block:
+                path.insert(0, str(blocker_dir(tmp / "blocked", args.baseline_block)))
+            baseline = Variant(args.baseline_name, {**os.environ, "PYTHONPATH": os.pathsep.join(path)})
         for kind in args.stores:
-            with contextlib.ExitStack() as stack:
-                if kind == "redis":
-                    rdir = tmp / "redis"
-                    rdir.mkdir(exist_ok=True)
-                    url = stack.enter_context(redis_server(rdir))
-                else:
-                    url = f"sqlite:///{tmp / 'events.db'}"
-                users, items, n_seeded = seeded(model_dir, url)
-                print(
-                    f"{model_name} / {kind} / {args.workers} worker(s): {len(users)} users seeded", flush=True
-                )
-                log = tmp / f"server-{kind}.log"
-                pid, base = stack.enter_context(
-                    dynrec_server(model_dir, url, args.workers, log, args.launcher)
-                )
-                metrics = asyncio.run(drive(pid, base, users, items, args))
+            pairs: list[dict[str, Any]] = []
+            metrics: dict[str, Any] = {}
+            n_users = n_seeded = 0
+            for r in range(args.rounds if baseline is not None else 1):
+                pair: dict[str, Any] = {}
+                order = [this] if baseline is None else ([baseline, this] if r % 2 == 0 else [this, baseline])
+                for v in order:
+                    m, n_users, n_seeded = run_once(v, kind, model_dir, tmp, args, f"{r}-{len(pair)}")
+                    pair["baseline" if v is baseline else "this"] = key_figures(m)
+                    if v is this:
+                        metrics = m
+                pairs.append(pair)
+            if baseline is not None:
+                metrics["side_by_side"] = {
+                    "baseline": args.baseline_name,
+                    "baseline_blocked": args.baseline_block,
+                    "pairs": pairs,
+                    "median": {
+                        "baseline": medians([p["baseline"] for p in pairs]),
+                        "this": medians([p["this"] for p in pairs]),
+                    },
+                }
             params = {
                 "dataset": args.dataset,
                 "model": model_name,
                 "store": kind,
                 "workers": args.workers,
-                "seeded_users": len(users),
+                "seeded_users": n_users,
                 "seeded_events": n_seeded,
                 "duration_s": args.duration,
                 "client": args.client,
@@ -700,6 +819,13 @@ def main() -> None:
             command += "".join(f" --set {s}" for s in args.sets)
             command += f" --client {args.client}" if args.client != "raw" else ""
             command += f" --dataset {args.dataset} --stores {kind} --workers {args.workers} --duration {args.duration:g}"
+            if args.clients != [1, 16, 64]:
+                command += f" --clients {' '.join(map(str, args.clients))}"
+            if args.fresh_trials != 200:
+                command += f" --fresh-trials {args.fresh_trials}"
+            if baseline is not None:
+                command += f" --baseline-src DIR --rounds {args.rounds}"
+                command += f" --baseline-block {' '.join(args.baseline_block)}" if args.baseline_block else ""
             rec = record(
                 "serve",
                 f"{args.dataset}/{model_name}/{kind}/workers={args.workers}",
@@ -709,7 +835,7 @@ def main() -> None:
                 note=note,
             )
             if args.dry_run:
-                print(rec)
+                print(json.dumps(rec.get("metrics", {}).get("side_by_side", {}), indent=1))
             else:
                 put(rec)
     if not args.dry_run:

@@ -66,12 +66,13 @@ def id_problem(value: str, kind: IdKind) -> str | None:
         return PADDED
     if len(value) > MAX_ID_LENGTH:
         return TOO_LONG
-    if kind == "item" and any(c in value for c in ITEM_ID_FORBIDDEN):
+    if kind == "item" and ("," in value or "\n" in value or "\r" in value):  # ITEM_ID_FORBIDDEN
         return ITEM_CHARS
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return SURROGATE
+    if not value.isascii():  # only a non-ASCII id can hold a surrogate
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return SURROGATE
     return None
 
 

@@ -48,6 +48,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
@@ -198,11 +199,17 @@ def _key_check(api_key: str | None) -> Callable[..., None]:
 
 def _batch_check(max_batch: int) -> Callable[[Request], Awaitable[None]]:
     async def check_batch(request: Request) -> None:
-        """413 for more than `max_batch` events (checked before the events are validated)."""
+        """413 for more than `max_batch` events (checked before the events are validated). Parsed
+        by orjson; what it refuses and the standard parser reads (``NaN``, ``Infinity``) by the
+        standard parser, so the check sees every body FastAPI will parse."""
+        raw = await request.body()
         try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            return  # not JSON: the body validation reports it (422)
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                return  # not JSON: the body validation reports it (422)
         events = body.get("events") if isinstance(body, dict) else None
         if isinstance(events, list) and len(events) > max_batch:
             raise HTTPException(413, f"{len(events)} events in one request; at most {max_batch}")

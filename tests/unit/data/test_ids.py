@@ -46,6 +46,8 @@ LONG = "x" * (MAX_ID_LENGTH + 1)
         ("a\nb", "item", "holds a comma, newline or carriage return (not allowed in item ids)"),
         ("a\rb", "item", "holds a comma, newline or carriage return (not allowed in item ids)"),
         ("a\ud800b", "user", "holds a lone surrogate (not encodable as UTF-8)"),
+        ("café ☕", "item", None),  # non-ASCII is fine
+        ("é\udfff", "item", "holds a lone surrogate (not encodable as UTF-8)"),
     ],
 )
 def test_id_problem(value: str, kind: str, problem: str | None) -> None:

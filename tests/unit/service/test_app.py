@@ -243,6 +243,12 @@ def test_body_and_batch_limits(trained: dict[str, Path], tmp_path: Path) -> None
         assert r.status_code == 413 and "at most 5" in r.json()["detail"]
         bad_six = [{"user_id": "u"}] * 6  # too many wins over invalid
         assert _post(c, bad_six).status_code == 413
+        nan = b'{"user_id": "u", "item_id": "i1", "timestamp": NaN}'
+        json_headers = {**AUTH, "Content-Type": "application/json"}
+        r = c.post("/v1/events", content=b'{"events": [' + b",".join([nan] * 6) + b"]}", headers=json_headers)
+        assert r.status_code == 413  # a body only the standard JSON parser reads is counted too
+        r = c.post("/v1/events", content=b'{"events": [' + nan + b"]}", headers=json_headers)
+        assert r.status_code == 422  # one is within the limit: refused for its timestamp
         assert _post(c, six[:5]).status_code == 200
         big = [{"user_id": "u" * 450, "item_id": "i1"}] * 5
         assert _post(c, big).status_code == 413  # by Content-Length
