@@ -49,6 +49,7 @@ QUESTIONS = (
     "scale",
     "shifts",
     "consume",
+    "capacity",
 )
 Record = dict[str, Any]
 
