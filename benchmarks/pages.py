@@ -1,4 +1,4 @@
-"""Render benchmarks/README.md from the results store (benchmarks/results/<question>.json).
+"""Render benchmarks/README.md (and docs/deploy.md's capacity table) from the results store (benchmarks/results/<question>.json).
 
 The only way a benchmark page is written: every number on it comes from a stored record, and every
 row names the command that reproduces it.
@@ -16,9 +16,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from benchmarks._common import HERE, RESULTS, Record, load
+from benchmarks import capacity
+from benchmarks._common import HERE, REPO, RESULTS, Record, load
 
 PAGE = HERE / "README.md"
+DEPLOY = REPO / "docs" / "deploy.md"
 PEER_NAME = {  # dynrec model -> peer models on the same split
     "pop": ["RecBole-Pop"],
     "itemknn": ["RecBole-ItemKNN"],
@@ -1344,6 +1346,7 @@ def render() -> str:
         latency_tables(load("latency")),
         serve_table(load("serve")),
         consume_table(load("consume")),
+        capacity.inputs_table(load("capacity")),
         text_tables(load("text")),
         ann_tables(load("ann")),
         quantize_tables(load("quantize")),
@@ -1357,13 +1360,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true", help="fail if the page differs from the store")
     args = ap.parse_args()
-    text = render()
+    block = capacity.capacity_block(load("serve"), load("consume"), load("capacity"), capacity.Load())
+    pages = {PAGE: render(), DEPLOY: capacity.render_deploy(DEPLOY.read_text(), block)}
     if args.check:
-        if not PAGE.exists() or PAGE.read_text() != text:
-            sys.exit(f"{PAGE} is out of date: run python -m benchmarks.pages")
+        for path, text in pages.items():
+            if not path.exists() or path.read_text() != text:
+                sys.exit(f"{path} is out of date: run python -m benchmarks.pages")
         return
-    PAGE.write_text(text)
-    print(f"wrote {PAGE}")
+    for path, text in pages.items():
+        path.write_text(text)
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
