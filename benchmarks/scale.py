@@ -24,8 +24,8 @@ the 1-minute load average before and after the stage. Stages:
                the engine's state budget bounding memory.
 ``live``     — the live path with and without an approximate index, side by side in one process on
                the replay stage's cut and model: the state-mode replay exact and through each of
-               ``--ann-kinds`` (default FAISS settings; the index built once per model, its build
-               time reported apart); and, for ``--fresh-users`` users of the stream whose pre-cut
+               ``--ann-kinds`` (``kind[:key=value...]`` with `AnnConfig` options; the index built
+               once per model, its build time reported apart); and, for ``--fresh-users`` users of the stream whose pre-cut
                history is in an in-memory store, one new event -> a fresh top-10
                (`OnlineRecommender.observe` then ``recommend``, seen items excluded), timed per
                retrieval on the same events; recall@10 of each index's lists against the exact
@@ -221,7 +221,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--eval-users", type=int, default=2000)
     ap.add_argument("--latency-queries", type=int, default=200)
     ap.add_argument("--replay-quantile", type=float, default=0.995)
-    ap.add_argument("--ann-kinds", default="hnsw,ivf", help="live stage: the indexes beside exact")
+    ap.add_argument("--ann-kinds", default="hnsw,ivf,ivf:nprobe=128",
+                    help="live stage: the indexes beside exact, kind[:key=value...] each")  # fmt: skip
     ap.add_argument("--fresh-users", type=int, default=300, help="live stage: users timed event -> top-10")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dynrec-scale")
     ap.add_argument("--plot", type=Path, default=RESULTS / "scale_cost.png")
@@ -367,7 +368,7 @@ def child_replay(folder: Path, n_events: int, args: argparse.Namespace) -> dict[
 
 def child_live(folder: Path, n_events: int, args: argparse.Namespace) -> dict[str, Any]:
     from dynrec.jobs import fit_for_replay, load_replay_data
-    from dynrec.models.retrieval import AnnConfig, AnnIndex
+    from dynrec.models.retrieval import AnnIndex
     from dynrec.replay import ReplayConfig, replay
 
     base = _rss_mib()
@@ -378,13 +379,13 @@ def child_live(folder: Path, n_events: int, args: argparse.Namespace) -> dict[st
     indexes: dict[str, AnnIndex | None] = {"exact": None}
     for kind in kinds:  # one thread, as a serving process runs (`serving_threads`)
         t0 = time.perf_counter()
-        indexes[kind] = AnnIndex.for_model(model, AnnConfig(kind=kind, num_threads=1))  # type: ignore[arg-type]
+        indexes[kind] = AnnIndex.for_model(model, ann_config(kind).replace(num_threads=1))
         out[f"{kind}_index_build_s"] = time.perf_counter() - t0
     out.update(_fresh(model, rd, indexes, args))
     # the replay: each retrieval on the same model and stream, every thread (the engine builds its
     # own index; its build time is reported apart from the replay's wall time)
     for name in indexes:
-        cfg = ReplayConfig(mode="state", ann=None if name == "exact" else AnnConfig(kind=name))  # type: ignore[arg-type]
+        cfg = ReplayConfig(mode="state", ann=None if name == "exact" else ann_config(name))
         res = replay(model, rd, cfg)
         build = float(res.timing.get("index_build_seconds", 0.0))
         wall = float(res.timing["seconds"]) - build
@@ -399,6 +400,14 @@ def child_live(folder: Path, n_events: int, args: argparse.Namespace) -> dict[st
             "NDCG@10": float(res.metrics["NDCG@10"]),
         }
     return out
+
+
+def ann_config(spec: str) -> Any:
+    """The `AnnConfig` of ``kind[:key=value...]`` (e.g. ``ivf:nprobe=128``)."""
+    from dynrec.models.retrieval import AnnConfig
+
+    kind, *sets = spec.split(":")
+    return AnnConfig(kind=kind).with_overrides(dict(x.split("=", 1) for x in sets))  # type: ignore[arg-type]
 
 
 def _fresh(model: Any, rd: Any, indexes: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
