@@ -357,6 +357,11 @@ class GRU4Rec(TorchRecommender):
         out[:, 0] = -torch.inf
         return out
 
+    def state_query_embeddings(self, state: StateBatch) -> torch.Tensor:
+        """`StateQueryEmbeddings`: ``head(top(h))``, the query vector `score_state` ranks by."""
+        with self._reading() as net:
+            return net.head(net.top(state["h"].to(self.device))).float().cpu()
+
     # -- ItemEmbeddings ---------------------------------------------------------------------------
     def item_embeddings(self) -> torch.Tensor:
         return self._gru().item_emb.weight.detach()[: self.n_items].float().cpu()

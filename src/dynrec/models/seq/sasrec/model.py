@@ -309,6 +309,14 @@ class SASRec(TorchRecommender):
         s[:, 0] = -torch.inf
         return s
 
+    def state_query_embeddings(self, state: StateBatch) -> torch.Tensor:
+        """`StateQueryEmbeddings`: the fused user vectors of the states (zeros for an empty
+        history, as `query_embeddings` gives)."""
+        st = SASRecState.from_dict(state)
+        with self._reading() as net:
+            u = net.state_query(st).float()
+        return torch.where((st.length > 0)[:, None].to(u.device), u, 0.0).cpu()
+
     # -- ItemEmbeddings ---------------------------------------------------------------------------
     def item_embeddings(self) -> torch.Tensor:
         return self._net().item_weight.detach().float().cpu()

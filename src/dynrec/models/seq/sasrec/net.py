@@ -247,6 +247,15 @@ class SASRecNet(SeqTransformer):
         hidden = self.ln_f(x)[:, 0]
         return SASRecState(keys, values, p + 1, hidden, state.lt_sum + e)
 
+    def _lt_mean(self, state: SASRecState) -> torch.Tensor | None:
+        if self.config.long_term != "gate":
+            return None
+        return state.lt_sum / state.length.clamp(min=1)[:, None].to(state.lt_sum.dtype)
+
     def score_state(self, state: SASRecState) -> torch.Tensor:
-        lt = state.lt_sum / state.length.clamp(min=1)[:, None].to(state.lt_sum.dtype)
-        return self.scores_from(state.hidden, lt if self.config.long_term == "gate" else None, state.length)
+        return self.scores_from(state.hidden, self._lt_mean(state), state.length)
+
+    def state_query(self, state: SASRecState) -> torch.Tensor:
+        """[B, d] the fused user vector u of each state: `score_state` = u · item_weightᵀ for a
+        non-empty history (an empty one is scored by popularity)."""
+        return self.fuse(state.hidden, self._lt_mean(state))
