@@ -71,15 +71,9 @@ from dynrec.jobs import fit_for_replay, load_replay_data
 from dynrec.models.base import Recommender
 from dynrec.online.adapters import StateAdapter, adapter_for
 from dynrec.online.interests import tag_categories
+from dynrec.online.shift_calibration import calibrate
 from dynrec.online.shift_state import ShiftAdapter, shift_space
-from dynrec.online.shifts import (
-    ShiftCalibration,
-    ShiftConfig,
-    ShiftDetector,
-    ShiftSpace,
-    calibrate,
-    run_histories,
-)
+from dynrec.online.shifts import ShiftCalibration, ShiftConfig, ShiftDetector, ShiftSpace, run_histories
 from dynrec.replay import ReplayConfig, ReplayData, replay, replay_split
 
 IntArray = npt.NDArray[np.int64]

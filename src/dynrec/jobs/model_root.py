@@ -19,7 +19,7 @@ temporary folder next to it, then renamed over its old version, so a reader neve
 half-written model.
 
 Both writers save the interest-shift detector's calibration of the model (``shifts.json``,
-`dynrec.online.shifts.save_calibration`; made by `dynrec.jobs.shifts.calibrate_for` on what the
+`dynrec.online.shift_calibration.save_calibration`; made by `dynrec.jobs.shifts.calibrate_for` on what the
 model learned from) with the weights, so every process serving a version detects shifts with the
 same constants; a model saved without one has none (a stale one is removed).
 """
@@ -50,7 +50,8 @@ from dynrec.jobs.items import ItemInfo, write_item_info
 from dynrec.jobs.provenance import count_targets
 from dynrec.models.base import Recommender
 from dynrec.online.session import model_version
-from dynrec.online.shifts import SHIFT_FILE, ShiftCalibration, save_calibration
+from dynrec.online.shift_calibration import SHIFT_FILE, save_calibration
+from dynrec.online.shifts import ShiftCalibration
 from dynrec.online.store import StateStore
 from dynrec.online.store.versions import VersionRecord, VersionStore
 

@@ -28,7 +28,8 @@ from dynrec.jobs.shifts import shift_names
 from dynrec.models.base import Recommender
 from dynrec.online.interests import ItemInfo
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.shifts import Shift, ShiftCalibration, ShiftDetector, load_calibration
+from dynrec.online.shift_calibration import load_calibration
+from dynrec.online.shifts import Shift, ShiftCalibration, ShiftDetector
 from dynrec.online.store import InMemoryStore
 
 __all__ = ["ReplayedShift", "ShiftReplay", "replay_shifts"]

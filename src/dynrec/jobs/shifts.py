@@ -3,7 +3,7 @@
 `calibrate_for` makes the detector's calibration for a freshly trained or updated model on what it
 learned from (each user's item indices in time order). Every writer of a model directory passes it
 to `dynrec.jobs.model_root` (``save_model_dir`` / ``write_version_dir``), which saves it as
-``shifts.json`` (`dynrec.online.shifts.save_calibration`) next to the weights, so every process
+``shifts.json`` (`dynrec.online.shift_calibration.save_calibration`) next to the weights, so every process
 serving the version detects shifts with the same constants; a writer that keeps the model's
 vectors' meaning (items added) carries the saved one over (`saved_calibration`). `shift_names` names a shift's sides
 for people (categories, or item titles). ``dynrec shifts`` is `dynrec.jobs.shift_replay`.
@@ -23,8 +23,9 @@ from dynrec.data.items import ItemMetadata
 from dynrec.errors import DynrecError
 from dynrec.models.base import Recommender
 from dynrec.online.interests import ItemInfo, item_categories
+from dynrec.online.shift_calibration import load_calibration
 from dynrec.online.shift_state import build_detector
-from dynrec.online.shifts import ShiftCalibration, ShiftDetector, load_calibration
+from dynrec.online.shifts import ShiftCalibration, ShiftDetector
 
 log = logging.getLogger(__name__)
 

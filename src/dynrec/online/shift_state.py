@@ -27,6 +27,7 @@ from dynrec.models.base import Recommender
 from dynrec.models.retrieval import unit_item_vectors
 from dynrec.online.adapters import StateAdapter, StateBatch
 from dynrec.online.interests import Categories
+from dynrec.online.shift_calibration import calibrate
 from dynrec.online.shifts import (
     DEFAULT_LEAN,
     Shift,
@@ -34,7 +35,6 @@ from dynrec.online.shifts import (
     ShiftConfig,
     ShiftDetector,
     ShiftSpace,
-    calibrate,
     shift_counts,
 )
 from dynrec.online.store import StateStore

@@ -20,7 +20,8 @@ from dynrec.jobs.recommend import seed_store
 from dynrec.models import registry
 from dynrec.models.base import Recommender
 from dynrec.online.session import OnlineRecommender
-from dynrec.online.shifts import SHIFT_FILE, ShiftCalibration, load_calibration, save_calibration
+from dynrec.online.shift_calibration import SHIFT_FILE, load_calibration, save_calibration
+from dynrec.online.shifts import ShiftCalibration
 from dynrec.online.store import InMemoryStore
 from tests.unit.jobs.test_items import ToyEncoder, write_events, write_items
 

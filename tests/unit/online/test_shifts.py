@@ -10,6 +10,7 @@ import torch
 from dynrec.data.events import Event
 from dynrec.models.registry import create_model
 from dynrec.online.session import OnlineRecommender
+from dynrec.online.shift_calibration import calibrate, load_calibration, save_calibration
 from dynrec.online.shift_state import ShiftAdapter, build_detector, split_shift_state
 from dynrec.online.shifts import (
     DEFAULT_LEAN,
@@ -17,11 +18,8 @@ from dynrec.online.shifts import (
     ShiftConfig,
     ShiftDetector,
     ShiftSpace,
-    calibrate,
     lean_scores,
-    load_calibration,
     run_histories,
-    save_calibration,
 )
 from dynrec.online.store import InMemoryStore
 from tests.conftest import clustered_data

@@ -21,8 +21,8 @@ from dynrec import jobs
 from dynrec.jobs.recommend import seed_store
 from dynrec.models.base import Recommender
 from dynrec.online.session import OnlineRecommender
+from dynrec.online.shift_calibration import SHIFT_FILE, load_calibration
 from dynrec.online.shift_state import split_shift_state
-from dynrec.online.shifts import SHIFT_FILE, load_calibration
 from dynrec.online.store import SQLiteStore
 from dynrec.service import ServiceSettings, create_app
 from tests.unit.cli.test_shifts import CHANGE, group_items, two_groups
