@@ -216,7 +216,7 @@ def show_real_time(model: Any, prepared: jobs.Prepared, model_dir: Path) -> None
     interest shift the model's detector flags (when ``shifts.json`` is in `model_dir`)."""
     from dynrec.data.events import Event
     from dynrec.online import InMemoryStore, OnlineRecommender
-    from dynrec.online.shifts import load_calibration
+    from dynrec.online.shift_calibration import load_calibration
 
     info = jobs.read_item_info(model_dir)
     meta = None
