@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from dynrec.data import registry
-from dynrec.data.registry import ChecksumError, Download, DownloadError, fetch, load, load_items, resolve
+from dynrec.data.download import ChecksumError, Download, DownloadError
+from dynrec.data.registry import fetch, load, load_items, resolve
 from dynrec.errors import DataError, DatasetNotFoundError
 
 REAL_CHECKOUT_DATA_DIR = registry.checkout_data_dir  # before the fixture replaces it
