@@ -252,3 +252,44 @@ def test_http_events_with_an_event_id_apply_once(model_dir: Path, tmp_path: Path
         bad = http.post("/v1/events", json={"events": [{"user_id": "u", "item_id": "i1", "event_id": " x"}]})
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "event_id"
         assert [e["item_id"] for e in http.get("/v1/users/u").json()["history"]] == ["i1"]
+
+
+def test_states_a_consumer_stepped_are_served_through_the_index(
+    tmp_path: Path, redis_url: str, client: redis.Redis
+) -> None:
+    """ALS states written by `dynrec consume` are read by a service with ``ann``: each answer comes
+    from the index (a one-cell IVF index, a flat scan: the exact items) and says so."""
+    pytest.importorskip("faiss")
+    from fastapi.testclient import TestClient
+
+    from dynrec import jobs
+    from dynrec.service import ServiceSettings
+    from dynrec.service.app import create_app
+    from dynrec.service.runtime import Runtime
+    from tests.unit.service.test_app import _write_csv
+
+    data = clustered_data(n_users=30, n_items=24, n_groups=3, per_user=10, seed=2)
+    csv = _write_csv(data, tmp_path / "events.csv")
+    model_dir = tmp_path / "als"
+    jobs.train("als", jobs.prepare(str(csv)), config={"embedding_dim": 8, "num_threads": 1}, out=model_dir)
+    model = Recommender.load(model_dir)
+    events = [e for e in _events(model, 6, 5) if e.item_id != "never-seen"]
+    publish_events(client, "ev", events)
+    settings = ConsumerSettings(str(model_dir), redis_url, batch=10, block_ms=50)
+    consumer = Consumer(settings, RedisStreamSource(redis_url, "ev", "g", "c1"))
+    try:
+        assert consumer.run(threading.Event(), drain=True).applied == len(events)
+    finally:
+        consumer.close()
+    ann = ("nlist=1", "nprobe=1", "num_threads=1")
+    served = [
+        ServiceSettings(model_dir=str(model_dir), store_url=redis_url, **extra)  # type: ignore[arg-type]
+        for extra in ({}, {"ann": "ivf", "ann_options": ann})
+    ]
+    with TestClient(create_app(served[0])) as c_exact, TestClient(create_app(served[1])) as c_ann:
+        exact, approx = (c.app.state.runtime for c in (c_exact, c_ann))  # type: ignore[attr-defined]
+        assert isinstance(exact, Runtime) and isinstance(approx, Runtime)
+        for u in sorted({e.user_id for e in events}):
+            want, got = exact.recommend_now(u, 5), approx.recommend_now(u, 5)
+            assert (want.retrieval, got.retrieval) == ("exact", "ann:ivf") and got.items == want.items
+            assert not set(got.items) & {e.item_id for e in events if e.user_id == u}
