@@ -940,6 +940,8 @@ def scale_tables(records: list[Record]) -> str:
     if not records:
         return ""
     order = {"generate": 0, "prepare": 1, "model": 2, "replay": 3}
+    live = [r for r in records if r["params"]["stage"] == "live"]
+    records = [r for r in records if r["params"]["stage"] != "live"]
     rows = []
     for r in sorted(records, key=lambda r: (int(r["params"]["events"]), order.get(r["params"]["stage"], 9))):
         p, m = r["params"], r["metrics"]
@@ -1014,7 +1016,73 @@ def scale_tables(records: list[Record]) -> str:
             "Cost against events (log-log; dotted: linear growth from the smallest size): "
             + ", ".join(f"[{p.stem}](results/{p.name})" for p in plots),
         ]
-    return "\n".join(lines)
+    return "\n".join(lines) + (("\n\n" + live_table(live)) if live else "")
+
+
+def live_table(records: list[Record]) -> str:
+    """benchmarks/scale.py's live stage: exact vs each index, side by side from one process."""
+    rows = []
+    for r in sorted(records, key=lambda r: int(r["params"]["events"])):
+        p, m = r["params"], r["metrics"]
+        ex_rp, ex_fr = m["exact_replay"], m["exact_fresh"]
+        for name in ["exact", *[k for k in str(p["ann_kinds"]).split(",") if k]]:
+            rp, fr = m[f"{name}_replay"], m[f"{name}_fresh"]
+            ratio = (
+                f"{rp['events_per_s'] / ex_rp['events_per_s']:.1f}x / {ex_fr['p50_ms'] / fr['p50_ms']:.1f}x"
+                if name != "exact"
+                else "–"
+            )
+            rows.append(
+                [
+                    f"{p['events']:,}",
+                    name
+                    if name == "exact"
+                    else f"{name} (built in {fmt(m[f'{name}_index_build_s'])} s, 1 thread)",
+                    rp["events_per_s"],
+                    rp["events_per_s_with_build"] if name != "exact" else "–",
+                    rp["state_init_s"],
+                    f"{fmt(rp['HR@10'])} / {fmt(rp['NDCG@10'])}",
+                    f"{fmt(fr['p50_ms'])} / {fmt(fr['p90_ms'])}",
+                    fr["recommend_p50_ms"],
+                    fr["recall@10"] if name != "exact" else "–",
+                    ratio,
+                    f"{r['machine']['cpu']} x{r['machine']['cpus']}, load {m['load_avg_before']:.1f} / {m['load_avg_after']:.1f}",
+                    cmd(r),
+                ]
+            )
+    return "\n".join(
+        [
+            "### The live path through an approximate index",
+            "",
+            "`benchmarks/scale.py --stages live`: the replay stage's cut and ALS model, every retrieval in",
+            "one process on the same events. *Replay* is the state-mode replay (states built, every",
+            "event predicted from its user's state, then revealed) without the one-time index build",
+            "(*with build*: including it); *event -> top-10* is `OnlineRecommender.observe` of one new",
+            "event then `recommend(user, 10)` (in-memory store, the user's state cached), over the same",
+            "users and events for every retrieval; *recall@10* compares each index's lists with the exact",
+            "lists of the same states; *vs exact*: replay events/s and top-10 p50 speed-ups over the",
+            "exact row of the same run. Indexes at the `AnnConfig` defaults unless the name says",
+            "(`kind:key=value`); the fresh path runs one torch and FAISS thread, as `dynrec serve` does.",
+            "",
+            table(
+                [
+                    "events",
+                    "retrieval",
+                    "replay events/s",
+                    "with build",
+                    "states built, s",
+                    "replay HR@10 / NDCG@10",
+                    "event -> top-10 p50 / p90 ms",
+                    "top-10 alone p50 ms",
+                    "recall@10 vs exact",
+                    "vs exact: replay / top-10",
+                    "machine, load before / after",
+                    "reproduce",
+                ],
+                rows,
+            ),
+        ]
+    )
 
 
 def quantize_tables(quant: list[Record]) -> str:
