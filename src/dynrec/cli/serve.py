@@ -94,10 +94,12 @@ def serve(
     seeded with the model's training histories, so known users get personalised recommendations
     at once; one line says so. --no-seed leaves it empty.
 
-    --ann hnsw|ivf: session (history) recommendations come from an approximate index over the
-    model's item table, built at start and rebuilt on reload, update and item additions; a stored
-    user's recommendations (their cached state) stay exact. --set precision=int8: session
-    recommendations from an int8 scoring copy (cached states stay float32).
+    --ann hnsw|ivf: recommendations come from an approximate index over the model's item table,
+    built at start and rebuilt on reload, update and item additions: session histories, and stored
+    users' cached states (stepped here or by dynrec consume) when the model's state gives a query
+    vector (ALS, GRU4Rec, SASRec; a state in an interest-shift lean stays exact). Seen items are
+    excluded as on the exact path; each answer names its retrieval. --set precision=int8: session
+    recommendations from an int8 scoring copy (cached states stay float32 and exact).
 
     Only requests whose Host header names the service are answered (DNS rebinding): the bound
     address, localhost and the loopback addresses for a loopback bind, and each --allowed-host
