@@ -63,6 +63,7 @@ from dynrec.jobs.model_root import PublishConflict
 from dynrec.online.interests import ProfileWindow
 from dynrec.service.answers_json import JSONBytes, events_json, recommendations_json, shift_json
 from dynrec.service.edge import EdgeGuardMiddleware, json_safe, redact_paths
+from dynrec.service.fast_path import FastRecommendations
 from dynrec.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from dynrec.service.page import add_page, docs_app, interests_out
 from dynrec.service.runtime import (
@@ -238,6 +239,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.runtime = runtime
     app.state.settings = settings
     app.state.metrics = metrics
+
+    async def recommend_user(user_id: str, k: int, exclude_seen: bool, explain: bool) -> Response:
+        rec = await asyncio.wrap_future(
+            runtime.recommend(user_id, k, exclude_seen=exclude_seen, explain=explain)
+        )
+        return JSONBytes(recommendations_json(user_id, rec))
+
+    # innermost: after the edge checks, inside the metrics (dynrec.service.fast_path)
+    app.add_middleware(FastRecommendations, answer=recommend_user, router=app.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(VersionHeaderMiddleware, version=lambda: runtime.holder.version)
     # Host checking; without a key, JSON-only writes (dynrec.service.edge): before any body is read
@@ -303,11 +313,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def user_recommendations(
         user_id: UserId, k: K = 10, exclude_seen: bool = True, explain: bool = False
     ) -> Response:
-        """The user's top k from their live state; the popular fallback for users without events."""
-        rec = await asyncio.wrap_future(
-            runtime.recommend(user_id, k, exclude_seen=exclude_seen, explain=explain)
-        )
-        return JSONBytes(recommendations_json(user_id, rec))
+        """The user's top k from their live state; the popular fallback for users without events.
+        (Plainly well-formed requests are answered by `dynrec.service.fast_path` before the router.)"""
+        return await recommend_user(user_id, k, exclude_seen, explain)
 
     @app.post("/v1/recommendations", response_model=RecommendationsOut, tags=["recommend"])
     def session_recommendations(body: SessionIn) -> Response:
@@ -427,7 +435,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         any process); a copy of the model is trained while the current one serves, published as a
         new version and followed by every process on the store. One update per store at a time
         (409 naming the running one)."""
-        return runtime.update()
+        return runtime.update().to_json()
 
     @app.post("/v1/admin/reload", response_model=ReloadOut, dependencies=write, tags=["admin"])
     def admin_reload(body: ReloadIn) -> ReloadOut:
