@@ -254,9 +254,22 @@ class OnlineRecommender:
     def _persist(self, user: str, hot: _Hot) -> bool:
         """Write `hot` back (compare-and-set). Refused when the user's generation changed (the
         next read rebuilds) or the store holds a newer checkpoint: either way nothing to redo."""
-        state = CachedState(self.adapter.unbatch(hot.state, 0), hot.version, hot.n_events, hot.generation)
-        hot.dirty = 0
-        return self.store.put_state(user, state)
+        return self._persist_many([(user, hot)])[0]
+
+    def _persist_many(self, hots: Sequence[tuple[str, _Hot]]) -> list[bool]:
+        """`_persist` for several users in one store write (`StateStore.put_states`)."""
+        states = []
+        for user, hot in hots:
+            states.append(
+                (
+                    user,
+                    CachedState(
+                        self.adapter.unbatch(hot.state, 0), hot.version, hot.n_events, hot.generation
+                    ),
+                )
+            )
+            hot.dirty = 0
+        return self.store.put_states(states) if states else []
 
     def _remember(self, user: str, hot: _Hot) -> None:
         if self.cache_size <= 0:
@@ -358,19 +371,19 @@ class OnlineRecommender:
         states = self.adapter.step_runs_([hot.state for _, hot, _, _ in ours], idx, ts)
         for (_, hot, _, _), st in zip(ours, states, strict=True):
             hot.state = st
+        due: list[tuple[str, _Hot]] = []
         for (user, hot, ues, stamp), done in zip(ours, idx, strict=True):
             hot.seen.update(done.tolist())
             hot.generation, hot.n_events, hot.dirty = stamp.generation, stamp.n_events, hot.dirty + len(ues)
             self._hot.move_to_end(user)
             if hot.dirty >= self.persist_every or self.cache_size <= 0:
-                self._persist(user, hot)
+                due.append((user, hot))
+        self._persist_many(due)  # the request's checkpoints in one store write
 
     def flush(self) -> None:
         """Write every cached state not yet persisted to the store (compare-and-set: states made
         stale by another process are not written)."""
-        for user, hot in self._hot.items():
-            if hot.dirty:
-                self._persist(user, hot)
+        self._persist_many([(user, hot) for user, hot in self._hot.items() if hot.dirty])
 
     # -- reads ------------------------------------------------------------------------------
     def scores(self, user: str, *, exclude_seen: bool = True) -> torch.Tensor:

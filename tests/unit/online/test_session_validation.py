@@ -224,6 +224,31 @@ def test_store_generations_and_compare_and_set(make_store: Callable[[], StateSto
     assert store.get_state("u") is None
 
 
+def test_put_states_is_put_state_per_user(make_store: Callable[[], StateStore]) -> None:
+    """One write for several users' checkpoints, each compare-and-set on its own."""
+    store = make_store()
+    store.append([Event("u", "a", 1), Event("v", "b", 1), Event("v", "c", 2)])
+    gu, gv = store.stamp("u").generation, store.stamp("v").generation
+    t = {"x": torch.arange(3, dtype=torch.float32)}
+    assert store.put_states([]) == []
+    got = store.put_states(
+        [
+            ("u", CachedState(t, "m", 1, gu)),
+            ("v", CachedState(t, "m", 3, gv)),  # more events than stored
+            ("nobody", CachedState(t, "m", 0, 0)),
+            ("v", CachedState({"x": 2 * t["x"]}, "m", 2, gv)),
+        ]
+    )
+    assert got == [True, False, False, True]
+    assert store.put_states([("v", CachedState(t, "m", 1, gv)), ("u", CachedState(t, "m2", 1, gu))]) == [
+        False,  # older than the held checkpoint of the same model
+        True,
+    ]
+    u, v = store.get_state("u"), store.get_state("v")
+    assert u is not None and (u.version, u.n_events) == ("m2", 1)
+    assert v is not None and v.n_events == 2 and torch.equal(v.tensors["x"], 2 * t["x"])
+
+
 def test_sqlite_generation_counter_survives_reopen(tmp_path: Path) -> None:
     db = tmp_path / "g.db"
     with SQLiteStore(db) as s:

@@ -4,7 +4,7 @@ single-node service)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -146,6 +146,9 @@ class InMemoryStore:
                 return False
             u.state = state
             return True
+
+    def put_states(self, states: Sequence[tuple[str, CachedState]]) -> list[bool]:
+        return [self.put_state(user, state) for user, state in states]
 
     def delete_user(self, user: str, *, tombstone: bool = True) -> bool:
         with self._lock:

@@ -188,6 +188,11 @@ class StateStore(Protocol):
         True when written."""
         ...
 
+    def put_states(self, states: Sequence[tuple[str, CachedState]]) -> list[bool]:
+        """`put_state` for each (user, state), in one write transaction (SQLite) or one round
+        trip (Redis) — a request's checkpoints together; per pair whether it was written."""
+        ...
+
     def delete_user(self, user: str, *, tombstone: bool = True) -> bool:
         """Remove the user's history and state, end the generation and record a tombstone for the
         user (`dynrec.online.store.versions.Tombstone`) in the same transaction — also when the store

@@ -289,6 +289,22 @@ class RedisStore:
         with self._errors():
             return bool(self._put_state(keys=[self._k_user(user), self._k_state(user)], args=args))
 
+    def put_states(self, states: Sequence[tuple[str, CachedState]]) -> list[bool]:
+        """See `StateStore.put_states`: the compare-and-set script once per state, pipelined."""
+        if not states:
+            return []
+        with self._errors():
+            pipe = self._client.pipeline(transaction=False)
+            for user, state in states:
+                args: list[str | int | bytes] = [
+                    state.version,
+                    int(state.n_events),
+                    int(state.generation),
+                    encode_state(state),
+                ]
+                self._put_state(keys=[self._k_user(user), self._k_state(user)], args=args, client=pipe)
+            return [bool(r) for r in pipe.execute()]
+
     def delete_user(self, user: str, *, tombstone: bool = True) -> bool:
         keys = [
             self._k("users"),

@@ -72,7 +72,7 @@ from typing import Any, cast
 
 from dynrec.data.events import Event, validate_events
 from dynrec.errors import DynrecError, requires_extra
-from dynrec.online.store.protocol import EVENT_ID_WINDOW, Appended, UserStamp, repeated_in_batch
+from dynrec.online.store.protocol import EVENT_ID_WINDOW, Appended, CachedState, UserStamp, repeated_in_batch
 from dynrec.online.store.redis import (
     DEFAULT_PREFIX,
     RedisStore,
@@ -399,6 +399,10 @@ class RedisClusterStore(RedisStore):
             if len(users) < chunk:
                 return
             low = "(" + users[-1]
+
+    def put_states(self, states: Sequence[tuple[str, CachedState]]) -> list[bool]:
+        """One compare-and-set per state, each in its user's slot (no cluster pipeline of scripts)."""
+        return [self.put_state(user, state) for user, state in states]
 
     def _each(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """`script` once per (keys, args) of `calls`, one round trip each (redis-py's cluster

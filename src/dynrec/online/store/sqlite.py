@@ -7,7 +7,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -299,20 +299,29 @@ class SQLiteStore:
         return state
 
     def put_state(self, user: str, state: CachedState) -> bool:
-        blob = encode_state(state)
+        return self.put_states([(user, state)])[0]
+
+    def put_states(self, states: Sequence[tuple[str, CachedState]]) -> list[bool]:
+        blobs = [encode_state(state) for _, state in states]  # before taking the write lock
+        if not states:
+            return []
         with self._lock, self._write():
-            st = self._stamp(user)
-            if st.generation == 0 or st.generation != state.generation or state.n_events > st.n_events:
-                return False
-            cur = self._conn.execute(
-                "INSERT INTO states (user_id, version, n_events, generation, state) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(user_id) DO UPDATE SET version = excluded.version, "
-                "n_events = excluded.n_events, generation = excluded.generation, state = excluded.state "
-                "WHERE NOT (states.version = excluded.version AND states.generation = excluded.generation "
-                "AND states.n_events > excluded.n_events)",
-                (user, state.version, state.n_events, state.generation, blob),
-            )
-            return cur.rowcount > 0
+            return [self._put(user, state, blob) for (user, state), blob in zip(states, blobs, strict=True)]
+
+    def _put(self, user: str, state: CachedState, blob: bytes) -> bool:
+        """`put_state`'s compare-and-set inside a write transaction."""
+        st = self._stamp(user)
+        if st.generation == 0 or st.generation != state.generation or state.n_events > st.n_events:
+            return False
+        cur = self._conn.execute(
+            "INSERT INTO states (user_id, version, n_events, generation, state) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(user_id) DO UPDATE SET version = excluded.version, "
+            "n_events = excluded.n_events, generation = excluded.generation, state = excluded.state "
+            "WHERE NOT (states.version = excluded.version AND states.generation = excluded.generation "
+            "AND states.n_events > excluded.n_events)",
+            (user, state.version, state.n_events, state.generation, blob),
+        )
+        return cur.rowcount > 0
 
     def delete_user(self, user: str, *, tombstone: bool = True) -> bool:
         with self._lock, self._write():
