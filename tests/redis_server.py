@@ -14,7 +14,7 @@ always stopped.
 
 Nothing is ever saved outside the server's folder (``--save ""``, ``--dir``). When ``redis-server``
 (or, for a cluster, ``redis-cli``) is not on PATH, `require_redis_server` skips the calling test
-(the fixtures in tests/conftest.py use it); `.ci/run` installs it.
+(the fixtures in tests/conftest.py use it); `make test` installs it first (scripts/system-deps.sh).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ __all__ = [
     "require_redis_server",
 ]
 
-NOT_INSTALLED = "redis-server not installed; .ci/run installs it"
+NOT_INSTALLED = "redis-server not installed; scripts/system-deps.sh installs it (make test runs it)"
 START_TIMEOUT = 15.0
 
 
