@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -409,6 +410,23 @@ Press Ctrl-C to stop.""",
         print("server stopped")
 
 
+def path_hint(bin_dir: Path, found: str | None, model_dir: Path) -> str:
+    """What to run next from a shell. The README's commands need ``dynrec`` on PATH, which `make`
+    does not put there (it runs ``.venv/bin/python`` directly): `bin_dir` holds this interpreter
+    (and ``dynrec``), `found` is where PATH finds ``dynrec`` now (None: nowhere)."""
+    example = f"`dynrec recommend {model_dir} --user 42`"
+    if found is not None and Path(found).parent.resolve() == bin_dir.resolve():
+        return f"Next, from a shell: the README's commands, e.g. {example}."
+    activate = bin_dir / "activate"
+    if not activate.is_file():
+        return f"Next, from a shell: add {bin_dir} to PATH for the README's commands, e.g. {example}."
+    rel = os.path.relpath(activate)
+    shown = str(activate) if rel.startswith("..") else rel
+    return (
+        f"Next, from a shell: `source {shown}` puts dynrec on PATH for the README's commands, e.g. {example}."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="ml-100k")
@@ -431,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run(args.dataset, tuple(args.models.split(",")), out, sets)
         served = next((n for n in DYNAMIC_MODELS if n in results), None)
+        example = out / f"{args.dataset}-{served or next(iter(results), 'MODEL')}"
+        print("\n" + path_hint(Path(sys.executable).parent, shutil.which("dynrec"), example))
         if served is None:
             print("\n(not serving: none of the dynamic models " + ", ".join(DYNAMIC_MODELS) + " was trained)")
             return 0

@@ -129,3 +129,24 @@ def test_show_real_time_names_the_detected_shift(
     _, before, after = shifted[0]
     assert after == who.category and who.category not in before
     assert set(before.split(", ")) <= {group(i) for i in who.history}
+
+
+def test_path_hint_says_how_to_put_dynrec_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """make runs the demo with .venv/bin/python, dynrec not on PATH: the demo's last words say how."""
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "activate").write_text("")
+    (bin_dir / "dynrec").write_text("")
+    monkeypatch.chdir(tmp_path)
+    model = Path("runs/ml-100k-gru4rec")
+    hint = demo.path_hint(bin_dir, None, model)
+    assert "`source .venv/bin/activate` puts dynrec on PATH" in hint
+    assert "`dynrec recommend runs/ml-100k-gru4rec --user 42`" in hint
+    # another environment's dynrec first on PATH is not this one
+    assert "source .venv/bin/activate" in demo.path_hint(bin_dir, "/usr/local/bin/dynrec", model)
+    # already on PATH: no activation line
+    on_path = demo.path_hint(bin_dir, str(bin_dir / "dynrec"), model)
+    assert "source" not in on_path and "dynrec recommend runs/ml-100k-gru4rec" in on_path
+    # an installation without an activate script names the folder to add
+    (bin_dir / "activate").unlink()
+    assert f"add {bin_dir} to PATH" in demo.path_hint(bin_dir, None, model)
