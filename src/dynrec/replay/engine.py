@@ -115,17 +115,12 @@ class ReplayResult:
     """``"exact"`` or ``"ann:<kind>"`` (`ReplayConfig.ann`)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "model": self.model,
-            "dataset": self.dataset,
-            "protocol": self.protocol,
-            "retrieval": self.retrieval,
-            **self.metrics,
-            **self.timing,
-            "windows": self.windows,
-            "updates": self.updates,
-        }
+        """Mode, model, data, metrics, timing, windows, updates; ``"retrieval"`` (the index kind)
+        when an approximate index served the predictions, as other results name it."""
+        out = {"mode": self.mode, "model": self.model, "dataset": self.dataset, "protocol": self.protocol}
+        if self.retrieval != "exact":
+            out["retrieval"] = self.retrieval.removeprefix("ann:")
+        return {**out, **self.metrics, **self.timing, "windows": self.windows, "updates": self.updates}
 
 
 # ---- the engine ------------------------------------------------------------------------------------
