@@ -67,16 +67,15 @@ class ResumeResult:
 
     @classmethod
     def of_update(cls, report: UpdateReport, out: str = "") -> ResumeResult:
-        """From the updater's report (its keys are `IncrementalUpdater.update_indexed`'s)."""
-        work = report.get("work_events")
+        """From the updater's report."""
         return cls(
-            n_events=int(report["n_events"]),
-            new_items=int(report["new_items"]),
-            new_users=int(report["new_users"]),
-            method=str(report["method"]),
-            seconds=float(report["seconds"]),
+            n_events=report.n_events,
+            new_items=report.new_items,
+            new_users=report.new_users,
+            method=report.method,
+            seconds=report.seconds,
             out=out,
-            work_events=None if work is None else int(work),
+            work_events=report.work_events,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -34,8 +35,32 @@ IntArray = npt.NDArray[np.int64]
 
 __all__ = ["IncrementalUpdater", "UpdateConfig", "UpdateReport"]
 
-UpdateReport = dict[str, int | float | str]
-"""What an update did: n_events, new_items, new_users, method, work_events, seconds."""
+
+@dataclass(frozen=True)
+class UpdateReport:
+    """What an update did: the events learned from, the items and users they added, how the model
+    learned them (`method`; ``"none"`` when there was nothing to learn), the work that took
+    (`work_events`: events processed x passes, when the model reports it) and the time."""
+
+    n_events: int
+    new_items: int
+    new_users: int
+    method: str
+    seconds: float
+    work_events: int | None = None
+
+    def to_json(self) -> dict[str, int | float | str]:
+        """n_events, new_items, new_users, method, work_events (when known), seconds."""
+        out: dict[str, int | float | str] = {
+            "n_events": self.n_events,
+            "new_items": self.new_items,
+            "new_users": self.new_users,
+            "method": self.method,
+        }
+        if self.work_events is not None:
+            out["work_events"] = self.work_events
+        out["seconds"] = self.seconds
+        return out
 
 
 def _events_to_log(events: Iterable[Event]) -> EventLog:
@@ -160,19 +185,12 @@ class IncrementalUpdater:
         prev = self.memory
         self.memory = _append(prev, users, items, timestamps, w, uv, iv)
         model.item_vocab, model.user_vocab = iv, uv
-        report: UpdateReport = {
-            "n_events": int(len(items)),
-            "new_items": n_items - old_items,
-            "new_users": n_users - old_users,
-        }
+        grown = (int(len(items)), n_items - old_items, n_users - old_users)
         if len(items) == 0 and not refit:
-            report.update(method="none", seconds=time.perf_counter() - t0)
-            return report
-        report["method"], report["work_events"] = self._dispatch(
-            prev, users, items, old_items, old_users, refit=refit
-        )
+            return UpdateReport(*grown, method="none", seconds=time.perf_counter() - t0)
+        method, work = self._dispatch(prev, users, items, old_items, old_users, refit=refit)
         self.n_updates += 1
-        report["seconds"] = time.perf_counter() - t0
+        report = UpdateReport(*grown, method=method, seconds=time.perf_counter() - t0, work_events=work)
         log.info("update %d of %s: %s", self.n_updates, model.name, report)
         return report
 

@@ -41,7 +41,7 @@ def incremental_fn(updater: IncrementalUpdater) -> UpdateFn:
             item_vocab=d.item_vocab,
             user_vocab=d.user_vocab,
         )
-        return updater.model, rep
+        return updater.model, dict(rep.to_json())
 
     return fn
 

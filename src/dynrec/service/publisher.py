@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,33 @@ from dynrec.text import Encoder, ItemTexts
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Publisher", "UpdateRunning"]
+__all__ = ["PublishedUpdate", "Publisher", "UpdateRunning"]
 
 UPDATE_LEASE = "update"
 UPDATE_LEASE_S = 60.0
 """How long the store's update lease lasts without renewal: a running update renews it every
 third of this, so a crashed updater frees it within this long."""
+
+
+@dataclass(frozen=True)
+class PublishedUpdate:
+    """What ``POST /v1/admin/update`` did: the update (``method`` ``"none"`` when there was nothing to
+    learn), the version current afterwards, the store's events still not in it, and the seconds the
+    whole update took (lease, training, publication)."""
+
+    report: UpdateReport
+    model_version: str
+    pending_events: int
+    seconds: float
+
+    def to_json(self) -> dict[str, int | float | str]:
+        """The update's report (`UpdateReport.to_json`, ``seconds`` the whole update's), then
+        ``model_version`` and ``pending_events``."""
+        out = self.report.to_json()
+        out["seconds"] = self.seconds
+        out["model_version"] = self.model_version
+        out["pending_events"] = self.pending_events
+        return out
 
 
 class UpdateRunning(DynrecError):
@@ -129,7 +151,7 @@ class Publisher:
         saved = saved_calibration(version_path(self.root, parent))
         return saved if saved is not None else self.holder.shift_calibration
 
-    def update(self) -> UpdateReport:
+    def update(self) -> PublishedUpdate:
         """Incremental training on the store's events since the current version (whichever process
         ingested them), on a copy of the model while the current one serves; the result is
         published as a new version (see the module docstring). One per store: `UpdateRunning`
@@ -156,15 +178,8 @@ class Publisher:
         self.metrics.updates.inc()
         n_pending = max(0, self.store.event_seq() - rec.event_seq)
         self.metrics.pending.set(n_pending)
-        report: UpdateReport = (
-            dict(reports[-1])
-            if new and reports
-            else {"n_events": 0, "new_items": 0, "new_users": 0, "method": "none"}
-        )
-        report["seconds"] = time.perf_counter() - t0
-        report["model_version"] = rec.id
-        report["pending_events"] = n_pending
-        return report
+        learned = reports[-1] if new and reports else UpdateReport(0, 0, 0, "none", 0.0)
+        return PublishedUpdate(learned, rec.id, n_pending, time.perf_counter() - t0)
 
     def _renew_lease(self, done: threading.Event) -> None:
         """Keep the update lease while an update runs (until `done`)."""
@@ -220,7 +235,7 @@ class Publisher:
             n_events=len(pending),
             event_seq=seq,
             deletion_generation=generation,
-            note=f"{report.get('method', '')}",
+            note=report.method,
             shifts=shifts if shifts is not None else self._parent_shifts(parent),
         )
 

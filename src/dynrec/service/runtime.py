@@ -59,7 +59,6 @@ from dynrec.online.interests import InterestProfile
 from dynrec.online.shifts import Shift, ShiftCalibration
 from dynrec.online.store import open_store, store_kind
 from dynrec.online.store.versions import VersionRecord, VersionStore, new_owner_id
-from dynrec.online.updater import UpdateReport
 from dynrec.service import answers
 from dynrec.service.answers import EXPLAIN_TOP, UserDetail
 from dynrec.service.batching import MicroBatcher, Pending
@@ -68,7 +67,7 @@ from dynrec.service.holder import ModelHolder, dataset_items, read_info
 from dynrec.service.metrics import ServiceMetrics
 from dynrec.service.popularity import Popularity
 from dynrec.service.privacy import TrainedWith
-from dynrec.service.publisher import Publisher, UpdateRunning
+from dynrec.service.publisher import PublishedUpdate, Publisher, UpdateRunning
 from dynrec.service.settings import ServiceSettings
 from dynrec.text import Encoder, ItemTexts
 
@@ -413,7 +412,7 @@ class Runtime:
         return DeleteResult(found or held > 0, held, self.trained_with.versions_with(user))
 
     # -- publishing (dynrec.service.publisher) ---------------------------------------------------------
-    def update(self) -> UpdateReport:
+    def update(self) -> PublishedUpdate:
         """See `Publisher.update`."""
         return self.publisher.update()
 

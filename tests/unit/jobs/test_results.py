@@ -20,6 +20,7 @@ from dynrec.evaluation.offline import EvalResult
 from dynrec.models.config import RunOptions
 from dynrec.models.registry import create_model
 from dynrec.online.interests import InterestProfile, ProfileWindow
+from dynrec.online.updater import UpdateReport
 from dynrec.replay import ReplayResult
 from tests.unit.jobs.test_provenance import write_events
 
@@ -158,7 +159,9 @@ def test_add_items_export_and_resume_results_json() -> None:
     )
 
     report = {"n_events": 3, "new_items": 1, "new_users": 1, "method": "co-occurrence counts"}
-    trained = jobs.ResumeResult.of_update({**report, "work_events": 3, "seconds": 0.5}, out="/m")
+    trained = jobs.ResumeResult.of_update(
+        UpdateReport(3, 1, 1, "co-occurrence counts", seconds=0.5, work_events=3), out="/m"
+    )
     _ordered(_round_trip(trained), {**report, "work_events": 3, "seconds": 0.5, "out": "/m"})
     everything = dataclasses.replace(
         trained, n_test_targets=0, n_duplicates=1, deleted_users_left_out=2, model_version="v2"
@@ -176,7 +179,7 @@ def test_add_items_export_and_resume_results_json() -> None:
             "model_version": "v2",
         },
     )
-    nothing = jobs.ResumeResult.of_update({**report, "method": "none", "seconds": 0.0}, out="/m")
+    nothing = jobs.ResumeResult.of_update(UpdateReport(3, 1, 1, "none", seconds=0.0), out="/m")
     _ordered(_round_trip(nothing), {**report, "method": "none", "seconds": 0.0, "out": "/m"})
 
 

@@ -152,7 +152,7 @@ def test_toy_model_gets_state_update_and_serving_through_the_protocols(
     # update: the updater calls the model's partial_fit, vocabulary growth included
     updater = IncrementalUpdater(model, data)
     report = updater.update([Event("bob", "brand-new", 20), Event("bob", "i1", 21)])
-    assert report["method"] == "toy table" and report["new_items"] == 1 and report["new_users"] == 1
+    assert (report.method, report.new_items, report.new_users) == ("toy table", 1, 1)
     assert isinstance(model, ToySum) and model.n_partial_fits == 1
     assert model.item_vocab is not None and "brand-new" in model.item_vocab
     assert model.score(QueryBatch.from_histories([[model.n_items - 1]])).shape == (1, model.n_items)
@@ -184,7 +184,7 @@ def test_a_model_without_capabilities_recomputes_and_refits(toy_registered: None
     assert not isinstance(model, IncrementalState | PartialFit | ItemEmbeddings)
     assert isinstance(adapter_for(model), RecomputeAdapter)
     report = IncrementalUpdater(model, data).update([Event("u1", "i2", 99)])
-    assert report["method"] == "refit"
+    assert report.method == "refit"
 
 
 # ---- every registered model ---------------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_new_item_becomes_recommendable(
     n0 = model.n_items
     up = IncrementalUpdater(model, train, UpdateConfig(epochs=3, seed=1))
     rep = up.update(new_item_events(model))
-    assert rep["new_items"] == 1 and rep["new_users"] == 1 and rep["n_events"] == 31
+    assert (rep.new_items, rep.new_users, rep.n_events) == (1, 1, 31)
     assert model.n_items == n0 + 1 and "NEW" in model.item_vocab
     assert model.score(QueryBatch.from_histories([[1]])).shape == (1, n0 + 1)
     # a group-0 history now ranks NEW among the top items (of 41)

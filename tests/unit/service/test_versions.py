@@ -101,7 +101,7 @@ def test_the_root_becomes_the_first_version_and_is_never_overwritten(
     assert [(r.path, r.kind, r.parent) for r in first] == [(".", "initial", None)]
     a.ingest([Event("new", "i1", 1), Event("new", "i2", 2)])
     report = a.update()
-    rec = a.versions.get_version(str(report["model_version"]))
+    rec = a.versions.get_version(report.model_version)
     assert rec is not None and rec.parent == first[0].id and rec.kind == "update" and rec.n_events == 2
     assert rec.event_seq == a.store.event_seq() and is_model_dir(root / rec.path)
     after = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file() and p.suffix != ".db"}
@@ -116,8 +116,8 @@ def test_every_process_follows_a_publication(runtimes: Callable[[], Runtime]) ->
     a.ingest([Event("x", "i1", 1), Event("x", "i3", 2)])
     b.ingest([Event("y", "i2", 1)])
     report = b.update()  # b learns a's events too: they are in the store
-    assert report["n_events"] == 3 and report["pending_events"] == 0
-    assert _wait(lambda: a.holder.version == report["model_version"], 1.0)
+    assert report.report.n_events == 3 and report.pending_events == 0
+    assert _wait(lambda: a.holder.version == report.model_version, 1.0)
 
 
 def test_concurrent_item_additions_are_all_kept(
@@ -169,12 +169,12 @@ def test_one_update_per_store(runtimes: Callable[[], Runtime]) -> None:
     with pytest.raises(UpdateRunning, match="someone-else"):
         b.update()
     assert a.versions.release_lease("update", "someone-else")
-    assert b.update()["n_events"] == 1
+    assert b.update().report.n_events == 1
     # an expired lease (a crashed updater) frees itself
     a.versions.acquire_lease("update", "crashed", 0.01)
     time.sleep(0.05)
     a.ingest([Event("x", "i2", 2)])
-    assert a.update()["n_events"] == 1
+    assert a.update().report.n_events == 1
 
 
 def test_deletion_survives_a_restart_and_the_update_refits_without_the_users(
@@ -201,7 +201,7 @@ def test_deletion_survives_a_restart_and_the_update_refits_without_the_users(
     b = runtimes()  # a restart: nothing in memory survives, the tombstones do
     assert {t.user_id for t in b.versions.tombstones()} == set(raters)
     report = b.update()
-    assert report["method"] == "refit"
+    assert report.report.method == "refit"
     served = b.holder.model
     expected = Recommender.load(root)
     keep = ~np.isin(data.users, data.user_vocab.lookup(raters))
@@ -256,7 +256,7 @@ def test_evaluate_refuses_a_version_that_learned_test_targets(
             for u, i, t in zip(targets["user_id"], targets["item_id"], targets["timestamp"], strict=True)
         ]
     )
-    version = a.update()["model_version"]
+    version = a.update().model_version
     served = Recommender.load(root / f"versions/{version}")
     prov = from_meta(served.meta).provenance
     assert prov is not None and prov.served[-1].n_test_targets == targets.height
@@ -316,7 +316,7 @@ def test_models_cli_lists_shows_and_rolls_back(
     a = runtimes()
     first = a.holder.version
     a.ingest([Event("x", "i1", 1), Event("x", "i2", 2)])
-    second = str(a.update()["model_version"])
+    second = a.update().model_version
     cli = CliRunner()
     listed = cli.invoke(app, ["models", "list", str(root), "--store", store_url, "--json"])
     assert listed.exit_code == 0, listed.output
@@ -371,5 +371,5 @@ def test_a_running_update_renews_its_lease(
             refused += 1
         time.sleep(0.1)
     t.join()
-    assert refused >= 5 and result[0]["n_events"] == 1
-    assert b.update()["n_events"] == 0  # free again (nothing left to learn)
+    assert refused >= 5 and result[0].report.n_events == 1
+    assert b.update().report.n_events == 0  # free again (nothing left to learn)
