@@ -133,10 +133,6 @@ def test_rows_the_index_cannot_rank_and_empty_histories_stay_exact(als: Recommen
     assert got.items.tolist() == want_i.tolist()
 
 
-def _events(user: str, items: list[int], t0: int = 0) -> list[Event]:
-    return [Event(user, str(i), t0 + j) for j, i in enumerate(items)]
-
-
 def test_session_serves_stored_users_through_the_index(als: Recommender) -> None:
     assert als.item_vocab is not None
     ids = [als.item_vocab.to_ids(np.array(h)) for h in HISTORIES[:3]]
@@ -155,3 +151,22 @@ def test_session_serves_stored_users_through_the_index(als: Recommender) -> None
     assert new not in after.items and after.retrieval == "ann:ivf"
     assert after.items == exact.recommend("u0", 8).items
     assert ann.recommend("u1", 8).items == exact.recommend("u1", 8).items
+
+
+def test_a_state_in_a_shift_lean_is_served_exactly_until_the_lean_fades(als: Recommender) -> None:
+    """With shift detection leaning on a fresh shift, that user's scores are no dot product: the
+    session serves them exactly (and says so) for the lean's events, then through the index."""
+    from dynrec.online.shifts import ShiftCalibration, ShiftConfig
+
+    assert als.item_vocab is not None
+    cal = ShiftCalibration(0.3, 0.6, 0.0, 1.0, 0, "item vectors", 0.0, ShiftConfig(warmup=3, lean_events=3))
+    online = OnlineRecommender(als, InMemoryStore(), index=AnnIndex.for_model(als, EXACT_INDEX))
+    online.detect_shifts(cal.with_lean(2.0))
+    group = [[f"i{g * 10 + j}" for j in range(1, 11)] for g in range(4)]  # clustered_data's groups
+    online.observe([Event("v", item, t) for t, item in enumerate(group[0][:8])])
+    assert online.recommend("v", 5).retrieval == "ann:ivf" and not online.shifts("v")
+    served = []
+    for t, item in enumerate(group[2][:6]):  # another taste group: a shift, then its lean fades
+        online.observe(Event("v", item, 100 + t))
+        served.append(online.recommend("v", 5).retrieval)
+    assert online.shifts("v") and "exact" in served and served[-1] == "ann:ivf"

@@ -164,6 +164,17 @@ def test_lean_moves_scores_toward_the_new_interest_for_lean_events_only() -> Non
     assert torch.equal(lean_scores(flat.clone(), state, space, cal), flat)
 
 
+def test_leaning_names_the_states_whose_scores_the_lean_changes() -> None:
+    """What approximate retrieval asks (`ShiftAdapter.dot_rows`): a state right after a shift
+    leans (its scores are no dot product), one without a shift or past the lean does not."""
+    cal = _cal(lean_events=4).with_lean(2.0)
+    det = ShiftDetector(_space(), cal)
+    hist = [np.array(A * 3 + B[:2]), np.array(A * 4), np.array(A * 3 + B[:2] + B[2:] + B)]
+    state = det.init(hist, [np.arange(len(h)) for h in hist])
+    assert det.leaning(state).tolist() == [True, False, False]
+    assert ShiftDetector(_space(), _cal(lean_events=4)).leaning(state).tolist() == [False] * 3  # no lean
+
+
 # ---- riding along a model's state ----------------------------------------------------------------
 
 
