@@ -74,6 +74,7 @@ from dynrec.service.runtime import (
 )
 from dynrec.service.schemas import (
     MAX_ID_LENGTH,
+    MAX_K,
     DeleteOut,
     EventsIn,
     EventsOut,
@@ -106,7 +107,7 @@ __all__ = ["BodyLimitMiddleware", "app_from_env", "create_app"]
 
 UserId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH), id_rule("user")]
 ItemId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH), id_rule("item")]
-K = Annotated[int, Query(ge=1, le=1000, description="list length; above the catalogue size: every item")]
+K = Annotated[int, Query(ge=1, le=MAX_K, description="list length; above the catalogue size: every item")]
 
 
 class BodyLimitMiddleware:

@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute, APIRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dynrec.data.ids import MAX_ID_LENGTH, id_problem
+from dynrec.service.schemas import MAX_K
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ __all__ = ["FastRecommendations", "RecommendationsCall", "parse_recommendations"
 ROUTE = "/v1/users/{user_id}/recommendations"
 PREFIX = "/v1/users/"
 SUFFIX = "/recommendations"
-MAX_K = 1000
 _BOOLS = {"true": True, "false": False}
 
 RecommendationsCall = Callable[[str, int, bool, bool], Awaitable[Response]]

@@ -29,6 +29,7 @@ from dynrec.data.events import MAX_TIMESTAMP, Event
 from dynrec.data.ids import MAX_ID_LENGTH, IdKind, id_problem
 
 __all__ = [
+    "MAX_K",
     "MAX_ID_LENGTH",
     "DeleteOut",
     "EventIn",
@@ -86,6 +87,11 @@ Number = StrictInt | StrictFloat
 
 HTTP_EVENT_TYPE = "view"
 """Event type of an HTTP event that names none."""
+
+
+MAX_K = 1000
+"""The longest list a request may ask for (``k``; every route that takes one). The library's own
+check (`dynrec.data.query.check_k`) has no upper bound; the service caps what one request costs."""
 
 
 class _Strict(BaseModel):
@@ -175,7 +181,7 @@ class RecommendationsOut(BaseModel):
 
 class SessionIn(_Strict):
     history: Annotated[list[ItemId], Field(max_length=10_000)] = Field(description="item ids, oldest first")
-    k: Annotated[StrictInt, Field(ge=1, le=1000)] = 10
+    k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 10
     exclude_seen: StrictBool = True
     explain: StrictBool = False
 
