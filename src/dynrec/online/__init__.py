@@ -3,7 +3,8 @@
 stores (the ``redis`` extra) are in `dynrec.online.store.redis` and `dynrec.online.store.redis_cluster`."""
 
 from dynrec.data.events import Event, InvalidEventError  # re-exported: the public API's names
-from dynrec.online.session import Interests, OnlineRecommender, Recommendation
+from dynrec.online.interests import Interests
+from dynrec.online.session import OnlineRecommender, Recommendation
 from dynrec.online.store import (
     CachedState,
     History,

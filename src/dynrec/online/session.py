@@ -34,10 +34,8 @@ from dynrec.online.interests import (
     Categories,
     Interests,
     ItemInfo,
-    cluster_items,
     interests_of,
     item_categories,
-    item_vectors,
 )
 from dynrec.online.retrieval import state_top_k
 from dynrec.online.shift_state import ShiftAdapter, build_detector, recent_shifts, stored_histories
@@ -47,14 +45,7 @@ from dynrec.online.updater import IncrementalUpdater, UpdateReport
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "Interests",
-    "OnlineRecommender",
-    "Recommendation",
-    "cluster_items",
-    "item_vectors",
-    "model_version",
-]
+__all__ = ["OnlineRecommender", "Recommendation", "model_version"]
 
 
 def model_version(model: Recommender) -> str:
@@ -432,12 +423,7 @@ class OnlineRecommender:
 
     # -- interests ----------------------------------------------------------------------------
     def interests(
-        self,
-        user: str,
-        *,
-        short_window: int = 10,
-        short_half_life: float = 0.0,
-        top: int = 5,
+        self, user: str, *, short_window: int = 10, short_half_life: float = 0.0, top: int = 5
     ) -> Interests:
         """Short-term (the last `short_window` events, optionally decayed with `short_half_life`
         events) vs long-term (the whole history) interests (`dynrec.online.interests.interests_of`)."""

@@ -33,7 +33,8 @@ from dynrec.models.capabilities import (
 )
 from dynrec.models.config import ModelConfig, RunOptions
 from dynrec.online.adapters import ModelStateAdapter, RecomputeAdapter, adapter_for
-from dynrec.online.session import OnlineRecommender, item_vectors
+from dynrec.online.interests import item_vectors
+from dynrec.online.session import OnlineRecommender
 from dynrec.online.store import InMemoryStore
 from dynrec.online.updater import IncrementalUpdater
 from tests.conftest import clustered_data
