@@ -40,3 +40,24 @@ def test_no_absolute_machine_paths() -> None:
             if MACHINE_PATH.search(line):
                 offenders.append(f"{path.relative_to(REPO)}:{lineno}: {line.strip()[:120]}")
     assert not offenders, "absolute build-machine paths in tracked files:\n" + "\n".join(offenders)
+
+
+MAX_LINES = 500
+
+
+def test_no_source_file_over_500_lines_but_model_implementations() -> None:
+    """One job per file: a module past 500 lines holds more than one; a model implementation (the
+    module a registry entry names, or a file of its package) may be longer."""
+    from dynrec.models import registry
+
+    models = {entry.split(":")[0] for entry in registry.MODELS.values()}
+    src = REPO / "src"
+    long = []
+    for path in sorted((src / "dynrec").rglob("*.py")):
+        module = ".".join(path.relative_to(src).with_suffix("").parts).removesuffix(".__init__")
+        if any(module == m or module.startswith(f"{m}.") for m in models):
+            continue
+        n = len(path.read_text().splitlines())
+        if n > MAX_LINES:
+            long.append(f"{path.relative_to(REPO)}: {n} lines")
+    assert not long, "split these (one job per file): " + "; ".join(long)
