@@ -56,6 +56,7 @@ def recommendations_json(user_id: str | None, rec: Recommended) -> dict[str, Any
         "items": items,
         "fallback": "popular" if rec.fallback else None,
         "model_version": rec.version,
+        "retrieval": rec.retrieval,
     }
 
 

@@ -177,6 +177,9 @@ class RecommendationsOut(BaseModel):
     items: list[RecommendedItemOut]
     fallback: Literal["popular"] | None
     model_version: str
+    retrieval: str = "exact"
+    """What ranked the list: ``exact`` (every item scored), ``ann:<kind>`` (the served FAISS index,
+    `dynrec serve --ann`), ``popular`` (the fallback)."""
 
 
 class SessionIn(_Strict):

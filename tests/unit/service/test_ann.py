@@ -260,9 +260,12 @@ def test_stored_users_through_an_exact_index_get_the_exact_answer(saved: dict[st
                 seen = set(exact.store.history(u).items)
                 assert not seen & set(got.items)  # seen items excluded, as on the exact path
                 r = c_ann.get(f"/v1/users/{u}/recommendations", params={"k": 6}).json()
-                assert [x["item_id"] for x in r["items"]] == want.items
+                assert [x["item_id"] for x in r["items"]] == want.items and r["retrieval"] == "ann:ivf"
+                r = c_exact.get(f"/v1/users/{u}/recommendations", params={"k": 6}).json()
+                assert r["retrieval"] == "exact"
                 if step == 0:  # the user takes their top item: both paths move on from it
                     ev = {"events": [{"user_id": u, "item_id": want.items[0], "timestamp": 10**9}]}
                     for c in (c_exact, c_ann):
                         assert c.post("/v1/events", json=ev).status_code == 200
         assert approx.recommend_now("nobody-yet", 3).retrieval == "popular"
+        assert c_ann.get("/v1/users/nobody-yet/recommendations").json()["retrieval"] == "popular"
