@@ -54,7 +54,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     sequence models make them) trained on ml-100k in seconds; a new SQLite store, seeded."""
     chromium = chromium_path()
     if chromium is None:
-        pytest.skip("no chromium binary found (scripts/system-deps.sh installs Debian's chromium; make test runs it)")
+        pytest.skip(
+            "no chromium binary found (scripts/system-deps.sh installs Debian's chromium; make test runs it)"
+        )
     root = tmp_path_factory.mktemp("newcomer")
     model_dir = root / "model"
     jobs.train("itemknn", jobs.prepare("ml-100k"), config={"recency_half_life": 2.0}, out=model_dir)

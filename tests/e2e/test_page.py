@@ -111,7 +111,9 @@ def wait_rendered(page: Page, after_generation: str) -> str:
 def test_page_click_updates_recommendations_and_store(served: Served) -> None:
     chromium = chromium_path()
     if chromium is None:
-        pytest.skip("no chromium binary found (scripts/system-deps.sh installs Debian's chromium; make test runs it)")
+        pytest.skip(
+            "no chromium binary found (scripts/system-deps.sh installs Debian's chromium; make test runs it)"
+        )
     seen = [i for i, _ in served.history]
     assert len(seen) >= 5
     r = httpx.post(
@@ -236,7 +238,9 @@ def untitled(tmp_path: Path) -> Iterator[str]:
 def test_page_without_titles_shows_ids_once_and_full_cluster_names(untitled: str) -> None:
     chromium = chromium_path()
     if chromium is None:
-        pytest.skip("no chromium binary found (scripts/system-deps.sh installs Debian's chromium; make test runs it)")
+        pytest.skip(
+            "no chromium binary found (scripts/system-deps.sh installs Debian's chromium; make test runs it)"
+        )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=BROWSER_ARGS)
         try:
