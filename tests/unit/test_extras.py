@@ -97,8 +97,12 @@ def test_base_dependencies_hold_no_extra() -> None:
     optional = {_name(r) for name, reqs in extras.items() if name not in ("all", "dev") for r in reqs}
     assert optional == {
         "fastapi",
+        "fastapi-offline",
         "uvicorn",
         "prometheus-client",
+        "orjson",
+        "httptools",
+        "uvloop",
         "redis",
         "faiss-cpu",
         "sentence-transformers",
