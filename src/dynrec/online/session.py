@@ -282,9 +282,10 @@ class OnlineRecommender:
 
         All or nothing: the whole batch is validated (`validate_events`, an `InvalidEventError`
         naming the event's index and field) and appended in one store transaction before any
-        state moves. A hot state is stepped in place only when the store's stamp after the
-        append shows exactly this batch on top of it; otherwise (another process appended or
-        deleted in between) the user's state is rebuilt from the store. Events the store skipped
+        state moves. A hot state is stepped in place when the store's stamp after the append
+        shows this batch on top of it, or on top of events another process appended since (then
+        through those events too, read from the store); otherwise (a deletion, another model
+        version) the user's state is rebuilt from the store. Events the store skipped
         (their event id was already applied: a re-delivery) move no state and count in
         `duplicates_skipped`."""
         evs = validate_events(events)
@@ -302,11 +303,13 @@ class OnlineRecommender:
             ours: list[tuple[str, _Hot, list[Event], UserStamp]] = []
             for user, ues in by_user.items():
                 hot = self._owned_hot(user, len(ues), stamps[user])
-                if hot is None:
+                if hot is not None:
+                    ours.append((user, hot, ues, stamps[user]))
+                elif (behind := self._behind_hot(user, stamps[user])) is not None:
+                    ours.append((user, *behind))  # steps with the others, through every missing event
+                else:
                     self._hot.pop(user, None)
                     self._rebuild(user, self.persist_every)  # these events and any appended elsewhere
-                else:
-                    ours.append((user, hot, ues, stamps[user]))
             self._advance(ours)
         except BaseException:  # a half-stepped hot state must not be served: rebuilt on next read
             for user in by_user:
@@ -347,6 +350,27 @@ class OnlineRecommender:
         ):
             return hot
         return None
+
+    def _behind_hot(self, user: str, stamp: UserStamp) -> tuple[_Hot, list[Event], UserStamp] | None:
+        """`user`'s hot state with the events the store holds after it (another process's, then
+        this batch's) and the stamp they end at, when the hot state is of this generation and
+        merely behind (several workers taking the user's events in turn); None when it must be
+        rebuilt (no hot state, another model version or generation, a trimmed history)."""
+        hot = self._hot.get(user)
+        if hot is None or hot.version != self.version or hot.generation != stamp.generation:
+            return None
+        if not 0 <= hot.n_events < stamp.n_events:
+            return None
+        now, tail = self.store.since(user, hot.n_events)
+        if now.generation != hot.generation or len(tail) != now.n_events - hot.n_events:
+            return None
+        events = [
+            Event(user, i, int(t), et, float(w))
+            for i, t, et, w in zip(
+                tail.items, tail.timestamps.tolist(), tail.event_types, tail.weights.tolist(), strict=True
+            )
+        ]
+        return hot, events, now
 
     def _advance(self, ours: list[tuple[str, _Hot, list[Event], UserStamp]]) -> None:
         """Step the owned hot states past their users' just-appended events, together

@@ -249,6 +249,44 @@ def test_put_states_is_put_state_per_user(make_store: Callable[[], StateStore]) 
     assert v is not None and v.n_events == 2 and torch.equal(v.tensors["x"], 2 * t["x"])
 
 
+class _CheckpointReads(SQLiteStore):
+    """A SQLite store that counts checkpoint reads (every state rebuild reads one)."""
+
+    reads = 0
+
+    def get_state(self, user: str) -> CachedState | None:
+        self.reads += 1
+        return super().get_state(user)
+
+
+@pytest.mark.parametrize("name", ["itemknn", "sasrec"])
+def test_workers_taking_turns_step_through_each_others_events(
+    name: str, data: InteractionData, tmp_path: Path
+) -> None:
+    """Two sessions on one store (two workers) observing a user's events in turn: each steps its
+    hot state through the other's events read from the store, without a rebuild, and both score
+    exactly the whole history."""
+    model = model_of(name, data)
+    assert model.item_vocab is not None
+    stores = [_CheckpointReads(tmp_path / "w.db") for _ in range(2)]
+    a, b = (OnlineRecommender(model, st, persist_every=16) for st in stores)
+    items = model.item_vocab.ids
+    hist: list[tuple[str, int]] = []
+    reads = 0
+    for j in range(12):
+        evs = [Event("u", items[(3 * j + r) % len(items)], 10 * j + r) for r in range(1 + j % 3)]
+        hist += [(e.item_id, e.timestamp) for e in evs]
+        (a, b)[j % 2].observe(evs)
+        if j == 1:  # each worker has built the user's state once
+            reads = sum(st.reads for st in stores)
+            assert reads == 2
+    assert sum(st.reads for st in stores) == reads  # from then on only stepped, never rebuilt
+    want = reference_scores(model, "u", [i for i, _ in hist], [t for _, t in hist])
+    want[0] = -torch.inf
+    for w in (a, b):
+        assert_scores(w.scores("u", exclude_seen=False), want)
+
+
 def test_sqlite_generation_counter_survives_reopen(tmp_path: Path) -> None:
     db = tmp_path / "g.db"
     with SQLiteStore(db) as s:
