@@ -561,29 +561,93 @@ def serve_table(serve: list[Record]) -> str:
             rows,
         )
         + "\n\n"
+        + serve_side_by_side(serve)
         + SERVE_FINDINGS
     )
 
 
-SERVE_FINDINGS = """Where the time goes (profiled in-process with cProfile and in the running server with a
-stack sampler, on the 2-core AMD EPYC machine of the records): one server process is bound by one core (the GIL) at 1.3-1.8 ms
-of CPU per recommendation, of which the model path (state lookup, scores, top-k for a micro-batch)
-is about 0.5 ms and the HTTP stack (uvicorn, FastAPI validation and serialisation, the Prometheus
-middleware, the access log) the rest (Redis adds a network round trip per store read), so 1,500/s
-needs about two such cores of server alone: with the generator on the same 2 cores, the 16-client
-goal is out of reach here and the open-loop run at 1,500/s falls behind. Ingest: a request's users
-now step together (round r = every user's r-th event, one batched state step, as the replay
-engine does), which took SASRec from 518 to about 1,200 events/s; what remains is per-request
-work that does not batch (validating and storing 100 events, encoding and checkpointing the states
-that reach `persist_every`, the HTTP stack) — itemknn, whose step is cheap, stays near 4,000
-events/s, far from 20,000/s on that machine. Fixed on the way: torch's thread-per-core default made every tiny operator a
-parallel region fighting the request threads (a SASRec state step 18 ms with 2 threads, 2 ms with
-1): serving processes now use one torch thread; the state was written to the store on every event
-(half of the ingest time): it is now checkpointed every 16 events per user (`persist_every`; events
-are still durable before the answer); the micro-batcher waited 2 ms for company even when alone:
-it now takes what is queued (single-client throughput 170 -> 450 rec/s); and the first runs used
-`httpx.AsyncClient`, which spent more CPU per request (about 4 ms) than the server: the default
-generator is now a minimal asyncio HTTP/1.1 client (`--client httpx` keeps the other).
+SIDE_BY_SIDE = (
+    ("rec_per_s_1", "rec/s, 1 client"),
+    ("rec_per_s_16", "rec/s, 16 clients"),
+    ("server_cpu_ms_per_rec_1", "server CPU ms / rec, 1 client"),
+    ("server_cpu_ms_per_rec_16", "server CPU ms / rec, 16 clients"),
+    ("p99_ms_16", "p99 ms, 16 clients"),
+    ("events_per_s", "events/s"),
+    ("server_cpu_ms_per_event", "server CPU ms / event"),
+    ("freshness_p50_ms", "freshness p50 ms (idle)"),
+)
+
+
+def serve_side_by_side(serve: list[Record]) -> str:
+    """The records run side by side with an older tree (``serve_load --baseline-src``): medians of
+    the alternating rounds, baseline -> this tree."""
+    recs = sorted((r for r in serve if "side_by_side" in r["metrics"]), key=lambda r: r["key"])
+    if not recs:
+        return ""
+    rows = []
+    for r in recs:
+        p, sb = r["params"], r["metrics"]["side_by_side"]
+        old, new = sb["median"]["baseline"], sb["median"]["this"]
+        cells = []
+        for k, _ in SIDE_BY_SIDE:
+            a, b = old.get(k), new.get(k)
+            cells.append(f"{fmt(a)} -> **{fmt(b)}**" + (f" ({b / a:.2f}x)" if a and b else ""))
+        rows.append(
+            [p["dataset"], p["model"], p["store"], p["workers"], sb["baseline"], len(sb["pairs"]), *cells]
+            + [str(r["commit"])[:7], r["machine"]["cpu"]]
+        )
+    return (
+        "Side by side (`--baseline-src`): the same phases against a server run from an older tree with the "
+        "same Python, alternating older / this tree, a freshly seeded store per run; medians of the rounds "
+        "(every round's figures are in results/serve.json). Server CPU per request: the server's CPU over "
+        "the phase / its answers (per event for ingest), the figure that holds while the generator "
+        "shares the cores.\n\n"
+        + table(
+            ["dataset", "model", "store", "workers", "older tree", "rounds"]
+            + [label for _, label in SIDE_BY_SIDE]
+            + ["this tree", "CPU"],
+            rows,
+        )
+        + "\n\n"
+    )
+
+
+SERVE_FINDINGS = """Where the time goes after the cheap hot path (issue 24 item 2; a stack sampler on the app
+driven in-process by the same GETs and POSTs, on the shared 2-core AMD EPYC of the records, load
+average 5-10 from other sessions during the runs, so rates move with the load while CPU per request
+holds). A recommendation's server CPU at 16 clients fell from 0.38-0.54 ms to 0.13-0.29 ms (itemknn on
+SQLite 0.41 -> 0.16, on Redis 0.54 -> 0.29; SASRec on SQLite 0.41 -> 0.18), and for a lone client
+from 0.67-0.83 to 0.43-0.58 ms; one worker now answers 16 clients at 2,350-4,500 rec/s (Redis the
+lowest) where it answered 1,100-1,650 in the same runs. What went: FastAPI's router, dependency solving and response
+re-validation on the hot GET (plainly well-formed requests are answered before the router,
+`dynrec.service.fast_path`; every other request is routed as before), pydantic serialisation (the
+answers are built as dicts and encoded by orjson, byte-identical to the response models), the
+access log (off unless `--access-log`), uvicorn's pure-Python HTTP parser and event loop (httptools
+and uvloop come with the serve extra), and per-request `labels()` lookups and Host parsing. What a
+lone request still costs: about 0.23 ms of model path for SASRec (state check, scores over 1,682
+items, top-k; 0.075 ms per user inside a batch of 16), the hand-off to the micro-batcher thread and
+uvicorn's own handling.
+
+Ingest misses its goals. Server CPU per event: itemknn 0.14 ms (unchanged; a whole core would give
+about 7,000 events/s, the goal of 20,000 needs 0.05), SASRec 0.27 ms (0.36 before: the goal of 5,000/s
+needs under 0.2 on a whole core). The HTTP layer is now a few per cent of it. A steady-state profile of
+a 100-event POST (itemknn, SQLite): about 25% splitting the stepped batch back into one-row states
+(`StateAdapter.step_runs_`: an `index_select` per user per state tensor, the shift detector's
+included), 15% the interest-shift detector (its step and the shifts completed), 12% encoding and
+writing the checkpoints due (now one write per request, `StateStore.put_states`), 9% SQLite's
+commits, 7% validating the events (done three times: runtime, session, store; the id rule is now 3x
+cheaper), 7% appending them; for SASRec the state step and its 230 KB checkpoints weigh more.
+Several workers: events of one user that reach two workers made the second rebuild the user's
+state from the store (checkpoint + the events after it, stepped one by one): two in-process runtimes
+taking turns spent 70-150 ms per 100-event request against 8-13 ms for one, in the old code and the
+new alike. With uvloop the workers share the ingest connections (asyncio's accept loop let one
+worker take all four; with uvloop blocked the same tree ingested 5,675 events/s where it ingested
+1,747 with it), so the rebuild showed: 900 events/s on SQLite with 2 workers. Now a hot state that
+another process moved past steps through the events the store holds after it, batched with the
+request's other users (two runtimes in turn: 15-21 ms per request), and the `--workers 2` rows
+above are of that code: SQLite ingest 6,233 events/s (3,780 before), 16 clients 4,234 rec/s
+(2,084 before). The 1.7x-of-one-worker goal cannot be read from these runs: the two cores are
+shared by both workers, the load generator and other sessions' processes (load average 5-10).
 
 Model versions in the store (issue 21), old (84a7835, before the issue) against new (the records
 above), run side by side from two trees with the same Python on one AMD EPYC with 2 cores (load
