@@ -49,7 +49,6 @@ from dynrec.jobs.history import TrainingHistory, training_history
 from dynrec.jobs.items import ItemInfo, write_item_info
 from dynrec.jobs.provenance import count_targets
 from dynrec.models.base import Recommender
-from dynrec.online.session import model_version
 from dynrec.online.shift_calibration import SHIFT_FILE, save_calibration
 from dynrec.online.shifts import ShiftCalibration
 from dynrec.online.store import StateStore
@@ -109,7 +108,7 @@ def new_version_id(model: Recommender) -> str:
     """A fresh version id: the model's content fingerprint (12 hex digits) and a random suffix, so
     that two versions of equal weights (an update that consumed events without changing them) are
     still two records."""
-    return f"{model_version(model)[:12]}-{secrets.token_hex(3)}"
+    return f"{model.fingerprint()[:12]}-{secrets.token_hex(3)}"
 
 
 def _write_synced(

@@ -32,7 +32,14 @@ from dynrec.data.query import QueryBatch, topk_stable
 from dynrec.data.vocab import Vocabulary
 from dynrec.errors import DynrecError, NotFittedError
 from dynrec.models.config import RUN_OPTION_KEYS, ModelConfig, RunOptions
-from dynrec.models.files import TensorFileError, expect_only, read_json, read_vocab, save_tensors
+from dynrec.models.files import (
+    TensorFileError,
+    expect_only,
+    read_json,
+    read_vocab,
+    save_tensors,
+    tensor_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +131,11 @@ class Recommender(ABC):
     def tensors(self) -> dict[str, torch.Tensor]:
         """Learned state to save (override)."""
         return {}
+
+    def fingerprint(self) -> str:
+        """A content fingerprint of the learned state (`tensors`), stable across processes: the
+        model version a session tags its cached states with."""
+        return tensor_fingerprint(self.name, self.tensors())
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore learned state (override). Called by `load` after config, meta and both

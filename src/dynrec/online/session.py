@@ -27,9 +27,9 @@ from dynrec.data.items import ItemMetadata
 from dynrec.data.query import QueryBatch, Recommendations, check_k
 from dynrec.errors import NotFittedError
 from dynrec.models.base import Recommender
-from dynrec.models.files import tensor_fingerprint
 from dynrec.models.retrieval import AnnIndex
 from dynrec.online.adapters import RecomputeAdapter, StateAdapter, StateBatch, adapter_for
+from dynrec.online.hot_state import HotState
 from dynrec.online.interests import (
     Categories,
     Interests,
@@ -45,12 +45,7 @@ from dynrec.online.updater import IncrementalUpdater, UpdateReport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnlineRecommender", "Recommendation", "model_version"]
-
-
-def model_version(model: Recommender) -> str:
-    """A content fingerprint of the model's learned state (stable across processes)."""
-    return tensor_fingerprint(model.name, model.tensors())
+__all__ = ["OnlineRecommender", "Recommendation"]
 
 
 @dataclass(frozen=True)
@@ -60,21 +55,6 @@ class Recommendation:
     scores: list[float]
     retrieval: str = "exact"
     """What served the list: ``"exact"`` or ``"ann:<kind>"``."""
-
-
-@dataclass
-class _Hot:
-    """A user's decoded state in this process: the state, the events of the user's store
-    generation it covers, the model version, the seen item indices, how many events it is ahead of
-    the store's checkpoint, and the generation (`UserStamp`)."""
-
-    state: StateBatch
-    n_events: int
-    version: str
-    seen: set[int]
-    dirty: int = 0
-    seen_idx: torch.Tensor | None = None
-    generation: int = 0
 
 
 class OnlineRecommender:
@@ -120,7 +100,7 @@ class OnlineRecommender:
         """Write a user's state to the store every this many events (1 = write-through). A stored
         state is a checkpoint: loading replays the history events after it, so at most
         ``persist_every - 1`` steps are redone after a restart."""
-        self._hot: OrderedDict[str, _Hot] = OrderedDict()
+        self._hot: OrderedDict[str, HotState] = OrderedDict()
         self.cache_hits = 0
         """Reads served by a hot state (current, or caught up with events appended elsewhere)."""
         self.cache_misses = 0
@@ -146,7 +126,7 @@ class OnlineRecommender:
     def _version(self) -> str:
         """The tag of the states this session writes: the model's fingerprint, plus the detector's
         calibration when one rides along (states of another calibration are rebuilt)."""
-        v, det = model_version(self.model), self.shift_detector
+        v, det = self.model.fingerprint(), self.shift_detector
         return v if det is None else f"{v}+s{hashlib.sha1(repr(det.calibration).encode()).hexdigest()[:8]}"
 
     # -- index mapping ----------------------------------------------------------------------
@@ -162,7 +142,7 @@ class OnlineRecommender:
         )
 
     # -- state ------------------------------------------------------------------------------
-    def _load(self, user: str) -> _Hot:
+    def _load(self, user: str) -> HotState:
         """The user's state, checked against the store's stamp on every call (another process
         may have appended events or deleted the user): the hot state when current, or stepped
         through the events appended elsewhere; else the store's checkpoint + the events after it,
@@ -185,7 +165,7 @@ class OnlineRecommender:
         self.cache_misses += 1
         return self._rebuild(user)
 
-    def _catch_up(self, user: str, hot: _Hot) -> bool:
+    def _catch_up(self, user: str, hot: HotState) -> bool:
         """Step `hot` through the events appended (by another process) since it was built; False
         when the store moved on in a way stepping cannot follow (then the caller rebuilds)."""
         stamp, tail = self.store.since(user, hot.n_events)
@@ -200,7 +180,7 @@ class OnlineRecommender:
         self._hot.move_to_end(user)
         return True
 
-    def _rebuild(self, user: str, persist_at: int = 1) -> _Hot:
+    def _rebuild(self, user: str, persist_at: int = 1) -> HotState:
         """The user's state from the store: its checkpoint (same model version and generation) +
         the events after it, else recomputed from the held history; persisted when it is
         `persist_at` or more events ahead of the checkpoint."""
@@ -220,7 +200,7 @@ class OnlineRecommender:
             dirty = missing
         else:
             st, dirty = self.adapter.init(q), len(hist)
-        hot = _Hot(
+        hot = HotState(
             st, stamp.n_events, self.version, set(q.items.tolist()), dirty, generation=stamp.generation
         )
         if dirty and (dirty >= persist_at or self.cache_size <= 0):
@@ -242,12 +222,12 @@ class OnlineRecommender:
                 done.append(i)
         return st, done
 
-    def _persist(self, user: str, hot: _Hot) -> bool:
+    def _persist(self, user: str, hot: HotState) -> bool:
         """Write `hot` back (compare-and-set). Refused when the user's generation changed (the
         next read rebuilds) or the store holds a newer checkpoint: either way nothing to redo."""
         return self._persist_many([(user, hot)])[0]
 
-    def _persist_many(self, hots: Sequence[tuple[str, _Hot]]) -> list[bool]:
+    def _persist_many(self, hots: Sequence[tuple[str, HotState]]) -> list[bool]:
         """`_persist` for several users in one store write (`StateStore.put_states`)."""
         states = []
         for user, hot in hots:
@@ -262,7 +242,7 @@ class OnlineRecommender:
             hot.dirty = 0
         return self.store.put_states(states) if states else []
 
-    def _remember(self, user: str, hot: _Hot) -> None:
+    def _remember(self, user: str, hot: HotState) -> None:
         if self.cache_size <= 0:
             return
         self._hot[user] = hot
@@ -300,7 +280,7 @@ class OnlineRecommender:
         for e in evs:
             by_user.setdefault(e.user_id, []).append(e)
         try:
-            ours: list[tuple[str, _Hot, list[Event], UserStamp]] = []
+            ours: list[tuple[str, HotState, list[Event], UserStamp]] = []
             for user, ues in by_user.items():
                 hot = self._owned_hot(user, len(ues), stamps[user])
                 if hot is not None:
@@ -339,7 +319,7 @@ class OnlineRecommender:
             return []
         return recent_shifts(self.shift_detector, self._load(user).state)[::-1]
 
-    def _owned_hot(self, user: str, m: int, stamp: UserStamp) -> _Hot | None:
+    def _owned_hot(self, user: str, m: int, stamp: UserStamp) -> HotState | None:
         """`user`'s hot state when the store's stamp after appending `m` events shows exactly
         those events on top of it (no other process appended or deleted in between), else None."""
         hot = self._hot.get(user)
@@ -351,7 +331,7 @@ class OnlineRecommender:
             return hot
         return None
 
-    def _behind_hot(self, user: str, stamp: UserStamp) -> tuple[_Hot, list[Event], UserStamp] | None:
+    def _behind_hot(self, user: str, stamp: UserStamp) -> tuple[HotState, list[Event], UserStamp] | None:
         """`user`'s hot state with the events the store holds after it (another process's, then
         this batch's) and the stamp they end at, when the hot state is of this generation and
         merely behind (several workers taking the user's events in turn); None when it must be
@@ -372,7 +352,7 @@ class OnlineRecommender:
         ]
         return hot, events, now
 
-    def _advance(self, ours: list[tuple[str, _Hot, list[Event], UserStamp]]) -> None:
+    def _advance(self, ours: list[tuple[str, HotState, list[Event], UserStamp]]) -> None:
         """Step the owned hot states past their users' just-appended events, together
         (`StateAdapter.step_runs_`): a request's cost follows its longest per-user run."""
         if not ours:
@@ -386,7 +366,7 @@ class OnlineRecommender:
         states = self.adapter.step_runs_([hot.state for _, hot, _, _ in ours], idx, ts)
         for (_, hot, _, _), st in zip(ours, states, strict=True):
             hot.state = st
-        due: list[tuple[str, _Hot]] = []
+        due: list[tuple[str, HotState]] = []
         for (user, hot, ues, stamp), done in zip(ours, idx, strict=True):
             hot.seen.update(done.tolist())
             hot.generation, hot.n_events, hot.dirty = stamp.generation, stamp.n_events, hot.dirty + len(ues)
@@ -406,7 +386,7 @@ class OnlineRecommender:
         hot = self._load(user)
         s = self.adapter.score(hot.state)[0]
         if exclude_seen and hot.seen:
-            s[self._seen_idx(hot)] = -torch.inf
+            s[hot.seen_index()] = -torch.inf
         s[0] = -torch.inf
         return s
 
@@ -432,18 +412,12 @@ class OnlineRecommender:
         state = hots[0].state if len(hots) == 1 else self.adapter.concat([h.state for h in hots])
         exclude = None
         if exclude_seen:
-            seen = [self._seen_idx(h) for h in hots]
+            seen = [h.seen_index() for h in hots]
             rows = torch.repeat_interleave(torch.arange(len(hots)), torch.tensor([t.numel() for t in seen]))
             exclude = (rows, torch.cat(seen))
         got = state_top_k(self.adapter, state, k, exclude=exclude, index=self.index)
         recs = Recommendations.from_topk(got.items, got.scores, self.model.item_vocab)
         return [Recommendation(u, *recs.row(b), got.served[b]) for b, u in enumerate(users)]
-
-    @staticmethod
-    def _seen_idx(hot: _Hot) -> torch.Tensor:  # kept until the seen set grows
-        if hot.seen_idx is None or hot.seen_idx.numel() != len(hot.seen):
-            hot.seen_idx = torch.tensor(sorted(hot.seen), dtype=torch.int64)
-        return hot.seen_idx
 
     # -- interests ----------------------------------------------------------------------------
     def interests(

@@ -14,7 +14,6 @@ from pathlib import Path
 from dynrec.errors import DynrecError
 from dynrec.jobs.model_root import open_version
 from dynrec.models.base import Recommender
-from dynrec.online.session import model_version
 from dynrec.online.store.versions import VersionRecord, VersionStore
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ class TrainedWith:
             log.warning("cannot check saved model %s for a deleted user: %s", model_dir, exc)
             return None
         assert model.user_vocab is not None
-        return model_version(model), frozenset(model.user_vocab.ids)
+        return model.fingerprint(), frozenset(model.user_vocab.ids)
 
     def _users_of(self, rec: VersionRecord) -> frozenset[str]:
         users = self._user_vocabs.get(rec.id)

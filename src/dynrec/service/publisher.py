@@ -46,7 +46,6 @@ from dynrec.jobs.provenance import PROVENANCE_KEY, ServedEvents, from_meta, targ
 from dynrec.jobs.shifts import calibrate_for, saved_calibration
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemText, PartialFit
-from dynrec.online.session import model_version
 from dynrec.online.shifts import ShiftCalibration
 from dynrec.online.store import StateStore
 from dynrec.online.store.versions import Lease, VersionRecord, VersionStore
@@ -250,7 +249,7 @@ class Publisher:
         split = history.prepared.split
         data = history.prepared.data
         entry = ServedEvents(
-            version=model_version(model),
+            version=model.fingerprint(),
             events_hash=events_digest(events),
             n_events=len(events),
             n_test_targets=count_target_events(events, target_frame(data, split.test)),
