@@ -427,10 +427,20 @@ def _check_weight(index: int, value: object) -> float:
     return w
 
 
-def validate_events(events: Event | Iterable[Event]) -> list[Event]:
+class ValidEvents(tuple[Event, ...]):
+    """A batch `validate_events` checked and normalised. Immutable, so it stays valid: every door an
+    event batch passes (the service, the session, the store) calls `validate_events`, and only the
+    first one does the work."""
+
+    __slots__ = ()
+
+
+def validate_events(events: Event | Iterable[Event]) -> ValidEvents:
     """The batch as normalised events (plain `str` ids, `int` timestamps, `float` weights), or an
     `InvalidEventError` naming the first bad event's index and field. Checks every event before
-    returning, so a caller can write the batch all or nothing."""
+    returning, so a caller can write the batch all or nothing. A `ValidEvents` is returned as it is."""
+    if isinstance(events, ValidEvents):
+        return events
     evs = [events] if isinstance(events, Event) else list(events)
     out = []
     for i, e in enumerate(evs):
@@ -449,4 +459,4 @@ def validate_events(events: Event | Iterable[Event]) -> list[Event]:
                 None if e.event_id is None else _check_id(i, "event_id", e.event_id, "user"),
             )
         )
-    return out
+    return ValidEvents(out)

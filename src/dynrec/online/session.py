@@ -268,7 +268,7 @@ class OnlineRecommender:
         version) the user's state is rebuilt from the store. Events the store skipped
         (their event id was already applied: a re-delivery) move no state and count in
         `duplicates_skipped`."""
-        evs = validate_events(events)
+        evs: Sequence[Event] = validate_events(events)
         if not evs:
             return {}
         stamps = self.store.append(evs)

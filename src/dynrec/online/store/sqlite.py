@@ -162,7 +162,7 @@ class SQLiteStore:
         ).fetchone()
         return UserStamp() if row is None else UserStamp(int(row[0]), int(row[1]))
 
-    def _applied_ids(self, evs: list[Event], skipped: set[int]) -> None:
+    def _applied_ids(self, evs: Sequence[Event], skipped: set[int]) -> None:
         """Add to `skipped` the positions of the events whose id the store holds for their user."""
         by_user: dict[str, list[int]] = {}
         for i, e in enumerate(evs):
