@@ -28,7 +28,7 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +173,26 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, str]]:
 
 def set_args(overrides: dict[str, str], model: str) -> str:
     return "".join(f" --set {model}.{k}={v}" for k, v in sorted(overrides.items()))
+
+
+def fmt(v: Any) -> str:
+    """A number as the pages show it (thousands separators, 4 decimals below 10); None, "" and NaN as a dash."""
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "–"
+        a = abs(v)
+        return f"{v:.4f}" if a < 10 else f"{v:,.1f}" if a < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def table(header: list[str], rows: Iterable[list[Any]]) -> str:
+    """A markdown table, every cell through `fmt`."""
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import Record, put, record
+from benchmarks._common import Record, put, record, table
 from benchmarks.serve_load import _stat, redis_server, train_model
 
 BATCH = 100
@@ -323,11 +323,6 @@ BEGIN = "<!-- capacity table: written by python -m benchmarks.pages from benchma
 END = "<!-- end of capacity table -->"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
-
-
 def inputs_table(capacity: list[Record]) -> str:
     """benchmarks/README.md: the Redis side of a recommendation and an event, per model."""
     if not capacity:
@@ -360,7 +355,7 @@ def inputs_table(capacity: list[Record]) -> str:
         "id, checkpoints flushed at the end. Commands count those run inside Lua scripts. Bytes per user:\n"
         "`MEMORY USAGE` of the user's keys after the events. `docs/deploy.md` turns these and the CPU\n"
         "records above into a deployment.\n\n"
-        + _table(
+        + table(
             [
                 "dataset",
                 "model",
@@ -412,7 +407,7 @@ def capacity_block(serve: list[Record], consume: list[Record], capacity: list[Re
         f"{load.replicas} replica{'s' if load.replicas != 1 else ''}.",
         "Measured costs (CPU per operation on the machine the record names; sources are record keys in "
         "`benchmarks/results/`):",
-        _table(
+        table(
             [
                 "model",
                 "server CPU ms per rec",
@@ -424,7 +419,7 @@ def capacity_block(serve: list[Record], consume: list[Record], capacity: list[Re
             cost_rows,
         ),
         "The deployment they imply:",
-        _table(
+        table(
             [
                 "model",
                 "serving cores",

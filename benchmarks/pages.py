@@ -13,11 +13,11 @@ import argparse
 import statistics
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks import capacity
-from benchmarks._common import HERE, REPO, RESULTS, Record, load
+from benchmarks._common import HERE, REPO, RESULTS, Record, fmt, load, table
 
 PAGE = HERE / "README.md"
 DEPLOY = REPO / "docs" / "deploy.md"
@@ -64,27 +64,6 @@ targets only. Peers (RecBole, implicit) ran on the same split with `benchmarks/p
 | events from a Redis stream (`dynrec consume`) | `python -m benchmarks.consume` | `results/consume.json` |
 | interest shifts: detection, real data, the lean | `python -m benchmarks.shifts` | `results/shifts.json` |
 """
-
-
-def fmt(v: Any) -> str:
-    if v is None or v == "":
-        return "–"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if v != v:  # NaN
-            return "–"
-        a = abs(v)
-        return f"{v:.4f}" if a < 10 else f"{v:,.1f}" if a < 1000 else f"{v:,.0f}"
-    return str(v)
-
-
-def table(header: list[str], rows: Iterable[list[Any]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(out)
 
 
 def cmd(*records: Record) -> str:
