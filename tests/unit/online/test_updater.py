@@ -174,3 +174,25 @@ def test_cli_train_resume_warm_starts(tmp_path: Path) -> None:
     assert resumes == [str(new.resolve())]
     r = runner.invoke(app, ["train", "--resume", str(out)])
     assert r.exit_code != 0
+
+
+@pytest.mark.parametrize("name", ["gru4rec", "sasrec"])
+def test_an_update_is_reproducible_whatever_the_global_generator(
+    name: str, split: tuple[InteractionData, object]
+) -> None:
+    """The update's dropout draws come from its own seed, not from whatever torch's global
+    generator holds; and the caller's generator is left as it was."""
+    if not _available(name):
+        pytest.skip(f"{name} not available")
+    train, _ = split
+    weights = []
+    for global_seed in (1, 2):
+        model = tiny_model(name, train, dropout=0.5)
+        torch.manual_seed(global_seed)
+        want = torch.rand(1)
+        torch.manual_seed(global_seed)
+        IncrementalUpdater(model, train, UpdateConfig(epochs=2, seed=1)).update(new_item_events(model))
+        assert torch.rand(1) == want  # the caller's generator, untouched
+        weights.append({k: v.clone() for k, v in model.net.state_dict().items()})
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], rtol=0, atol=0)

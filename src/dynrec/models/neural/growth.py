@@ -95,8 +95,13 @@ def train_continue(model: Growable, data: InteractionData, cfg: UpdateConfig) ->
     orig_config = model.config
     model.config = tc
     try:
-        model.prepare(data)
-        Trainer(tc, model.options.replace(checkpoint_dir="", progress=False)).fit(model, data, None)
+        # the update's own random draws (dropout's come from torch's global generator): seeded
+        # by the update, so an update is reproducible, and the caller's generator left as it was
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(tc.seed)
+            model.prepare(data)
+            Trainer(tc, model.options.replace(checkpoint_dir="", progress=False)).fit(model, data, None)
     finally:
         model.config = orig_config
         model.release_training_data()  # training tensors of this update only
