@@ -567,7 +567,12 @@ async def drive(
         events_per_s=ph.ok * args.ingest_batch / ph.seconds,
         server_cpu_ms_per_event=1e3 * ph.server_cpu / (ph.ok * args.ingest_batch) if ph.ok else None,
     )
-    print(f"  ingest: {out['ingest']['events_per_s']:,.0f} events/s", flush=True)
+    cpu = out["ingest"]["server_cpu_ms_per_event"]
+    print(
+        f"  ingest: {out['ingest']['events_per_s']:,.0f} events/s"
+        + (f", server CPU {cpu:.3f} ms/event" if cpu is not None else ""),
+        flush=True,
+    )
 
     for name, load in (("freshness_idle", 0), ("freshness_16_clients", 16)):
         extra: dict[str, list[float]] = {"ack_ms": [], "gets": []}

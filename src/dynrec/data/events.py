@@ -388,6 +388,11 @@ def _check_id(index: int, name: str, value: object, kind: IdKind) -> str:
     """A string that follows the id rule (`dynrec.data.ids`: not blank, no leading/trailing
     whitespace, <= 512 characters, no comma/newline in item ids); an integer (not a bool) is
     converted with str()."""
+    if type(value) is str:  # the common case, without the numeric checks below
+        problem = id_problem(value, kind)
+        if problem is not None:
+            raise InvalidEventError(index, name, problem, value)
+        return value
     if isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_):
         return str(int(value))
     if not isinstance(value, str):
@@ -401,6 +406,8 @@ def _check_id(index: int, name: str, value: object, kind: IdKind) -> str:
 def _check_timestamp(index: int, value: object) -> int:
     """A finite number in [0, MAX_TIMESTAMP]; fractional seconds are truncated (as when reading
     files, `dynrec.data.events`)."""
+    if type(value) is int and 0 <= value <= MAX_TIMESTAMP:  # the common case
+        return value
     problem = f"must be a finite number of seconds in [0, {MAX_TIMESTAMP}]"
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
         raise InvalidEventError(index, "timestamp", problem, value)
@@ -418,6 +425,8 @@ def _check_timestamp(index: int, value: object) -> int:
 
 def _check_weight(index: int, value: object) -> float:
     """A finite number > 0 (an integer is converted to float)."""
+    if type(value) is float and 0 < value < math.inf:  # the common case
+        return value
     problem = "must be a finite number > 0"
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
         raise InvalidEventError(index, "weight", problem, value)

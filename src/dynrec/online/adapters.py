@@ -104,6 +104,19 @@ class StateAdapter(ABC):
             out[k] = w
         return out
 
+    def assign_(self, state: StateBatch, idx: torch.Tensor | IntArray, part: StateBatch) -> StateBatch:
+        """`assign` in place: rows `idx` of `state` overwritten by `part`; returns the state to
+        use from now on (`state` itself, or a new one where a buffer had to grow)."""
+        ix = torch.as_tensor(np.asarray(idx, dtype=np.int64) if not isinstance(idx, torch.Tensor) else idx)
+        for k, v in state.items():
+            v.index_copy_(self._dim(k), ix.to(v.device), part[k].to(v.dtype))
+        return state
+
+    def row_view(self, state: StateBatch, b: int) -> StateBatch:
+        """Row `b` as a batch of one made of views of `state`'s tensors (a write to either shows
+        in both)."""
+        return {k: v.narrow(self._dim(k), b, 1) for k, v in state.items()}
+
     def concat(self, states: Sequence[StateBatch]) -> StateBatch:
         keys = list(states[0])
         return {k: torch.cat([s[k] for s in states], dim=self._dim(k)) for k in keys}
@@ -156,30 +169,6 @@ class StateAdapter(ABC):
             else:
                 v.index_copy_(d, ix.to(v.device), part[k].to(v.dtype))
         return state
-
-    def step_runs_(
-        self, states: Sequence[StateBatch], items: Sequence[IntArray], timestamps: Sequence[IntArray]
-    ) -> list[StateBatch]:
-        """One-row states, owned by the caller (they may be overwritten), each advanced through its
-        own run of events ``items[b]``, ``timestamps[b]``. The rows move together: round r steps
-        every row's r-th event as one batch (as the replay engine does), in place on one
-        concatenated batch (`step_rows_`: no row copied per event where the model has `RowStep`)."""
-        lens = np.array([len(i) for i in items], dtype=np.int64)
-        n_rounds = int(lens.max(initial=0))
-        if n_rounds == 0:
-            return list(states)
-        if len(states) == 1:
-            st = states[0]
-            for r in range(n_rounds):
-                st = self.step_(st, items[0][r : r + 1], timestamps[0][r : r + 1])
-            return [st]
-        state = self.concat(states)
-        for r in range(n_rounds):
-            rows = np.flatnonzero(lens > r)
-            it = np.array([items[b][r] for b in rows.tolist()], dtype=np.int64)
-            ts = np.array([timestamps[b][r] for b in rows.tolist()], dtype=np.int64)
-            state = self.step_rows_(state, rows, it, ts)
-        return [self.select(state, np.array([b], dtype=np.int64)) for b in range(len(states))]
 
 
 class ModelStateAdapter(StateAdapter):
@@ -271,6 +260,12 @@ class RecomputeAdapter(StateAdapter):
     def assign(self, state: StateBatch, idx: torch.Tensor | IntArray, part: StateBatch) -> StateBatch:
         width = max(int(state["items"].shape[1]), int(part["items"].shape[1]))
         return super().assign(self._widen(state, width), idx, self._widen(part, width))
+
+    def assign_(self, state: StateBatch, idx: torch.Tensor | IntArray, part: StateBatch) -> StateBatch:
+        width = int(state["items"].shape[1])
+        if int(part["items"].shape[1]) > width:
+            return self.assign(state, idx, part)
+        return super().assign_(state, idx, self._widen(part, width))
 
     def unbatch(self, state: StateBatch, b: int) -> dict[str, torch.Tensor]:
         n = int(state["n"][b])

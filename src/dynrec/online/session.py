@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ from dynrec.errors import NotFittedError
 from dynrec.models.base import Recommender
 from dynrec.models.retrieval import AnnIndex
 from dynrec.online.adapters import RecomputeAdapter, StateAdapter, StateBatch, adapter_for
-from dynrec.online.hot_state import HotState
+from dynrec.online.hot_state import HotCache, HotRun, HotState
 from dynrec.online.interests import (
     Categories,
     Interests,
@@ -39,7 +38,7 @@ from dynrec.online.interests import (
 )
 from dynrec.online.retrieval import state_top_k
 from dynrec.online.shift_state import ShiftAdapter, build_detector, recent_shifts, stored_histories
-from dynrec.online.shifts import Shift, ShiftCalibration, ShiftConfig, ShiftDetector
+from dynrec.online.shifts import Shift, ShiftCalibration, ShiftConfig, ShiftDetector, shift_counts
 from dynrec.online.store import CachedState, History, InMemoryStore, StateStore, UserStamp
 from dynrec.online.updater import IncrementalUpdater, UpdateReport
 
@@ -100,7 +99,7 @@ class OnlineRecommender:
         """Write a user's state to the store every this many events (1 = write-through). A stored
         state is a checkpoint: loading replays the history events after it, so at most
         ``persist_every - 1`` steps are redone after a restart."""
-        self._hot: OrderedDict[str, HotState] = OrderedDict()
+        self._hot = HotCache(self.adapter, cache_size, self._persist)
         self.cache_hits = 0
         """Reads served by a hot state (current, or caught up with events appended elsewhere)."""
         self.cache_misses = 0
@@ -151,7 +150,7 @@ class OnlineRecommender:
         if hot is not None and hot.version == self.version:
             stamp = self.store.stamp(user)
             if stamp == UserStamp(hot.generation, hot.n_events):
-                self._hot.move_to_end(user)
+                self._hot.touch(user)
                 self.cache_hits += 1
                 return hot
             if (
@@ -161,7 +160,7 @@ class OnlineRecommender:
             ):
                 self.cache_hits += 1
                 return hot
-        self._hot.pop(user, None)  # stale: another generation, or a history we cannot extend
+        self._hot.drop(user)  # stale: another generation, or a history we cannot extend
         self.cache_misses += 1
         return self._rebuild(user)
 
@@ -172,12 +171,13 @@ class OnlineRecommender:
         missing = stamp.n_events - hot.n_events
         if stamp.generation != hot.generation or missing < 0 or len(tail) != missing:
             return False
-        hot.state, seen = self._step(hot.state, tail, inplace=True)
-        hot.seen.update(seen)
+        idx, ts = self._known(tail.items, tail.timestamps)
+        self._hot.step([hot], [idx], [ts])
+        hot.seen.update(idx.tolist())
         hot.n_events, hot.dirty = stamp.n_events, hot.dirty + missing
         if hot.dirty >= self.persist_every:
             self._persist(user, hot)
-        self._hot.move_to_end(user)
+        self._hot.touch(user)
         return True
 
     def _rebuild(self, user: str, persist_at: int = 1) -> HotState:
@@ -195,32 +195,32 @@ class OnlineRecommender:
             and 0 <= missing <= len(hist)
         ):
             a = len(hist) - missing
-            tail = History(hist.items[a:], hist.timestamps[a:], hist.event_types[a:], hist.weights[a:])
-            st, _ = self._step(self.adapter.batch([c.tensors]), tail, inplace=False)
-            dirty = missing
+            st, dirty, tail = (
+                self.adapter.batch([c.tensors]),
+                missing,
+                self._known(hist.items[a:], hist.timestamps[a:]),
+            )
         else:
-            st, dirty = self.adapter.init(q), len(hist)
+            st, dirty, tail = self.adapter.init(q), len(hist), None
         hot = HotState(
             st, stamp.n_events, self.version, set(q.items.tolist()), dirty, generation=stamp.generation
         )
+        if tail is not None:  # the checkpoint's own copy, stepped in place
+            self._hot.step([hot], [tail[0]], [tail[1]])
         if dirty and (dirty >= persist_at or self.cache_size <= 0):
             self._persist(user, hot)
-        self._remember(user, hot)
+        self._hot.put(user, hot)
         return hot
 
-    def _step(self, st: StateBatch, hist: History, *, inplace: bool) -> tuple[StateBatch, list[int]]:
-        """`st` advanced through `hist`'s events in order (items unknown to the model are kept in
-        the history but skipped by the state), and the item indices it consumed. `inplace`: the
-        caller owns `st` and drops it (`StateAdapter.step_`)."""
+    def _known(
+        self, items: Sequence[str], timestamps: Sequence[int] | npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The model's indices of the known `items` and their timestamps (items unknown to the
+        model are kept in the history, skipped by the state)."""
         assert self.model.item_vocab is not None
-        idx = self.model.item_vocab.lookup(hist.items, policy="skip")
-        step = self.adapter.step_ if inplace else self.adapter.step
-        done: list[int] = []
-        for i, t in zip(idx.tolist(), hist.timestamps.tolist(), strict=True):
-            if i > 0:
-                st = step(st, np.array([i], dtype=np.int64), np.array([t], dtype=np.int64))
-                done.append(i)
-        return st, done
+        idx = self.model.item_vocab.lookup(items, policy="skip")
+        keep = idx > 0
+        return idx[keep].astype(np.int64), np.asarray(timestamps, dtype=np.int64)[keep]
 
     def _persist(self, user: str, hot: HotState) -> bool:
         """Write `hot` back (compare-and-set). Refused when the user's generation changed (the
@@ -242,19 +242,10 @@ class OnlineRecommender:
             hot.dirty = 0
         return self.store.put_states(states) if states else []
 
-    def _remember(self, user: str, hot: HotState) -> None:
-        if self.cache_size <= 0:
-            return
-        self._hot[user] = hot
-        self._hot.move_to_end(user)
-        while len(self._hot) > self.cache_size:
-            old, h = self._hot.popitem(last=False)
-            if h.dirty:
-                self._persist(old, h)
-
     def state(self, user: str) -> StateBatch:
-        """The user's current state (batch of one), rebuilt from the history when not cached."""
-        return self._load(user).state
+        """A copy of the user's current state (batch of one), rebuilt from the history when not
+        cached."""
+        return self.adapter.select(self._load(user).state, np.zeros(1, dtype=np.int64))
 
     def observe(self, events: Event | Iterable[Event]) -> dict[str, list[Shift]]:
         """Record events (in order) and advance each user's cached state past them. Returns the
@@ -276,39 +267,47 @@ class OnlineRecommender:
             self.duplicates_skipped += len(stamps.skipped)
             skipped = set(stamps.skipped)
             evs = [e for i, e in enumerate(evs) if i not in skipped]
-        by_user: dict[str, list[Event]] = {}
-        for e in evs:
-            by_user.setdefault(e.user_id, []).append(e)
+        assert self.model.item_vocab is not None
+        idx = self.model.item_vocab.lookup([e.item_id for e in evs], policy="skip")
+        ts = np.array([e.timestamp for e in evs], dtype=np.int64)
+        by_user: dict[str, list[int]] = {}
+        for b, e in enumerate(evs):
+            by_user.setdefault(e.user_id, []).append(b)
+        rebuilt: dict[str, int] = {}
         try:
-            ours: list[tuple[str, HotState, list[Event], UserStamp]] = []
-            for user, ues in by_user.items():
-                hot = self._owned_hot(user, len(ues), stamps[user])
+            ours: list[HotRun] = []
+            for user, at in by_user.items():
+                run = np.array(at, dtype=np.int64)
+                keep = idx[run] > 0
+                own = int(keep.sum())
+                hot = self._owned_hot(user, len(at), stamps[user])
                 if hot is not None:
-                    ours.append((user, hot, ues, stamps[user]))
-                elif (behind := self._behind_hot(user, stamps[user])) is not None:
-                    ours.append((user, *behind))  # steps with the others, through every missing event
+                    ours.append(HotRun(user, hot, len(at), stamps[user], idx[run][keep], ts[run][keep], own))
+                elif (behind := self._behind_hot(user, stamps[user], own)) is not None:
+                    ours.append(behind)  # steps with the others, through every missing event
                 else:
-                    self._hot.pop(user, None)
+                    self._hot.drop(user)
                     self._rebuild(user, self.persist_every)  # these events and any appended elsewhere
-            self._advance(ours)
+                    rebuilt[user] = own
+            flagged = self._advance(ours)
         except BaseException:  # a half-stepped hot state must not be served: rebuilt on next read
             for user in by_user:
-                self._hot.pop(user, None)
+                self._hot.drop(user)
             raise
         if self.updater is not None:
             self.updater.remember(evs)
-        return self._completed(by_user)
+        done = {**flagged, **rebuilt}
+        return self._completed({u: done[u] for u in by_user if u in done})
 
-    def _completed(self, by_user: dict[str, list[Event]]) -> dict[str, list[Shift]]:
-        """The shifts flagged on the users' just-observed events."""
+    def _completed(self, known: dict[str, int]) -> dict[str, list[Shift]]:
+        """The shifts flagged on the users' just-observed events (`known`: how many of each
+        user's last events the detector consumed)."""
         if self.shift_detector is None:
             return {}
-        assert self.model.item_vocab is not None
         out: dict[str, list[Shift]] = {}
-        for user, ues in by_user.items():
-            known = int((self.model.item_vocab.lookup([e.item_id for e in ues], policy="skip") > 0).sum())
+        for user, n in known.items():
             hot = self._hot.get(user) or self._load(user)  # stepped (or rebuilt) just now
-            fresh = recent_shifts(self.shift_detector, hot.state, known) if known else []
+            fresh = recent_shifts(self.shift_detector, hot.state, n) if n else []
             if fresh:
                 out[user] = fresh
         return out
@@ -331,7 +330,7 @@ class OnlineRecommender:
             return hot
         return None
 
-    def _behind_hot(self, user: str, stamp: UserStamp) -> tuple[HotState, list[Event], UserStamp] | None:
+    def _behind_hot(self, user: str, stamp: UserStamp, own: int) -> HotRun | None:
         """`user`'s hot state with the events the store holds after it (another process's, then
         this batch's) and the stamp they end at, when the hot state is of this generation and
         merely behind (several workers taking the user's events in turn); None when it must be
@@ -344,36 +343,33 @@ class OnlineRecommender:
         now, tail = self.store.since(user, hot.n_events)
         if now.generation != hot.generation or len(tail) != now.n_events - hot.n_events:
             return None
-        events = [
-            Event(user, i, int(t), et, float(w))
-            for i, t, et, w in zip(
-                tail.items, tail.timestamps.tolist(), tail.event_types, tail.weights.tolist(), strict=True
-            )
-        ]
-        return hot, events, now
+        idx, ts = self._known(tail.items, tail.timestamps)
+        return HotRun(user, hot, len(tail), now, idx, ts, own)
 
-    def _advance(self, ours: list[tuple[str, HotState, list[Event], UserStamp]]) -> None:
-        """Step the owned hot states past their users' just-appended events, together
-        (`StateAdapter.step_runs_`): a request's cost follows its longest per-user run."""
+    def _advance(self, ours: list[HotRun]) -> dict[str, int]:
+        """Step the owned hot states past their users' just-appended events, together in their
+        rows (`HotRows.step_runs_`): a request's cost follows its longest per-user run. Returns the
+        users whose shift detector counted a new shift meanwhile, with the events it consumed."""
         if not ours:
-            return
-        assert self.model.item_vocab is not None
-        idx = [self.model.item_vocab.lookup([e.item_id for e in ues], policy="skip") for _, _, ues, _ in ours]
-        ts = [np.array([e.timestamp for e in ues], dtype=np.int64) for _, _, ues, _ in ours]
-        keep = [i > 0 for i in idx]  # items unknown to the model are kept in the history, skipped here
-        idx = [i[k].astype(np.int64) for i, k in zip(idx, keep, strict=True)]
-        ts = [t[k] for t, k in zip(ts, keep, strict=True)]
-        states = self.adapter.step_runs_([hot.state for _, hot, _, _ in ours], idx, ts)
-        for (_, hot, _, _), st in zip(ours, states, strict=True):
-            hot.state = st
+            return {}
+        hots = [r.hot for r in ours]
+        before = None if self.shift_detector is None else self._hot.gather(hots, shift_counts)
+        self._hot.step(hots, [r.items for r in ours], [r.timestamps for r in ours])
+        flagged: dict[str, int] = {}
+        if before is not None:  # a run flagged a shift only if its detector's count grew
+            grew = torch.nonzero(self._hot.gather(hots, shift_counts) > before).flatten().tolist()
+            flagged = {ours[b].user: ours[b].own for b in grew}
         due: list[tuple[str, HotState]] = []
-        for (user, hot, ues, stamp), done in zip(ours, idx, strict=True):
-            hot.seen.update(done.tolist())
-            hot.generation, hot.n_events, hot.dirty = stamp.generation, stamp.n_events, hot.dirty + len(ues)
-            self._hot.move_to_end(user)
+        for r in ours:
+            hot = r.hot
+            hot.seen.update(r.items.tolist())
+            hot.generation, hot.n_events = r.stamp.generation, r.stamp.n_events
+            hot.dirty += r.n_events
+            self._hot.touch(r.user)
             if hot.dirty >= self.persist_every or self.cache_size <= 0:
-                due.append((user, hot))
+                due.append((r.user, hot))
         self._persist_many(due)  # the request's checkpoints in one store write
+        return flagged
 
     def flush(self) -> None:
         """Write every cached state not yet persisted to the store (compare-and-set: states made
@@ -467,7 +463,11 @@ class OnlineRecommender:
         self.adapter = self._wrap(inner)
         if self.index is not None and not self.index.fits(self.model):  # the item table changed
             self.index = AnnIndex.for_model(self.model, self.index.config)
-        self.version = self._version()
+        version, self.version = self.version, self._version()
+        if version != self.version:  # every hot state is stale: rebuilt on its next read
+            self._hot.clear(self.adapter)
+        else:  # the same states: the rows stay, stepped by the new adapter
+            self._hot.rows.adapter = self.adapter
 
     def detect_shifts(
         self,
@@ -485,12 +485,12 @@ class OnlineRecommender:
             self.model, histories or [], self.categories(), config, calibration=calibration
         )
         self.refresh()
-        self._hot.clear()
+        self._hot.clear(self.adapter)
         return self.shift_detector
 
     def delete_user(self, user: str) -> bool:
         """Privacy: remove the user's history and cached state (and the updater's copy)."""
-        self._hot.pop(user, None)
+        self._hot.drop(user)
         found = self.store.delete_user(user)
         if self.updater is not None:
             found = bool(self.updater.forget_user(user)) or found

@@ -180,6 +180,15 @@ class ShiftAdapter(StateAdapter):
         p_inner, p_det = split_shift_state(part)
         return {**self.inner.assign(inner, idx, p_inner), **super().assign(det, idx, p_det)}
 
+    def assign_(self, state: StateBatch, idx: torch.Tensor | IntArray, part: StateBatch) -> StateBatch:
+        inner, det = split_shift_state(state)
+        p_inner, p_det = split_shift_state(part)
+        return {**self.inner.assign_(inner, idx, p_inner), **super().assign_(det, idx, p_det)}
+
+    def row_view(self, state: StateBatch, b: int) -> StateBatch:
+        inner, det = split_shift_state(state)
+        return {**self.inner.row_view(inner, b), **super().row_view(det, b)}
+
     def concat(self, states: Sequence[StateBatch]) -> StateBatch:
         parts = [split_shift_state(s) for s in states]
         return {**self.inner.concat([p[0] for p in parts]), **super().concat([p[1] for p in parts])}

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -54,16 +55,17 @@ from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dynrec.data.events import InvalidEventError
+from dynrec.data.events import InvalidEventError, ValidEvents
 from dynrec.errors import DynrecError, UnknownIdError
 from dynrec.jobs.items import ExistingItemsError
 from dynrec.jobs.model_root import PublishConflict
 from dynrec.online.interests import ProfileWindow
 from dynrec.service.answers_json import JSONBytes, events_json, recommendations_json, shift_json
 from dynrec.service.edge import EdgeGuardMiddleware, json_safe, redact_paths
-from dynrec.service.fast_path import FastRecommendations
+from dynrec.service.fast_path import FastEvents, FastRecommendations
 from dynrec.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from dynrec.service.page import add_page, docs_app, interests_out
 from dynrec.service.runtime import (
@@ -247,8 +249,28 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         )
         return JSONBytes(recommendations_json(user_id, rec))
 
+    async def ingest_events(events: ValidEvents) -> Response:
+        try:
+            done = await run_in_threadpool(runtime.ingest, events)
+        except Exception as exc:  # answered by the app's handler of its class, when it has one
+            handler = next(
+                (app.exception_handlers[c] for c in type(exc).__mro__ if c in app.exception_handlers), None
+            )
+            if handler is None:
+                raise
+            answer = handler(Request({"type": "http", "method": "POST", "path": "/v1/events"}), exc)
+            return await answer if inspect.isawaitable(answer) else answer
+        return JSONBytes(events_json(done))
+
     # innermost: after the edge checks, inside the metrics (dynrec.service.fast_path)
     app.add_middleware(FastRecommendations, answer=recommend_user, router=app.router)
+    app.add_middleware(
+        FastEvents,
+        answer=ingest_events,
+        router=app.router,
+        api_key=settings.api_key,
+        max_batch=settings.max_batch,
+    )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(VersionHeaderMiddleware, version=lambda: runtime.holder.version)
     # Host checking; without a key, JSON-only writes (dynrec.service.edge): before any body is read

@@ -29,6 +29,8 @@ from dynrec.data.events import MAX_TIMESTAMP, Event
 from dynrec.data.ids import MAX_ID_LENGTH, IdKind, id_problem
 
 __all__ = [
+    "HTTP_EVENT_TYPE",
+    "MAX_EVENT_TYPE_LENGTH",
     "MAX_K",
     "MAX_ID_LENGTH",
     "DeleteOut",
@@ -87,6 +89,8 @@ Number = StrictInt | StrictFloat
 
 HTTP_EVENT_TYPE = "view"
 """Event type of an HTTP event that names none."""
+MAX_EVENT_TYPE_LENGTH = 64
+"""The longest event type an HTTP event may name."""
 
 
 MAX_K = 1000
@@ -107,9 +111,9 @@ class EventIn(_Strict):
     timestamp: Annotated[Number, Field(ge=0, le=MAX_TIMESTAMP, allow_inf_nan=False)] | None = Field(
         default=None, description="seconds UTC (fractions truncated); default: now"
     )
-    event_type: Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"\S")] | None = Field(
-        default=None, description='default "view"'
-    )
+    event_type: (
+        Annotated[StrictStr, Field(min_length=1, max_length=MAX_EVENT_TYPE_LENGTH, pattern=r"\S")] | None
+    ) = Field(default=None, description='default "view"')
     weight: Annotated[Number, Field(gt=0, allow_inf_nan=False)] | None = Field(
         default=None, description="event weight (default 1), stored with the event and exported as its value"
     )

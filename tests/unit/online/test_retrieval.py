@@ -1,7 +1,7 @@
 """Top-k from live states through an index (`dynrec.online.retrieval`): with an exact index (IVF,
 one cell, scanned whole) it returns the exact path's items and exclusions; rows whose scores are
 no dot product stay exact; the session serves stored users through it and says so. Also the
-state pieces it needs: ALS's state query vector and in-place row step, batched runs of events."""
+state pieces it needs: ALS's state query vector and in-place row step."""
 
 from __future__ import annotations
 
@@ -80,19 +80,6 @@ def test_als_row_step_changes_only_its_rows_in_place(als: Recommender) -> None:
     for k in state:
         torch.testing.assert_close(out[k][torch.from_numpy(rows)], want[k])
         torch.testing.assert_close(out[k][[1, 2, 4]], before[k][[1, 2, 4]], rtol=0, atol=0)
-
-
-def test_runs_of_events_step_together_like_one_by_one(als: Recommender) -> None:
-    adapter = adapter_for(als)
-    runs = [np.array([3, 3, 9], np.int64), np.array([], np.int64), np.array([20], np.int64)]
-    singles = [adapter.init(QueryBatch.from_histories([h])) for h in HISTORIES[:3]]
-    got = adapter.step_runs_([dict(s) for s in singles], runs, [np.zeros_like(r) for r in runs])
-    for s, run, g in zip(singles, runs, got, strict=True):
-        want = s
-        for i in run:
-            want = adapter.step(want, np.array([i]), np.array([0]))
-        for k in want:
-            torch.testing.assert_close(g[k], want[k])
 
 
 def test_exact_index_returns_the_exact_items_and_obeys_exclusions(als: Recommender) -> None:

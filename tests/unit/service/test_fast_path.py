@@ -1,19 +1,22 @@
-"""`dynrec.service.fast_path`: which requests of ``GET /v1/users/{user_id}/recommendations`` it
-answers itself (known answers of the parser), that its answers equal the FastAPI route's for the
-same request, and that everything else — other spellings, invalid values, errors while answering
-— still gets FastAPI's answer, behind the edge checks and counted in the metrics."""
+"""`dynrec.service.fast_path`: which requests of ``GET /v1/users/{user_id}/recommendations`` and
+``POST /v1/events`` it answers itself (known answers of the parsers), that its answers equal the
+FastAPI routes' for the same requests, and that everything else — other spellings, invalid values,
+errors while answering — still gets the app's answer, behind the edge checks and counted in the
+metrics; events handed over are never applied twice."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from dynrec.data.events import Event
 from dynrec.errors import DynrecError
-from dynrec.service import ServiceSettings, create_app
-from dynrec.service.fast_path import parse_recommendations
+from dynrec.service import ServiceSettings, create_app, fast_path
+from dynrec.service.fast_path import parse_events, parse_recommendations
 from tests.conftest import clustered_data
 from tests.serve_process import itemknn_dir
 
@@ -102,3 +105,129 @@ def test_an_error_while_answering_is_answered_by_the_app(
     r = client.get(P)
     assert r.status_code == 400 and r.json() == {"detail": "no answer for u1"}  # the app's handler
     assert calls == ["u1", "u1"]  # tried by the fast path, then by the route
+
+
+# ---- POST /v1/events ------------------------------------------------------------------------------
+
+E = {"user_id": "u1", "item_id": "i1", "timestamp": 100}
+
+
+def _body(*events: object, **extra: object) -> bytes:
+    return orjson.dumps({"events": list(events), **extra})
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [
+        (_body(E), [Event("u1", "i1", 100, "view", 1.0)]),
+        (
+            _body({**E, "timestamp": 7.9, "weight": 2, "event_type": "buy", "event_id": "e1"}),
+            [Event("u1", "i1", 7, "buy", 2.0, "e1")],
+        ),
+        (_body({"user_id": "u2", "item_id": "i9"}), [Event("u2", "i9", 555, "view", 1.0)]),  # now
+        (_body(), []),
+        (_body(E, E), [Event("u1", "i1", 100, "view", 1.0)] * 2),
+        (_body(*[E] * 4), None),  # over max_batch: the app's 413
+        (_body(E, source="x"), None),  # a field the body does not have
+        (b'{"events": [' + orjson.dumps(E) + b"]", None),  # not JSON
+        (b"[]", None),
+        (_body({**E, "extra": 1}), None),
+        (_body({"item_id": "i1"}), None),
+        (_body({**E, "user_id": 5}), None),  # a number: the schema's strict strings refuse it
+        (_body({**E, "user_id": " u1"}), None),  # the id rule
+        (_body({**E, "item_id": "a,b"}), None),
+        (_body({**E, "user_id": "x" * 513}), None),
+        (_body({**E, "timestamp": True}), None),
+        (_body({**E, "timestamp": -0.5}), None),  # truncated it would be 0: the schema refuses it
+        (_body({**E, "timestamp": 2**53 + 1}), None),
+        (_body({**E, "weight": 0}), None),
+        (_body({**E, "weight": "1"}), None),
+        (_body({**E, "event_type": " "}), None),
+        (_body({**E, "event_type": "cl\u00efck"}), None),  # valid, but left to the schema
+        (_body({**E, "event_type": "x" * 65}), None),
+        (_body({**E, "event_id": ""}), None),
+    ],
+)
+def test_parse_events_known_answers(raw: bytes, parsed: list[Event] | None) -> None:
+    got = parse_events(raw, max_batch=3, now=555)
+    assert (None if got is None else list(got)) == parsed
+
+
+def _events_client(model_dir: Path, tmp_path: Path, name: str, **kw: object) -> TestClient:
+    settings = ServiceSettings(
+        model_dir=str(model_dir),
+        store_url=f"sqlite:///{tmp_path / name}",
+        seed=True,
+        bind_host="127.0.0.1",
+        **kw,  # type: ignore[arg-type]
+    )
+    return TestClient(create_app(settings), base_url="http://127.0.0.1:8000")
+
+
+def test_fast_events_answer_as_the_route(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same requests through the fast path and (parser turned off) through the route: equal
+    answers, equal stored histories."""
+    users = [f"u{u}" for u in range(16)]
+    batches = [
+        [
+            {"user_id": users[(3 * b + j) % 16], "item_id": f"i{(b + j) % 12}", "timestamp": 10**9 + b}
+            for j in range(9)
+        ]
+        for b in range(6)
+    ]
+    answers, histories, taken = [], [], []
+    parse = fast_path.parse_events
+
+    def spy(raw: bytes, max_batch: int) -> object:
+        got = parse(raw, max_batch)
+        taken.append(got is not None)
+        return got
+
+    for name, fast in (("fast.db", True), ("routed.db", False)):
+        monkeypatch.setattr(fast_path, "parse_events", spy if fast else lambda *a, **k: None)
+        with _events_client(model_dir, tmp_path, name) as c:
+            got = []
+            for events in batches:
+                r = c.post("/v1/events", content=_body(*events), headers={"Content-Type": "application/json"})
+                assert r.status_code == 200
+                got.append((r.content, r.headers["content-type"]))
+            answers.append(got)
+            store = c.app.state.runtime.store  # type: ignore[attr-defined]
+            histories.append([store.history(u).items for u in users])
+            assert "/v1/events" in c.get("/metrics").text  # counted under the route
+    assert taken == [True] * len(batches)  # the first client's every batch took the fast path
+    assert answers[0] == answers[1]
+    assert histories[0] == histories[1]
+    assert orjson.loads(answers[0][0][0])["accepted"] == 9
+
+
+def test_other_event_bodies_get_the_apps_answer(model_dir: Path, tmp_path: Path) -> None:
+    with _events_client(model_dir, tmp_path, "s.db", max_batch=2, api_key="k3y") as c:
+        key = {"X-API-Key": "k3y"}
+        r = c.post("/v1/events", json={"events": [{**E, "user_id": " u1"}]}, headers=key)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "events", 0, "user_id"]
+        assert c.post("/v1/events", json={"events": [E] * 3}, headers=key).status_code == 413
+        assert c.post("/v1/events", json={"events": [E]}).status_code == 401  # no key
+        assert c.post("/v1/events", json={"events": [E]}, headers={"X-API-Key": "k3"}).status_code == 401
+        r = c.post("/v1/events", json={"events": [{**E, "event_type": "cl\u00efck"}]}, headers=key)
+        assert r.status_code == 200 and r.json()["accepted"] == 1  # the route took it
+        assert c.post("/v1/events", json={"events": [E]}, headers=key).json()["accepted"] == 1
+
+
+def test_an_error_after_the_events_were_handed_over_is_answered_once(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _events_client(model_dir, tmp_path, "s.db") as c:
+        runtime = c.app.state.runtime  # type: ignore[attr-defined]
+        calls: list[int] = []
+
+        def failing(events: object) -> object:
+            calls.append(1)
+            raise DynrecError("the store is read-only")
+
+        monkeypatch.setattr(runtime, "ingest", failing)
+        r = c.post("/v1/events", json={"events": [E]})
+        assert r.status_code == 400 and r.json() == {"detail": "the store is read-only"}  # the app's handler
+        assert calls == [1]  # never applied a second time by the route

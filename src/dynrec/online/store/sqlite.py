@@ -162,6 +162,18 @@ class SQLiteStore:
         ).fetchone()
         return UserStamp() if row is None else UserStamp(int(row[0]), int(row[1]))
 
+    def _stamps(self, users: Sequence[str]) -> dict[str, UserStamp]:
+        """`_stamp` of each of `users`, in one query per `_ID_CHUNK` users."""
+        out = dict.fromkeys(users, UserStamp())
+        for a in range(0, len(users), _ID_CHUNK):
+            part = users[a : a + _ID_CHUNK]
+            for user, gen, n in self._conn.execute(
+                f"SELECT user_id, generation, n_events FROM users WHERE user_id IN ({', '.join('?' * len(part))})",
+                part,
+            ):
+                out[str(user)] = UserStamp(int(gen), int(n))
+        return out
+
     def _applied_ids(self, evs: Sequence[Event], skipped: set[int]) -> None:
         """Add to `skipped` the positions of the events whose id the store holds for their user."""
         by_user: dict[str, list[int]] = {}
@@ -206,22 +218,22 @@ class SQLiteStore:
             counts: dict[str, int] = {}
             for e in applied:
                 counts[e.user_id] = counts.get(e.user_id, 0) + 1
-            start: dict[str, int] = {}
-            for user, m in counts.items():
-                st = self._stamp(user)
-                gen = st.generation
-                if gen == 0:  # a new user (or one deleted before): a generation never used
-                    self._conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
-                    gen = int(
-                        self._conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]
-                    )
-                self._conn.execute(
-                    "INSERT INTO users (user_id, generation, n_events) VALUES (?, ?, ?) "
-                    "ON CONFLICT(user_id) DO UPDATE SET n_events = excluded.n_events",
-                    (user, gen, st.n_events + m),
-                )
-                start[user] = st.n_events
-                out[user] = UserStamp(gen, st.n_events + m)
+            now = self._stamps(list(counts))
+            new = [u for u in counts if now[u].generation == 0]  # new (or deleted before): fresh generations
+            if new:
+                self._conn.execute("UPDATE meta SET value = value + ? WHERE key = 'generation'", (len(new),))
+                top = int(self._conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+                for g, user in enumerate(new, start=top - len(new) + 1):
+                    now[user] = UserStamp(g, now[user].n_events)
+            start = {user: now[user].n_events for user in counts}
+            out = {
+                user: UserStamp(now[user].generation, now[user].n_events + m) for user, m in counts.items()
+            }
+            self._conn.executemany(
+                "INSERT INTO users (user_id, generation, n_events) VALUES (?, ?, ?) "
+                "ON CONFLICT(user_id) DO UPDATE SET n_events = excluded.n_events",
+                [(user, st.generation, st.n_events) for user, st in out.items()],
+            )
             rows = []
             ids: list[tuple[str, str, int]] = []
             for e in applied:
