@@ -421,9 +421,10 @@ def replay_table(replay: list[Record]) -> str:
         "`old NDCG` = NDCG@10 on each user's last pre-cut event before the stream and after the last\n"
         "update (forgetting). ml-100k: time cut at 80%; ml-1m: each user's last 10 events; synth:\n"
         "`dynrec data synth` with a known oracle. † measured before the incremental updater was\n"
-        f"rewritten on the model capabilities ({UPDATER_REWRITE}, {UPDATER_REWRITE_DATE}); the ml-100k itemknn and ALS\n"
-        "rows re-measured at the current code gave the same numbers (ALS: the same as its old commit on this\n"
-        "CPU), the others are to be re-measured.\n\n"
+        f"rewritten on the model capabilities ({UPDATER_REWRITE}, {UPDATER_REWRITE_DATE}), still to be re-measured. Every\n"
+        "ml-100k row is of the current code on this machine: itemknn and ALS gave the numbers of their old rows\n"
+        "(ALS: those of its old commit on this CPU); gru4rec and SASRec are of the models' current training\n"
+        "defaults, equal to the code before issue 22 run beside them (the rows' notes).\n\n"
         + table(
             [
                 "dataset",
