@@ -116,13 +116,15 @@ class HotRows:
         if not hots:
             return
         assert self.batch is not None and all(h.row >= 0 for h in hots)
-        lens = np.array([len(i) for i in items], dtype=np.int64)
-        rows = np.array([h.row for h in hots], dtype=np.int64)
+        lens = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+        starts = np.cumsum(lens) - lens
+        flat_items = np.concatenate(items).astype(np.int64, copy=False)
+        flat_ts = np.concatenate(timestamps).astype(np.int64, copy=False)
+        rows = np.fromiter((h.row for h in hots), dtype=np.int64, count=len(hots))
         for r in range(int(lens.max(initial=0))):
             live = np.flatnonzero(lens > r)
-            it = np.array([items[b][r] for b in live.tolist()], dtype=np.int64)
-            ts = np.array([timestamps[b][r] for b in live.tolist()], dtype=np.int64)
-            self._replace(self.adapter.step_rows_(self.batch, rows[live], it, ts))
+            at = starts[live] + r
+            self._replace(self.adapter.step_rows_(self.batch, rows[live], flat_items[at], flat_ts[at]))
 
     def clear(self) -> None:
         """Forget every row; the admitted states keep copies of their own."""

@@ -268,21 +268,29 @@ class OnlineRecommender:
             skipped = set(stamps.skipped)
             evs = [e for i, e in enumerate(evs) if i not in skipped]
         assert self.model.item_vocab is not None
-        idx = self.model.item_vocab.lookup([e.item_id for e in evs], policy="skip")
-        ts = np.array([e.timestamp for e in evs], dtype=np.int64)
-        by_user: dict[str, list[int]] = {}
-        for b, e in enumerate(evs):
-            by_user.setdefault(e.user_id, []).append(b)
+        # the batch's events grouped by user (first appearance order), each user's in order
+        code: dict[str, int] = {}
+        users = np.fromiter(
+            (code.setdefault(e.user_id, len(code)) for e in evs), dtype=np.int64, count=len(evs)
+        )
+        order = np.argsort(users, kind="stable")
+        idx = self.model.item_vocab.lookup([e.item_id for e in evs], policy="skip")[order]
+        ts = np.fromiter((e.timestamp for e in evs), dtype=np.int64, count=len(evs))[order]
+        n = np.bincount(users, minlength=len(code))
+        ends = np.cumsum(n)
+        known = np.cumsum(idx > 0)  # known events up to each position (in user order)
+        own_n = (known[ends - 1] - np.concatenate([[0], known[ends[:-1] - 1]])).tolist()
+        by_user = dict(zip(code, zip((ends - n).tolist(), ends.tolist(), own_n, strict=True), strict=True))
         rebuilt: dict[str, int] = {}
         try:
             ours: list[HotRun] = []
-            for user, at in by_user.items():
-                run = np.array(at, dtype=np.int64)
-                keep = idx[run] > 0
-                own = int(keep.sum())
-                hot = self._owned_hot(user, len(at), stamps[user])
+            for user, (a, b, own) in by_user.items():
+                hot = self._owned_hot(user, b - a, stamps[user])
                 if hot is not None:
-                    ours.append(HotRun(user, hot, len(at), stamps[user], idx[run][keep], ts[run][keep], own))
+                    run_i, run_t = idx[a:b], ts[a:b]
+                    if own < b - a:
+                        run_i, run_t = run_i[run_i > 0], run_t[run_i > 0]
+                    ours.append(HotRun(user, hot, b - a, stamps[user], run_i, run_t, own))
                 elif (behind := self._behind_hot(user, stamps[user], own)) is not None:
                     ours.append(behind)  # steps with the others, through every missing event
                 else:
@@ -324,7 +332,7 @@ class OnlineRecommender:
         hot = self._hot.get(user)
         if hot is None or hot.version != self.version:
             return None
-        if stamp == UserStamp(hot.generation, hot.n_events + m) or (
+        if (stamp.generation == hot.generation and stamp.n_events == hot.n_events + m) or (
             hot.generation == 0 and hot.n_events == 0 and stamp.n_events == m  # a new user
         ):
             return hot
