@@ -14,7 +14,7 @@ goes on to the app, so every 4xx and its wording stay FastAPI's. The answer is t
 ``POST /v1/events`` is the producers' route. Through FastAPI a 100-event body is parsed twice
 (the batch-size check, then the body) and validated by pydantic before `validate_events` checks it
 again. `FastEvents` parses it once (orjson) and takes it when it is plainly well-formed: the key
-holds (when the service has one), ``{"events": [...]}`` with at most ``max_batch`` events, each an
+holds (when the service has one), a JSON content type (or none), ``{"events": [...]}`` with at most ``max_batch`` events, each an
 object of the route's fields whose values have the plain JSON types the schema takes (ids strings,
 timestamp and weight numbers, an ASCII event type) and pass `validate_events`. Everything else goes
 to the app with the body replayed, before anything is written — so every 4xx and its wording stay
@@ -238,6 +238,18 @@ class FastEvents:
         given = [v for k, v in headers if k == b"x-api-key"]  # decoded as the app's header check does
         return len(given) == 1 and hmac.compare_digest(given[0].decode("latin-1").encode(), self.key)
 
+    @staticmethod
+    def _json_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        """Whether the app would read the body as JSON: no content type, or ``application/json``
+        / ``application/*+json`` (other bodies are validated as bytes: the app's 422)."""
+        types = [v for k, v in headers if k == b"content-type"]
+        if not types:
+            return True
+        mime = types[0].split(b";", 1)[0].strip().lower()
+        return len(types) == 1 and (
+            mime == b"application/json" or (mime.startswith(b"application/") and mime.endswith(b"+json"))
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] != "http"
@@ -245,6 +257,7 @@ class FastEvents:
             or scope.get("path") != EVENTS_ROUTE
             or scope.get("root_path")
             or not self._authorised(scope.get("headers") or [])
+            or not self._json_body(scope.get("headers") or [])
         ):
             await self.app(scope, receive, send)
             return

@@ -211,9 +211,18 @@ def test_other_event_bodies_get_the_apps_answer(model_dir: Path, tmp_path: Path)
         assert c.post("/v1/events", json={"events": [E] * 3}, headers=key).status_code == 413
         assert c.post("/v1/events", json={"events": [E]}).status_code == 401  # no key
         assert c.post("/v1/events", json={"events": [E]}, headers={"X-API-Key": "k3"}).status_code == 401
+        for ctype in (
+            "text/plain",
+            "application/x-www-form-urlencoded",
+        ):  # a key set: any content type passes the edge
+            r = c.post("/v1/events", content=_body(E), headers={**key, "Content-Type": ctype})
+            assert r.status_code == 422  # the app reads such a body as bytes, not JSON
+        r = c.post("/v1/events", content=_body(E), headers={**key, "Content-Type": "application/vnd.x+json"})
+        assert r.status_code == 200 and r.json()["accepted"] == 1
         r = c.post("/v1/events", json={"events": [{**E, "event_type": "cl\u00efck"}]}, headers=key)
         assert r.status_code == 200 and r.json()["accepted"] == 1  # the route took it
         assert c.post("/v1/events", json={"events": [E]}, headers=key).json()["accepted"] == 1
+        assert c.post("/v1/events", content=_body(E), headers={**key, "Content-Type": ""}).status_code == 422
 
 
 def test_an_error_after_the_events_were_handed_over_is_answered_once(
