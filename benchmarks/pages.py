@@ -611,19 +611,31 @@ re-validation on the hot GET (plainly well-formed requests are answered before t
 answers are built as dicts and encoded by orjson, byte-identical to the response models), the
 access log (off unless `--access-log`), uvicorn's pure-Python HTTP parser and event loop (httptools
 and uvloop come with the serve extra), and per-request `labels()` lookups and Host parsing. What a
-lone request still costs: about 0.23 ms of model path for SASRec (state check, scores over 1,682
-items, top-k; 0.075 ms per user inside a batch of 16), the hand-off to the micro-batcher thread and
-uvicorn's own handling.
+lone request still costs: about 0.16 ms of model path for itemknn (state check, scores over 1,682
+items, top-k), about 0.23 ms for SASRec, the hand-off to the micro-batcher thread and back (two
+thread wake-ups) and uvicorn's own handling; on Redis the state check is a round trip through
+redis-py (hiredis, its C reply parser, now comes with the redis extra: 0.62 -> 0.58 ms at one
+client in one side-by-side pair).
 
-Ingest misses its goals. Server CPU per event: itemknn 0.14 ms (unchanged; a whole core would give
-about 7,000 events/s, the goal of 20,000 needs 0.05), SASRec 0.27 ms (0.36 before: the goal of 5,000/s
-needs under 0.2 on a whole core). The HTTP layer is now a few per cent of it. A steady-state profile of
-a 100-event POST (itemknn, SQLite): about 25% splitting the stepped batch back into one-row states
-(`StateAdapter.step_runs_`: an `index_select` per user per state tensor, the shift detector's
-included), 15% the interest-shift detector (its step and the shifts completed), 12% encoding and
-writing the checkpoints due (now one write per request, `StateStore.put_states`), 9% SQLite's
-commits, 7% validating the events (done three times: runtime, session, store; the id rule is now 3x
-cheaper), 7% appending them; for SASRec the state step and its 230 KB checkpoints weigh more.
+Ingest, batches of 100 (the side-by-side rows with 0ebfe19 above). Server CPU per event: itemknn
+0.14-0.17 -> 0.05-0.06 ms (Redis 0.051, SQLite 0.064: SQLite's own work runs in the server
+process, Redis's in redis-server), 14,400-14,800 events/s from one worker where it took 5,800-6,400;
+SASRec 0.25 -> 0.14 ms, 3,900 -> 6,800 events/s. The recommendation figures of those rows move
+within the runs' noise (an in-process loop of lone GETs: 0.33-0.39 ms of CPU per request for both
+trees). What went: splitting the stepped batch back into
+one-row states and concatenating them first (the cached users' states are now the rows of one
+batch, `dynrec.online.hot_state.HotRows`, stepped in place round by round, a user's row read as a
+view); reading every user's shifts after each request (only rows whose detector counted a new
+shift are read); two SQLite statements per user to read and bump the users' counters (one query and
+one `executemany` per batch); per-user index arrays (one stable sort of the batch by user); and on
+the HTTP side a 100-event body parsed twice and validated by pydantic before the library validated
+it again (`POST /v1/events` is parsed once by orjson and answered before FastAPI when plainly
+well-formed, `dynrec.service.fast_path.FastEvents`). What a 100-event request still costs (itemknn,
+SQLite, in-process, 0.033 ms per event): SQLite statements and commits about 30%, the interest-shift
+detector's step 15%, validating the events 11%, the model's step a few per cent; the HTTP layer adds
+about 0.015 ms per event. The goal of 20,000 events/s on one worker (0.05 ms per event with a whole
+core) is met by the CPU per event on Redis, not yet on SQLite, and not by the rate: the load
+generator builds its JSON on the same two cores.
 Several workers: events of one user that reach two workers made the second rebuild the user's
 state from the store (checkpoint + the events after it, stepped one by one): two in-process runtimes
 taking turns spent 70-150 ms per 100-event request against 8-13 ms for one, in the old code and the
@@ -631,10 +643,11 @@ new alike. With uvloop the workers share the ingest connections (asyncio's accep
 worker take all four; with uvloop blocked the same tree ingested 5,675 events/s where it ingested
 1,747 with it), so the rebuild showed: 900 events/s on SQLite with 2 workers. Now a hot state that
 another process moved past steps through the events the store holds after it, batched with the
-request's other users (two runtimes in turn: 15-21 ms per request), and the `--workers 2` rows
-above are of that code: SQLite ingest 6,233 events/s (3,780 before), 16 clients 4,234 rec/s
-(2,084 before). The 1.7x-of-one-worker goal cannot be read from these runs: the two cores are
-shared by both workers, the load generator and other sessions' processes (load average 5-10).
+request's other users (two runtimes in turn: 15-21 ms per request). The `--workers 2` rows above
+(with the batched hot rows, beside 0ebfe19): SQLite ingest 16,600 events/s (6,150), Redis 10,900
+(6,500); 16 clients 5,660 and 2,860 rec/s, about what one worker answers. The 1.7x-of-one-worker
+goal cannot be read from these runs: the two cores are shared by both workers and the load
+generator.
 
 Model versions in the store (issue 21), old (84a7835, before the issue) against new (the records
 above), run side by side from two trees with the same Python on one AMD EPYC with 2 cores (load
