@@ -141,14 +141,14 @@ class OnlineRecommender:
         )
 
     # -- state ------------------------------------------------------------------------------
-    def _load(self, user: str) -> HotState:
+    def _load(self, user: str, stamp: UserStamp | None = None) -> HotState:
         """The user's state, checked against the store's stamp on every call (another process
         may have appended events or deleted the user): the hot state when current, or stepped
         through the events appended elsewhere; else the store's checkpoint + the events after it,
-        else built from the whole history."""
+        else built from the whole history. `stamp`: the stamp the caller has just read."""
         hot = self._hot.get(user)
         if hot is not None and hot.version == self.version:
-            stamp = self.store.stamp(user)
+            stamp = self.store.stamp(user) if stamp is None else stamp
             if stamp == UserStamp(hot.generation, hot.n_events):
                 self._hot.touch(user)
                 self.cache_hits += 1
@@ -404,15 +404,24 @@ class OnlineRecommender:
         return self.recommend_many([user], k, exclude_seen=exclude_seen)[0]
 
     def recommend_many(
-        self, users: Sequence[str], k: int = 10, *, exclude_seen: bool = True
+        self,
+        users: Sequence[str],
+        k: int = 10,
+        *,
+        exclude_seen: bool = True,
+        stamps: Sequence[UserStamp] | None = None,
     ) -> list[Recommendation]:
         """`recommend` for several users with one scoring (or index search) over their cached
-        states (the service's micro-batches); the same as `recommend` for each user in turn."""
+        states (the service's micro-batches); the same as `recommend` for each user in turn.
+        `stamps`: the users' `StateStore.stamp`s when the caller has just read them (with nothing
+        else using this session in between), so the store is not asked again."""
         k = check_k(k)
         assert self.model.item_vocab is not None
         if not users:
             return []
-        hots = [self._load(u) for u in users]
+        if stamps is not None and len(stamps) != len(users):
+            raise ValueError(f"{len(stamps)} stamps for {len(users)} users")
+        hots = [self._load(u, None if stamps is None else stamps[b]) for b, u in enumerate(users)]
         state = hots[0].state if len(hots) == 1 else self.adapter.concat([h.state for h in hots])
         exclude = None
         if exclude_seen:

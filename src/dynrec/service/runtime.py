@@ -56,8 +56,9 @@ from dynrec.models.base import Recommender
 from dynrec.models.neural.quantize import quantize
 from dynrec.models.retrieval import AnnIndex, retrieve, similar_items
 from dynrec.online.interests import InterestProfile
+from dynrec.online.session import Recommendation
 from dynrec.online.shifts import Shift, ShiftCalibration
-from dynrec.online.store import open_store, store_kind
+from dynrec.online.store import UserStamp, open_store, store_kind
 from dynrec.online.store.versions import VersionRecord, VersionStore, new_owner_id
 from dynrec.service import answers
 from dynrec.service.answers import EXPLAIN_TOP, UserDetail
@@ -334,24 +335,28 @@ class Runtime:
         popular fallback, the others one `recommend_many` call over their cached states."""
         holder = reqs[0].holder
         out: list[Recommended | None] = [None] * len(reqs)
-        live = []
-        for j, r in enumerate(reqs):
-            if self.store.stamp(r.user).n_events == 0:
-                out[j] = self._popular(holder, r.k)
-            else:
-                live.append(j)
-        if live:
-            kmax = max(reqs[j].k for j in live)
-            with holder.lock:
+        live: list[int] = []
+        stamps: list[UserStamp] = []
+        recs: list[Recommendation] = []
+        with holder.lock:  # each user's stamp read once: the fallback's test and the state's check
+            for j, r in enumerate(reqs):
+                stamp = self.store.stamp(r.user)
+                if stamp.n_events > 0:
+                    live.append(j)
+                    stamps.append(stamp)
+            if live:
                 recs = holder.online.recommend_many(
-                    [reqs[j].user for j in live], kmax, exclude_seen=reqs[0].exclude_seen
+                    [reqs[j].user for j in live],
+                    max(reqs[j].k for j in live),
+                    exclude_seen=reqs[0].exclude_seen,
+                    stamps=stamps,
                 )
-            for j, rec in zip(live, recs, strict=True):
-                r = reqs[j]
-                items, scores = rec.items[: r.k], rec.scores[: r.k]
-                expl = answers.explain_user(self.store, holder, r.user, items) if r.explain else None
-                out[j] = Recommended(items, scores, expl, False, holder.version, holder, rec.retrieval)
-        return [o for o in out if o is not None]
+        for j, rec in zip(live, recs, strict=True):
+            r = reqs[j]
+            items, scores = rec.items[: r.k], rec.scores[: r.k]
+            expl = answers.explain_user(self.store, holder, r.user, items) if r.explain else None
+            out[j] = Recommended(items, scores, expl, False, holder.version, holder, rec.retrieval)
+        return [o if o is not None else self._popular(holder, reqs[j].k) for j, o in enumerate(out)]
 
     def recommend_history(
         self, history: Sequence[str], k: int, *, exclude_seen: bool = True, explain: bool = False

@@ -240,3 +240,28 @@ def test_an_error_after_the_events_were_handed_over_is_answered_once(
         r = c.post("/v1/events", json={"events": [E]})
         assert r.status_code == 400 and r.json() == {"detail": "the store is read-only"}  # the app's handler
         assert calls == [1]  # never applied a second time by the route
+
+
+def test_a_recommendation_reads_the_users_stamp_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback's test (does the user have events?) and the live state's check share one
+    read of the store's stamp, and the answer is the one the session gives with its own read."""
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    store, online = runtime.store, runtime.holder.online
+    user = client.get("/v1/users", params={"limit": 1}).json()["users"][0]
+    want = online.recommend_many([user], 5)[0]
+    reads: list[str] = []
+    stamp = store.stamp
+
+    def counted(u: str) -> object:
+        reads.append(u)
+        return stamp(u)
+
+    monkeypatch.setattr(store, "stamp", counted)
+    got = client.get(f"/v1/users/{user}/recommendations?k=5").json()
+    assert reads == [user]
+    assert [r["item_id"] for r in got["items"]] == want.items
+    assert online.recommend_many([user], 5, stamps=[stamp(user)])[0] == want
+    with pytest.raises(ValueError, match="1 stamps for 2 users"):
+        online.recommend_many([user, user], 5, stamps=[stamp(user)])
