@@ -615,7 +615,8 @@ lone request still costs: about 0.16 ms of model path for itemknn (state check, 
 items, top-k), about 0.23 ms for SASRec, the hand-off to the micro-batcher thread and back (two
 thread wake-ups) and uvicorn's own handling; on Redis the state check is a round trip through
 redis-py (hiredis, its C reply parser, now comes with the redis extra: 0.62 -> 0.58 ms at one
-client in one side-by-side pair).
+client in one side-by-side pair), and until a3f0ad6 every request made it twice (the fallback's
+test read the user's stamp, then the state's check read it again).
 
 Ingest, batches of 100 (the side-by-side rows with 0ebfe19 above). Server CPU per event: itemknn
 0.14-0.17 -> 0.05-0.06 ms (Redis 0.051, SQLite 0.064: SQLite's own work runs in the server

@@ -166,6 +166,18 @@ class HotCache:
     def get(self, user: str) -> HotState | None:
         return self._lru.get(user)
 
+    def owned(self, user: str, m: int, stamp: UserStamp, version: str) -> HotState | None:
+        """`user`'s entry (of model `version`) when the store's stamp after appending `m` events
+        shows exactly those events on top of it (no other process appended or deleted in between)."""
+        hot = self._lru.get(user)
+        if hot is None or hot.version != version:
+            return None
+        if (stamp.generation == hot.generation and stamp.n_events == hot.n_events + m) or (
+            hot.generation == 0 and hot.n_events == 0 and stamp.n_events == m  # a new user
+        ):
+            return hot
+        return None
+
     def touch(self, user: str) -> None:
         """Mark `user` as the most recently used."""
         self._lru.move_to_end(user)

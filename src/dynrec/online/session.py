@@ -267,29 +267,25 @@ class OnlineRecommender:
             self.duplicates_skipped += len(stamps.skipped)
             skipped = set(stamps.skipped)
             evs = [e for i, e in enumerate(evs) if i not in skipped]
+            if not evs:
+                return {}
         assert self.model.item_vocab is not None
         # the batch's events grouped by user (first appearance order), each user's in order
         code: dict[str, int] = {}
-        users = np.fromiter(
-            (code.setdefault(e.user_id, len(code)) for e in evs), dtype=np.int64, count=len(evs)
-        )
+        users = np.fromiter((code.setdefault(e.user_id, len(code)) for e in evs), np.int64, len(evs))
         order = np.argsort(users, kind="stable")
         idx = self.model.item_vocab.lookup([e.item_id for e in evs], policy="skip")[order]
-        ts = np.fromiter((e.timestamp for e in evs), dtype=np.int64, count=len(evs))[order]
-        n = np.bincount(users, minlength=len(code))
-        ends = np.cumsum(n)
-        known = np.cumsum(idx > 0)  # known events up to each position (in user order)
-        own_n = (known[ends - 1] - np.concatenate([[0], known[ends[:-1] - 1]])).tolist()
-        by_user = dict(zip(code, zip((ends - n).tolist(), ends.tolist(), own_n, strict=True), strict=True))
+        ts = np.fromiter((e.timestamp for e in evs), np.int64, len(evs))[order]
+        ends = np.cumsum(np.bincount(users, minlength=len(code))).tolist()
         rebuilt: dict[str, int] = {}
         try:
             ours: list[HotRun] = []
-            for user, (a, b, own) in by_user.items():
-                hot = self._owned_hot(user, b - a, stamps[user])
-                if hot is not None:
-                    run_i, run_t = idx[a:b], ts[a:b]
-                    if own < b - a:
-                        run_i, run_t = run_i[run_i > 0], run_t[run_i > 0]
+            for user, a, b in zip(code, [0, *ends[:-1]], ends, strict=True):
+                run_i, run_t = idx[a:b], ts[a:b]
+                own = int(np.count_nonzero(run_i))  # the known items (unknown ones: index 0)
+                if own < b - a:
+                    run_i, run_t = run_i[run_i > 0], run_t[run_i > 0]
+                if (hot := self._hot.owned(user, b - a, stamps[user], self.version)) is not None:
                     ours.append(HotRun(user, hot, b - a, stamps[user], run_i, run_t, own))
                 elif (behind := self._behind_hot(user, stamps[user], own)) is not None:
                     ours.append(behind)  # steps with the others, through every missing event
@@ -299,13 +295,13 @@ class OnlineRecommender:
                     rebuilt[user] = own
             flagged = self._advance(ours)
         except BaseException:  # a half-stepped hot state must not be served: rebuilt on next read
-            for user in by_user:
+            for user in code:
                 self._hot.drop(user)
             raise
         if self.updater is not None:
             self.updater.remember(evs)
         done = {**flagged, **rebuilt}
-        return self._completed({u: done[u] for u in by_user if u in done})
+        return self._completed({u: done[u] for u in code if u in done})
 
     def _completed(self, known: dict[str, int]) -> dict[str, list[Shift]]:
         """The shifts flagged on the users' just-observed events (`known`: how many of each
@@ -325,18 +321,6 @@ class OnlineRecommender:
         if self.shift_detector is None:
             return []
         return recent_shifts(self.shift_detector, self._load(user).state)[::-1]
-
-    def _owned_hot(self, user: str, m: int, stamp: UserStamp) -> HotState | None:
-        """`user`'s hot state when the store's stamp after appending `m` events shows exactly
-        those events on top of it (no other process appended or deleted in between), else None."""
-        hot = self._hot.get(user)
-        if hot is None or hot.version != self.version:
-            return None
-        if (stamp.generation == hot.generation and stamp.n_events == hot.n_events + m) or (
-            hot.generation == 0 and hot.n_events == 0 and stamp.n_events == m  # a new user
-        ):
-            return hot
-        return None
 
     def _behind_hot(self, user: str, stamp: UserStamp, own: int) -> HotRun | None:
         """`user`'s hot state with the events the store holds after it (another process's, then
