@@ -619,11 +619,13 @@ client in one side-by-side pair), and until a3f0ad6 every request made it twice 
 test read the user's stamp, then the state's check read it again).
 
 Ingest, batches of 100 (the side-by-side rows with 0ebfe19 above). Server CPU per event: itemknn
-0.14-0.17 -> 0.05-0.06 ms (Redis 0.051, SQLite 0.064: SQLite's own work runs in the server
-process, Redis's in redis-server), 14,400-14,800 events/s from one worker where it took 5,800-6,400;
-SASRec 0.25 -> 0.14 ms, 3,900 -> 6,800 events/s. The recommendation figures of those rows move
-within the runs' noise (an in-process loop of lone GETs: 0.33-0.39 ms of CPU per request for both
-trees). What went: splitting the stepped batch back into
+0.14-0.17 -> 0.045-0.064 ms (Redis 0.045, SQLite 0.064: SQLite's own work runs in the server
+process, Redis's in redis-server), 14,400-16,300 events/s from one worker where it took 5,800-6,500;
+SASRec 0.29 -> 0.17 ms, 3,400 -> 5,500 events/s (an earlier pair of the same code on a quicker
+moment of the machine: 0.25 -> 0.14, 3,900 -> 6,800). A lone client's recommendation on Redis
+0.60 -> 0.49 ms (one stamp read instead of two, hiredis), SASRec 0.59 -> 0.49; the itemknn SQLite
+row's recommendation figures move within the runs' noise (an in-process loop of lone GETs: 0.33-0.39
+ms of CPU per request for both trees). What went: splitting the stepped batch back into
 one-row states and concatenating them first (the cached users' states are now the rows of one
 batch, `dynrec.online.hot_state.HotRows`, stepped in place round by round, a user's row read as a
 view); reading every user's shifts after each request (only rows whose detector counted a new
@@ -635,7 +637,7 @@ well-formed, `dynrec.service.fast_path.FastEvents`). What a 100-event request st
 SQLite, in-process, 0.033 ms per event): SQLite statements and commits about 30%, the interest-shift
 detector's step 15%, validating the events 11%, the model's step a few per cent; the HTTP layer adds
 about 0.015 ms per event. The goal of 20,000 events/s on one worker (0.05 ms per event with a whole
-core) is met by the CPU per event on Redis, not yet on SQLite, and not by the rate: the load
+core) is met by the CPU per event on Redis, not yet on SQLite, and not by the measured rate: the load
 generator builds its JSON on the same two cores.
 Several workers: events of one user that reach two workers made the second rebuild the user's
 state from the store (checkpoint + the events after it, stepped one by one): two in-process runtimes
