@@ -64,7 +64,7 @@ from dynrec.jobs.items import ExistingItemsError
 from dynrec.jobs.model_root import PublishConflict
 from dynrec.online.interests import ProfileWindow
 from dynrec.service.answers_json import JSONBytes, events_json, recommendations_json, shift_json
-from dynrec.service.edge import EdgeGuardMiddleware, json_safe, redact_paths
+from dynrec.service.edge import EdgeGuardMiddleware, json_safe, redact_paths, replay_body
 from dynrec.service.fast_path import FastEvents, FastRecommendations
 from dynrec.service.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from dynrec.service.page import add_page, docs_app, interests_out
@@ -151,16 +151,7 @@ class BodyLimitMiddleware:
                 return
             chunks.append(body)
             more = bool(message.get("more_body", False))
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay_body(b"".join(chunks), receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = f"request body larger than {self.max_bytes} bytes"

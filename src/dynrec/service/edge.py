@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "ANY_HOST",
@@ -45,6 +45,7 @@ __all__ = [
     "json_safe",
     "normalise_host",
     "redact_paths",
+    "replay_body",
 ]
 
 ANY_HOST = "*"
@@ -211,3 +212,18 @@ class EdgeGuardMiddleware:
                 await JSONResponse({"detail": detail}, status_code=415)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the app `body` (already read from the client) as one message, then
+    whatever `receive` says next (a disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

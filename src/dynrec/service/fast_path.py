@@ -36,10 +36,11 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi.responses import Response
 from fastapi.routing import APIRoute, APIRouter
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dynrec.data.events import MAX_TIMESTAMP, Event, InvalidEventError, ValidEvents, validate_events
 from dynrec.data.ids import MAX_ID_LENGTH, id_problem
+from dynrec.service.edge import replay_body
 from dynrec.service.schemas import HTTP_EVENT_TYPE, MAX_EVENT_TYPE_LENGTH, MAX_K
 
 log = logging.getLogger(__name__)
@@ -266,16 +267,7 @@ class FastEvents:
             return
         events = parse_events(raw, self.max_batch)
         if events is None:
-            replayed = False
-
-            async def replay() -> Message:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": raw, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send)
+            await self.app(scope, replay_body(raw, receive), send)
             return
         scope["route"] = self.route()
         response = await self.answer(events)

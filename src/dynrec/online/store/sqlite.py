@@ -210,7 +210,6 @@ class SQLiteStore:
         if not evs:
             return Appended({})
         skipped = repeated_in_batch(evs)
-        out: dict[str, UserStamp] = {}
         with self._lock, self._write():
             if any(e.event_id is not None for e in evs):
                 self._applied_ids(evs, skipped)
