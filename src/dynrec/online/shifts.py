@@ -37,6 +37,19 @@ import numpy.typing as npt
 import torch
 
 from dynrec.errors import DynrecError
+from dynrec.online.shift_step import (
+    LOG_HEAD,
+    LOG_INDEX,
+    LOG_SCORE,
+    LOG_START,
+    LOG_TS,
+    STAT_COUNT,
+    STAT_N,
+    STAT_RUN,
+    STAT_SEEN,
+    step_arrays,
+    unit_rows,
+)
 
 __all__ = [
     "DEFAULT_LEAN",
@@ -60,12 +73,6 @@ user vector averages the whole history and follows a shift slowly); 0 elsewhere 
 already follows the last events: leaning on top of it lowered HR@10 after shifts)."""
 
 IntArray = npt.NDArray[np.int64]
-
-# one float64 row per user: the CUSUM statistic, events in L, run length, events seen, shifts so far
-_S, _N, _C, _SEEN, _COUNT = range(5)
-# one shift in the log: event index, timestamp, score, index where its run began, then names
-_IDX, _TS, _SCORE, _START = range(4)
-_HEAD = 4
 
 
 @dataclass(frozen=True)
@@ -199,16 +206,12 @@ def init_shift_state(batch: int, space: ShiftSpace, cfg: ShiftConfig) -> dict[st
         "shift.long": torch.zeros(batch, d, dtype=torch.float64),
         "shift.run": torch.zeros(batch, d, dtype=torch.float64),
         "shift.stat": torch.zeros(batch, 5, dtype=torch.float64),
-        "shift.log": torch.full((batch, cfg.log_size, _HEAD + 2 * cfg.names), -1.0, dtype=torch.float64),
+        "shift.log": torch.full((batch, cfg.log_size, LOG_HEAD + 2 * cfg.names), -1.0, dtype=torch.float64),
     }
     if c:
         out["shift.cat_long"] = torch.zeros(batch, c, dtype=torch.float64)
         out["shift.cat_run"] = torch.zeros(batch, c, dtype=torch.float64)
     return out
-
-
-def _fold(mean: torch.Tensor, add: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return mean + (add - mean) * w[:, None]
 
 
 def step_shifts(
@@ -219,116 +222,15 @@ def step_shifts(
     cal: ShiftCalibration,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every row consumes one event (``items`` valid indices > 0); returns the new state (the
-    input is not modified) and a bool mask of the rows whose event completed a shift.
-    """
-    cfg = cal.config
-    it = torch.from_numpy(np.asarray(items, dtype=np.int64))
-    u = space.vectors.index_select(0, it)
-    stat = state["shift.stat"].clone()
-    long, run = state["shift.long"].clone(), state["shift.run"].clone()
-    s, n, c = stat[:, _S], stat[:, _N], stat[:, _C]
-    cats = "shift.cat_long" in state
-    if cats:
-        assert space.name_rows is not None
-        cu = space.name_rows.index_select(0, it)
-        clong, crun = state["shift.cat_long"].clone(), state["shift.cat_run"].clone()
-    warm = n < cfg.warmup
-    x = 1.0 - (u * torch.nn.functional.normalize(long, dim=1)).sum(1)
-    s_new = torch.where(warm, torch.zeros_like(s), torch.clamp(s + x - cal.reference, min=0.0))
-    in_run = ~warm & (s_new > 0)
-    alarm = in_run & (s_new >= cal.threshold)
-    settle = ~warm & ~in_run  # back to 0: the pending run (if any) was noise, fold it in
-    # the run collects this event
-    run = torch.where(in_run[:, None], torch.where((c > 0)[:, None], run + u, u), run)
-    c_run = torch.where(in_run, c + 1, c)
-    if cats:
-        crun = torch.where(in_run[:, None], torch.where((c > 0)[:, None], crun + cu, cu), crun)
-    # settle: fold the pending run as one block, then this event
-    has_run = settle & (c > 0)
-    w_run = torch.minimum(
-        torch.ones_like(c),
-        c * torch.maximum(1.0 / (n + c).clamp(min=1), torch.full_like(n, 1.0 / cfg.memory)),
+    input is not modified) and a bool mask of the rows whose event completed a shift. The step
+    itself runs on numpy views of the tensors (`dynrec.online.shift_step`)."""
+    arrays = {k: v.numpy() for k, v in state.items()}
+    its = np.asarray(items, dtype=np.int64)
+    out, alarm = step_arrays(arrays, its, np.asarray(timestamps, dtype=np.int64), space, cal)
+    kept = {k for k, v in out.items() if v is arrays.get(k)}  # unchanged: the caller's own tensor
+    return {k: state[k] if k in kept else torch.from_numpy(v) for k, v in out.items()}, torch.from_numpy(
+        alarm
     )
-    mean_run = run / c.clamp(min=1)[:, None]
-    long = torch.where(has_run[:, None], _fold(long, mean_run, w_run), long)
-    if cats:
-        clong = torch.where(has_run[:, None], _fold(clong, crun / c.clamp(min=1)[:, None], w_run), clong)
-    n2 = torch.where(has_run, n + c, n)
-    grow = warm | settle
-    w_ev = torch.maximum(1.0 / (n2 + 1), torch.full_like(n2, 1.0 / cfg.memory))
-    long = torch.where(grow[:, None], _fold(long, u, w_ev), long)
-    if cats:
-        clong = torch.where(grow[:, None], _fold(clong, cu, w_ev), clong)
-    n2 = torch.where(grow, n2 + 1, n2)
-    c_new = torch.where(settle, torch.zeros_like(c), c_run)
-    run = torch.where(settle[:, None], torch.zeros_like(run), run)
-    if cats:
-        crun = torch.where(settle[:, None], torch.zeros_like(crun), crun)
-    log = state["shift.log"]
-    if bool(alarm.any()):
-        log = log.clone()
-        rows = torch.nonzero(alarm).squeeze(1)
-        to = run[rows] / c_run[rows, None]
-        frm = long[rows]
-        score = 1.0 - (
-            torch.nn.functional.normalize(frm, dim=1) * torch.nn.functional.normalize(to, dim=1)
-        ).sum(1)
-        if cats:
-            names_from = _top(clong[rows], cfg.names)
-            names_to = _top(crun[rows] / c_run[rows, None], cfg.names)
-        else:
-            names_from = _nearest(frm, space.vectors, cfg.names)
-            names_to = _nearest(to, space.vectors, cfg.names)
-        seen = stat[rows, _SEEN]
-        entry = torch.cat(
-            [
-                torch.stack(
-                    [
-                        seen,
-                        torch.from_numpy(np.asarray(timestamps, dtype=np.int64))[rows].double(),
-                        score,
-                        seen - c_run[rows] + 1,
-                    ],
-                    1,
-                ),
-                names_from,
-                names_to,
-            ],
-            1,
-        )
-        log[rows] = torch.cat([entry[:, None, :], log[rows, :-1]], 1)
-        long[rows] = to
-        n2[rows] = c_run[rows]
-        if cats:
-            clong[rows] = crun[rows] / c_run[rows, None]
-            crun[rows] = 0.0
-        run[rows] = 0.0
-        c_new[rows] = 0.0
-        s_new[rows] = 0.0
-        stat[rows, _COUNT] += 1
-    stat[:, _S], stat[:, _N], stat[:, _C] = s_new, n2, c_new
-    stat[:, _SEEN] += 1
-    out = {**state, "shift.long": long, "shift.run": run, "shift.stat": stat, "shift.log": log}
-    if cats:
-        out["shift.cat_long"], out["shift.cat_run"] = clong, crun
-    return out, alarm
-
-
-def _top(shares: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices of the `n` largest shares per row (-1 where the share is 0)."""
-    k = min(n, shares.shape[1])
-    val, idx = torch.topk(shares, k, dim=1)
-    idx = torch.where(val > 0, idx.double(), torch.full_like(val, -1.0))
-    if k < n:
-        idx = torch.cat([idx, torch.full((idx.shape[0], n - k), -1.0, dtype=torch.float64)], 1)
-    return idx
-
-
-def _nearest(mean: torch.Tensor, vectors: torch.Tensor, n: int) -> torch.Tensor:
-    """The `n` catalogue items nearest (cosine) each row's mean vector (padding never)."""
-    sims = torch.nn.functional.normalize(mean, dim=1) @ vectors.T
-    sims[:, 0] = -torch.inf
-    return torch.topk(sims, min(n, sims.shape[1] - 1), dim=1).indices.double()
 
 
 def read_shifts(
@@ -338,24 +240,24 @@ def read_shifts(
     log = state["shift.log"][row]
     out = []
     for e in log.tolist():
-        if e[_IDX] < 0:
+        if e[LOG_INDEX] < 0:
             break
-        names = [int(v) for v in e[_HEAD:]]
+        names = [int(v) for v in e[LOG_HEAD:]]
         frm = tuple(space.names[i] for i in names[: cfg.names] if i >= 0)
         to = tuple(space.names[i] for i in names[cfg.names :] if i >= 0)
-        out.append(Shift(int(e[_IDX]), int(e[_TS]), float(e[_SCORE]), int(e[_START]), frm, to))
+        out.append(Shift(int(e[LOG_INDEX]), int(e[LOG_TS]), float(e[LOG_SCORE]), int(e[LOG_START]), frm, to))
     return out
 
 
 def shift_counts(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """[B] shifts detected so far per row."""
-    return state["shift.stat"][:, _COUNT]
+    return state["shift.stat"][:, STAT_COUNT]
 
 
 def events_since_shift(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """[B] events consumed since the last shift (inf where none)."""
-    last = state["shift.log"][:, 0, _IDX]
-    seen = state["shift.stat"][:, _SEEN]
+    last = state["shift.log"][:, 0, LOG_INDEX]
+    seen = state["shift.stat"][:, STAT_SEEN]
     return torch.where(last >= 0, seen - 1 - last, torch.full_like(last, torch.inf))
 
 
@@ -424,26 +326,26 @@ def run_histories(
         mat[r, : lens[j]] = histories[j]
         if timestamps is not None:
             tmat[r, : lens[j]] = timestamps[j]
-    state = {k: v[torch.from_numpy(order)] for k, v in state.items()}
+    arrays = {k: v.numpy()[order] for k, v in state.items()}
     sorted_lens = lens[order]
+    vectors = space.vectors.numpy()
     seen = np.full(mat.shape, np.nan) if distances is not None else None
     for t in range(mat.shape[1]):
         m = int((sorted_lens > t).sum())
-        part = {k: v[:m] for k, v in state.items()}
+        part = {k: v[:m] for k, v in arrays.items()}
         if seen is not None or probes is not None:
-            warm = (part["shift.stat"][:, _N] < cal.config.warmup).numpy()
-            long = torch.nn.functional.normalize(part["shift.long"], dim=1)
+            warm = part["shift.stat"][:, STAT_N] < cal.config.warmup
+            long = unit_rows(part["shift.long"])
         if seen is not None:
-            u = space.vectors.index_select(0, torch.from_numpy(mat[:m, t]))
-            seen[:m, t] = np.where(warm, np.nan, (1.0 - (u * long).sum(1)).numpy())
-        run_before = part["shift.stat"][:, _C].numpy().astype(np.int64)
+            seen[:m, t] = np.where(warm, np.nan, 1.0 - (vectors[mat[:m, t]] * long).sum(1))
+        run_before = part["shift.stat"][:, STAT_RUN].astype(np.int64)
         if probes is not None:
             rng, pool, out = probes
-            other = space.vectors.index_select(0, torch.from_numpy(rng.choice(pool, m)))
-            out.append((1.0 - (other * long).sum(1))[torch.from_numpy(~warm)])
-        part, hit = step_shifts(part, mat[:m, t], tmat[:m, t], space, cal)
-        if bool(hit.any()):
-            rows = np.flatnonzero(hit.numpy())
+            other = vectors[rng.choice(pool, m)]
+            out.append(torch.from_numpy((1.0 - (other * long).sum(1))[~warm]))
+        new, hit = step_arrays(part, mat[:m, t], tmat[:m, t], space, cal)
+        if hit.any():
+            rows = np.flatnonzero(hit)
             if alarms is not None:
                 alarms.append((order[rows], t))
             if runs is not None:
@@ -451,13 +353,14 @@ def run_histories(
             if seen is not None:
                 for r in rows.tolist():  # the run that made the shift: the new interest, not noise
                     seen[r, t - int(run_before[r]) : t + 1] = np.nan
-        for k, v in state.items():  # the active rows are a prefix: write them back in place
-            v[:m] = part[k]
+        for k, v in arrays.items():  # the active rows are a prefix: write them back in place
+            if new[k] is not part[k]:
+                v[:m] = new[k]
     if distances is not None and seen is not None:
         distances.append(seen[~np.isnan(seen)])
     inverse = np.empty_like(order)
     inverse[order] = np.arange(b)
-    return {k: v[torch.from_numpy(inverse)] for k, v in state.items()}
+    return {k: torch.from_numpy(v[inverse]) for k, v in arrays.items()}
 
 
 # ---- the detector beside a model's state ----------------------------------------------------------

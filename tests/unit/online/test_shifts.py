@@ -64,6 +64,19 @@ def test_a_run_of_new_interest_is_a_shift_flagged_on_its_second_event() -> None:
     assert int(state["shift.stat"][0, 4]) == 1
 
 
+@pytest.mark.parametrize("named", [True, False])
+def test_a_step_leaves_its_input_state_as_it_was(named: bool) -> None:
+    """`step_shifts` returns a new state: the caller's tensors (rows of a batch the cache steps
+    in place, or a checkpoint being written) are not touched, also on the event that flags a shift."""
+    det = ShiftDetector(_space(named), _cal())
+    state = det.init([np.array(A * 3 + B[:1]), np.array(A * 3)], [np.arange(13), np.arange(12)])
+    before = {k: v.clone() for k, v in state.items()}
+    after, hit = det.step(state, np.array([B[1], A[0]]), np.array([200, 201]))
+    assert hit.tolist() == [True, False]
+    assert all(torch.equal(state[k], before[k]) for k in state)
+    assert int(after["shift.stat"][0, 4]) == 1 and int(before["shift.stat"][0, 4]) == 0
+
+
 def test_one_stray_event_is_noise_folded_into_the_long_term_interest() -> None:
     seq = [A[i % 4] for i in range(10)] + [B[0]] + [A[i % 4] for i in range(10)]
     det, state, flagged = _run(seq)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from dynrec.data.dataset import InteractionData
 from dynrec.data.events import Event
 from dynrec.data.query import QueryBatch
+from dynrec.errors import DynrecError
 from dynrec.models.base import Recommender
 from dynrec.models.capabilities import ItemText
 from dynrec.models.registry import create_model, get_model_class
@@ -122,11 +124,52 @@ def test_sqlite_is_one_wal_file_and_persists(tmp_path: Path) -> None:
     con.close()
 
 
-def test_state_serialisation_round_trip() -> None:
-    st = CachedState({"a": torch.randn(3, 4), "n": torch.tensor([7])}, "abc", 9)
+@pytest.mark.parametrize(("pages", "bounded"), [(20, True), (100_000, False)])
+def test_sqlite_checkpoints_the_wal_every_checkpoint_pages(tmp_path: Path, pages: int, bounded: bool) -> None:
+    """The WAL is copied back (and restarted) once it holds `checkpoint_pages` pages: with 20 it
+    stays near 20 pages plus one batch; with more pages than written it holds every batch."""
+    path = tmp_path / "s.db"
+    with SQLiteStore(path, checkpoint_pages=pages) as store:
+        for b in range(60):
+            store.append(Event(f"u{(b * 37 + j) % 500}", f"i{j}", b) for j in range(100))
+        wal = (tmp_path / "s.db-wal").stat().st_size
+    assert (wal < 400_000) is bounded, wal
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [
+        {"a": torch.randn(3, 4), "n": torch.tensor([7])},
+        {"f64": torch.randn(5, dtype=torch.float64), "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3)},
+        {"mask": torch.ones(3, 4, dtype=torch.bool)[:, ::2], "ids": torch.arange(6).reshape(2, 3).t()},
+        {"bf16": torch.randn(4, 2).bfloat16(), "n": torch.tensor([7])},  # written through torch
+    ],
+    ids=["float32", "float64-scalar-empty", "views", "bfloat16"],
+)
+def test_state_serialisation_round_trip(tensors: dict[str, torch.Tensor]) -> None:
+    st = CachedState(tensors, "abc", 9, 4)
     back = decode_state(encode_state(st))
-    assert back.version == "abc" and back.n_events == 9
-    assert all(torch.equal(back.tensors[k], st.tensors[k]) for k in st.tensors)
+    assert (back.version, back.n_events, back.generation) == ("abc", 9, 4)
+    assert back.tensors.keys() == st.tensors.keys()
+    for k, t in st.tensors.items():
+        assert back.tensors[k].dtype == t.dtype and back.tensors[k].shape == t.shape
+        assert torch.equal(back.tensors[k], t)
+
+
+def test_a_state_encoded_before_the_numpy_writer_still_decodes() -> None:
+    """A blob written by safetensors' torch writer (every release before the numpy writer) has
+    the same checksum and decodes to the same tensors."""
+    from safetensors.torch import save
+
+    tensors = {"s": torch.randn(7), "shift.log": torch.randn(2, 3, dtype=torch.float64)}
+    blob = encode_state(CachedState(tensors, "v", 3, 1))
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+    meta = header["__metadata__"]
+    old = save(tensors, metadata=meta)
+    back = decode_state(old)
+    assert all(torch.equal(back.tensors[k], tensors[k]) for k in tensors) and back.n_events == 3
+    with pytest.raises(DynrecError, match="checksum"):
+        decode_state(save({**tensors, "s": tensors["s"] + 1}, metadata=meta))
 
 
 def test_in_memory_max_history() -> None:

@@ -19,8 +19,9 @@ URL                                    store
 ``memory://``                          `InMemoryStore` (this process only; gone when it exits)
 =====================================  ==================================================================
 
-Options in the query string: SQLite ``synchronous`` (OFF, NORMAL, FULL) and ``timeout`` (seconds to
-wait for another process's write lock); Redis and Redis Cluster ``prefix`` (the key prefix,
+Options in the query string: SQLite ``synchronous`` (OFF, NORMAL, FULL), ``timeout`` (seconds to
+wait for another process's write lock) and ``checkpoint_pages`` (WAL pages between checkpoints,
+default `CHECKPOINT_PAGES`); Redis and Redis Cluster ``prefix`` (the key prefix,
 default ``dynrec:``);
 memory ``max_history`` (events kept per user). A SQLite path is taken literally (no %-decoding).
 """
@@ -40,7 +41,7 @@ from dynrec.online.store.protocol import (
     decode_state,
     encode_state,
 )
-from dynrec.online.store.sqlite import SQLiteStore
+from dynrec.online.store.sqlite import CHECKPOINT_PAGES, SQLiteStore
 from dynrec.online.store.urls import CLUSTER_SCHEMES, redact_url
 from dynrec.online.store.versions import Lease, Tombstone, VersionRecord, VersionStore
 
@@ -112,15 +113,23 @@ def open_store(url: str) -> StateStore:
         path = parts.path[1:]  # sqlite:///rel -> "rel", sqlite:////abs -> "/abs"
         if not path:
             raise _bad(url, "no file path")
-        opts = _options(url, parts.query, ("synchronous", "timeout"))
+        opts = _options(url, parts.query, ("synchronous", "timeout", "checkpoint_pages"))
         try:
             timeout = float(opts.get("timeout", "10"))
         except ValueError:
             timeout = -1.0
         if not 0 <= timeout < float("inf"):
             raise _bad(url, f"timeout must be a number of seconds >= 0, got {opts['timeout']!r}")
+        pages = opts.get("checkpoint_pages", str(CHECKPOINT_PAGES))
+        if not pages.isdigit() or int(pages) < 1:
+            raise _bad(url, f"checkpoint_pages must be an integer >= 1, got {pages!r}")
         try:
-            return SQLiteStore(path, synchronous=opts.get("synchronous", "NORMAL"), timeout=timeout)
+            return SQLiteStore(
+                path,
+                synchronous=opts.get("synchronous", "NORMAL"),
+                timeout=timeout,
+                checkpoint_pages=int(pages),
+            )
         except sqlite3.Error as exc:  # e.g. "file is not a database": name the file
             raise DynrecError(f"cannot open state store {path}: {exc}") from None
     # redis, rediss, unix and the cluster schemes: redis-py parses the URL; only our own option

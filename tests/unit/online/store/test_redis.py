@@ -42,6 +42,7 @@ from dynrec.online.store import (
 )
 from dynrec.online.store.redis import RedisStore, RedisStoreError
 from dynrec.online.store.redis_cluster import cluster_node_url
+from dynrec.online.store.sqlite import CHECKPOINT_PAGES
 from dynrec.online.store.versions import VersionRecord
 from tests.conftest import clustered_data
 from tests.redis_server import RedisServer, require_redis_server
@@ -202,6 +203,10 @@ def test_open_store_by_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert (tmp_path / "rel.db").is_file()
     absolute = open_store(f"sqlite:///{tmp_path / 'abs.db'}?synchronous=FULL&timeout=2")  # sqlite:////...
     assert isinstance(absolute, SQLiteStore) and absolute.path == tmp_path / "abs.db"
+    assert absolute.checkpoint_pages == CHECKPOINT_PAGES
+    absolute.close()
+    absolute = open_store(f"sqlite:///{tmp_path / 'abs.db'}?checkpoint_pages=50")
+    assert isinstance(absolute, SQLiteStore) and absolute.checkpoint_pages == 50
     absolute.close()
     mem = open_store("memory://")
     assert isinstance(mem, InMemoryStore) and store_kind(mem) == "memory"
@@ -232,6 +237,8 @@ def test_open_redis_store_by_url(redis_url: str) -> None:
         ("sqlite:///x.db?journal=WAL", "unknown option 'journal'"),
         ("sqlite:///x.db?timeout=soon", "timeout must be"),
         ("sqlite:///x.db?synchronous=SOMETIMES", "synchronous must be"),
+        ("sqlite:///x.db?checkpoint_pages=0", "checkpoint_pages must be"),
+        ("sqlite:///x.db?checkpoint_pages=many", "checkpoint_pages must be"),
         ("memory://somewhere", "takes no host or path"),
         ("memory://?max_history=0", "max_history must be"),
         ("redis://:secret@127.0.0.1:1/0?prefix=", "prefix must not be empty"),
