@@ -281,11 +281,16 @@ def _best_serve(serve: list[Record], model: str) -> tuple[float, str] | None:
         if p.get("model") != model or p.get("workers") != 1 or not rec or not rec.get("per_s"):
             continue
         rank = 0 if p.get("store") == "redis" else 1
-        found.append((rank, rec["server_cpu_per_s"] / rec["per_s"], r["key"]))
+        found.append((rank, rec["server_cpu_per_s"] / rec["per_s"], f"serve {r['key']}; {_cpu(r)}"))
     if not found:
         return None
-    _, cpu, key = min(found)
-    return cpu, f"serve {key}"
+    _, cpu, source = min(found)
+    return cpu, source
+
+
+def _cpu(r: Record) -> str:
+    """The CPU a record ran on, as the record names it."""
+    return str(r.get("machine", {}).get("cpu", "CPU not recorded"))
 
 
 def costs_of(model: str, serve: list[Record], consume: list[Record], capacity: list[Record]) -> Costs | None:
@@ -303,7 +308,7 @@ def costs_of(model: str, serve: list[Record], consume: list[Record], capacity: l
         serve_cpu_per_rec=s[0],
         serve_source=s[1],
         consume_cpu_per_event=c["consumer_cpu_s_per_1k"] / 1000,
-        consume_source=f"consume {cons[0]['key']}",
+        consume_source=f"consume {cons[0]['key']}; {_cpu(cons[0])}",
         redis_cpu_per_rec=k["recommend_warm"]["redis_cpu_s_per_1k"] / 1000,
         redis_cpu_per_event=c["redis_cpu_s_per_1k"] / 1000,
         commands_per_rec=k["recommend_warm"]["commands"],
@@ -405,8 +410,8 @@ def capacity_block(serve: list[Record], consume: list[Record], capacity: list[Re
         f"{load.events_per_user_per_day:g} events a day each ({load.events_per_s:,.0f} events/s); cores planned "
         f"{load.utilisation:.0%} busy; a Redis shard holds at most {load.shard_memory_gib:g} GiB of data, with "
         f"{load.replicas} replica{'s' if load.replicas != 1 else ''}.",
-        "Measured costs (CPU per operation on the machine the record names; sources are record keys in "
-        "`benchmarks/results/`):",
+        "Measured costs (CPU per operation on the CPU each source record names: where the sources ran on "
+        "different machines, so does this plan; sources are record keys in `benchmarks/results/`):",
         table(
             [
                 "model",

@@ -646,11 +646,36 @@ new alike. With uvloop the workers share the ingest connections (asyncio's accep
 worker take all four; with uvloop blocked the same tree ingested 5,675 events/s where it ingested
 1,747 with it), so the rebuild showed: 900 events/s on SQLite with 2 workers. Now a hot state that
 another process moved past steps through the events the store holds after it, batched with the
-request's other users (two runtimes in turn: 15-21 ms per request). The `--workers 2` rows above
-(with the batched hot rows, beside 0ebfe19): SQLite ingest 16,600 events/s (6,150), Redis 10,900
-(6,500); 16 clients 5,660 and 2,860 rec/s, about what one worker answers. The 1.7x-of-one-worker
-goal cannot be read from these runs: the two cores are shared by both workers and the load
-generator.
+request's other users (two runtimes in turn: 15-21 ms per request). With the batched hot rows,
+beside 0ebfe19 on the AVX512-BF16 machine, `--workers 2` ingested 16,600 events/s on SQLite (6,150)
+and 10,900 on Redis (6,500), and answered 16 clients at 5,660 and 2,860 rec/s, about what one
+worker answers. The 1.7x-of-one-worker goal cannot be read from such runs: the two cores are shared
+by both workers and the load generator.
+
+The rows side by side with 4bed9be (the code of the earlier rows' last commit) ran on another CPU,
+named *AMD EPYC* without AVX512-BF16 (a Zen 3 EPYC with AVX2 only): the same code costs 2.4-3.4 times
+the server CPU per request there (4bed9be's itemknn SQLite ingest 0.193 ms per event against 0.064
+on the AVX512-BF16 machine, a lone client's recommendation 1.7 against 0.50 ms, SASRec ingest 0.408
+against 0.173), so compare the trees within a row, not rows of the two CPUs. Three costs went, measured against 4bed9be in the same runs: a user's
+cached state is encoded through safetensors' numpy writer (same format and checksum; 0.52 -> 0.12
+ms for an itemknn state with its shift detector), the shift detector steps on numpy views of its
+state (`dynrec.online.shift_step`: the same alarms, logs and names as the torch step; it is some
+sixty operations on rows of a few dozen numbers, where torch's dispatch cost dominated), and SQLite
+checkpoints its WAL every 8,192 pages instead of 1,000 (a 100-event batch over random users dirties
+some 200 pages; the append of such a batch in isolation: 4.2 -> 3.6-3.9 ms of CPU, 6.5 -> 4.3-5.0
+ms of wall time). Server CPU per ingested event: itemknn SQLite 0.193 -> 0.151 ms (4,400 -> 5,800
+events/s), Redis 0.172 -> 0.156 ms (its rate, 4,100-4,600 events/s, is bound by redis-server
+syncing every write on the same two cores), SASRec SQLite 0.408 -> 0.361 ms (2,230 -> 2,650
+events/s). Building a state for a user the process has not cached replays the user's history
+through the detector: the warm-up of 943 users took 90-99 s for 4bed9be and 25-33 s now.
+Recommendations did not change (their path is untouched; the pairs of one tree spread by up to
+30%). On this CPU the service's absolute goals are not reached by either tree: a lone client's
+recommendation costs 1.6-2.6 ms of server CPU, idle freshness is 6-11 ms. `--workers 2` (one pair
+per store): SQLite 4,600 -> 5,900 events/s, 0.362 -> 0.275 ms per event; Redis 3,300 -> 3,900,
+0.419 -> 0.349 ms. Two workers spend nearly twice one worker's CPU per event (0.275 against 0.151
+on SQLite) because each steps the states of the users it holds through the events the other
+appended (see above): the load balancer's routing, not the process count, decides that cost
+(`docs/deploy.md`).
 
 Model versions in the store (issue 21), old (84a7835, before the issue) against new (the records
 above), run side by side from two trees with the same Python on one AMD EPYC with 2 cores (load
