@@ -235,8 +235,9 @@ class StateStore(Protocol):
 
 
 def _arrays(tensors: Mapping[str, torch.Tensor]) -> dict[str, npt.NDArray[np.generic]] | None:
-    """The tensors as contiguous numpy arrays sharing their memory, or None when a dtype has no
-    numpy equivalent (bfloat16): then the tensors are written through torch."""
+    """The tensors as C-contiguous numpy arrays (sharing the tensors' memory where they already
+    are contiguous), or None when a dtype has no numpy equivalent (bfloat16): then the tensors are
+    written through torch."""
     if any(t.dtype == torch.bfloat16 for t in tensors.values()):
         return None
     return {k: t.detach().cpu().contiguous().numpy() for k, t in tensors.items()}

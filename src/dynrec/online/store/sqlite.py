@@ -93,8 +93,8 @@ class SQLiteStore:
     `timeout`: seconds to wait for another process's write lock. `checkpoint_pages`: the WAL is
     copied back into the database file (and synced) once it holds this many pages. SQLite's
     default, 1,000 pages, checkpoints every few ingest requests: each 100-event batch dirties some
-    200 pages scattered over the events index; `CHECKPOINT_PAGES` (a WAL of at most 32 MB) lets a
-    page rewritten by many batches be copied once (`benchmarks/serve_load`).
+    200 pages scattered over the events index; `CHECKPOINT_PAGES` (a WAL of about 32 MB between
+    checkpoints) lets a page rewritten by many batches be copied once (`benchmarks/serve_load`).
     """
 
     def __init__(
