@@ -9,14 +9,11 @@ both ways).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
-
-if TYPE_CHECKING:
-    from dynrec.online.shifts import ShiftCalibration, ShiftSpace
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -27,6 +24,42 @@ STAT_CUSUM, STAT_N, STAT_RUN, STAT_SEEN, STAT_COUNT = range(5)
 # one shift in the log: event index, timestamp, score, index where its run began, then names
 LOG_INDEX, LOG_TS, LOG_SCORE, LOG_START = range(4)
 LOG_HEAD = 4
+
+
+class StepSpace(Protocol):
+    """What the step reads of its space (`dynrec.online.shifts.ShiftSpace`)."""
+
+    @property
+    def vectors(self) -> torch.Tensor: ...  # [n_items, d] float64 unit rows, row 0 = padding
+
+    @property
+    def name_rows(self) -> torch.Tensor | None: ...  # [n_items, C] float64 category shares
+
+
+class StepSettings(Protocol):
+    """What the step reads of `dynrec.online.shifts.ShiftConfig`."""
+
+    @property
+    def warmup(self) -> int: ...
+
+    @property
+    def memory(self) -> int: ...
+
+    @property
+    def names(self) -> int: ...
+
+
+class StepConstants(Protocol):
+    """What the step reads of `dynrec.online.shifts.ShiftCalibration`."""
+
+    @property
+    def reference(self) -> float: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    @property
+    def config(self) -> StepSettings: ...
 
 
 def _fold(mean: FloatArray, add: FloatArray, w: FloatArray) -> FloatArray:
@@ -60,8 +93,8 @@ def step_arrays(
     state: dict[str, FloatArray],
     items: IntArray,
     timestamps: IntArray,
-    space: ShiftSpace,
-    cal: ShiftCalibration,
+    space: StepSpace,
+    cal: StepConstants,
 ) -> tuple[dict[str, FloatArray], BoolArray]:
     """Every row of `state` (float64 arrays, `dynrec.online.shifts.state_keys`) consumes one event
     (``items``: valid indices > 0); returns the new state (the input is not modified) and the
