@@ -4,10 +4,15 @@ Every process serving a model root holds one `ModelHolder`, the version the stor
 pointer names (`dynrec.online.store.versions.VersionStore`). A background thread polls the pointer every
 `poll_s` seconds (one small read: SQLite and Redis alike) and, when another process published,
 loads the new version completely, then swaps the reference; a version published by this process is
-swapped in by `swap` right after its compare-and-set. `swap` only ever installs the version the
-pointer names at that moment, so a slow load of a version that was superseded meanwhile never
-replaces a newer one. The same thread watches the store's deletion generation: a deletion made by
-any process reaches `on_deletions` within one poll.
+swapped in by `swap` right after its compare-and-set. `swap` installs a loaded version when the
+pointer names it, or when it lies on the pointer's lineage between the held version and the
+pointer (walking parents from the pointer reaches it before the held one): publications that come
+faster than a load completes then move a process forward one load at a time instead of leaving it
+on its old version until a load outruns the next publication, and a slow load of a version that
+was superseded never replaces a newer one (nor undoes a rollback: a rolled-back branch is not on
+the pointer's lineage). After installing a superseded version the follower loads the pointer's
+version at once. The same thread watches the store's deletion generation: a deletion made by any
+process reaches `on_deletions` within one poll.
 
 Requests read `holder` once and finish on the holder they got, so a swap is atomic for them.
 """
@@ -25,7 +30,12 @@ from dynrec.service.holder import ModelHolder
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VersionFollower"]
+__all__ = ["MAX_CATCH_UP", "MAX_LINEAGE_STEPS", "VersionFollower"]
+
+MAX_LINEAGE_STEPS = 64
+"""How many versions back from the pointer `swap` looks for a superseded version it loaded."""
+MAX_CATCH_UP = 4
+"""Loads per poll while publications keep superseding the version being loaded."""
 
 
 class VersionFollower:
@@ -69,30 +79,48 @@ class VersionFollower:
             self._thread.join(timeout=5 * self.poll_s + 1)
 
     def swap(self, new: ModelHolder) -> bool:
-        """Install `new` when it is the version the store's pointer names (else keep the current
-        holder: a newer version was published meanwhile and the next poll loads it)."""
+        """Install `new` when the store's pointer names it or `new` is on the pointer's lineage
+        and newer than the held version (see the module docstring); else keep the current holder.
+        True when `new` is the held version afterwards."""
         with self._lock:
-            if self.versions.current_version() != new.version:
-                return False
             old = self._holder
             if old.version == new.version:
                 return True
+            if not self._ahead(new.version, old.version):
+                return False
             self._holder = new
         if self._on_swap is not None:
             self._on_swap(old, new)
         log.info("serving model version %s (was %s)", new.version, old.version)
         return True
 
-    def follow_once(self) -> None:
-        """Load and install the pointer's version when it differs from the held one."""
+    def _ahead(self, candidate: str, held: str) -> bool:
+        """Whether walking the parents from the pointer's version reaches `candidate` before `held`
+        (within `MAX_LINEAGE_STEPS` versions)."""
         cur = self.versions.current_version()
-        if cur is None or cur == self._holder.version:
-            return
-        rec = self.versions.get_version(cur)
-        if rec is None:
-            log.warning("the store's current model version %s has no record", cur)
-            return
-        self.swap(self._load(rec))
+        for _ in range(MAX_LINEAGE_STEPS):
+            if cur is None or cur == held:
+                return False
+            if cur == candidate:
+                return True
+            rec = self.versions.get_version(cur)
+            cur = None if rec is None else rec.parent
+        return False
+
+    def follow_once(self) -> None:
+        """Load and install the pointer's version when it differs from the held one; when a load
+        was superseded before it completed, install it (it is newer than the held version) and
+        load the pointer's version again, up to `MAX_CATCH_UP` loads per poll."""
+        for _ in range(MAX_CATCH_UP):
+            cur = self.versions.current_version()
+            if cur is None or cur == self._holder.version:
+                return
+            rec = self.versions.get_version(cur)
+            if rec is None:
+                log.warning("the store's current model version %s has no record", cur)
+                return
+            if not self.swap(self._load(rec)):
+                return  # the pointer moved off this lineage (a rollback): the next poll follows it
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
